@@ -1,0 +1,15 @@
+"""The ``pruning-tools`` command line. Each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pruning-tools")
+def main() -> None:
+    """Training-time pruning, unstructured or bank-balanced, for PyTorch and MXNet."""
+
+
+if __name__ == "__main__":
+    main()

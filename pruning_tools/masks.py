@@ -1,0 +1,268 @@
+"""Pure tensor math: keep-masks (unstructured, bank-balanced, global) and the bank checker.
+
+No model and no state here: every function takes tensors and numbers and returns tensors.
+
+Bank layout (see ``GUIDE.md``): a weight is read as a matrix of *rows* (``to_rows``); each row is
+cut into consecutive banks of ``bank_size`` weights; the last bank of a row is a shorter *tail
+bank* when the row length is not a multiple of ``bank_size``. At sparsity ``s`` every full bank
+keeps ``k = round(bank_size * (1 - s))`` weights (at least 1) and a tail bank of length ``L`` keeps
+``round(L * (1 - s))`` (at least 1, at most ``k``). ``round`` is round-half-up everywhere.
+
+Selection keeps the largest ``|w|`` among the weights still alive; ties go to the lower index,
+so the same input gives the same mask on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+DEAD = -1.0  # score of an already-pruned weight: below every |w| of a live one
+
+
+# ---------------------------------------------------------------- layout
+
+
+def to_rows(x: Tensor, layout: str = "channels_last", out_dim: int = 0) -> Tensor:
+    """View a weight as bank rows.
+
+    ``x``: ``[out, in, *kernel]`` (``[in, out, *kernel]`` when ``out_dim == 1``, ConvTranspose),
+    or any tensor with fewer than 2 dims. Returns ``[rows, row_len]``:
+
+    - ``"channels_last"``: one row per (out, kernel position), along input channels:
+      ``[out * prod(kernel), in]``.
+    - ``"flat"``: one row per output channel, ``W[o].flatten()``: ``[out, in * prod(kernel)]``.
+    - fewer than 2 dims: a single row ``[1, numel]``.
+    """
+    if x.dim() < 2:
+        return x.reshape(1, -1)
+    if out_dim == 1:
+        x = x.transpose(0, 1)  # [out, in, *kernel]
+    if layout == "flat" or x.dim() == 2:
+        return x.reshape(x.shape[0], -1)  # [out, in * prod(kernel)]
+    channels_last = (0, *range(2, x.dim()), 1)
+    return x.permute(channels_last).reshape(-1, x.shape[1])  # [out * prod(kernel), in]
+
+
+def from_rows(rows: Tensor, shape: Sequence[int], layout: str = "channels_last", out_dim: int = 0) -> Tensor:
+    """Inverse of ``to_rows``: ``[rows, row_len]`` back to ``shape`` (contiguous)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return rows.reshape(shape)
+    oshape = (shape[1], shape[0], *shape[2:]) if out_dim == 1 else shape  # [out, in, *kernel]
+    if layout == "flat" or len(oshape) == 2:
+        x = rows.reshape(oshape)
+    else:
+        kernel = oshape[2:]
+        x = rows.reshape(oshape[0], *kernel, oshape[1])  # [out, *kernel, in]
+        x = x.permute(0, len(oshape) - 1, *range(1, len(oshape) - 1))  # [out, in, *kernel]
+    if out_dim == 1:
+        x = x.transpose(0, 1)
+    return x.contiguous()
+
+
+def row_length(shape: Sequence[int], layout: str = "channels_last", out_dim: int = 0) -> int:
+    """Length of one bank row of a tensor of ``shape``."""
+    if len(shape) < 2:
+        return math.prod(shape)
+    if layout == "flat" or len(shape) == 2:
+        return math.prod(shape) // shape[out_dim]
+    return shape[1 - out_dim]
+
+
+# ---------------------------------------------------------------- budgets
+
+
+def keep_count(n: int, sparsity: float) -> int:
+    """``round(n * (1 - sparsity))``, rounding half up (no minimum)."""
+    return int(math.floor(n * (1.0 - sparsity) + 0.5 + 1e-9))
+
+
+class BankBudget(NamedTuple):
+    """How a row of ``row_len`` weights is banked, and what each bank keeps."""
+
+    full_banks: int  # banks of exactly bank_size weights per row
+    keep: int  # non-zeros kept in each full bank
+    tail_len: int  # length of the tail bank (0: none)
+    tail_keep: int  # non-zeros kept in the tail bank
+
+
+def bank_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
+    """Bank counts and budgets of one row at ``sparsity``."""
+    full_banks, tail_len = divmod(row_len, bank_size)
+    keep = max(1, keep_count(bank_size, sparsity))
+    tail_keep = min(keep, max(1, keep_count(tail_len, sparsity))) if tail_len else 0
+    return BankBudget(full_banks, keep, tail_len, tail_keep)
+
+
+def realised_sparsity(shape: Sequence[int], balance: str, sparsity: float, bank_size: int = 64,
+                      layout: str = "channels_last", out_dim: int = 0) -> float:
+    """The sparsity a pattern actually reaches for a dense tensor of ``shape`` at ``sparsity``."""
+    numel = math.prod(shape)
+    if numel == 0:
+        return 0.0
+    if balance != "fix":
+        return 1.0 - keep_count(numel, sparsity) / numel
+    row_len = row_length(shape, layout, out_dim)
+    budget = bank_budget(row_len, bank_size, sparsity)
+    kept_per_row = budget.full_banks * budget.keep + budget.tail_keep
+    return 1.0 - kept_per_row * (numel // row_len) / numel
+
+
+# ---------------------------------------------------------------- selection
+
+
+def magnitude_scores(w: Tensor, mask: Tensor | None) -> Tensor:
+    """``|w|`` where alive, ``DEAD`` where ``mask`` is False. Same shape and dtype as ``w``."""
+    scores = w.detach().abs()
+    if mask is not None:
+        scores.masked_fill_(~mask, DEAD)
+    return scores
+
+
+def keep_largest(scores: Tensor, k: int) -> Tensor:
+    """Bool mask of the ``k`` largest scores along the last dim, ties to the lower index.
+
+    ``scores``: ``[..., n]``; returns a bool tensor of the same shape with exactly
+    ``min(k, n)`` True per row.
+    """
+    n = scores.shape[-1]
+    if k >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    threshold = scores.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)  # [..., 1]
+    keep = scores > threshold
+    ties = scores == threshold
+    missing = k - keep.sum(dim=-1, keepdim=True)  # [..., 1], >= 1
+    if not torch.equal(ties.sum(dim=-1, keepdim=True), missing):
+        ties &= ties.cumsum(dim=-1) <= missing  # first `missing` ties by index
+    return keep | ties
+
+
+def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float) -> Tensor:
+    """Keep the ``round(numel * (1 - sparsity))`` largest ``|w|`` still alive. Bool, shape of ``w``."""
+    scores = magnitude_scores(w, mask).reshape(-1)
+    return keep_largest(scores, keep_count(scores.numel(), sparsity)).reshape(w.shape)
+
+
+def bank_mask(w: Tensor, mask: Tensor | None, sparsity: float, bank_size: int = 64,
+              layout: str = "channels_last", out_dim: int = 0) -> Tensor:
+    """Bank-balanced keep-mask of ``w`` (bool, shape of ``w``); see the module docstring."""
+    rows = to_rows(magnitude_scores(w, mask), layout, out_dim)  # [rows, row_len]
+    budget = bank_budget(rows.shape[1], bank_size, sparsity)
+    split = budget.full_banks * bank_size
+    parts = []
+    if budget.full_banks:
+        banks = rows[:, :split].reshape(rows.shape[0], budget.full_banks, bank_size)  # [rows, banks, B]
+        parts.append(keep_largest(banks, budget.keep).reshape(rows.shape[0], split))
+    if budget.tail_len:
+        parts.append(keep_largest(rows[:, split:], budget.tail_keep))  # [rows, tail_len]
+    keep_rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    return from_rows(keep_rows, w.shape, layout, out_dim)
+
+
+def global_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float) -> list[Tensor]:
+    """One magnitude threshold across all ``weights``, keeping ``round(N * (1 - sparsity))`` of
+    their ``N`` weights in total; ties go to the earlier tensor, then the lower index."""
+    scores = torch.cat([magnitude_scores(w, m).reshape(-1).float() for w, m in zip(weights, masks)])
+    keep = keep_largest(scores, keep_count(scores.numel(), sparsity))
+    return [part.reshape(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
+
+
+def compute_mask(w: Tensor, mask: Tensor | None, sparsity: float, balance: str, bank_size: int = 64,
+                 layout: str = "channels_last", out_dim: int = 0) -> Tensor:
+    """Keep-mask of one tensor for ``balance`` in ``("fix", "none")``."""
+    if balance == "fix" and w.dim() >= 2:
+        return bank_mask(w, mask, sparsity, bank_size, layout, out_dim)
+    return unstructured_mask(w, mask, sparsity)
+
+
+# ---------------------------------------------------------------- checker
+
+
+def bank_nonzeros(w: Tensor, bank_size: int = 64, layout: str = "channels_last",
+                  out_dim: int = 0) -> tuple[Tensor, Tensor | None]:
+    """Non-zeros per bank: ``([rows, full_banks], [rows] or None for the tail banks)``."""
+    rows = to_rows(w.detach() != 0, layout, out_dim)  # [rows, row_len]
+    full_banks, tail_len = divmod(rows.shape[1], bank_size)
+    split = full_banks * bank_size
+    full = rows[:, :split].reshape(rows.shape[0], full_banks, bank_size).sum(dim=-1)
+    tail = rows[:, split:].sum(dim=-1) if tail_len else None
+    return full, tail
+
+
+@dataclass
+class BankCheck:
+    """Result of ``check_banks`` for one tensor."""
+
+    balanced: bool  # every bank holds at most its budget
+    budget: int  # budget of a full bank
+    tail_budget: int  # budget of a tail bank (0: no tail bank)
+    banks: int  # number of banks, tail banks included
+    over_budget: int  # banks holding more than their budget
+    worst_bank: tuple[int, int]  # (row, bank) of the bank most over budget (or fullest)
+    worst_nonzeros: int  # non-zeros in that bank
+    bank_ok: Tensor  # [rows, banks] bool: this bank holds at most its budget
+
+
+def check_banks(w: Tensor, bank_size: int = 64, layout: str = "channels_last", out_dim: int = 0,
+                sparsity: float | None = None) -> BankCheck:
+    """Check that every bank of ``w`` holds at most its budget of non-zeros.
+
+    The budget comes from ``sparsity`` when given; otherwise from the tensor's measured sparsity
+    (what a bank-balanced pruner at that sparsity would keep). Works on any tensor of any
+    checkpoint; tensors with fewer than 2 dims are one row.
+    """
+    full, tail = bank_nonzeros(w, bank_size, layout, out_dim)
+    if sparsity is None:
+        sparsity = 1.0 - float((w != 0).sum()) / max(1, w.numel())
+    budget = bank_budget(row_length(w.shape, layout, out_dim), bank_size, sparsity)
+    counts = [full]
+    limits = [torch.full_like(full, budget.keep)]
+    if tail is not None:
+        counts.append(tail[:, None])
+        limits.append(torch.full_like(tail[:, None], budget.tail_keep))
+    counts_t = torch.cat(counts, dim=1)  # [rows, banks]
+    excess = counts_t - torch.cat(limits, dim=1)
+    worst = int(excess.argmax()) if excess.numel() else 0
+    n_banks = counts_t.shape[1] if counts_t.dim() == 2 else 0
+    row, bank = divmod(worst, max(1, n_banks))
+    ok = excess <= 0
+    return BankCheck(
+        balanced=bool(ok.all()),
+        budget=budget.keep,
+        tail_budget=budget.tail_keep,
+        banks=int(counts_t.numel()),
+        over_budget=int((~ok).sum()),
+        worst_bank=(row, bank),
+        worst_nonzeros=int(counts_t.reshape(-1)[worst]) if counts_t.numel() else 0,
+        bank_ok=ok,
+    )
+
+
+# ---------------------------------------------------------------- compact storage
+
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """Bool tensor (any shape, ``n`` elements) -> uint8 ``[ceil(n / 8)]``, most significant bit first."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=flat.device)
+    return (flat.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)  # [ceil(n / 8)]
+
+
+def unpack_bits(packed: Tensor, shape: Sequence[int]) -> Tensor:
+    """Inverse of ``pack_bits``: uint8 ``[ceil(n / 8)]`` -> bool tensor of ``shape``."""
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
+    bits = (packed.reshape(-1, 1) & weights) != 0  # [ceil(n / 8), 8]
+    return bits.reshape(-1)[: math.prod(shape)].reshape(tuple(shape))
