@@ -1,0 +1,432 @@
+"""Sensitivity analysis: how much sparsity each parameter takes, and a suggested ``prune_dict``.
+
+For every listed parameter and every sparsity level, that parameter alone is pruned one-shot with
+the same masks ``Prune`` uses (:func:`pruning_tools.masks.compute_mask`), the model is scored by a
+user function, and the weights are written back bit-exactly. The result is a table
+parameter x level -> score, from which :func:`suggest_prune_dict` picks per-parameter targets.
+
+>>> import torch
+>>> from pruning_tools import sensitivity
+>>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+>>> x = torch.eye(64)
+>>> dense = model(x).detach()
+>>> @torch.no_grad()
+... def score(m):  # higher is better: minus the output error
+...     return -float(((m(x) - dense) ** 2).mean())
+>>> table = sensitivity.sweep(model, score, levels=[0.5, 0.9], progress=False)
+>>> table.names, table.levels
+(['0.weight', '1.weight'], [0.5, 0.90625])
+>>> len(table.scores), len(table.scores[0])
+(2, 2)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import masks as M
+from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity, resolve_prune_dict
+
+DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+SWEEP_BALANCES = ("fix", "none")  # one parameter at a time: "global" is the same as "none"
+TABLE_FORMAT = "pruning_tools.sensitivity/1"
+
+
+# ---------------------------------------------------------------- levels
+
+
+def snap_levels(levels: Iterable[Any] | None = None, balance: str = "fix", bank_size: int = 64) -> list[float]:
+    """Sorted, distinct sparsity levels the pattern can realise.
+
+    With ``balance="fix"`` a full bank keeps ``k = round(bank_size * (1 - s))`` (at least 1)
+    weights, so ``s`` is snapped to ``1 - k / bank_size``: multiples of ``1 / bank_size``, at most
+    ``1 - 1 / bank_size``. With ``balance="none"`` levels are kept as given (a tensor of ``n``
+    weights realises multiples of ``1 / n``).
+
+    >>> snap_levels([0.5, 0.6, 0.9, 0.98])
+    [0.5, 0.59375, 0.90625, 0.984375]
+    >>> snap_levels([0.5, 0.75], bank_size=4)
+    [0.5, 0.75]
+    """
+    balance = check_choice("balance", balance, SWEEP_BALANCES)
+    bank_size = check_bank_size("bank_size", bank_size)
+    if levels is None:
+        levels = DEFAULT_LEVELS
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
+        raise ValueError(f"levels={levels!r} is not allowed: expected a list of sparsities in [0, 1)")
+    values = [check_sparsity(f"levels[{i}]", v) for i, v in enumerate(levels)]
+    if not values:
+        raise ValueError("levels=[] is not allowed: expected at least one sparsity in [0, 1)")
+    if balance == "fix":
+        values = [1.0 - max(1, M.keep_count(bank_size, v)) / bank_size for v in values]
+    return sorted(set(values))
+
+
+def realised(shape: Sequence[int], level: float, balance: str, bank_size: int, layout: str,
+             out_dim: int = 0) -> float:
+    """Fraction of zeros a dense tensor of ``shape`` has after one-shot pruning at ``level``."""
+    return M.realised_sparsity(tuple(shape), balance, level, bank_size, layout, out_dim)
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass
+class SensitivityTable:
+    """Scores of the model with one parameter pruned at a time.
+
+    ``scores[i][j]`` is the score with parameter ``names[i]`` alone pruned one-shot at
+    ``levels[j]`` (shape ``[len(names), len(levels)]``); ``baseline`` is the unpruned score.
+    ``shapes`` and the pattern (``balance``, ``bank_size``, ``layout``, ``out_dims``) let the
+    table compute the sparsity each parameter really reaches at any level.
+    """
+
+    names: list[str]
+    levels: list[float]
+    scores: list[list[float]]
+    baseline: float
+    shapes: dict[str, tuple[int, ...]]
+    balance: str = "fix"
+    bank_size: int = 64
+    layout: str = "channels_last"
+    out_dims: dict[str, int] = field(default_factory=dict)
+    higher_is_better: bool = True
+
+    def sizes(self) -> dict[str, int]:
+        """Number of weights of each parameter."""
+        return {name: math.prod(self.shapes[name]) for name in self.names}
+
+    def realised(self, name: str, level: float) -> float:
+        """Fraction of zeros parameter ``name`` reaches at ``level`` with this table's pattern."""
+        return realised(self.shapes[name], level, self.balance, self.bank_size, self.layout,
+                        self.out_dims.get(name, 0))
+
+    def drops(self) -> list[list[float]]:
+        """Score lost against ``baseline`` (positive = worse), ``[len(names), len(levels)]``."""
+        sign = 1.0 if self.higher_is_better else -1.0
+        return [[sign * (self.baseline - s) for s in row] for row in self.scores]
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-ready); ``from_dict`` reads it back."""
+        return {
+            "format": TABLE_FORMAT,
+            "names": list(self.names),
+            "levels": list(self.levels),
+            "scores": [list(row) for row in self.scores],
+            "baseline": self.baseline,
+            "shapes": {n: list(s) for n, s in self.shapes.items()},
+            "balance": self.balance,
+            "bank_size": self.bank_size,
+            "layout": self.layout,
+            "out_dims": dict(self.out_dims),
+            "higher_is_better": self.higher_is_better,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SensitivityTable":
+        if not isinstance(data, Mapping) or data.get("format") != TABLE_FORMAT:
+            raise ValueError(f"data is not a sensitivity table of format {TABLE_FORMAT!r}")
+        fields = {k: data[k] for k in ("names", "levels", "scores", "baseline", "balance", "bank_size",
+                                        "layout", "out_dims", "higher_is_better")}
+        return cls(shapes={n: tuple(s) for n, s in data["shapes"].items()}, **fields)
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "SensitivityTable":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def save_csv(self, path: str | Path) -> Path:
+        """One row per (parameter, level): parameter, size, level, realised sparsity, score, drop."""
+        path = Path(path)
+        sizes, drops = self.sizes(), self.drops()
+        with path.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["parameter", "size", "level", "realised_sparsity", "score", "drop"])
+            for i, name in enumerate(self.names):
+                for j, level in enumerate(self.levels):
+                    out.writerow([name, sizes[name], level, round(self.realised(name, level), 6),
+                                  self.scores[i][j], drops[i][j]])
+        return path
+
+
+# ---------------------------------------------------------------- weights of a model
+
+
+class _TorchWeights:
+    """Read and write the parameters of a ``torch.nn.Module`` by dotted name."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from .pytorch_pruning import _out_dims
+
+        self._params = dict(model.named_parameters())
+        self.out_dims = _out_dims(model)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(p.shape) for name, p in self._params.items()}
+
+    def prunable(self) -> list[str]:
+        return [n for n, p in self._params.items() if p.dim() >= 2 and p.is_floating_point()]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._params[name].detach().clone()
+
+    @torch.no_grad()
+    def set(self, name: str, value: torch.Tensor) -> None:
+        self._params[name].copy_(value)
+
+
+def _weights_of(model: Any):
+    if isinstance(model, torch.nn.Module):
+        return _TorchWeights(model)
+    raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
+
+
+def _score(evaluate: Callable[[Any], Any], model: Any) -> float:
+    value = evaluate(model)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"evaluate(model) returned {value!r}: expected a finite number (the score)")
+    return float(value)
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def sweep(
+    model: Any,
+    evaluate: Callable[[Any], float],
+    params: str | Sequence[str] | None = None,
+    levels: Iterable[float] | None = None,
+    *,
+    balance: str = "fix",
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    higher_is_better: bool = True,
+    progress: bool = True,
+) -> SensitivityTable:
+    """Prune one parameter at a time, one-shot, score the model, restore the weights bit-exactly.
+
+    - ``model``: a ``torch.nn.Module``.
+    - ``evaluate``: ``model -> score`` (a number; e.g. test accuracy). It should leave the model
+      unchanged (call ``model.eval()`` inside if it matters): only the swept weights are restored.
+    - ``params``: parameter names or glob patterns (default: every floating parameter with >= 2 dims).
+    - ``levels``: sparsities in [0, 1), default ``DEFAULT_LEVELS``, snapped by ``snap_levels``.
+    - ``balance``: ``"fix"`` (bank-balanced) or ``"none"`` (unstructured); ``bank_size``, ``layout``:
+      bank geometry as in ``Prune``.
+    - ``higher_is_better``: False when the score is a loss.
+    - ``progress``: show a progress bar (rich).
+
+    Costs ``1 + len(params) * len(levels)`` calls of ``evaluate``. Returns a ``SensitivityTable``.
+    """
+    balance = check_choice("balance", balance, SWEEP_BALANCES)
+    bank_size = check_bank_size("bank_size", bank_size)
+    layout = check_choice("layout", layout, LAYOUTS)
+    if not callable(evaluate):
+        raise TypeError(f"evaluate={evaluate!r} is not allowed: expected a callable model -> score")
+    if not isinstance(higher_is_better, bool):
+        raise ValueError(f"higher_is_better={higher_is_better!r} is not allowed: expected True or False")
+    snapped = snap_levels(levels, balance, bank_size)
+    weights = _weights_of(model)
+    shapes = weights.shapes()
+    if params is None:
+        params = weights.prunable()
+    elif isinstance(params, str):
+        params = [params]
+    if not params:
+        raise ValueError(f"params={params!r} is not allowed: expected parameter names or glob patterns")
+    defaults = {"balance": balance, "bank_size": bank_size, "layout": layout}
+    specs = resolve_prune_dict({key: 0.0 for key in params}, shapes, defaults, weights.out_dims)
+    names = list(specs)
+
+    baseline = _score(evaluate, model)
+    scores = [[math.nan] * len(snapped) for _ in names]
+    with _progress_bar(progress, len(names) * len(snapped)) as advance:
+        for i, name in enumerate(names):
+            spec, dense = specs[name], weights.get(name)
+            try:
+                for j, level in enumerate(snapped):
+                    keep = M.compute_mask(dense, None, level, spec.balance, spec.bank_size,
+                                          spec.layout, spec.out_dim)
+                    weights.set(name, dense * keep)
+                    scores[i][j] = _score(evaluate, model)
+                    advance(name, level)
+            finally:
+                weights.set(name, dense)
+    return SensitivityTable(
+        names=names, levels=snapped, scores=scores, baseline=baseline,
+        shapes={n: shapes[n] for n in names}, balance=balance, bank_size=bank_size, layout=layout,
+        out_dims={n: specs[n].out_dim for n in names if specs[n].out_dim}, higher_is_better=higher_is_better,
+    )
+
+
+class _progress_bar:
+    """Context manager yielding ``advance(name, level)``; a rich progress bar when enabled."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total, self.bar = enabled, total, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda name, level: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), transient=True)
+        self.bar.__enter__()
+        task = self.bar.add_task("sensitivity", total=self.total)
+
+        def advance(name: str, level: float) -> None:
+            self.bar.update(task, advance=1, description=f"{name} @ {level:.4f}")
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+# ---------------------------------------------------------------- the suggestion
+
+
+def overall_sparsity(table: SensitivityTable, prune_dict: Mapping[str, float],
+                     sizes: Mapping[str, float] | None = None) -> float:
+    """Size-weighted fraction of zeros the table's parameters reach with ``prune_dict``
+    (``{name: sparsity}``; names missing from it stay dense), with the table's pattern."""
+    sizes = _checked_sizes(table, sizes)
+    total = sum(sizes.values())
+    zeros = sum(sizes[n] * table.realised(n, float(prune_dict.get(n, 0.0))) for n in table.names)
+    return zeros / total
+
+
+def predicted_drop(table: SensitivityTable, prune_dict: Mapping[str, float]) -> float:
+    """Sum over parameters of the score drop each one caused alone at its target (interpolated)."""
+    return sum(float(np.interp(prune_dict.get(n, 0.0), *_curve(table, i)))
+               for i, n in enumerate(table.names))
+
+
+def _checked_sizes(table: SensitivityTable, sizes: Mapping[str, float] | None) -> dict[str, float]:
+    if sizes is None:
+        return dict(table.sizes())
+    if not isinstance(sizes, Mapping) or set(sizes) != set(table.names):
+        raise ValueError(f"sizes={sizes!r} is not allowed: expected a dict with one positive number "
+                         f"for each of {table.names}")
+    for name, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
+            raise ValueError(f"sizes[{name!r}]={v!r} is not allowed: expected a positive number")
+    return {n: float(sizes[n]) for n in table.names}
+
+
+def _curve(table: SensitivityTable, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Levels ``[0, *levels]`` and the drop envelope of parameter ``i``: the largest drop seen at
+    this level or below (so more sparsity never predicts a better score), starting at 0."""
+    levels = np.array([0.0, *table.levels])
+    drops = np.maximum.accumulate(np.array([0.0, *table.drops()[i]]))
+    if table.levels[0] == 0.0:
+        levels, drops = levels[1:], drops[1:]
+    return levels, drops
+
+
+def suggest_prune_dict(
+    table: SensitivityTable,
+    target: float | None = None,
+    max_drop: float | None = None,
+    *,
+    sizes: Mapping[str, float] | None = None,
+    resolution: float | None = None,
+) -> dict[str, float]:
+    """Per-parameter sparsities that reach ``target`` overall while keeping sensitive layers denser.
+
+    - ``target``: overall sparsity, the size-weighted mean of the sparsity each parameter really
+      reaches with the table's pattern (see ``overall_sparsity``).
+    - ``max_drop``: the score drop tolerated for any one parameter pruned alone.
+    - ``sizes``: weights of the mean (default: parameter counts; pass e.g. multiply-accumulates).
+    - ``resolution``: step of the candidate sparsities (default ``1 / bank_size`` for ``"fix"``,
+      ``1 / 256`` for ``"none"``).
+
+    Method. Each parameter's curve is its score drop against the sweep's levels, with 0 at
+    sparsity 0, made monotone (the largest drop seen at that level or below) and linearly
+    interpolated on the grid of multiples of ``resolution`` up to the highest swept level (with
+    ``max_drop``: the highest level whose drop is within ``max_drop``). Drops are assumed to add up
+    across parameters. Starting from a dense model, a greedy loop takes, among every parameter and
+    every higher grid point, the move with the smallest drop per weight pruned (ties: the larger
+    move, then the earlier parameter); this follows the lower convex hull of each curve, which is
+    optimal for convex curves. The loop stops at the first move that reaches ``target``, trimmed to
+    the smallest grid point of that parameter that still reaches it, so the result overshoots by
+    at most one grid step of one parameter (one bank step for ``"fix"``). Without ``target`` each
+    parameter gets the highest level within ``max_drop``.
+
+    Returns ``{name: sparsity}`` for every parameter of the table (0.0: keep dense), ready for
+    ``Prune``. Raises ``ValueError`` when ``target`` cannot be reached within the swept levels.
+    """
+    if target is None and max_drop is None:
+        raise ValueError("target=None and max_drop=None is not allowed: expected a target overall "
+                         "sparsity, a tolerated score drop, or both")
+    if target is not None:
+        target = check_sparsity("target", target)
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real)
+                                 or not max_drop >= 0):
+        raise ValueError(f"max_drop={max_drop!r} is not allowed: expected a number >= 0")
+    if resolution is None:
+        resolution = 1.0 / table.bank_size if table.balance == "fix" else 1.0 / 256
+    elif isinstance(resolution, bool) or not isinstance(resolution, numbers.Real) or not 0 < resolution < 1:
+        raise ValueError(f"resolution={resolution!r} is not allowed: expected a number in (0, 1)")
+    weights = _checked_sizes(table, sizes)
+    total = sum(weights.values())
+
+    grids, gains, costs = [], [], []  # per parameter: candidate levels, weight pruned, drop
+    for i, name in enumerate(table.names):
+        levels, drops = _curve(table, i)
+        top = levels[-1] if max_drop is None else levels[drops <= max_drop + 1e-12][-1]
+        grid = np.append(np.arange(0, int(round(top / resolution)) + 1) * resolution, top)
+        grid = np.unique(np.minimum(grid, top))
+        grids.append(grid)
+        gains.append(np.array([weights[name] * table.realised(name, float(s)) for s in grid]) / total)
+        costs.append(np.interp(grid, levels, drops))
+    chosen = [len(g) - 1 for g in grids] if target is None else _greedy(gains, costs, target, table, max_drop)
+    return {name: float(round(grids[i][chosen[i]], 9)) for i, name in enumerate(table.names)}
+
+
+def _greedy(gains: list[np.ndarray], costs: list[np.ndarray], target: float,
+            table: SensitivityTable, max_drop: float | None) -> list[int]:
+    """Indices into each parameter's grid: see ``suggest_prune_dict``."""
+    reachable = sum(float(g[-1]) for g in gains)
+    if reachable < target - 1e-12:
+        within = "" if max_drop is None else f" and max_drop={max_drop}"
+        raise ValueError(f"target={target} is not reachable: at most {reachable:.4f} overall within the "
+                         f"swept levels (up to {table.levels[-1]}){within}; sweep higher levels or lower the target")
+    idx = [0] * len(gains)
+    reached = sum(float(g[0]) for g in gains)
+    while reached < target - 1e-12:
+        best = None  # (cost per gain, -gain, parameter, grid index)
+        for i, (g, c) in enumerate(zip(gains, costs)):
+            more = g[idx[i] + 1:] - g[idx[i]]
+            useful = np.nonzero(more > 1e-15)[0]
+            if not len(useful):
+                continue
+            extra = c[idx[i] + 1:][useful] - c[idx[i]]
+            ratio = extra / more[useful]
+            k = int(np.lexsort((-more[useful], ratio))[0])
+            key = (float(ratio[k]), -float(more[useful][k]), i, idx[i] + 1 + int(useful[k]))
+            if best is None or key < best:
+                best = key
+        _, _, i, j = best
+        if reached + gains[i][j] - gains[i][idx[i]] >= target - 1e-12:
+            need = target - 1e-12 - (reached - gains[i][idx[i]])
+            j = idx[i] + int(np.nonzero(gains[i][idx[i]:j + 1] >= need)[0][0])
+        reached += float(gains[i][j] - gains[i][idx[i]])
+        idx[i] = j
+    return idx
