@@ -244,7 +244,11 @@ class Prune:
                 continue
             realised = M.realised_sparsity(shape, spec.balance, spec.sparsity, spec.bank_size,
                                            spec.layout, spec.out_dim)
-            granularity = 0.5 / spec.bank_size if spec.balance == "fix" else 0.5 / max(1, math.prod(shape))
+            # rounding to whole weights per bank (or per tensor) is not "unreachable"
+            if spec.balance == "fix":
+                granularity = 0.5 / min(spec.bank_size, M.row_length(shape, spec.layout, spec.out_dim))
+            else:
+                granularity = 0.5 / max(1, math.prod(shape))
             if abs(realised - spec.sparsity) > granularity + 1e-9:
                 warnings.warn(
                     f"{name} {list(shape)}: target sparsity {spec.sparsity} cannot be reached with "
