@@ -11,5 +11,9 @@ def main() -> None:
     """Training-time pruning, unstructured or bank-balanced, for PyTorch and MXNet."""
 
 
+from .sensitivity_cli import sensitivity  # noqa: E402
+
+main.add_command(sensitivity)
+
 if __name__ == "__main__":
     main()

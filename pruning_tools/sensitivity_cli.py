@@ -1,0 +1,139 @@
+"""``pruning-tools sensitivity``: sweep, table, plots and a suggested prune_dict from the shell."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .sensitivity import DEFAULT_LEVELS, SensitivityTable, overall_sparsity, predicted_drop, suggest_prune_dict, sweep
+
+
+def load_user_model(spec: str) -> tuple[Any, Callable[[Any], float]]:
+    """``"pkg.module:function"`` -> ``function()``, which must return ``(model, evaluate)``."""
+    module_name, sep, function_name = spec.partition(":")
+    if not sep or not module_name or not function_name:
+        raise click.BadParameter(f"{spec!r}: expected 'pkg.module:function'", param_hint="--model")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise click.BadParameter(f"{spec!r}: {error}", param_hint="--model") from error
+    result = function()
+    if not (isinstance(result, tuple) and len(result) == 2 and callable(result[1])):
+        raise click.BadParameter(f"{spec!r} returned {type(result).__name__}: expected a tuple "
+                                 "(model, evaluate) with evaluate a callable model -> score", param_hint="--model")
+    return result
+
+
+def mnist_model(data_dir: str | None, weights: str | None, epochs: int, limit: int | None,
+                score_images: int, seed: int, out: Path) -> tuple[Any, Callable[[Any], float]]:
+    """The MNIST demo CNN, dense (loaded from ``weights`` or trained for ``epochs``), scored by
+    accuracy on the last ``score_images`` training images (the test set stays unseen)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from .mnist import load_mnist
+    from .mnist_train import SimpleCNN, evaluate, to_tensor, train_mnist
+
+    if weights is not None:
+        model = SimpleCNN()
+        model.load_state_dict(load_file(weights))
+    else:
+        click.echo(f"training the dense CNN for {epochs} epoch(s) ...", err=True)
+        result = train_mnist(data_dir, sparsity=0.0, epochs=epochs, limit=limit, seed=seed)
+        model = result["model"]
+        click.echo(f"dense test accuracy {result['test_accuracy']:.4f}; weights -> {out / 'dense.safetensors'}",
+                   err=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "dense.safetensors"))
+    data = load_mnist(data_dir).head(limit)
+    images = to_tensor(data.train_images[-score_images:])
+    labels = torch.from_numpy(data.train_labels[-score_images:].astype("int64"))
+    return model, lambda m: evaluate(m, images, labels)
+
+
+def _print_table(table: SensitivityTable) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=f"score (dense {table.baseline:.4f}) with one parameter pruned at each sparsity")
+    view.add_column("parameter")
+    view.add_column("size", justify="right")
+    for level in table.levels:
+        view.add_column(f"{level:.4f}", justify="right")
+    sizes = table.sizes()
+    for name, row in zip(table.names, table.scores):
+        view.add_row(name, str(sizes[name]), *(f"{s:.4f}" for s in row))
+    Console(stderr=True).print(view)
+
+
+@click.command("sensitivity")
+@click.option("--model", "model_spec", default=None, metavar="PKG.MODULE:FUNCTION",
+              help="Function returning (model, evaluate); default: the MNIST demo CNN.")
+@click.option("--params", multiple=True, help="Parameter name or glob (repeatable); default: all >= 2-D weights.")
+@click.option("--levels", default=",".join(str(v) for v in DEFAULT_LEVELS), show_default=True,
+              help="Comma-separated sparsities, snapped to what the pattern realises.")
+@click.option("--balance", type=click.Choice(["fix", "none"]), default="fix", show_default=True)
+@click.option("--bank-size", type=int, default=64, show_default=True)
+@click.option("--layout", type=click.Choice(["channels_last", "flat"]), default="channels_last", show_default=True)
+@click.option("--target", type=float, default=None, help="Overall sparsity of the suggested prune_dict.")
+@click.option("--uniform", type=float, default=None,
+              help="Suggest at the overall sparsity a uniform prune_dict at this value reaches.")
+@click.option("--max-drop", type=float, default=None, help="Score drop tolerated per parameter.")
+@click.option("--lower-is-better", is_flag=True, help="The score is a loss.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sensitivity"),
+              show_default=True, help="Directory for sensitivity.json/.csv/.png, suggestion.json, targets.png.")
+@click.option("--data-dir", default=None, help="MNIST: directory of the IDX files.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="MNIST: dense weights (safetensors) instead of training.")
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="MNIST: dense training epochs.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="MNIST: use only the first N images.")
+@click.option("--score-images", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="MNIST: score on the last N training images.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def sensitivity(model_spec, params, levels, balance, bank_size, layout, target, uniform, max_drop,
+                lower_is_better, out, data_dir, weights, epochs, limit, score_images, seed, progress) -> None:
+    """Prune one parameter at a time, one-shot; score; restore; suggest a prune_dict."""
+    try:
+        level_values = [float(v) for v in levels.split(",") if v.strip()]
+    except ValueError as error:
+        raise click.BadParameter(f"{levels!r}: expected comma-separated numbers", param_hint="--levels") from error
+    if target is not None and uniform is not None:
+        raise click.UsageError("give --target or --uniform, not both")
+    out.mkdir(parents=True, exist_ok=True)
+    if model_spec is None:
+        model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out)
+    else:
+        model, evaluate = load_user_model(model_spec)
+    try:
+        table = sweep(model, evaluate, list(params) or None, level_values, balance=balance, bank_size=bank_size,
+                      layout=layout, higher_is_better=not lower_is_better, progress=progress)
+    except (ValueError, TypeError) as error:
+        raise click.UsageError(str(error)) from error
+    _print_table(table)
+    table.save_json(out / "sensitivity.json")
+    table.save_csv(out / "sensitivity.csv")
+    from .sensitivity_plot import plot_curves, plot_targets
+
+    plot_curves(table, out / "sensitivity.png")
+    if uniform is not None:
+        target = overall_sparsity(table, {name: uniform for name in table.names})
+    if target is None and max_drop is None:
+        click.echo(f"table -> {out}; pass --target, --uniform or --max-drop for a suggested prune_dict", err=True)
+        return
+    try:
+        suggestion = suggest_prune_dict(table, target, max_drop)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    report = {"prune_dict": suggestion, "overall_sparsity": overall_sparsity(table, suggestion),
+              "predicted_drop": predicted_drop(table, suggestion), "target": target, "max_drop": max_drop}
+    bars = {"suggested": suggestion}
+    if uniform is not None:
+        bars[f"uniform {uniform}"] = {name: uniform for name in table.names}
+        report["uniform"] = uniform
+    (out / "suggestion.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot_targets(table, bars, out / "targets.png")
+    click.echo(json.dumps(report, indent=1))
