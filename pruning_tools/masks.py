@@ -182,6 +182,23 @@ def compute_mask(w: Tensor, mask: Tensor | None, sparsity: float, balance: str, 
     return unstructured_mask(w, mask, sparsity)
 
 
+class MaskJob(NamedTuple):
+    """One tensor to mask: ``compute_mask``'s arguments."""
+
+    w: Tensor
+    mask: Tensor | None
+    sparsity: float
+    balance: str  # "fix" or "none"
+    bank_size: int = 64
+    layout: str = "channels_last"
+    out_dim: int = 0
+
+
+def compute_masks(jobs: Sequence[MaskJob]) -> list[Tensor]:
+    """``compute_mask`` of every job, in order (bool, shape of each ``w``)."""
+    return [compute_mask(*job) for job in jobs]
+
+
 # ---------------------------------------------------------------- checker
 
 
