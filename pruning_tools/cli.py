@@ -14,6 +14,9 @@ def main() -> None:
 from .sensitivity_cli import sensitivity  # noqa: E402
 
 main.add_command(sensitivity)
+from .demo import demo  # noqa: E402
+
+main.add_command(demo)
 
 if __name__ == "__main__":
     main()
