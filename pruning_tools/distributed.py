@@ -1,0 +1,286 @@
+"""Masks across processes: DDP (replicated weights) and FSDP2 (DTensors sharded on dim 0).
+
+- **Replicated weights (DDP)** need no communication: every rank holds the same weights and the
+  selection in ``masks.py`` is deterministic (ties to the lower index), so every rank computes the
+  same masks. ``broadcast_masks`` copies rank 0's masks anyway, for those who want a guarantee
+  that does not rest on identical arithmetic.
+- **Sharded weights (FSDP2, ``fully_shard``)** are DTensors whose dim 0 (output channels) is split
+  across ranks. A bank lives inside one row and a row inside one output channel, so bank-balanced
+  masks are computed on the local shard with no communication. Unstructured and global masks need
+  the exact k-th largest score over all shards: ``keep_largest_sharded`` finds it by radix
+  selection on the scores' bit patterns, all-reducing one 256-bin histogram per byte (4 or 8
+  all-reduces of 256 integers), then one all-reduce of per-shard counts to break ties exactly as
+  the single-process code does (earlier tensor, then lower flat index). Whole tensors are never
+  gathered.
+
+Every function here accepts plain tensors too and then does exactly what ``masks.py`` does, so
+the pruner calls them unconditionally. Masks of a DTensor are plain bool tensors shaped like its
+local shard (``p.to_local()``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from . import masks as M
+
+try:  # torch builds without distributed support have no DTensor
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+except ImportError:  # pragma: no cover - such builds cannot hold DTensors either
+    dist, DTensor, Replicate, Shard = None, None, None, None
+
+ReduceSum = Callable[[Tensor], Tensor]  # sums an int64 tensor over the ranks, returns the sum
+
+
+# ---------------------------------------------------------------- DTensor plumbing
+
+
+def is_sharded(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2 parameter or any ``distribute_tensor`` result)."""
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t: Tensor) -> Tensor:
+    """The part of ``t`` this rank holds: ``t.to_local()`` for a DTensor (same storage, so an
+    in-place ``mul_`` writes the parameter), ``t`` itself otherwise."""
+    return t.to_local() if is_sharded(t) else t
+
+
+class ShardInfo:
+    """Where a tensor's shards live: the process group over which dim 0 is split (None: every
+    rank holds all of it), this rank's position in it and the group size."""
+
+    def __init__(self, group, rank: int, world: int, device: torch.device):
+        self.group, self.rank, self.world, self.device = group, rank, world, device
+
+    @property
+    def split(self) -> bool:
+        return self.group is not None
+
+    def reduce_sum(self, x: Tensor) -> Tensor:
+        if self.split:
+            x = x.to(self.device)
+            dist.all_reduce(x, group=self.group)
+        return x
+
+
+def shard_info(t: Tensor, name: str = "tensor") -> ShardInfo:
+    """How ``t`` is split. Allowed: plain tensors, and DTensors whose placements are ``Replicate``
+    on every mesh dim except at most one ``Shard(0)`` (FSDP2, and HSDP's replicate x shard)."""
+    if not is_sharded(t):
+        return ShardInfo(None, 0, 1, t.device)
+    shard_dims = [i for i, pl in enumerate(t.placements) if isinstance(pl, Shard)]
+    others = [pl for pl in t.placements if not isinstance(pl, (Shard, Replicate))]
+    if others or len(shard_dims) > 1 or any(t.placements[i].dim != 0 for i in shard_dims):
+        raise ValueError(
+            f"{name} has placements={tuple(t.placements)}: expected Replicate() and at most one "
+            f"Shard(0) (as fully_shard makes)"
+        )
+    mesh = t.device_mesh
+    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" \
+        else torch.device(mesh.device_type)
+    if not shard_dims:
+        return ShardInfo(None, 0, 1, device)
+    group = mesh.get_group(shard_dims[0])
+    return ShardInfo(group, dist.get_rank(group), dist.get_world_size(group), device)
+
+
+def _common_info(tensors: Sequence[Tensor], names: Sequence[str]) -> ShardInfo:
+    """The one shard group of all sharded ``tensors`` (plain and replicated ones fit any)."""
+    infos = [(n, shard_info(t, n)) for t, n in zip(tensors, names)]
+    split = [(n, i) for n, i in infos if i.split]
+    if not split:
+        return infos[0][1] if infos else ShardInfo(None, 0, 1, torch.device("cpu"))
+    first_name, first = split[0]
+    for n, info in split[1:]:
+        if info.group is not first.group:
+            raise ValueError(f"{n} and {first_name} are sharded over different process groups: "
+                             f"expected one group for a global threshold")
+    return first
+
+
+# ---------------------------------------------------------------- exact k-th selection
+
+
+def sortable_keys(scores: Tensor) -> tuple[Tensor, int]:
+    """Integer keys ordered exactly like the float ``scores``: ``(int64 keys, bits)``.
+
+    Float16/bfloat16/float32 scores become 32-bit keys (float32 holds them exactly), float64
+    64-bit keys. Shape of ``scores``, flattened: ``[n]``.
+    """
+    if scores.dtype == torch.float64:
+        raw, bits, low = scores.reshape(-1).contiguous().view(torch.int64), 64, 0x7FFFFFFFFFFFFFFF
+    else:
+        raw, bits, low = scores.reshape(-1).float().contiguous().view(torch.int32).long(), 32, 0x7FFFFFFF
+    # negative floats: flipping the magnitude bits reverses their order, as it must
+    return torch.where(raw >= 0, raw, raw ^ low), bits
+
+
+def kth_largest_key(keys: Sequence[Tensor], k: int, bits: int, reduce_sum: ReduceSum,
+                    device: torch.device) -> int:
+    """The key of the ``k``-th largest (1-based) among all ranks' ``keys`` (signed int64, ``bits``
+    wide). Radix selection, most significant byte first: one all-reduce of 256 counts per byte."""
+    prefix, need = None, k
+    for shift in range(bits - 8, -1, -8):
+        hist = torch.zeros(256, dtype=torch.int64, device=device)
+        for key in keys:
+            if prefix is None:
+                digits = (key >> shift) + 128  # signed top byte -> 0..255, order kept
+            else:
+                digits = (key[(key >> (shift + 8)) == (prefix >> (shift + 8))] >> shift) & 255
+            hist += torch.bincount(digits, minlength=256).to(device)
+        above = reduce_sum(hist).flip(0).cumsum(0)  # above[j]: keys in buckets >= 255 - j
+        j = int(torch.searchsorted(above, torch.tensor([need], device=above.device)))
+        need -= int(above[j - 1]) if j else 0
+        digit = 255 - j
+        prefix = (digit - 128) << shift if prefix is None else prefix | (digit << shift)
+    return prefix
+
+
+def keep_largest_sharded(scores: Sequence[Tensor], k: int, split: Sequence[bool], rank: int,
+                         world: int, reduce_sum: ReduceSum,
+                         device: torch.device | None = None) -> list[Tensor]:
+    """Keep the ``k`` largest of all scores of all ranks, ties to the earlier tensor, then the
+    earlier rank's shard, then the lower local index (the single-process order of ``torch.cat``
+    over tensors whose dim 0 is split across ranks in rank order).
+
+    ``scores``: this rank's part of each tensor, any shapes; ``split[i]``: tensor ``i`` is split
+    across the ranks (False: every rank holds all of it and computes the same mask).
+    ``reduce_sum`` sums an int64 tensor over the ranks (identity in a single process).
+    Returns bool masks shaped like ``scores``. The caller ensures ``0 < k < total``.
+    """
+    device = device or (scores[0].device if scores else torch.device("cpu"))
+    keyed = [sortable_keys(s) for s in scores]
+    bits = max((b for _, b in keyed), default=32)
+    keys = [key for key, _ in keyed]
+    counted = [key if s or rank == 0 else key[:0] for key, s in zip(keys, split)]  # count each weight once
+    threshold = kth_largest_key(counted, k, bits, reduce_sum, device)
+
+    n = len(keys)
+    counts = torch.zeros(n + world * n, dtype=torch.int64, device=device)  # [greater per tensor | ties per (rank, tensor)]
+    for i, key in enumerate(counted):
+        counts[i] = int((key > threshold).sum())
+        counts[n + rank * n + i] = int((key == threshold).sum())
+    counts = reduce_sum(counts)
+    missing = k - int(counts[:n].sum())  # ties to keep, >= 1
+    ties = counts[n:].reshape(world, n)  # [world, tensors]
+    out = []
+    for i, (key, s) in enumerate(zip(keys, split)):
+        before = int(ties[:, :i].sum()) + (int(ties[:rank, i].sum()) if s else 0)
+        take = max(0, min(missing - before, int((key == threshold).sum())))
+        tie = key == threshold
+        keep = (key > threshold) | (tie & (tie.cumsum(0) <= take))
+        out.append(keep.reshape(scores[i].shape))
+    return out
+
+
+# ---------------------------------------------------------------- masks of (maybe) sharded weights
+
+
+def _on(t: Tensor, device: torch.device | None) -> Tensor:
+    return t if device is None else t.to(device)
+
+
+def _sharded_keep(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float,
+                  names: Sequence[str], devices: Sequence[torch.device | None], pooled: bool) -> list[Tensor]:
+    info = _common_info(weights, names)
+    split = [shard_info(w, n).split for w, n in zip(weights, names)]
+    scores = [M.magnitude_scores(_on(local(w), d), m) for w, m, d in zip(weights, masks, devices)]
+    if pooled:  # one threshold over several tensors compares in float32, as masks.global_masks does
+        scores = [s.float() for s in scores]
+    total = sum(w.numel() for w in weights)  # global sizes
+    k = M.keep_count(total, sparsity)
+    if k >= total:
+        return [torch.ones_like(s, dtype=torch.bool) for s in scores]
+    if k <= 0:
+        return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
+    return keep_largest_sharded(scores, k, split, info.rank, info.world, info.reduce_sum,
+                                info.device if info.split else None)
+
+
+def compute_mask(w: Tensor, mask: Tensor | None, sparsity: float, balance: str, bank_size: int = 64,
+                 layout: str = "channels_last", out_dim: int = 0, name: str = "tensor",
+                 device: torch.device | None = None) -> Tensor:
+    """``masks.compute_mask`` for a plain tensor or a DTensor sharded on dim 0 (mask of the local
+    shard). Bank-balanced: shard-local, no communication; unstructured: exact k-th selection.
+    ``device``: where the mask is computed and kept (default: beside the weight or its shard)."""
+    if not is_sharded(w):
+        return M.compute_mask(_on(w, device), mask, sparsity, balance, bank_size, layout, out_dim)
+    info = shard_info(w, name)
+    if balance == "fix" and w.dim() >= 2:
+        if info.split and out_dim != 0:
+            raise ValueError(f"{name} is sharded on dim 0 but its output channels are on dim {out_dim}: "
+                             f"banks would straddle shards; shard it on its output channels or use balance='none'")
+        shard = _on(local(w), device)
+        if shard.numel() == 0:  # a rank past the last row (uneven split)
+            return torch.zeros_like(shard, dtype=torch.bool)
+        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim)
+    return _sharded_keep([w], [mask], sparsity, [name], [device], pooled=False)[0]
+
+
+def global_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float,
+                 names: Sequence[str] | None = None,
+                 devices: Sequence[torch.device | None] | None = None) -> list[Tensor]:
+    """``masks.global_masks`` over plain tensors and/or DTensors (masks of the local shards).
+    ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight)."""
+    devices = list(devices) if devices is not None else [None] * len(weights)
+    if not any(is_sharded(w) for w in weights):
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity)
+    names = list(names) if names is not None else [f"tensor {i}" for i in range(len(weights))]
+    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True)
+
+
+# ---------------------------------------------------------------- counting over shards
+
+
+def count_nonzero(w: Tensor) -> int:
+    """Non-zeros of the whole tensor, summed over the shards of a DTensor."""
+    info = shard_info(w)
+    n = torch.tensor([int((local(w) != 0).sum())], dtype=torch.int64)
+    return int(info.reduce_sum(n)[0])
+
+
+def banks_balanced(w: Tensor, bank_size: int, layout: str, out_dim: int, sparsity: float) -> bool:
+    """``masks.check_banks(...).balanced`` over the whole tensor (every shard of a DTensor)."""
+    shard = local(w)
+    ok = shard.numel() == 0 or M.check_banks(shard, bank_size, layout, out_dim, sparsity).balanced
+    info = shard_info(w)
+    failures = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    return int(info.reduce_sum(failures)[0]) == 0
+
+
+# ---------------------------------------------------------------- replicated weights (DDP)
+
+
+def broadcast_masks(prune, src: int = 0, group=None) -> None:
+    """Make every rank's masks equal rank ``src``'s and re-apply them to the weights.
+
+    For replicated weights (DDP) the masks already agree by construction; this is the explicit
+    guarantee. Call it on every rank, after ``prune.prune()``. Sharded parameters (DTensors) are
+    skipped: each rank holds the mask of its own shard.
+    """
+    if dist is None or not dist.is_initialized():
+        raise RuntimeError("broadcast_masks needs an initialised torch.distributed process group")
+    params = dict(prune.model.named_parameters())
+    backend_device = _collective_device(group)
+    with torch.no_grad():
+        for name, mask in prune.masks().items():
+            p = params[name]
+            if is_sharded(p):
+                continue
+            buf = mask.to(backend_device, torch.uint8)
+            dist.broadcast(buf, src=src, group=group)
+            mask.copy_(buf.to(mask.device).bool())
+            p.mul_(mask.to(p.device))
+
+
+def _collective_device(group) -> torch.device:
+    backend = dist.get_backend(group)
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
