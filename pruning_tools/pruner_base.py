@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import distributed as D
 from . import masks as M
 from .config import PruneConfig
 from .schedule import is_refresh_step, target_sparsity
@@ -104,7 +105,7 @@ class PrunerBase:
         """``(per-parameter fraction of zeros, overall fraction)``, counted in the weights."""
         self._check_ready()
         weights = self._weights()
-        zeros = {name: int((p == 0).sum()) for name, p in weights.items()}
+        zeros = {name: p.numel() - D.count_nonzero(p) for name, p in weights.items()}  # over all shards
         total = sum(p.numel() for p in weights.values())
         per_layer = {name: zeros[name] / max(1, p.numel()) for name, p in weights.items()}
         return per_layer, sum(zeros.values()) / max(1, total)
@@ -120,9 +121,9 @@ class PrunerBase:
         for name, p in weights.items():
             spec, target = self.config.params[name], self._mask_targets[name]
             if spec.balance == "fix" and p.dim() >= 2:
-                ok[name] = M.check_banks(p, spec.bank_size, spec.layout, spec.out_dim, target).balanced
+                ok[name] = D.banks_balanced(p, spec.bank_size, spec.layout, spec.out_dim, target)
             else:
-                nonzeros = int((p != 0).sum())
+                nonzeros = D.count_nonzero(p)
                 if spec.balance == "global":
                     pooled_nonzeros += nonzeros
                     pooled_budget += p.numel()
@@ -139,7 +140,7 @@ class PrunerBase:
         """Current keep-masks (bool, shape of each parameter); all-True for untouched ones."""
         self._check_ready()
         weights = self._weights()
-        return {name: (m if m is not None else torch.ones_like(weights[name], dtype=torch.bool))
+        return {name: (m if m is not None else torch.ones_like(D.local(weights[name]), dtype=torch.bool))
                 for name, m in self._masks.items()}
 
     def state_dict(self) -> dict:
@@ -171,7 +172,7 @@ class PrunerBase:
                 masks[name] = None
             else:
                 packed = torch.as_tensor(packed, dtype=torch.uint8)
-                masks[name] = M.unpack_bits(packed, p.shape).to(self._mask_device(p))
+                masks[name] = M.unpack_bits(packed, D.local(p).shape).to(self._mask_device(p))
         self._masks = masks
         self._step = int(state["step"])
         self._initial = {name: float(v) for name, v in state["initial_sparsity"].items()}
@@ -196,12 +197,12 @@ class PrunerBase:
         return torch.device("cpu") if self.config.prune_device == "cpu" else p.device
 
     def _existing_zeros(self, p: Tensor) -> Tensor | None:
-        mask = (p.detach() != 0).to(self._mask_device(p))
+        mask = (D.local(p).detach() != 0).to(self._mask_device(p))
         return None if bool(mask.all()) else mask
 
     @staticmethod
     def _measured(p: Tensor) -> float:
-        return float((p.detach() == 0).sum()) / max(1, p.numel())
+        return (p.numel() - D.count_nonzero(p.detach())) / max(1, p.numel())
 
     def _pooled(self, values: Mapping[str, float], weights: Mapping[str, Tensor] | None = None) -> float:
         """Size-weighted mean of ``values`` over the parameters in global mode."""
@@ -222,13 +223,15 @@ class PrunerBase:
             if spec.balance == "global":
                 pool.append(name)
                 continue
-            w = p.detach().to(self._mask_device(p))
-            self._masks[name] = M.compute_mask(w, self._masks[name], target, spec.balance,
-                                               spec.bank_size, spec.layout, spec.out_dim)
+            self._masks[name] = D.compute_mask(p.detach(), self._masks[name], target, spec.balance,
+                                               spec.bank_size, spec.layout, spec.out_dim,
+                                               name=name, device=self._mask_device(p))
         if pool:
-            pooled = [weights[n].detach().to(self._mask_device(weights[n])) for n in pool]
+            pooled = [weights[n].detach() for n in pool]
+            devices = [self._mask_device(weights[n]) for n in pool]
             target = self._pooled({n: self.target(n) for n in pool}, weights)
-            for name, mask in zip(pool, M.global_masks(pooled, [self._masks[n] for n in pool], target)):
+            masks = D.global_masks(pooled, [self._masks[n] for n in pool], target, pool, devices)
+            for name, mask in zip(pool, masks):
                 self._masks[name] = mask
 
     def _warn_unreachable(self, weights: Mapping[str, Tensor]) -> None:

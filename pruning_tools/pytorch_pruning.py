@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from . import distributed as D
 from .config import PruneConfig, make_config
 from .pruner_base import STATE_FORMAT, PrunerBase  # noqa: F401  (STATE_FORMAT re-exported)
 
@@ -97,4 +98,4 @@ class Prune(PrunerBase):
         for name, mask in self._masks.items():
             if mask is not None:
                 p = self._params[name]
-                p.mul_(mask if mask.device == p.device else mask.to(p.device))
+                D.local(p).mul_(mask if mask.device == p.device else mask.to(p.device))  # shard of a DTensor
