@@ -17,6 +17,9 @@ main.add_command(sensitivity)
 from .demo import demo  # noqa: E402
 
 main.add_command(demo)
+from .inspection import inspect  # noqa: E402
+
+main.add_command(inspect)
 
 if __name__ == "__main__":
     main()

@@ -56,7 +56,7 @@ def write_outputs(result: dict, out: Path, console: Console | None = None) -> di
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"weights": out / "weights.safetensors", "results": out / "results.json"}
-    save_file({name: np.ascontiguousarray(w) for name, w in result["weights"].items()}, str(files["weights"]))
+    save_file({name: np.array(w, order="C") for name, w in result["weights"].items()}, str(files["weights"]))
     if result.get("pruner_state") is not None:
         files["pruner_state"] = out / "pruner_state.pt"
         torch.save(plain(result["pruner_state"]), files["pruner_state"])

@@ -1,0 +1,121 @@
+"""`pruning-tools inspect` on checkpoints made here: .pt, safetensors, MXNet .params."""
+
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pruning_tools import bank_mask
+from pruning_tools.cli import main
+
+
+def tensors() -> dict[str, torch.Tensor]:
+    """A bank-balanced weight (4 of every 64 kept), an unbalanced one with the same count, a bias."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 128, generator=g)
+    balanced = w * bank_mask(w, None, 0.9375)  # [8, 128]: every bank of 64 keeps 4
+    unbalanced = balanced.clone()
+    zeros_in_bank = torch.nonzero(unbalanced[0, :64] == 0).flatten()[:2]
+    unbalanced[0, zeros_in_bank] = 1.0  # row 0, bank 0 now holds 6 non-zeros ...
+    kept_in_bank = torch.nonzero(unbalanced[1, 64:]).flatten()[:2]
+    unbalanced[1, 64 + kept_in_bank] = 0.0  # ... row 1, bank 1 only 2: same overall sparsity
+    return {"fc.weight": balanced, "bad.weight": unbalanced, "fc.bias": torch.ones(8)}
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["inspect", *map(str, args)])
+
+
+def report(*args) -> dict:
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def by_name(rep: dict) -> dict:
+    return {row["name"]: row for row in rep["tensors"]}
+
+
+def check_rows(rep: dict) -> None:
+    rows = by_name(rep)
+    assert rows["fc.weight"]["balanced"] is True and rows["fc.weight"]["shape"] == [8, 128]
+    assert rows["fc.weight"]["nonzeros"] == 8 * 2 * 4 and rows["fc.weight"]["sparsity"] == pytest.approx(0.9375)
+    bad = rows["bad.weight"]
+    assert bad["balanced"] is False and bad["nonzeros"] == 64 and bad["budget"] == 4
+    assert bad["over_budget"] == 1 and bad["worst_bank"] == [0, 0] and bad["worst_nonzeros"] == 6
+    assert rows["fc.bias"]["balanced"] is None and rows["fc.bias"]["sparsity"] == 0
+    assert rep["totals"]["unbalanced"] == ["bad.weight"] and rep["balanced"] is False
+    assert rep["totals"]["numel"] == 2 * 8 * 128 + 8 and rep["totals"]["nonzeros"] == 64 + 64 + 8
+
+
+def test_torch_state_dict(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(tensors(), path)
+    check_rows(report(path))
+
+
+def test_nested_torch_checkpoint_is_flattened(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": tensors(), "epoch": 3}, path)
+    assert set(by_name(report(path))) == {"model.fc.weight", "model.bad.weight", "model.fc.bias"}
+
+
+def test_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file(tensors(), str(path))
+    check_rows(report(path))
+
+
+def test_mxnet_params(tmp_path):
+    mx = pytest.importorskip("mxnet")
+    path = tmp_path / "model.params"
+    mx.nd.save(str(path), {name: mx.nd.array(t.numpy()) for name, t in tensors().items()})
+    check_rows(report(path))
+
+
+def test_mxnet_missing_gives_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "model.params"
+    path.write_bytes(b"\0" * 16)
+    monkeypatch.setitem(sys.modules, "mxnet", None)  # import mxnet now raises ImportError
+    result = run(path)
+    assert result.exit_code == 1 and "needs mxnet" in result.output
+
+
+def test_require_balanced_exit_code_and_match(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(tensors(), path)
+    failed = run(path, "--require-balanced")
+    assert failed.exit_code == 1 and "not bank-balanced: bad.weight" in failed.output
+    assert run(path, "--require-balanced", "--match", "fc.*").exit_code == 0
+    assert run(path).exit_code == 0  # without the flag the report alone never fails
+
+
+def test_explicit_sparsity_sets_the_budget(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(tensors(), path)
+    rows = by_name(report(path, "--sparsity", "0.96875"))  # 2 of 64 allowed: 4 is over budget
+    assert rows["fc.weight"]["balanced"] is False and rows["fc.weight"]["budget"] == 2
+    rows = by_name(report(path, "--bank-size", "128"))  # one bank per row: 8 per row is the budget
+    assert rows["bad.weight"]["balanced"] is False and rows["fc.weight"]["balanced"] is True
+
+
+def test_table_output(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(tensors(), path)
+    out = run(path).output
+    assert "bad.weight" in out and "no (1 banks over)" in out and "total (3 tensors)" in out
+
+
+def test_bad_suffix_and_bad_file(tmp_path):
+    odd = tmp_path / "model.npz"
+    odd.write_bytes(b"x")
+    result = run(odd)
+    assert result.exit_code == 2 and "'.npz'" in result.output and ".safetensors" in result.output
+    broken = tmp_path / "model.pt"
+    broken.write_bytes(b"not a checkpoint")
+    result = run(broken)
+    assert result.exit_code == 1 and "not a PyTorch weights-only checkpoint" in result.output
