@@ -200,7 +200,7 @@ class ExportReport:
         return self.packed_bytes / max(1, self.dense_bytes)
 
 
-def _worth_packing(w: Tensor, bank_size: int) -> bool:
+def worth_packing(w: Tensor, bank_size: int) -> bool:
     """Floating, >= 2 dims, and at least one zero per bank on average (a dense tensor stays dense)."""
     if w.dim() < 2 or not w.is_floating_point() or w.numel() == 0:
         return False
@@ -228,7 +228,7 @@ def pack_state_dict(tensors: Mapping[str, Tensor], bank_size: int = 64, layout: 
             raise ValueError(f"tensor name {name!r} is not allowed: it must not contain {SEP!r}")
         spec = specs.get(name, {})
         b = int(spec.get("bank_size", bank_size))
-        if not _worth_packing(w, b):
+        if not worth_packing(w, b):
             dense[name] = w.detach().cpu().clone()  # own storage: tied weights save too
             continue
         try:
@@ -317,4 +317,4 @@ def onnx_initializers(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = ["PackedTensor", "ExportReport", "NotBankBalancedError", "pack", "unpack", "pack_state_dict",
-           "save_packed", "read_packed", "load_packed", "check_balanced", "index_dtype", "export_onnx", "onnx_initializers"]
+           "save_packed", "read_packed", "load_packed", "check_balanced", "worth_packing", "index_dtype", "export_onnx", "onnx_initializers"]

@@ -1,0 +1,124 @@
+"""The C kernel of ``BankSparseLinear`` (``bank_sparse.c``), compiled at first use and cached.
+
+It is plain C99 + OpenMP with no Python or torch headers, built by the system C compiler
+(``$CC`` or ``cc``) in about a second and loaded with ``ctypes``; the shared library is cached under
+``$PRUNING_TOOLS_CACHE`` (default ``~/.cache/pruning_tools``), keyed by the source, the flags, the
+compiler and the CPU, so a later process loads it without compiling.
+
+``PRUNING_TOOLS_KERNEL`` picks the path: ``auto`` (default: the C kernel when it builds, else the
+pure-PyTorch fallback with one warning), ``native`` (the C kernel or an error), ``torch`` (always
+the fallback).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch  # noqa: F401  (loads torch's OpenMP runtime first, so the kernel shares its threads)
+
+SOURCE = Path(__file__).with_name("bank_sparse.c")
+FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fopenmp", "-shared", "-fPIC")
+MODES = ("auto", "native", "torch")
+
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    # x, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k
+    "bank_gemv": [_P] * 7 + [_I] * 5,
+    # xt, ldx, batch, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k
+    "bank_gemm": [_P, _I, _I] + [_P] * 6 + [_I] * 5,
+}
+
+_state: dict[str, object] = {}  # "lib": CDLL or None once tried; "error": why it is None
+
+
+class KernelUnavailableError(RuntimeError):
+    """The C kernel was required (``PRUNING_TOOLS_KERNEL=native``) but could not be built or loaded."""
+
+
+def mode() -> str:
+    value = os.environ.get("PRUNING_TOOLS_KERNEL", "auto")
+    if value not in MODES:
+        raise ValueError(f"PRUNING_TOOLS_KERNEL={value!r} is not allowed: expected one of {', '.join(MODES)}")
+    return value
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUNING_TOOLS_CACHE") or Path.home() / ".cache" / "pruning_tools")
+
+
+def _cpu_signature() -> str:
+    """CPU model and feature flags (``-march=native`` code must not run on another CPU)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name", "Features"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler() -> list[str]:
+    return (os.environ.get("CC") or "cc").split()
+
+
+def library_path() -> Path:
+    """Where the compiled kernel for this source, compiler and CPU is cached."""
+    cc = _compiler()
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), " ".join(cc), version,
+                                    _cpu_signature()]).encode()).hexdigest()[:16]
+    return cache_dir() / f"bank_sparse-{key}.so"
+
+
+def _build(target: Path) -> None:
+    """Compile ``SOURCE`` into ``target`` atomically (concurrent builders are safe)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([*_compiler(), *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(_compiler())} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load() -> ctypes.CDLL:
+    path = library_path()
+    if not path.exists():
+        _build(path)
+    lib = ctypes.CDLL(str(path))
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded C kernel, or None when the fallback is to be used (see the module docstring)."""
+    m = mode()
+    if m == "torch":
+        return None
+    if "lib" not in _state:
+        try:
+            _state["lib"], _state["error"] = _load(), None
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no compiler, build or load error
+            _state["lib"], _state["error"] = None, f"{type(e).__name__}: {e}"
+            if m == "auto":
+                warnings.warn(f"bank-sparse C kernel unavailable, using the PyTorch fallback ({_state['error']})",
+                              RuntimeWarning, stacklevel=3)
+    if _state["lib"] is None and m == "native":
+        raise KernelUnavailableError(f"PRUNING_TOOLS_KERNEL=native but the C kernel is unavailable: {_state['error']}")
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def reset() -> None:
+    """Forget the loaded kernel (the next ``library()`` call tries again; for tests)."""
+    _state.clear()

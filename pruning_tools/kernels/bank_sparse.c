@@ -1,0 +1,171 @@
+/* Bank-sparse matrix product for CPUs: y = x W^T + b, W stored packed (pruning_tools/export.py).
+ *
+ * Packed W, one row per output feature:
+ *   values [rows, banks, k] float32, idx [rows, banks, k] uint8 (position inside the bank);
+ *   tail_values [rows, tail_k], tail_idx [rows, tail_k] for the shorter last bank (tail_k may be 0).
+ * Full bank j of a row covers input columns [j * bank, (j + 1) * bank); the tail bank starts at
+ * banks * bank.
+ *
+ * bank_gemv: x [in] -> y [rows].
+ * bank_gemm: xt [in, ldx] (x transposed; ldx >= batch rounded up to a multiple of 8; columns past
+ *            batch are read, never written back) -> y [batch, rows].
+ * Rows are shared among OpenMP threads (one thread when the work is small). No allocation, no state.
+ * GCC vector extensions keep the code portable: the compiler maps them to the widest SIMD it has.
+ */
+#include <stdint.h>
+#include <string.h>
+
+typedef float v8 __attribute__((vector_size(32)));
+
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+#define PARALLEL_WORK 200000 /* multiply-adds below which one thread is faster than two */
+
+/* ---------------------------------------------------------------- batch 1 */
+
+/* Dot product of one packed row with x; K stored weights per bank (a constant in the copies below). */
+#define ROW_DOT_BODY(K)                                                                         \
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                    \
+    int64_t j = 0;                                                                              \
+    for (; j + 4 <= banks; j += 4) {                                                            \
+        for (int u = 0; u < 4; ++u) {                                                           \
+            const float *xb = x + (j + u) * bank;                                               \
+            const float *vb = v + (j + u) * (K);                                                \
+            const uint8_t *ib = ix + (j + u) * (K);                                             \
+            float s = 0.0f;                                                                     \
+            for (int64_t t = 0; t < (K); ++t) s += vb[t] * xb[ib[t]];                           \
+            acc[u] += s;                                                                        \
+        }                                                                                       \
+    }                                                                                           \
+    for (; j < banks; ++j) {                                                                    \
+        const float *xb = x + j * bank;                                                         \
+        for (int64_t t = 0; t < (K); ++t) acc[0] += v[j * (K) + t] * xb[ix[j * (K) + t]];       \
+    }                                                                                           \
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+
+#define DEFINE_ROW_DOT(K)                                                                            \
+    static float row_dot_##K(const float *x, const float *v, const uint8_t *ix, int64_t banks,       \
+                             int64_t bank) {                                                         \
+        ROW_DOT_BODY(K)                                                                              \
+    }
+DEFINE_ROW_DOT(1)
+DEFINE_ROW_DOT(2)
+DEFINE_ROW_DOT(3)
+DEFINE_ROW_DOT(4)
+DEFINE_ROW_DOT(5)
+DEFINE_ROW_DOT(6)
+DEFINE_ROW_DOT(7)
+DEFINE_ROW_DOT(8)
+
+static float row_dot_any(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank,
+                         int64_t k) {
+    ROW_DOT_BODY(k)
+}
+
+static inline float row_dot(const float *x, const float *v, const uint8_t *ix, int64_t banks,
+                            int64_t bank, int64_t k) {
+    switch (k) {
+        case 1: return row_dot_1(x, v, ix, banks, bank);
+        case 2: return row_dot_2(x, v, ix, banks, bank);
+        case 3: return row_dot_3(x, v, ix, banks, bank);
+        case 4: return row_dot_4(x, v, ix, banks, bank);
+        case 5: return row_dot_5(x, v, ix, banks, bank);
+        case 6: return row_dot_6(x, v, ix, banks, bank);
+        case 7: return row_dot_7(x, v, ix, banks, bank);
+        case 8: return row_dot_8(x, v, ix, banks, bank);
+        default: return row_dot_any(x, v, ix, banks, bank, k);
+    }
+}
+
+void bank_gemv(const float *x, const float *values, const uint8_t *idx, const float *tail_values,
+               const uint8_t *tail_idx, const float *bias, float *y, int64_t rows, int64_t banks,
+               int64_t k, int64_t bank, int64_t tail_k) {
+    const int64_t work = rows * (banks * k + tail_k);
+#pragma omp parallel for schedule(static) if (work > PARALLEL_WORK)
+    for (int64_t o = 0; o < rows; ++o) {
+        float acc = banks ? row_dot(x, values + o * banks * k, idx + o * banks * k, banks, bank, k) : 0.0f;
+        const float *tv = tail_values + o * tail_k;
+        const uint8_t *ti = tail_idx + o * tail_k;
+        const float *xt = x + banks * bank;
+        for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
+        y[o] = acc + (bias ? bias[o] : 0.0f);
+    }
+}
+
+/* ---------------------------------------------------------------- batch > 1 */
+
+/* acc[0:N] (N vectors of 8 batch columns) += w * xt[col, b0 : b0 + 8N] for each stored weight.
+ * U independent copies of acc (stored weight t of a bank goes to copy t % U) hide the FMA latency. */
+#define GEMM_TILE(N, U)                                                                          \
+    static void gemm_tile_##N(const float *xt, int64_t ldx, int64_t b0, int64_t width,           \
+                              const float *v, const uint8_t *ix, int64_t banks, int64_t k,       \
+                              int64_t bank, const float *tv, const uint8_t *ti, int64_t tail_k,  \
+                              float b, float *y, int64_t rows, int64_t o) {                      \
+        v8 acc[U][N];                                                                            \
+        for (int u = 0; u < U; ++u)                                                              \
+            for (int n = 0; n < N; ++n) acc[u][n] = (v8){0};                                     \
+        for (int64_t j = 0; j < banks; ++j) {                                                    \
+            const float *xb = xt + j * bank * ldx + b0;                                          \
+            int64_t t = 0;                                                                       \
+            for (; t + U <= k; t += U) {                                                         \
+                for (int u = 0; u < U; ++u) {                                                    \
+                    const float w = v[j * k + t + u];                                            \
+                    const float *xc = xb + ix[j * k + t + u] * ldx;                              \
+                    for (int n = 0; n < N; ++n) acc[u][n] += w * load8(xc + 8 * n);              \
+                }                                                                                \
+            }                                                                                    \
+            for (; t < k; ++t) {                                                                 \
+                const float w = v[j * k + t];                                                    \
+                const float *xc = xb + ix[j * k + t] * ldx;                                      \
+                for (int n = 0; n < N; ++n) acc[0][n] += w * load8(xc + 8 * n);                  \
+            }                                                                                    \
+        }                                                                                        \
+        const float *xtail = xt + banks * bank * ldx + b0;                                       \
+        for (int64_t t = 0; t < tail_k; ++t) {                                                   \
+            const float w = tv[t];                                                               \
+            const float *xc = xtail + ti[t] * ldx;                                               \
+            for (int n = 0; n < N; ++n) acc[0][n] += w * load8(xc + 8 * n);                      \
+        }                                                                                        \
+        for (int u = 1; u < U; ++u)                                                              \
+            for (int n = 0; n < N; ++n) acc[0][n] += acc[u][n];                                  \
+        float out[8 * N];                                                                        \
+        memcpy(out, acc[0], sizeof out);                                                         \
+        for (int64_t c = 0; c < width; ++c) y[(b0 + c) * rows + o] = out[c] + b;                \
+    }
+GEMM_TILE(1, 4)
+GEMM_TILE(2, 2)
+GEMM_TILE(4, 1)
+GEMM_TILE(8, 1)
+
+void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values, const uint8_t *idx,
+               const float *tail_values, const uint8_t *tail_idx, const float *bias, float *y,
+               int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
+    const int64_t work = rows * (banks * k + tail_k) * batch;
+#pragma omp parallel for schedule(static) if (work > PARALLEL_WORK)
+    for (int64_t o = 0; o < rows; ++o) {
+        const float *v = values + o * banks * k;
+        const uint8_t *ix = idx + o * banks * k;
+        const float *tv = tail_values + o * tail_k;
+        const uint8_t *ti = tail_idx + o * tail_k;
+        const float b = bias ? bias[o] : 0.0f;
+        int64_t b0 = 0; /* widest tiles first; the last 8-wide tile may read up to ldx */
+        for (; batch - b0 >= 64; b0 += 64)
+            gemm_tile_8(xt, ldx, b0, 64, v, ix, banks, k, bank, tv, ti, tail_k, b, y, rows, o);
+        if (batch - b0 >= 32) {
+            gemm_tile_4(xt, ldx, b0, 32, v, ix, banks, k, bank, tv, ti, tail_k, b, y, rows, o);
+            b0 += 32;
+        }
+        if (batch - b0 >= 16) {
+            gemm_tile_2(xt, ldx, b0, 16, v, ix, banks, k, bank, tv, ti, tail_k, b, y, rows, o);
+            b0 += 16;
+        }
+        for (; b0 < batch; b0 += 8) {
+            const int64_t left = batch - b0;
+            gemm_tile_1(xt, ldx, b0, left < 8 ? left : 8, v, ix, banks, k, bank, tv, ti, tail_k, b, y, rows, o);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+"""Inference from the packed bank-sparse format: ``y = x Wᵀ + b`` straight from values + indices.
+
+``BankSparseLinear`` holds a weight as ``export.PackedTensor`` buffers and multiplies with the C
+kernel of ``pruning_tools.kernels`` (float32 on CPU, OpenMP over output rows), or with a
+pure-PyTorch gather where that kernel is unavailable, for other dtypes/devices, and when autograd
+needs a gradient through ``x``. ``BankSparseConv1x1`` runs 1×1 convolutions through the same path.
+
+>>> import torch
+>>> from pruning_tools.masks import bank_mask
+>>> fc = torch.nn.Linear(256, 64)
+>>> with torch.no_grad():
+...     _ = fc.weight.mul_(bank_mask(fc.weight, None, 0.9375))  # keep 4 of every 64
+>>> sparse = BankSparseLinear.from_linear(fc)
+>>> x = torch.randn(8, 256)
+>>> bool(torch.allclose(sparse(x), fc(x), atol=1e-5))
+True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from . import kernels
+from .export import PackedTensor, pack, read_packed, unpack
+
+GATHER_CHUNK = 1 << 22  # elements of the [batch, rows, nnz] product the fallback builds at once
+
+
+class BankSparseLinear(nn.Module):
+    """``nn.Linear`` with a bank-sparse weight stored packed (values + in-bank indices).
+
+    ``packed``: the weight ``[out, in]`` (or a 1×1 conv weight ``[out, in, 1, ...]``), see
+    ``export.pack``. ``bias``: ``[out]`` or None. Input ``[..., in]`` → output ``[..., out]``.
+    The weight is a set of buffers (inference module: no gradient for the weight).
+    """
+
+    def __init__(self, packed: PackedTensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        shape = tuple(packed.shape)
+        if len(shape) < 2 or any(s != 1 for s in shape[2:]) or packed.out_dim != 0:
+            raise ValueError(f"packed weight of shape {list(shape)} (out_dim={packed.out_dim}) is not allowed: "
+                             "expected a Linear weight [out, in] or a 1x1 conv weight [out, in, 1, ...]")
+        self.out_features, self.in_features = shape[0], shape[1]
+        self.bank_size = packed.bank_size
+        self.weight_shape = shape
+        if bias is not None and tuple(bias.shape) != (self.out_features,):
+            raise ValueError(f"bias of shape {list(bias.shape)} is not allowed: expected [{self.out_features}]")
+        self.register_buffer("values", packed.values.contiguous())  # [out, banks, k]
+        self.register_buffer("indices", packed.indices.contiguous())  # [out, banks, k]
+        self.register_buffer("tail_values", packed.tail_values.contiguous())  # [out, tail_k]
+        self.register_buffer("tail_indices", packed.tail_indices.contiguous())  # [out, tail_k]
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
+        self._columns: Tensor | None = None  # [out, nnz] int64 input column of each stored weight
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bank_size: int = 64, sparsity: float | None = None) -> "BankSparseLinear":
+        """Pack a pruned ``nn.Linear`` (its weight must be bank-balanced, see ``export.check_balanced``)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear={type(linear).__name__} is not allowed: expected a torch.nn.Linear")
+        return cls(pack(linear.weight, bank_size, sparsity=sparsity, name="weight"), linear.bias)
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str) -> "BankSparseLinear":
+        """Build from a packed file (``export.save_packed``): weight ``f"{name}.weight"`` and, when
+        the file has it, bias ``f"{name}.bias"``."""
+        tensors = read_packed(path)
+        weight = tensors.get(f"{name}.weight")
+        if not isinstance(weight, PackedTensor):
+            found = sorted(n for n, t in tensors.items() if isinstance(t, PackedTensor))
+            raise KeyError(f"name={name!r}: {path} has no packed tensor {name}.weight (packed: {found})")
+        bias = tensors.get(f"{name}.bias")
+        return cls(weight, bias if isinstance(bias, Tensor) else None)
+
+    def packed(self) -> PackedTensor:
+        return PackedTensor(self.values, self.indices, self.tail_values, self.tail_indices,
+                            self.weight_shape, self.bank_size)
+
+    def dense_weight(self) -> Tensor:
+        """The weight as a dense tensor ``[out, in, ...]`` (zeros where nothing is stored)."""
+        return unpack(self.packed())
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bank_size={self.bank_size}, "
+                f"k={self.values.shape[-1]}, tail_k={self.tail_values.shape[-1]}, bias={self.bias is not None}")
+
+    # ------------------------------------------------------------ compute
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input of shape {list(x.shape)} is not allowed: expected [..., {self.in_features}]")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # [batch, in]
+        lib = kernels.library() if self._kernel_applies(x2) else None
+        y = self._kernel(lib, x2) if lib is not None else self._gather(x2)  # [batch, out]
+        return y.reshape(*lead, self.out_features)
+
+    def _kernel_applies(self, x: Tensor) -> bool:
+        return (x.dtype == torch.float32 and self.values.dtype == torch.float32 and x.device.type == "cpu"
+                and self.values.device.type == "cpu" and self.indices.dtype == torch.uint8
+                and not (torch.is_grad_enabled() and x.requires_grad) and x.shape[0] > 0)
+
+    def _kernel(self, lib, x: Tensor) -> Tensor:
+        batch, rows = x.shape[0], self.out_features
+        banks, k = self.values.shape[1], self.values.shape[2]
+        tail_k = self.tail_values.shape[1]
+        bias = self.bias.float().contiguous() if self.bias is not None else None
+        y = x.new_empty(batch, rows)  # [batch, out]
+        common = (self.values.data_ptr(), self.indices.data_ptr(), self.tail_values.data_ptr(),
+                  self.tail_indices.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(),
+                  rows, banks, k, self.bank_size, tail_k)
+        if batch == 1:
+            x = x.contiguous()
+            lib.bank_gemv(x.data_ptr(), *common)
+        else:
+            ldx = -(-batch // 8) * 8
+            xt = x.new_empty(self.in_features, ldx)  # [in, ldx]: x transposed, batch padded to 8
+            xt[:, :batch].copy_(x.t())
+            xt[:, batch:].zero_()
+            lib.bank_gemm(xt.data_ptr(), ldx, batch, *common)
+        return y
+
+    def _gather(self, x: Tensor) -> Tensor:
+        """Pure-PyTorch ``y[b, o] = sum_j values[o, j] * x[b, columns[o, j]]`` (+ bias), in row chunks."""
+        if self._columns is None or self._columns.device != x.device:
+            self._columns = self._stored_columns().to(x.device)
+        columns = self._columns  # [out, nnz]
+        values = torch.cat([self.values.flatten(1), self.tail_values], dim=1).to(x)  # [out, nnz]
+        nnz = max(1, columns.shape[1])
+        chunk = max(1, GATHER_CHUNK // (nnz * max(1, x.shape[0])))
+        parts = [(x[:, columns[o:o + chunk]] * values[o:o + chunk]).sum(-1)  # [batch, chunk]
+                 for o in range(0, self.out_features, chunk)]
+        y = torch.cat(parts, dim=1) if parts else x.new_zeros(x.shape[0], 0)
+        return y + self.bias.to(y) if self.bias is not None else y
+
+    def _stored_columns(self) -> Tensor:
+        banks = self.values.shape[1]
+        start = torch.arange(banks, device=self.indices.device) * self.bank_size  # [banks]
+        full = (start[:, None] + self.indices.long()).flatten(1)  # [out, banks * k]
+        tail = banks * self.bank_size + self.tail_indices.long()  # [out, tail_k]
+        return torch.cat([full, tail], dim=1)  # [out, nnz]
+
+
+class BankSparseConv1x1(BankSparseLinear):
+    """A 1×1 convolution (1-, 2- or 3-D, groups 1, padding 0, any stride) on the bank-sparse path.
+
+    Input ``[N, in, *spatial]`` → output ``[N, out, *spatial / stride]``.
+    """
+
+    def __init__(self, packed: PackedTensor, bias: Tensor | None = None, stride: Iterable[int] | int = 1) -> None:
+        super().__init__(packed, bias)
+        dims = len(self.weight_shape) - 2
+        stride = (stride,) * dims if isinstance(stride, int) else tuple(stride)
+        if dims < 1 or len(stride) != dims:
+            raise ValueError(f"stride={stride} is not allowed for a {dims}-D 1x1 convolution")
+        self.stride = stride
+
+    @classmethod
+    def from_conv(cls, conv: nn.modules.conv._ConvNd, bank_size: int = 64,
+                  sparsity: float | None = None) -> "BankSparseConv1x1":
+        """Pack a pruned 1×1 ``nn.Conv1d/2d/3d`` (groups 1, no padding)."""
+        if not is_pointwise_conv(conv):
+            raise ValueError(f"conv={conv} is not allowed: expected a 1x1 Conv1d/2d/3d with groups=1 and padding 0")
+        packed = pack(conv.weight, bank_size, sparsity=sparsity, name="weight")
+        return cls(packed, conv.bias, conv.stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = len(self.stride)
+        if x.dim() != dims + 2:
+            raise ValueError(f"input of shape {list(x.shape)} is not allowed: expected [N, {self.in_features}, "
+                             f"{dims} spatial dims]")
+        if any(s != 1 for s in self.stride):
+            x = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
+        y = super().forward(x.movedim(1, -1))  # [N, *spatial, out]
+        return y.movedim(-1, 1)  # [N, out, *spatial]
+
+
+def is_pointwise_conv(module: nn.Module) -> bool:
+    """A forward ``Conv1d/2d/3d`` with kernel 1, groups 1 and no padding."""
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in module.kernel_size)
+            and module.groups == 1 and (module.padding == "valid" or all(p == 0 for p in module.padding)))
+
+
+def to_bank_sparse(model: nn.Module, bank_size: int = 64) -> list[str]:
+    """Replace, in place, every ``nn.Linear`` and 1×1 conv of ``model`` whose weight is
+    bank-balanced and sparse by its bank-sparse version. Returns the replaced module names."""
+    from .export import NotBankBalancedError, worth_packing
+
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear):
+            make = lambda m: BankSparseLinear.from_linear(m, bank_size)  # noqa: E731
+        elif is_pointwise_conv(module):
+            make = lambda m: BankSparseConv1x1.from_conv(m, bank_size)  # noqa: E731
+        else:
+            continue
+        if not worth_packing(module.weight, bank_size):
+            continue
+        try:
+            sparse = make(module)
+        except NotBankBalancedError:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
+        replaced.append(name)
+    return replaced
+
+
+__all__ = ["BankSparseLinear", "BankSparseConv1x1", "is_pointwise_conv", "to_bank_sparse"]
