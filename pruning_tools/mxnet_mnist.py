@@ -1,0 +1,248 @@
+"""Train the original example's simple CNN on MNIST with gradual pruning (MXNet Gluon).
+
+The same recipe as ``mnist_train`` (PyTorch): dense warm-up, then the target sparsity climbs on
+the cubic schedule, then the masks are frozen and the network fine-tunes. Adam with a one-cycle
+learning rate, random shifts of up to 2 pixels, plain cross-entropy on logits.
+
+MXNet reads its thread count when it is imported: set ``OMP_NUM_THREADS`` before importing this
+module to cap it (the example script does).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import check_bank_size, check_choice, check_sparsity, check_step
+from .mnist import load_mnist
+from .mxnet_pruning import Prune, gluon, mx
+
+# Recipe defaults (used when the argument is None); the same as the PyTorch trainer's.
+EPOCHS = 8
+BATCH_SIZE = 128
+LEARNING_RATE = 4e-3
+WEIGHT_DECAY = 5e-5
+MAX_SHIFT = 2  # pixels of random translation
+WARMUP_FRACTION = 0.25  # dense epochs / all epochs
+RAMP_FRACTION = 0.375  # pruning-ramp epochs / all epochs; the rest fine-tunes at fixed sparsity
+REFRESH_PER_EPOCH = 8  # mask refreshes per epoch during the ramp
+STEP_SAMPLES = 200  # points of the target-vs-measured curve
+MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics (of x / 255)
+PCT_START = 0.15  # fraction of the steps spent raising the learning rate (one-cycle)
+
+
+class SimpleCNN(gluon.nn.HybridBlock):
+    """The original example's CNN: three stride-2 3x3 convs with BN + ReLU, then one dense layer.
+
+    Input ``[N, 1, 28, 28]`` -> conv1 ``[N, 64, 13, 13]`` -> conv2 ``[N, 127, 6, 6]`` -> conv3
+    ``[N, 256, 2, 2]`` -> flatten ``[N, 1024]`` -> fc ``[N, 10]`` logits. Input channels are left
+    to deferred initialisation (shapes are known after the first forward pass). Parameter names:
+    ``cnn_conv1_weight``, ..., ``cnn_fc_weight``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(prefix="cnn_")
+        with self.name_scope():
+            self.conv1 = gluon.nn.Conv2D(64, 3, strides=2, use_bias=False, prefix="conv1_")
+            self.bn1 = gluon.nn.BatchNorm(prefix="bn1_")
+            self.conv2 = gluon.nn.Conv2D(127, 3, strides=2, use_bias=False, prefix="conv2_")
+            self.bn2 = gluon.nn.BatchNorm(prefix="bn2_")
+            self.conv3 = gluon.nn.Conv2D(256, 3, strides=2, use_bias=False, prefix="conv3_")
+            self.bn3 = gluon.nn.BatchNorm(prefix="bn3_")
+            self.fc = gluon.nn.Dense(10, prefix="fc_")  # flattens [N, 256, 2, 2] -> [N, 1024]
+
+    def hybrid_forward(self, F, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.fc(x)  # logits, no softmax: the loss applies log-softmax itself
+
+
+def normalise(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, 28, 28]`` -> normalised float32 ``[N, 1, 28, 28]``."""
+    x = images.astype(np.float32) / 255.0
+    return ((x - MEAN) / STD)[:, None]
+
+
+def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Translate each image of ``x`` ``[N, 1, H, W]`` by its own random (dy, dx) in
+    ``[-max_shift, max_shift]``, filling with the background value."""
+    if max_shift == 0:
+        return x
+    n, _, h, w = x.shape
+    s = max_shift
+    padded = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), constant_values=float(x.min()))  # [N, 1, H+2s, W+2s]
+    dy, dx = rng.integers(0, 2 * s + 1, size=(2, n))
+    rows = dy[:, None] + np.arange(h)[None]  # [N, H]
+    cols = dx[:, None] + np.arange(w)[None]  # [N, W]
+    return padded[np.arange(n)[:, None, None], 0, rows[:, :, None], cols[:, None, :]][:, None]  # [N, 1, H, W]
+
+
+def one_cycle_lr(step: int, total_steps: int, max_lr: float, pct_start: float = PCT_START) -> float:
+    """Learning rate at ``step`` (1-based) of a cosine one-cycle: ``max_lr / 25`` up to ``max_lr``
+    over ``pct_start`` of the steps, then down to ``max_lr / 25e4`` (PyTorch's ``OneCycleLR``).
+
+    >>> one_cycle_lr(1, 100, 1.0) == 1.0 / 25
+    True
+    """
+    initial, final = max_lr / 25.0, max_lr / 25.0 / 1e4
+    peak = max(1.0, pct_start * total_steps - 1)
+    t = step - 1
+    if t <= peak:
+        start, end, progress = initial, max_lr, t / peak
+    else:
+        start, end, progress = max_lr, final, min(1.0, (t - peak) / max(1.0, total_steps - 1 - peak))
+    return end + (start - end) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def default_prune_dict(net: gluon.Block, sparsity: float) -> dict[str, float]:
+    """Every conv / dense weight at ``sparsity``."""
+    names: list[str] = []
+    net.apply(lambda block: names.append(block.weight.name)
+              if isinstance(block, (gluon.nn.Conv2D, gluon.nn.Dense)) else None)
+    return {name: sparsity for name in sorted(names)}
+
+
+def evaluate(net: gluon.Block, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
+    """Accuracy of ``net`` on ``images`` ``[N, 1, 28, 28]`` with ``labels`` ``[N]`` (a fraction)."""
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        logits = net(mx.nd.array(images[i:i + batch_size]))  # [B, 10]
+        correct += int((logits.argmax(axis=1).asnumpy().astype(np.int64) == labels[i:i + batch_size]).sum())
+    return correct / max(1, len(images))
+
+
+def _total_target(prune: Prune) -> float:
+    """Size-weighted scheduled target over the pruned parameters."""
+    params = prune.net.collect_params()
+    sizes = {name: math.prod(params[name].shape) for name in prune.config.params}
+    return sum(prune.target(name) * n for name, n in sizes.items()) / max(1, sum(sizes.values()))
+
+
+def _check_args(sparsity, balance, bank_size, epochs, batch_size, seed, limit) -> None:
+    check_sparsity("sparsity", sparsity)
+    check_choice("balance", balance, ("fix", "none", "global"))
+    check_bank_size("bank_size", bank_size)
+    if epochs is not None:
+        check_step("epochs", epochs, minimum=1)
+    if batch_size is not None:
+        check_step("batch_size", batch_size, minimum=1)
+    check_step("seed", seed)
+    if limit is not None:
+        check_step("limit", limit, minimum=1)
+
+
+def train_mnist(
+    data_dir: str | None = None,
+    *,
+    sparsity: float = 0.9,
+    balance: str = "fix",
+    bank_size: int = 64,
+    prune_dict: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Train ``SimpleCNN`` on MNIST: dense warm-up -> gradual pruning -> fine-tune at fixed sparsity.
+
+    ``prune_dict=None`` prunes every conv / dense weight to ``sparsity``; ``sparsity=0`` trains dense
+    (no pruner). ``limit`` keeps the first ``limit`` train and test images. ``on_epoch(record)`` is
+    called after each epoch, ``on_batch(batch, batches_per_epoch)`` after each batch. Returns the
+    results dict (see the README; ``weights`` holds every parameter as numpy, BN statistics included).
+    """
+    _check_args(sparsity, balance, bank_size, epochs, batch_size, seed, limit)
+    settings = dict(data_dir=None if data_dir is None else str(data_dir), sparsity=sparsity, balance=balance,
+                    bank_size=bank_size, prune_dict=prune_dict, epochs=epochs or EPOCHS,
+                    batch_size=batch_size or BATCH_SIZE, seed=seed, limit=limit, learning_rate=LEARNING_RATE,
+                    weight_decay=WEIGHT_DECAY, max_shift=MAX_SHIFT)
+    epochs, batch_size = settings["epochs"], settings["batch_size"]
+    started = time.perf_counter()
+    mx.random.seed(seed)
+    rng = np.random.default_rng(seed)
+
+    data = load_mnist(data_dir).head(limit)
+    train_x, train_y = normalise(data.train_images), data.train_labels.astype(np.int64)
+    test_x, test_y = normalise(data.test_images), data.test_labels.astype(np.int64)
+    steps_per_epoch = math.ceil(len(train_x) / batch_size)
+    total_steps = steps_per_epoch * epochs
+
+    net = SimpleCNN()
+    net.initialize(mx.init.Xavier(magnitude=2.0))  # deferred: shapes known after the first batch
+    net.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), "adam",
+                            {"learning_rate": LEARNING_RATE, "wd": WEIGHT_DECAY})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # log-softmax + NLL on the logits
+    prune, notes = None, []
+    if sparsity > 0 or prune_dict is not None:
+        pretrain = round(total_steps * WARMUP_FRACTION)
+        ramp = max(1, round(total_steps * RAMP_FRACTION))
+        frequency = max(1, steps_per_epoch // REFRESH_PER_EPOCH)
+        prune = Prune(net, pretrain, ramp, frequency,
+                      prune_dict if prune_dict is not None else default_prune_dict(net, sparsity),
+                      balance=balance, bank_size=bank_size)
+        settings.update(pretrain_step=pretrain, sparse_step=ramp, frequency=frequency)
+
+    sample_every = max(1, total_steps // STEP_SAMPLES)
+    steps, history, step = [], [], 0
+    for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
+        order = rng.permutation(len(train_x))
+        loss_sum, seen = 0.0, 0
+        for batch, start in enumerate(range(0, len(order), batch_size), 1):
+            index = order[start:start + batch_size]
+            x = mx.nd.array(random_shift(train_x[index], MAX_SHIFT, rng))  # [B, 1, 28, 28]
+            y = mx.nd.array(train_y[index])  # [B]
+            with mx.autograd.record():
+                loss = loss_fn(net(x), y)  # [B]
+            loss.backward()
+            step += 1
+            trainer.set_learning_rate(one_cycle_lr(step, total_steps, LEARNING_RATE))
+            if prune is not None:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    prune.prepare()  # takes the initial state after the first forward; then a no-op
+                notes += [str(w.message) for w in caught]
+            trainer.step(len(index))
+            if prune is not None:
+                prune.prune()
+                if step % sample_every == 0 or step == total_steps:
+                    steps.append({"step": step, "target": _total_target(prune), "sparsity": prune.sparsity()[1]})
+            loss_sum += float(loss.sum().asscalar())
+            seen += len(index)
+            if on_batch is not None:
+                on_batch(batch, steps_per_epoch)
+        record = {
+            "epoch": epoch,
+            "test_accuracy": evaluate(net, test_x, test_y),
+            "train_loss": loss_sum / max(1, seen),
+            "target": _total_target(prune) if prune is not None else 0.0,
+            "sparsity": prune.sparsity()[1] if prune is not None else 0.0,
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    layer_sparsity, total_sparsity = prune.sparsity() if prune is not None else (
+        {name: 0.0 for name in default_prune_dict(net, 0.0)}, 0.0)
+    return {
+        "framework": "mxnet",
+        "settings": settings,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "layer_sparsity": layer_sparsity,
+        "total_sparsity": total_sparsity,
+        "balanced": prune.check()[1] if prune is not None else None,
+        "epochs": history,
+        "steps": steps,
+        "wall_seconds": time.perf_counter() - started,
+        "notes": notes,
+        "weights": {name: p.data().asnumpy().copy() for name, p in net.collect_params().items()},
+        "pruner_state": prune.state_dict() if prune is not None else None,
+    }

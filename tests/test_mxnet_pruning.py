@@ -1,0 +1,244 @@
+"""MXNet-only behaviour: deferred initialisation, several contexts, hybridized training, files,
+errors, and the MNIST trainer. Mask equality with PyTorch is in test_parity.py."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+mx = pytest.importorskip("mxnet")
+from mxnet import autograd, gluon  # noqa: E402
+from mxnet.gluon import nn  # noqa: E402
+
+from pruning_tools import mxnet_pruning  # noqa: E402
+from pruning_tools.mxnet_pruning import Prune  # noqa: E402
+
+CONTEXTS = [mx.cpu(0), mx.cpu(1)]
+
+
+def make_net(in_channels: int = 0) -> nn.HybridSequential:
+    """conv 8->32 (deferred unless ``in_channels``), dense 32*4*4 -> 10; names ``net_conv0_weight``, ..."""
+    net = nn.HybridSequential(prefix="net_")
+    with net.name_scope():
+        net.add(nn.Conv2D(32, 3, strides=2, in_channels=in_channels), nn.Activation("relu"), nn.Dense(10))
+    return net
+
+
+def batches(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield mx.nd.array(rng.standard_normal((8, 8, 9, 9))), mx.nd.array(rng.integers(0, 10, 8))
+
+
+def train(net, prune, trainer, data, ctx=(mx.cpu(),)):
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    for x, y in data:
+        xs, ys = gluon.utils.split_and_load(x, ctx), gluon.utils.split_and_load(y, ctx)
+        with autograd.record():
+            losses = [loss_fn(net(a), b) for a, b in zip(xs, ys)]
+        autograd.backward(losses)
+        prune.prepare()
+        trainer.step(x.shape[0])
+        prune.prune()
+
+
+def quiet(*args, **kwargs) -> Prune:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Prune(*args, **kwargs)
+
+
+def test_import_without_mxnet_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mxnet", None)  # "import mxnet" now raises ImportError
+    monkeypatch.delitem(sys.modules, "pruning_tools.mxnet_pruning")
+    with pytest.raises(ImportError, match=r'pip install "pruning-tools\[mxnet\]"'):
+        importlib.import_module("pruning_tools.mxnet_pruning")
+
+
+def test_deferred_initialisation_prepare_and_prune_errors():
+    net = make_net()
+    net.initialize()
+    prune = Prune(net, 0, 4, 2, {"*weight": 0.75}, bank_size=8)
+    with pytest.raises(RuntimeError, match=r"prepare\(\).*net_conv0_weight.*net_dense0_weight"):
+        prune.prepare()
+    with pytest.raises(RuntimeError, match=r"prepare\(\) has not succeeded.*net_conv0_weight"):
+        prune.prune()
+    with pytest.raises(RuntimeError, match="prepare"):
+        prune.sparsity()
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    train(net, prune, trainer, batches(3))  # prepare() every iteration: takes the state once
+    assert prune.step == 3
+    masks = prune.masks()
+    assert prune.prepare() is prune and prune.step == 3  # idempotent: state kept
+    assert all(np.array_equal(masks[n].numpy(), m.numpy()) for n, m in prune.masks().items())
+    train(net, prune, trainer, batches(2, seed=1))
+    layers, _ = prune.sparsity()
+    assert layers["net_conv0_weight"] == 0.75 and prune.check()[1]
+
+
+def test_prepare_before_initialize_names_the_parameters():
+    net = make_net(in_channels=8)  # shapes known, but initialize() never called
+    prune = Prune(net, 0, 0, 1, {"net_conv0_weight": 0.5})
+    with pytest.raises(RuntimeError, match="net_conv0_weight"):
+        prune.prepare()
+
+
+def test_masks_every_context_and_copies_stay_equal():
+    net = make_net(in_channels=8)
+    net.initialize(ctx=CONTEXTS)
+    net(mx.nd.zeros((1, 8, 9, 9), ctx=CONTEXTS[0]))  # infer the dense layer's shape
+    prune = quiet(net, 0, 0, 1, {"*weight": 0.9}, bank_size=16)
+    weight = net.collect_params()["net_dense0_weight"]
+    weight.data(CONTEXTS[1])[:] = 1.0  # a stale copy on the second context: must be masked too
+    prune.prepare().prune()
+    keep = prune.masks()["net_dense0_weight"].numpy()
+    for ctx in CONTEXTS:
+        assert not (weight.data(ctx).asnumpy()[~keep] != 0).any(), ctx
+    assert (weight.data(CONTEXTS[1]).asnumpy()[keep] == 1.0).all()
+
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
+    train(net, prune, trainer, batches(3), ctx=CONTEXTS)  # momentum cannot revive pruned weights
+    for name, keep in prune.masks().items():
+        copies = [p.asnumpy() for p in net.collect_params()[name].list_data()]
+        assert np.array_equal(copies[0], copies[1]), name
+        assert not (copies[0][~keep.numpy()] != 0).any(), name
+
+
+def test_hybridized_training_reaches_the_budget():
+    net = make_net()
+    net.initialize()
+    net.hybridize()
+    prune = quiet(net, 2, 6, 2, {"*weight": 0.875}, bank_size=8)
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 0.01})
+    train(net, prune, trainer, batches(10))
+    layers, total = prune.sparsity()
+    assert layers == {"net_conv0_weight": 0.875, "net_dense0_weight": 0.875}
+    assert total == 0.875 and prune.check() == ({"net_conv0_weight": True, "net_dense0_weight": True}, True)
+
+
+def test_save_and_load_resume_bit_identically(tmp_path):
+    def fresh():
+        net = make_net(in_channels=8)
+        net.initialize(mx.init.Xavier())
+        net(mx.nd.zeros((1, 8, 9, 9)))
+        return net
+
+    mx.random.seed(0)
+    net = fresh()
+    prune = quiet(net, 1, 8, 2, {"*weight": 0.9, "net_dense0_bias": 0.5}, bank_size=16)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})
+    train(net, prune, trainer, batches(4))
+    net.save_parameters(str(tmp_path / "net.params"))
+    trainer.save_states(str(tmp_path / "trainer.states"))
+    prune.save(tmp_path / "pruner.safetensors")
+    train(net, prune, trainer, batches(6, seed=1))  # the uninterrupted run
+
+    resumed_net = fresh()
+    resumed_net.load_parameters(str(tmp_path / "net.params"))
+    resumed = quiet(resumed_net, 1, 8, 2, {"*weight": 0.9, "net_dense0_bias": 0.5}, bank_size=16)
+    resumed.load(tmp_path / "pruner.safetensors")
+    assert resumed.step == 4
+    resumed_trainer = gluon.Trainer(resumed_net.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})
+    resumed_trainer.load_states(str(tmp_path / "trainer.states"))
+    train(resumed_net, resumed, resumed_trainer, batches(6, seed=1))
+
+    for (name, p), q in zip(net.collect_params().items(), resumed_net.collect_params().values()):
+        assert np.array_equal(p.data().asnumpy(), q.data().asnumpy()), name
+    for name, mask in prune.masks().items():
+        assert torch.equal(resumed.masks()[name], mask), name
+    assert resumed.state_dict()["mask_targets"] == prune.state_dict()["mask_targets"]
+
+    other = quiet(fresh(), 1, 8, 2, {"*weight": 0.8}, bank_size=16)
+    with pytest.raises(ValueError, match="different settings: .*params"):
+        other.load(tmp_path / "pruner.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a state")
+    with pytest.raises(Exception):
+        other.load(tmp_path / "bad.safetensors")
+
+
+def test_state_dict_is_plain_data():
+    net = make_net(in_channels=8)
+    net.initialize()
+    net(mx.nd.zeros((1, 8, 9, 9)))
+    prune = quiet(net, 0, 0, 1, {"*weight": 0.5}, bank_size=4)
+    prune.prune()
+    state = prune.state_dict()
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.uint8 for v in state["masks"].values())
+    assert state["step"] == 1 and state["config"]["params"]["net_conv0_weight"]["bank_size"] == 4
+
+
+def test_restore_sparsity_starts_from_existing_zeros():
+    net = make_net(in_channels=8)
+    net.initialize()
+    net(mx.nd.zeros((1, 8, 9, 9)))
+    weight = net.collect_params()["net_dense0_weight"]
+    w = weight.data().asnumpy()
+    w[:, ::2] = 0.0  # half the weights already pruned
+    weight.set_data(mx.nd.array(w))
+    prune = quiet(net, 0, 4, 1, {"net_dense0_weight": 0.75}, restore_sparsity=True, balance="none")
+    assert prune.target("net_dense0_weight", 0) == 0.5
+    prune.prune()
+    assert not (weight.data().asnumpy()[:, ::2] != 0).any()
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(TypeError, match="net=dict.*gluon.Block"):
+        Prune({}, 0, 0, 1, {"w": 0.5})
+    net = make_net(in_channels=8)
+    with pytest.raises(ValueError, match="'net_conv0_wieght'.*closest names.*net_conv0_weight"):
+        Prune(net, 0, 0, 1, {"net_conv0_wieght": 0.5})
+    with pytest.raises(ValueError, match="balance='fixed'"):
+        Prune(net, 0, 0, 1, {"*weight": 0.5}, balance="fixed")
+    with pytest.raises(ValueError, match="prune_dict=None"):
+        Prune(net)
+
+    class Counter(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__(prefix="counter_")
+            self.steps = self.params.get("steps", shape=(3,), dtype="int32")
+
+        def hybrid_forward(self, F, x, steps):
+            return x
+
+    with pytest.raises(TypeError, match="'counter_steps'.*int32.*floating-point"):
+        Prune(Counter(), 0, 0, 1, {"counter_steps": 0.5})
+    nhwc = nn.Conv2D(8, 3, layout="NHWC", in_channels=4, prefix="nhwc_")
+    with pytest.raises(ValueError, match="nhwc_weight: conv layout='NHWC'"):
+        Prune(nhwc, 0, 0, 1, {"nhwc_weight": 0.5})
+
+
+def test_one_cycle_matches_pytorch_onecycle():
+    from pruning_tools.mxnet_mnist import one_cycle_lr
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.004)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.004, total_steps=50, pct_start=0.15)
+    for step in range(1, 51):
+        assert one_cycle_lr(step, 50, 0.004) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_train_mnist_small_run_reports_everything():
+    from pruning_tools.mxnet_mnist import train_mnist
+
+    records = []
+    result = train_mnist(limit=384, epochs=2, batch_size=64, on_epoch=records.append)
+    assert result["framework"] == "mxnet" and [r["epoch"] for r in records] == [1, 2]
+    assert result["epochs"] == records and result["settings"]["epochs"] == 2
+    assert set(result["layer_sparsity"]) == {"cnn_conv1_weight", "cnn_conv2_weight", "cnn_conv3_weight",
+                                             "cnn_fc_weight"}
+    assert result["layer_sparsity"]["cnn_conv2_weight"] == pytest.approx(1 - 6 / 64)  # bank 64 keeps 6
+    assert result["balanced"] and result["steps"][-1]["target"] == pytest.approx(result["total_sparsity"], abs=0.01)
+    assert result["weights"]["cnn_fc_weight"].shape == (10, 1024)
+    assert result["pruner_state"]["step"] == 12 and 0.0 <= result["test_accuracy"] <= 1.0
+    assert "cnn_conv1_weight" in result["notes"][0]  # 1 input channel: rows of length 1 stay dense
+
+    dense = train_mnist(limit=128, epochs=1, sparsity=0.0)
+    assert dense["pruner_state"] is None and dense["total_sparsity"] == 0.0
+    with pytest.raises(ValueError, match="sparsity=1.5"):
+        train_mnist(sparsity=1.5)
