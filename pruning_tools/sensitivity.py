@@ -26,6 +26,7 @@ import csv
 import json
 import math
 import numbers
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -188,10 +189,40 @@ class _TorchWeights:
         self._params[name].copy_(value)
 
 
+class _MxnetWeights:
+    """Read and write the parameters of a Gluon block by ``collect_params()`` name (as torch tensors)."""
+
+    def __init__(self, net: Any) -> None:
+        from .mxnet_pruning import _conv_geometry
+
+        self._params = dict(net.collect_params().items())
+        self.out_dims = _conv_geometry(net, self._params)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(p.shape) for name, p in self._params.items()}
+
+    def prunable(self) -> list[str]:
+        return [n for n, p in self._params.items() if len(p.shape) >= 2 and np.dtype(p.dtype).kind == "f"]
+
+    def get(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(self._params[name].list_data()[0].asnumpy())  # a copy
+
+    def set(self, name: str, value: torch.Tensor) -> None:
+        import mxnet as mx
+
+        p = self._params[name]
+        for data in p.list_data():
+            data[:] = mx.nd.array(value.numpy(), ctx=data.context, dtype=p.dtype)
+
+
 def _weights_of(model: Any):
     if isinstance(model, torch.nn.Module):
         return _TorchWeights(model)
-    raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
+    gluon = sys.modules.get("mxnet.gluon")  # a Gluon block means MXNet is already imported
+    if gluon is not None and isinstance(model, gluon.Block):
+        return _MxnetWeights(model)
+    raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module or a "
+                    "mxnet.gluon.Block")
 
 
 def _score(evaluate: Callable[[Any], Any], model: Any) -> float:
@@ -220,7 +251,8 @@ def sweep(
 ) -> SensitivityTable:
     """Prune one parameter at a time, one-shot, score the model, restore the weights bit-exactly.
 
-    - ``model``: a ``torch.nn.Module``.
+    - ``model``: a ``torch.nn.Module``, or a ``mxnet.gluon.Block`` (initialised; names from
+      ``collect_params()``, masks from the same core on torch copies of the weights).
     - ``evaluate``: ``model -> score`` (a number; e.g. test accuracy). It should leave the model
       unchanged (call ``model.eval()`` inside if it matters): only the swept weights are restored.
     - ``params``: parameter names or glob patterns (default: every floating parameter with >= 2 dims).

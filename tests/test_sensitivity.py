@@ -293,3 +293,41 @@ def test_cli_mnist_default_model(tmp_path, monkeypatch):
                                       "--out", str(tmp_path / "again")])
     assert rerun.exit_code == 0, rerun.output
     assert S.SensitivityTable.load_json(tmp_path / "again" / "sensitivity.json") == table
+
+
+# ---------------------------------------------------------------- MXNet through the same core
+
+
+def test_mxnet_block_restored_exactly_and_same_table_as_pytorch():
+    mx = pytest.importorskip("mxnet")
+    torch_model = _mlp((128, 64, 32))
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Dense(64, in_units=128), mx.gluon.nn.Dense(32, in_units=64))
+    net.initialize()
+    for block, layer in zip(net, torch_model):
+        block.weight.set_data(mx.nd.array(layer.weight.detach().numpy()))
+        block.bias.set_data(mx.nd.array(layer.bias.detach().numpy()))
+    before = {n: p.data().asnumpy().copy() for n, p in net.collect_params().items()}
+    x = torch.randn(8, 128)
+
+    def score_torch(m):
+        return float(m(x).detach().square().sum())
+
+    def score_mxnet(n):
+        return float(n(mx.nd.array(x.numpy())).square().sum().asscalar())
+
+    levels = [0.5, 0.75, 0.9]
+    ours = S.sweep(net, score_mxnet, levels=levels, bank_size=16, progress=False)
+    theirs = S.sweep(torch_model, score_torch, levels=levels, bank_size=16, progress=False)
+    for name, p in net.collect_params().items():
+        assert np.array_equal(p.data().asnumpy(), before[name]), name
+    assert len(ours.names) == 2 and ours.levels == theirs.levels
+    assert np.allclose(ours.scores, theirs.scores, rtol=1e-4)
+    suggestion = S.suggest_prune_dict(ours, 0.6)  # keyed by Gluon names, same targets as PyTorch's
+    assert list(suggestion) == ours.names
+    assert list(suggestion.values()) == list(S.suggest_prune_dict(theirs, 0.6).values())
+
+
+def test_sweep_rejects_other_models():
+    with pytest.raises(TypeError, match="model=str"):
+        S.sweep("model", lambda m: 1.0, progress=False)
