@@ -20,6 +20,9 @@ main.add_command(demo)
 from .inspection import inspect  # noqa: E402
 
 main.add_command(inspect)
+from .export_cli import export  # noqa: E402
+
+main.add_command(export)
 
 if __name__ == "__main__":
     main()

@@ -95,13 +95,13 @@ def index_dtype(bank_size: int) -> torch.dtype:
     return torch.int16 if bank_size <= 2 ** 15 else torch.int32
 
 
-_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+BITS_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _bits(t: Tensor) -> Tensor:
     """Integer view of ``t`` with the same bits: gather/scatter on it copy bits exactly (some float
     kernels rewrite NaN payloads)."""
-    return t.view(_SAME_SIZE_INT[t.element_size()])
+    return t.view(BITS_VIEW[t.element_size()])
 
 
 def _select(banks: Tensor, k: int) -> tuple[Tensor, Tensor]:

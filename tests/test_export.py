@@ -179,3 +179,34 @@ def test_budget_from_the_pruning_target_when_given():
     assert E.pack(w).tail_k == 4  # most common count (6) bounds the tail bank too
     with pytest.raises(E.NotBankBalancedError, match=r"more than 4 \(tail 2\)"):
         E.pack(w, sparsity=0.9375, name="fc")
+
+
+def test_export_command(tmp_path):
+    from click.testing import CliRunner
+
+    from pruning_tools.cli import main
+
+    state = {"fc1.weight": bank_sparse((256, 512), 0.9375), "fc1.bias": torch.randn(256),
+             "fc2.weight": bank_sparse((10, 256), 0.9375), "fc2.bias": torch.randn(10)}
+    torch.save({"model": state, "epoch": 3}, tmp_path / "ck.pt")
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "out.safetensors"),
+                                  "--prefix", "model."])
+    assert result.exit_code == 0, result.output
+    ratio = float(result.output.split("ratio: ")[1].split()[0])
+    assert ratio <= 0.10
+    assert "verified: all 4 tensors" in result.output
+    back = E.load_packed(tmp_path / "out.safetensors")
+    for name, t in state.items():
+        assert_bit_exact(back[name], t)
+
+    messy = dict(state, **{"fc1.weight": state["fc1.weight"] + torch.randn(256, 512) * (torch.rand(256, 512) > 0.8)})
+    safetensors.torch.save_file(messy, str(tmp_path / "messy.safetensors"))
+    result = runner.invoke(main, ["export", str(tmp_path / "messy.safetensors"), str(tmp_path / "o.safetensors")])
+    assert result.exit_code == 1 and "fc1.weight" in result.output and "--dense-fallback" in result.output
+    result = runner.invoke(main, ["export", str(tmp_path / "messy.safetensors"), str(tmp_path / "o.safetensors"),
+                                  "--dense-fallback", "--sparsity", "0.9375"])
+    assert result.exit_code == 0, result.output
+    assert "dense (not bank-balanced)" in result.output
+    result = runner.invoke(main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "o.safetensors"), "--bank-size", "1"])
+    assert result.exit_code == 2 and "--bank-size" in result.output

@@ -1,0 +1,82 @@
+"""``pruning-tools export``: a checkpoint to the packed bank-sparse safetensors format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .config import LAYOUTS
+from .export import BITS_VIEW, NotBankBalancedError, load_packed, save_packed
+from .inspection import load_tensors
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shape, dtype and bits (negative zeros read as +0.0: they are stored as zeros)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    view = BITS_VIEW[a.element_size()]
+    canon = lambda t: torch.where(t == 0, torch.zeros_like(t), t).view(view)  # noqa: E731
+    return torch.equal(canon(a), canon(b))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2 ** 20:.2f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB"
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--bank-size", default=64, show_default=True, type=click.IntRange(min=2), help="Weights per bank.")
+@click.option("--layout", default="channels_last", show_default=True, type=click.Choice(LAYOUTS),
+              help="How conv weights are read as bank rows.")
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Target the tensors were pruned to: bank budgets as in `check_banks` (default: the most "
+                   "common count of each tensor's banks).")
+@click.option("--prefix", default="", help="Export only tensors whose (dotted) name starts with this, "
+                                          "stripped, e.g. 'model.' for {'model': state_dict, ...}.")
+@click.option("--dense-fallback", is_flag=True, help="Store a sparse tensor that is not bank-balanced dense "
+                                                    "instead of failing.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Reload the file and compare every tensor bit by bit.")
+def export(checkpoint: Path, out: Path, bank_size: int, layout: str, sparsity: float | None, prefix: str,
+           dense_fallback: bool, verify: bool) -> None:
+    """Store CHECKPOINT (.pt/.pth/.bin state_dict or .safetensors) as packed OUT (.safetensors).
+
+    Each sparse bank-balanced tensor becomes values [rows, banks, k] + in-bank indices (uint8 for
+    banks up to 256); everything else stays dense. Prints the size against a dense safetensors file.
+    """
+    tensors = load_tensors(checkpoint)
+    if prefix:
+        tensors = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
+    if not tensors:
+        raise click.BadParameter(f"no tensor in {checkpoint} starts with {prefix!r}", param_hint="--prefix")
+    specs = {name: {"sparsity": sparsity} for name in tensors} if sparsity is not None else None
+    try:
+        report = save_packed(tensors, out, bank_size, layout, dense_fallback=dense_fallback, specs=specs)
+    except NotBankBalancedError as e:
+        raise click.ClickException(f"{e}. Use --dense-fallback to store it dense, or check --bank-size/--layout.")
+
+    table = Table("tensor", "shape", "stored as", "bytes", title=f"{checkpoint} → {out}")
+    for name, p in report.packed.items():
+        tail = f" + tail {p.tail_k}/{p.row_len % p.bank_size}" if p.row_len % p.bank_size else ""
+        table.add_row(name, str(list(p.shape)), f"packed {p.k}/{p.bank_size}{tail}, {p.indices.dtype}".replace("torch.", ""),
+                      f"{p.nbytes():,}")
+    for name in report.dense:
+        how = "dense (not bank-balanced)" if name in report.fallback else "dense"
+        table.add_row(name, str(list(tensors[name].shape)), how, f"{tensors[name].numel() * tensors[name].element_size():,}")
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    console.print(f"dense safetensors: {_size(report.dense_bytes)}, packed: {_size(report.packed_bytes)}, "
+                  f"ratio: {report.ratio:.4f}")
+    if verify:
+        back = load_packed(out)
+        wrong = sorted(n for n, t in tensors.items() if not _same_bits(back.get(n, torch.empty(0)), t.detach().cpu()))
+        if wrong:
+            raise click.ClickException(f"{out}: rebuilt tensors differ from the checkpoint: {wrong}")
+        console.print(f"verified: all {len(tensors)} tensors rebuilt bit-exactly (zeros as +0.0)")
