@@ -9,7 +9,9 @@ from typing import Any, Callable
 
 import click
 
-from .sensitivity import DEFAULT_LEVELS, SensitivityTable, overall_sparsity, predicted_drop, suggest_prune_dict, sweep
+from .config import check_sparsity
+from .sensitivity import (DEFAULT_LEVELS, SensitivityTable, overall_sparsity, predicted_drop, snap_levels,
+                          suggest_prune_dict, sweep)
 
 
 def load_user_model(spec: str) -> tuple[Any, Callable[[Any], float]]:
@@ -103,6 +105,13 @@ def sensitivity(model_spec, params, levels, balance, bank_size, layout, target, 
         raise click.BadParameter(f"{levels!r}: expected comma-separated numbers", param_hint="--levels") from error
     if target is not None and uniform is not None:
         raise click.UsageError("give --target or --uniform, not both")
+    try:  # fail before the (slow) sweep
+        for option, value in (("--target", target), ("--uniform", uniform)):
+            if value is not None:
+                check_sparsity(option, value)
+        snap_levels(level_values, balance, bank_size)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
     out.mkdir(parents=True, exist_ok=True)
     if model_spec is None:
         model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out)

@@ -269,6 +269,9 @@ def test_cli_with_a_user_model(tmp_path, monkeypatch):
     (["--model", "no_colon"], "expected 'pkg.module:function'"),
     (["--model", "json:nothing_here"], "nothing_here"),
     (["--model", "json:dumps", "--target", "0.5", "--uniform", "0.5"], "not both"),
+    (["--model", "json:dumps", "--target", "1.5"], "--target=1.5"),
+    (["--model", "json:dumps", "--levels", "0.5,x"], "expected comma-separated numbers"),
+    (["--model", "json:dumps", "--bank-size", "1"], "bank_size=1"),
 ])
 def test_cli_errors(args, message, tmp_path):
     result = CliRunner().invoke(main, ["sensitivity", "--out", str(tmp_path), *args])
