@@ -1,0 +1,100 @@
+"""Bank-sparse CPU kernel against dense ``F.linear`` and ``torch.sparse`` CSR, from one run.
+
+For each weight shape, sparsity and batch size the three products ``y = x Wᵀ + b`` run
+interleaved (the order rotates every repetition) and the medians are compared, so load from
+other processes on the machine hits all three alike. Prints milliseconds and the ratios.
+
+    python benchmarks/bench_kernel.py                 # the README table (2 threads)
+    python benchmarks/bench_kernel.py --reps 20 --shape 768x3072 --keep 4
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+import warnings
+
+import click
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from pruning_tools import kernels
+from pruning_tools.masks import bank_mask
+from pruning_tools.sparse_linear import BankSparseLinear
+
+SHAPES = ("4096x4096", "768x3072", "3072x768")  # [out, in]
+
+
+def interleaved_medians(fns: dict, reps: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of each callable, repetitions interleaved with a rotating order."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cases(out_f: int, in_f: int, keep: int, batches, reps: int, bank_size: int = 64):
+    torch.manual_seed(0)
+    weight = torch.randn(out_f, in_f)
+    weight *= bank_mask(weight, None, 1 - keep / bank_size, bank_size)  # keep `keep` of every bank
+    bias = torch.randn(out_f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        csr = weight.to_sparse_csr()
+    fc = torch.nn.Linear(in_f, out_f)
+    with torch.no_grad():
+        fc.weight.copy_(weight)
+        fc.bias.copy_(bias)
+    ours = BankSparseLinear.from_linear(fc, bank_size)
+    for batch in batches:
+        x = torch.randn(batch, in_f)
+        expected = F.linear(x, weight, bias)
+        assert torch.allclose(ours(x), expected, rtol=1e-4, atol=1e-4), "kernel disagrees with F.linear"
+        assert torch.allclose((csr @ x.t()).t() + bias, expected, rtol=1e-4, atol=1e-4)
+        t = interleaved_medians({
+            "dense": lambda: F.linear(x, weight, bias),
+            "csr": lambda: (csr @ x.t()).t() + bias,
+            "ours": lambda: ours(x),
+        }, reps)
+        yield batch, t
+
+
+@click.command()
+@click.option("--reps", default=40, show_default=True, help="Interleaved repetitions per case.")
+@click.option("--threads", default=2, show_default=True, help="torch / OpenMP threads.")
+@click.option("--shape", "shapes", multiple=True, default=SHAPES, show_default=True, help="OUTxIN, repeatable.")
+@click.option("--keep", "keeps", multiple=True, type=int, default=(6, 4), show_default=True,
+              help="Non-zeros kept per bank of 64 (6: 90 %, 4: 93.75 %), repeatable.")
+@click.option("--batch", "batches", multiple=True, type=int, default=(1, 8, 64), show_default=True)
+def main(reps: int, threads: int, shapes, keeps, batches) -> None:
+    """Dense vs torch.sparse CSR vs the bank-sparse kernel, ratios from one run."""
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    path = "C kernel" if kernels.library() is not None else "PyTorch fallback"
+    console = Console()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+                  f"bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path})")
+    table = Table("W [out, in]", "sparsity", "batch", "dense ms", "CSR ms", "ours ms", "dense/ours", "CSR/ours")
+    for shape in shapes:
+        out_f, in_f = (int(v) for v in shape.split("x"))
+        for keep in keeps:
+            for batch, t in cases(out_f, in_f, keep, batches, reps):
+                ms = {k: v * 1e3 for k, v in t.items()}
+                table.add_row(f"{out_f}×{in_f}", f"{1 - keep / 64:.2%} ({keep}/64)", str(batch),
+                              f"{ms['dense']:.3f}", f"{ms['csr']:.3f}", f"{ms['ours']:.3f}",
+                              f"{t['dense'] / t['ours']:.1f}×", f"{t['csr'] / t['ours']:.1f}×")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
