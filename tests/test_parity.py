@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn as tnn
 
 from pruning_tools import masks as M
@@ -32,7 +34,7 @@ FRAMEWORKS = ("pytorch", "mxnet")
 
 @dataclass(frozen=True)
 class Layer:
-    kind: str  # "dense", "conv1d", "conv2d", "conv3d", "convT2d"
+    kind: str  # "dense", "conv1d", "conv2d", "conv3d", "convT1d", "convT2d", "convT3d"
     cin: int
     cout: int
     kernel: int = 1
@@ -42,14 +44,16 @@ class Layer:
 def torch_layer(layer: Layer) -> tnn.Module:
     if layer.kind == "dense":
         return tnn.Linear(layer.cin, layer.cout)
-    conv = {"conv1d": tnn.Conv1d, "conv2d": tnn.Conv2d, "conv3d": tnn.Conv3d, "convT2d": tnn.ConvTranspose2d}
+    conv = {"conv1d": tnn.Conv1d, "conv2d": tnn.Conv2d, "conv3d": tnn.Conv3d, "convT1d": tnn.ConvTranspose1d,
+            "convT2d": tnn.ConvTranspose2d, "convT3d": tnn.ConvTranspose3d}
     return conv[layer.kind](layer.cin, layer.cout, layer.kernel, groups=layer.groups)
 
 
 def gluon_layer(layer: Layer):
     if layer.kind == "dense":
         return gnn.Dense(layer.cout, in_units=layer.cin)
-    conv = {"conv1d": gnn.Conv1D, "conv2d": gnn.Conv2D, "conv3d": gnn.Conv3D, "convT2d": gnn.Conv2DTranspose}
+    conv = {"conv1d": gnn.Conv1D, "conv2d": gnn.Conv2D, "conv3d": gnn.Conv3D, "convT1d": gnn.Conv1DTranspose,
+            "convT2d": gnn.Conv2DTranspose, "convT3d": gnn.Conv3DTranspose}
     return conv[layer.kind](layer.cout, layer.kernel, in_channels=layer.cin, groups=layer.groups)
 
 
@@ -142,6 +146,8 @@ CASES = [
     Case("conv_transpose2d", (Layer("convT2d", 16, 24, 3),), {"*weight": 0.75}, {"bank_size": 8}),
     Case("grouped_conv_transpose2d", (Layer("convT2d", 16, 8, 3, groups=2),), {"*weight": 0.5},
          {"bank_size": 4, "layout": "flat"}),
+    Case("conv_transpose1d_and_3d", (Layer("convT1d", 24, 8, 3), Layer("convT3d", 8, 12, 2)), {"*weight": 0.75},
+         {"bank_size": 8}),
     Case("per_layer_overrides", (Layer("conv2d", 32, 16, 3), Layer("dense", 96, 10)),
          {"w0": {"sparsity": 0.875, "bank_size": 8}, "w1": {"sparsity": 0.6, "balance": "none"}, "b1": 0.5}),
     Case("unstructured_with_biases", (Layer("conv2d", 8, 8, 3), Layer("dense", 50, 10)), {"*": 0.8},
@@ -149,6 +155,11 @@ CASES = [
     Case("global", (Layer("conv2d", 16, 8, 3), Layer("dense", 72, 10)), {"*weight": 0.85}, {"balance": "global"}),
     Case("global_ties", (Layer("dense", 40, 20), Layer("dense", 20, 10)), {"*weight": 0.7},
          {"balance": "global"}, ties=True),
+    Case("mixed_global_and_fix", (Layer("dense", 64, 8), Layer("dense", 8, 32), Layer("conv2d", 32, 8, 1)),
+         {"w0": {"sparsity": 0.8, "balance": "global"}, "w1": {"sparsity": 0.6, "balance": "global"},
+          "w2": {"sparsity": 0.75, "bank_size": 8}}),
+    Case("global_restore_sparsity", (Layer("dense", 64, 8), Layer("dense", 32, 8)), {"*weight": 0.9},
+         {"balance": "global", "restore_sparsity": True}, zeros=0.3),
     Case("restore_sparsity", (Layer("dense", 128, 16),), {"*weight": 0.9}, {"restore_sparsity": True},
          zeros=0.5),
     Case("fix_sparsity", (Layer("conv2d", 32, 8, 3),), {"*weight": 0.9}, {"fix_sparsity": True}, zeros=0.6),
@@ -305,3 +316,23 @@ def test_identical_masks_weights_and_state_at_every_step(case):
         {t: ok for (t, m), ok in zip(pairs, [mx_prune.check()[0].get(m) for _, m in pairs]) if ok is not None},
         mx_prune.check()[1],
     )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["dense", "conv1d", "conv2d", "convT2d"]),
+    cin=st.integers(1, 40), cout=st.integers(1, 12), kernel=st.integers(1, 3),
+    bank_size=st.integers(2, 70), sparsity=st.floats(0.0, 0.97),
+    balance=st.sampled_from(["fix", "none", "global"]), layout=st.sampled_from(["channels_last", "flat"]),
+    ties=st.booleans(), schedule=st.sampled_from([(0, 0, 1), (1, 5, 2), (0, 7, 3)]),
+)
+def test_random_shapes_and_settings_give_identical_masks(kind, cin, cout, kernel, bank_size, sparsity, balance,
+                                                         layout, ties, schedule):
+    case = Case("random", (Layer(kind, cin, cout, kernel if kind != "dense" else 1),), {"*weight": sparsity},
+                {"bank_size": bank_size, "balance": balance, "layout": layout}, schedule, ties=ties)
+    steps = steps_of(case)
+    _, _, torch_trace = run("pytorch", case, steps)
+    _, _, mx_trace = run("mxnet", case, steps)
+    for step, ((tm, _), (mm, _)) in enumerate(zip(torch_trace, mx_trace), start=1):
+        (t_mask,), (m_mask,) = tm.values(), mm.values()
+        assert np.array_equal(t_mask, m_mask), f"step {step}"
