@@ -36,7 +36,8 @@ class Prune(PrunerBase):
 
     Call ``prune()`` after every ``optimizer.step()``. Arguments (see ``docs/pytorch_parameters.md``):
 
-    - ``model``: the ``nn.Module`` to prune (a DDP wrapper works too; names as it reports them).
+    - ``model``: the ``nn.Module`` to prune (a DDP wrapper works too; names as it reports them;
+      under FSDP2 ``fully_shard`` each rank holds the masks of its shards: ``pruning_tools.distributed``).
     - ``pretrain_step``: dense steps before pruning starts.
     - ``sparse_step``: steps over which the target climbs from the initial to the final sparsity
       (0: one-shot at ``pretrain_step + 1``).
