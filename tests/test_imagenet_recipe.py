@@ -38,6 +38,8 @@ def torchrun(*args: str) -> str:
     on timeout. Returns the output; fails the test on a non-zero exit."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if "GLOO_SOCKET_IFNAME" not in env and os.path.exists("/sys/class/net/lo"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback: the test needs no network
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
