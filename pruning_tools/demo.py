@@ -93,15 +93,17 @@ def epoch_line(record: dict, epochs: int) -> str:
 @click.option("--balance", type=click.Choice(["fix", "none"]), default="fix", show_default=True,
               help="fix: bank-balanced; none: unstructured per tensor.")
 @click.option("--bank-size", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the recipe's (6).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the recipe's (8).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's (128).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Directory with the MNIST *-ubyte.gz files (default: data/mnist/ in the repository).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads for torch (one is fastest for this small network on shared cores).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N train and test images (a quick look).")
-def demo(framework, sparsity, balance, bank_size, epochs, batch_size, data_dir, out, seed, limit) -> None:
+def demo(framework, sparsity, balance, bank_size, epochs, batch_size, data_dir, out, seed, threads, limit) -> None:
     """Train the simple CNN on MNIST with gradual pruning; write weights, state, results.json, plots."""
     console = Console()
     trainer = load_trainer(framework)
@@ -120,8 +122,11 @@ def demo(framework, sparsity, balance, bank_size, epochs, batch_size, data_dir, 
         def on_batch(batch: int, batches: int) -> None:
             progress.update(task, completed=batch, total=batches)
 
-        if "on_batch" in inspect.signature(train_mnist).parameters:
+        accepted = inspect.signature(train_mnist).parameters
+        if "on_batch" in accepted:
             kwargs["on_batch"] = on_batch
+        if "threads" in accepted:
+            kwargs["threads"] = threads
         try:
             result = train_mnist(data_dir, on_epoch=on_epoch, **kwargs)
         except (FileNotFoundError, ValueError) as exc:
