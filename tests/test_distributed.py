@@ -188,6 +188,7 @@ PRUNE_DICT = {
     "*fc2.weight": {"sparsity": 0.6, "balance": "none"},  # unstructured, exact k-th over shards
     "*bias": {"sparsity": 0.3, "balance": "global"},  # one threshold over all biases
 }
+PRUNE_DICT_NAMES = ["conv.weight", "fc1.weight", "fc2.weight"]
 STEPS, BATCH = 8, 8
 SCHEDULE = dict(pretrain_step=2, sparse_step=4, frequency=2)
 
@@ -261,10 +262,23 @@ def fsdp_case(rank: int) -> dict:
     prune = Prune(model, prune_dict=PRUNE_DICT, **SCHEDULE)
     train(model, prune, rank, WORLD)
     params = dict(model.named_parameters())
-    return {"masks": {n: m.clone() for n, m in prune.masks().items()},
-            "weights": {n: D.local(p).detach().clone() for n, p in params.items()},
-            "sharded": {n: D.is_sharded(p) for n, p in params.items()},
-            "sparsity": prune.sparsity(), "check": prune.check()[1]}
+    out = {"masks": {n: m.clone() for n, m in prune.masks().items()},
+           "weights": {n: D.local(p).detach().clone() for n, p in params.items()},
+           "sharded": {n: D.is_sharded(p) for n, p in params.items()},
+           "sparsity": prune.sparsity(), "check": prune.check()[1]}
+    # each rank saves and reloads the state of its own shards
+    again = Prune(model, prune_dict=PRUNE_DICT, **SCHEDULE)
+    again.load_state_dict(prune.state_dict())
+    out["reloaded_equal"] = all(torch.equal(again.masks()[n], m) for n, m in prune.masks().items())
+    # restore_sparsity measures the zeros over all shards
+    restored = Prune(model, prune_dict=PRUNE_DICT, restore_sparsity=True, **SCHEDULE)
+    out["restored_initial"] = {n: restored.target(n, 0) for n in PRUNE_DICT_NAMES}
+    # one bank over budget on rank 1 only: check() fails on every rank
+    with torch.no_grad():
+        if rank == 1:
+            D.local(params["fc1.weight"])[0, :16] = 1.0
+    out["check_after_damage"] = prune.check()
+    return out
 
 
 DTENSOR_SHAPES = {"conv": (5, 6, 3, 3), "rows": (7, 40), "short": (1, 8), "vector": (9,)}
@@ -353,6 +367,16 @@ def test_fsdp2_sparsity_and_check_count_globally(ranks, reference):
         assert got_total == pytest.approx(total, abs=1e-12)
         assert got_layers == pytest.approx(layers, abs=1e-12)
         assert ranks[r]["fsdp"]["check"]
+
+
+def test_fsdp2_state_reload_restore_and_failed_check(ranks, reference):
+    layers = reference["sparsity"][0]
+    for r in range(WORLD):
+        got = ranks[r]["fsdp"]
+        assert got["reloaded_equal"]
+        assert got["restored_initial"] == pytest.approx({n: layers[n] for n in PRUNE_DICT_NAMES}, abs=1e-12)
+        per_param, all_ok = got["check_after_damage"]
+        assert not all_ok and not per_param["fc1.weight"] and per_param["fc2.weight"]
 
 
 def test_dtensor_masks_equal_whole_tensor_masks(ranks):
