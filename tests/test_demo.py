@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +125,13 @@ def test_demo_mxnet_slice(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["framework"] == "mxnet" and len(results["epochs"]) == 2
     assert (tmp_path / "weights.safetensors").stat().st_size > 0
+
+
+def test_pytorch_example_runs_on_a_slice(monkeypatch, capsys):
+    example = Path(__file__).resolve().parents[1] / "examples" / "pytorch_pruning_mnist.py"
+    monkeypatch.setattr(sys, "argv", [str(example), "--limit", "256", "--epochs", "2"])
+    with pytest.warns(UserWarning, match="conv1.weight"):
+        runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "epoch 2: test accuracy" in out and "sparsity 0.90" in out
+    assert "every bank within its budget: True" in out
