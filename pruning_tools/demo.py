@@ -9,6 +9,7 @@ plots ``sparsity_schedule.png``, ``layer_sparsity.png``, ``bank_histogram.png``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 import time
@@ -60,15 +61,14 @@ def write_outputs(result: dict, out: Path, console: Console | None = None) -> di
     if result.get("pruner_state") is not None:
         files["pruner_state"] = out / "pruner_state.pt"
         torch.save(plain(result["pruner_state"]), files["pruner_state"])
-    try:
-        from . import plots
-    except ImportError as exc:  # matplotlib is the optional extra "plots"
+    if importlib.util.find_spec("matplotlib") is None:  # the optional extra "plots"
         if console is not None:
-            console.print(f"[yellow]no plots: {exc} (pip install 'pruning-tools[plots]')")
+            console.print("[yellow]no plots: matplotlib is not installed (pip install 'pruning-tools[plots]')")
     else:
+        from . import plots
+
         bank_size = result["settings"]["bank_size"]
-        pruned = {name: w for name, w in result["weights"].items()
-                  if name in result["layer_sparsity"] or name.replace(".", "_") in result["layer_sparsity"]}
+        pruned = {name: w for name, w in result["weights"].items() if name in result["layer_sparsity"]}
         if result["steps"]:
             files["schedule_plot"] = plots.plot_sparsity_curve(result["steps"], out / "sparsity_schedule.png")
         files["layer_plot"] = plots.plot_layer_sparsity(result["layer_sparsity"], out / "layer_sparsity.png")
