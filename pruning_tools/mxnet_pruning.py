@@ -178,11 +178,13 @@ class Prune(PrunerBase):
                     data *= keep
 
     def _mask_ndarrays(self, name: str, mask: Tensor) -> list[mx.nd.NDArray]:
-        """The mask as one NDArray per context (dtype of the parameter), rebuilt when it changes."""
+        """The mask as one NDArray per context (dtype of the parameter), rebuilt when the mask,
+        the contexts or the dtype change."""
         p = self._params[name]
         contexts = p.list_ctx()
         cached = self._mask_arrays.get(name)
-        if cached is None or cached[0] is not mask or [a.context for a in cached[1]] != contexts:
+        if (cached is None or cached[0] is not mask or [a.context for a in cached[1]] != contexts
+                or cached[1][0].dtype != np.dtype(p.dtype)):
             keep = mask.numpy()
             arrays = [mx.nd.array(keep, ctx=ctx, dtype=p.dtype) for ctx in contexts]
             self._mask_arrays[name] = cached = (mask, arrays)

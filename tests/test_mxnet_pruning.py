@@ -242,3 +242,16 @@ def test_train_mnist_small_run_reports_everything():
     assert dense["pruner_state"] is None and dense["total_sparsity"] == 0.0
     with pytest.raises(ValueError, match="sparsity=1.5"):
         train_mnist(sparsity=1.5)
+
+
+def test_cast_after_pruning_keeps_masking():
+    net = make_net(in_channels=8)
+    net.initialize()
+    net(mx.nd.zeros((1, 8, 9, 9)))
+    prune = quiet(net, 0, 0, 1, {"*weight": 0.75}, bank_size=8)
+    prune.prune()
+    net.cast("float16")
+    weight = net.collect_params()["net_dense0_weight"]
+    weight.set_data(mx.nd.ones(weight.shape, dtype="float16"))
+    prune.prune()
+    assert weight.data().dtype == np.float16 and prune.sparsity()[0]["net_dense0_weight"] == 0.75
