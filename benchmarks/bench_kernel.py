@@ -10,6 +10,7 @@ other processes on the machine hits all three alike. Prints milliseconds and the
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -81,9 +82,11 @@ def main(reps: int, threads: int, shapes, keeps, batches) -> None:
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
     path = "C kernel" if kernels.library() is not None else "PyTorch fallback"
-    console = Console()
+    console = Console(width=120)
+    load = os.getloadavg()[0]
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-                  f"bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path})")
+                  f"bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path}); "
+                  f"load average {load:.1f}")
     table = Table("W [out, in]", "sparsity", "batch", "dense ms", "CSR ms", "ours ms", "dense/ours", "CSR/ours")
     for shape in shapes:
         out_f, in_f = (int(v) for v in shape.split("x"))
@@ -94,6 +97,7 @@ def main(reps: int, threads: int, shapes, keeps, batches) -> None:
                               f"{ms['dense']:.3f}", f"{ms['csr']:.3f}", f"{ms['ours']:.3f}",
                               f"{t['dense'] / t['ours']:.1f}×", f"{t['csr'] / t['ours']:.1f}×")
     console.print(table)
+    console.print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share the cores)")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ void bank_gemv(const float *x, const float *values, const uint8_t *idx, const fl
     static void gemm_tile_##N(const float *xt, int64_t ldx, int64_t b0, int64_t width,           \
                               const float *v, const uint8_t *ix, int64_t banks, int64_t k,       \
                               int64_t bank, const float *tv, const uint8_t *ti, int64_t tail_k,  \
-                              float b, float *y, int64_t rows, int64_t o) {                      \
+                              float b, float *dst) {                                             \
         v8 acc[U][N];                                                                            \
         for (int u = 0; u < U; ++u)                                                              \
             for (int n = 0; n < N; ++n) acc[u][n] = (v8){0};                                     \
@@ -134,38 +134,59 @@ void bank_gemv(const float *x, const float *values, const uint8_t *idx, const fl
             for (int n = 0; n < N; ++n) acc[0][n] += acc[u][n];                                  \
         float out[8 * N];                                                                        \
         memcpy(out, acc[0], sizeof out);                                                         \
-        for (int64_t c = 0; c < width; ++c) y[(b0 + c) * rows + o] = out[c] + b;                \
+        for (int64_t c = 0; c < width; ++c) dst[c] = out[c] + b;                                 \
     }
 GEMM_TILE(1, 4)
 GEMM_TILE(2, 2)
 GEMM_TILE(4, 1)
 GEMM_TILE(8, 1)
 
+/* Row o of y for batch columns [c0, c0 + width), width <= 64, into dst[0:width]: widest tiles first;
+ * the last 8-wide tile may read columns up to ldx. */
+static void gemm_row(const float *xt, int64_t ldx, int64_t c0, int64_t width, const float *v, const uint8_t *ix,
+                     int64_t banks, int64_t k, int64_t bank, const float *tv, const uint8_t *ti, int64_t tail_k,
+                     float b, float *dst) {
+    int64_t c = 0;
+    if (width == 64) {
+        gemm_tile_8(xt, ldx, c0, 64, v, ix, banks, k, bank, tv, ti, tail_k, b, dst);
+        return;
+    }
+    if (width - c >= 32) {
+        gemm_tile_4(xt, ldx, c0 + c, 32, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
+        c += 32;
+    }
+    if (width - c >= 16) {
+        gemm_tile_2(xt, ldx, c0 + c, 16, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
+        c += 16;
+    }
+    for (; c < width; c += 8) {
+        const int64_t left = width - c;
+        gemm_tile_1(xt, ldx, c0 + c, left < 8 ? left : 8, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
+    }
+}
+
+#define ROW_BLOCK 16 /* rows computed into a local buffer, then written as contiguous runs of y */
+#define BATCH_TILE 64
+
 void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values, const uint8_t *idx,
                const float *tail_values, const uint8_t *tail_idx, const float *bias, float *y,
                int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
     const int64_t work = rows * (banks * k + tail_k) * batch;
+    const int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
 #pragma omp parallel for schedule(static) if (work > PARALLEL_WORK)
-    for (int64_t o = 0; o < rows; ++o) {
-        const float *v = values + o * banks * k;
-        const uint8_t *ix = idx + o * banks * k;
-        const float *tv = tail_values + o * tail_k;
-        const uint8_t *ti = tail_idx + o * tail_k;
-        const float b = bias ? bias[o] : 0.0f;
-        int64_t b0 = 0; /* widest tiles first; the last 8-wide tile may read up to ldx */
-        for (; batch - b0 >= 64; b0 += 64)
-            gemm_tile_8(xt, ldx, b0, 64, v, ix, banks, k, bank, tv, ti, tail_k, b, y, rows, o);
-        if (batch - b0 >= 32) {
-            gemm_tile_4(xt, ldx, b0, 32, v, ix, banks, k, bank, tv, ti, tail_k, b, y, rows, o);
-            b0 += 32;
-        }
-        if (batch - b0 >= 16) {
-            gemm_tile_2(xt, ldx, b0, 16, v, ix, banks, k, bank, tv, ti, tail_k, b, y, rows, o);
-            b0 += 16;
-        }
-        for (; b0 < batch; b0 += 8) {
-            const int64_t left = batch - b0;
-            gemm_tile_1(xt, ldx, b0, left < 8 ? left : 8, v, ix, banks, k, bank, tv, ti, tail_k, b, y, rows, o);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t o0 = blk * ROW_BLOCK;
+        const int64_t n_rows = rows - o0 < ROW_BLOCK ? rows - o0 : ROW_BLOCK;
+        float buf[ROW_BLOCK][BATCH_TILE];
+        for (int64_t c0 = 0; c0 < batch; c0 += BATCH_TILE) {
+            const int64_t width = batch - c0 < BATCH_TILE ? batch - c0 : BATCH_TILE;
+            for (int64_t r = 0; r < n_rows; ++r) {
+                const int64_t o = o0 + r;
+                gemm_row(xt, ldx, c0, width, values + o * banks * k, idx + o * banks * k, banks, k, bank,
+                         tail_values + o * tail_k, tail_idx + o * tail_k, tail_k, bias ? bias[o] : 0.0f, buf[r]);
+            }
+            for (int64_t c = 0; c < width; ++c)  /* y[c0 + c, o0 : o0 + n_rows] */
+                for (int64_t r = 0; r < n_rows; ++r) y[(c0 + c) * rows + o0 + r] = buf[r][c];
         }
     }
 }
