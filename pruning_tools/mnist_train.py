@@ -130,8 +130,13 @@ def train_mnist(
     ``prune_dict=None`` prunes every conv / dense weight to ``sparsity``; ``sparsity=0`` trains dense
     (no pruner). ``limit`` keeps the first ``limit`` train and test images. ``on_epoch(record)`` is
     called after each epoch, ``on_batch(batch, batches_per_epoch)`` after each batch. ``threads``
-    sets torch's CPU threads (None: leave as is); one thread is the default because this small
-    network gains little from more and loses much when the cores are shared. Returns the results dict (see the README).
+    sets torch's CPU threads while training (None: leave as is); one is the default because this
+    small network gains little from more and loses much when the cores are shared.
+
+    Returns ``{"framework", "settings", "test_accuracy", "layer_sparsity", "total_sparsity",
+    "balanced", "epochs": [per-epoch records], "steps": [{"step", "target", "sparsity"}] (sampled),
+    "wall_seconds", "notes" (pruner warnings), "weights": {name: numpy array} (the full state_dict),
+    "pruner_state" (``Prune.state_dict()``, None when dense), "model"}``.
     """
     _check_args(sparsity, balance, bank_size, epochs, batch_size, seed, limit)
     settings = dict(data_dir=None if data_dir is None else str(data_dir), sparsity=sparsity, balance=balance,
@@ -139,8 +144,19 @@ def train_mnist(
                     batch_size=batch_size or BATCH_SIZE, seed=seed, limit=limit, learning_rate=LEARNING_RATE,
                     weight_decay=WEIGHT_DECAY, max_shift=MAX_SHIFT, threads=threads)
     epochs, batch_size = settings["epochs"], settings["batch_size"]
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _train(data_dir, settings, prune_dict, on_epoch, on_batch)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(data_dir, settings: dict, prune_dict, on_epoch, on_batch) -> dict:
+    """The training loop of ``train_mnist`` (arguments already checked, gathered in ``settings``)."""
+    epochs, batch_size, seed, limit = settings["epochs"], settings["batch_size"], settings["seed"], settings["limit"]
+    sparsity, balance, bank_size = settings["sparsity"], settings["balance"], settings["bank_size"]
     started = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
