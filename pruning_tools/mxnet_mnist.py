@@ -4,17 +4,22 @@ The same recipe as ``mnist_train`` (PyTorch): dense warm-up, then the target spa
 the cubic schedule, then the masks are frozen and the network fine-tunes. Adam with a one-cycle
 learning rate, random shifts of up to 2 pixels, plain cross-entropy on logits.
 
-MXNet reads its thread count when it is imported: set ``OMP_NUM_THREADS`` before importing this
-module to cap it (the example script does).
+MXNet reads its thread count when it is imported: set ``OMP_NUM_THREADS`` to cap it. From the
+shell (the run behind ``docs/results/mxnet_bank64_90.json``)::
+
+    OMP_NUM_THREADS=2 python -m pruning_tools.mxnet_mnist --out docs/results/mxnet_bank64_90.json
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
+import click
 import numpy as np
 
 from .config import check_bank_size, check_choice, check_sparsity, check_step
@@ -246,3 +251,47 @@ def train_mnist(
         "weights": {name: p.data().asnumpy().copy() for name, p in net.collect_params().items()},
         "pruner_state": prune.state_dict() if prune is not None else None,
     }
+
+
+def to_plain(value: Any) -> Any:
+    """JSON-ready copy: numpy arrays and scalars become lists and numbers."""
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+@click.command()
+@click.option("--data-dir", default=None, help="Directory with the MNIST *-ubyte.gz files (default: searched).")
+@click.option("--sparsity", default=0.9, show_default=True, help="Target sparsity of every conv / dense weight.")
+@click.option("--balance", default="fix", show_default=True, type=click.Choice(["fix", "none", "global"]))
+@click.option("--bank-size", default=64, show_default=True)
+@click.option("--epochs", default=None, type=int, help=f"Default: the recipe's {EPOCHS}.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--limit", default=None, type=int, help="Use only the first N train and test images.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the results (no weights) as JSON.")
+def main(data_dir, sparsity, balance, bank_size, epochs, seed, limit, out) -> None:
+    """Train the simple CNN on MNIST with gradual pruning (MXNet) and report the results."""
+    def report(record: dict) -> None:
+        click.echo(f"epoch {record['epoch']}: test accuracy {record['test_accuracy']:.4f}, "
+                   f"loss {record['train_loss']:.4f}, sparsity {record['sparsity']:.4f} "
+                   f"(target {record['target']:.4f}), {record['seconds']:.0f} s")
+
+    result = train_mnist(data_dir, sparsity=sparsity, balance=balance, bank_size=bank_size, epochs=epochs,
+                         seed=seed, limit=limit, on_epoch=report)
+    result.pop("weights")
+    for note in result["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"test accuracy {result['test_accuracy']:.4f} at total sparsity {result['total_sparsity']:.4f}, "
+               f"every bank within budget: {result['balanced']}, {result['wall_seconds']:.0f} s")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(to_plain(result), indent=1) + "\n")
+        click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

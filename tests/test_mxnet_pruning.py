@@ -255,3 +255,31 @@ def test_cast_after_pruning_keeps_masking():
     weight.set_data(mx.nd.ones(weight.shape, dtype="float16"))
     prune.prune()
     assert weight.data().dtype == np.float16 and prune.sparsity()[0]["net_dense0_weight"] == 0.75
+
+
+def test_example_runs_on_a_slice(monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "mxnet_pruning_mnist.py"
+    monkeypatch.setattr(sys, "argv", [str(example), "--limit", "256", "--epochs", "2"])
+    with pytest.warns(UserWarning, match="cnn_conv1_weight"):
+        runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "epoch 2: test accuracy" in out and "sparsity 0.90" in out
+    assert "every bank within its budget: True" in out
+
+
+def test_module_command_writes_results_json(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pruning_tools.mxnet_mnist import main
+
+    out = tmp_path / "results.json"
+    result = CliRunner().invoke(main, ["--limit", "128", "--epochs", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["framework"] == "mxnet" and "weights" not in saved
+    assert saved["pruner_state"]["config"]["params"]["cnn_fc_weight"]["bank_size"] == 64
