@@ -103,7 +103,7 @@ def our_refresh(weights: list[Tensor], masks: list[Tensor | None], balance: str,
     """Masks of all ``weights`` for one pattern, as ``Prune`` computes them on a refresh step."""
     if balance == "global":
         return M.global_masks(weights, masks, sparsity)
-    return M.compute_masks([M.MaskJob(w, m, sparsity, balance, bank_size) for w, m in zip(weights, masks)])
+    return [M.compute_mask(w, m, sparsity, balance, bank_size) for w, m in zip(weights, masks)]
 
 
 def mask_bytes(prune: Prune) -> int:

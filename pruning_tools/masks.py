@@ -21,6 +21,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from . import native
+
 DEAD = -1.0  # score of an already-pruned weight: below every |w| of a live one
 
 
@@ -146,6 +148,9 @@ def keep_largest(scores: Tensor, k: int) -> Tensor:
 
 def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float) -> Tensor:
     """Keep the ``round(numel * (1 - sparsity))`` largest ``|w|`` still alive. Bool, shape of ``w``."""
+    fast = native.largest_masks([w.detach()], [mask], keep_count(w.numel(), sparsity))
+    if fast is not None:
+        return fast[0]
     scores = magnitude_scores(w, mask).reshape(-1)
     return keep_largest(scores, keep_count(scores.numel(), sparsity)).reshape(w.shape)
 
@@ -153,6 +158,11 @@ def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float) -> Tensor
 def bank_mask(w: Tensor, mask: Tensor | None, sparsity: float, bank_size: int = 64,
               layout: str = "channels_last", out_dim: int = 0) -> Tensor:
     """Bank-balanced keep-mask of ``w`` (bool, shape of ``w``); see the module docstring."""
+    if native.library() is not None:  # compiled single pass over the banks, when it serves this tensor
+        budget = bank_budget(row_length(w.shape, layout, out_dim), bank_size, sparsity)
+        fast = native.bank_mask(w.detach(), mask, budget.keep, budget.tail_keep, bank_size, layout, out_dim)
+        if fast is not None:
+            return fast
     rows = to_rows(magnitude_scores(w, mask), layout, out_dim)  # [rows, row_len]
     budget = bank_budget(rows.shape[1], bank_size, sparsity)
     split = budget.full_banks * bank_size
@@ -169,6 +179,10 @@ def bank_mask(w: Tensor, mask: Tensor | None, sparsity: float, bank_size: int = 
 def global_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float) -> list[Tensor]:
     """One magnitude threshold across all ``weights``, keeping ``round(N * (1 - sparsity))`` of
     their ``N`` weights in total; ties go to the earlier tensor, then the lower index."""
+    fast = native.largest_masks([w.detach() for w in weights], list(masks),
+                                keep_count(sum(w.numel() for w in weights), sparsity))
+    if fast is not None:
+        return fast
     scores = torch.cat([magnitude_scores(w, m).reshape(-1).float() for w, m in zip(weights, masks)])
     keep = keep_largest(scores, keep_count(scores.numel(), sparsity))
     return [part.reshape(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
@@ -182,21 +196,16 @@ def compute_mask(w: Tensor, mask: Tensor | None, sparsity: float, balance: str, 
     return unstructured_mask(w, mask, sparsity)
 
 
-class MaskJob(NamedTuple):
-    """One tensor to mask: ``compute_mask``'s arguments."""
+def apply_mask_(w: Tensor, mask: Tensor) -> None:
+    """Zero ``w`` where ``mask`` (bool, shape of ``w``) is False, in place.
 
-    w: Tensor
-    mask: Tensor | None
-    sparsity: float
-    balance: str  # "fix" or "none"
-    bank_size: int = 64
-    layout: str = "channels_last"
-    out_dim: int = 0
-
-
-def compute_masks(jobs: Sequence[MaskJob]) -> list[Tensor]:
-    """``compute_mask`` of every job, in order (bool, shape of each ``w``)."""
-    return [compute_mask(*job) for job in jobs]
+    CPU tensors take one compiled pass (read ``w`` and the 1-byte mask, write ``w``), about the
+    cost of a float-mask ``mul_``; elsewhere ``w.mul_(mask)``.
+    """
+    if native.zero_pruned_(w, mask):
+        torch.autograd.graph.increment_version(w)  # written through its pointer: tell autograd
+        return
+    w.mul_(mask if mask.device == w.device else mask.to(w.device))
 
 
 # ---------------------------------------------------------------- checker

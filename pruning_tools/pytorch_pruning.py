@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed as D
+from . import masks as M
 from .config import PruneConfig, make_config
 from .pruner_base import STATE_FORMAT, PrunerBase  # noqa: F401  (STATE_FORMAT re-exported)
 
@@ -99,4 +100,4 @@ class Prune(PrunerBase):
         for name, mask in self._masks.items():
             if mask is not None:
                 p = self._params[name]
-                D.local(p).mul_(mask if mask.device == p.device else mask.to(p.device))  # shard of a DTensor
+                M.apply_mask_(D.local(p), mask)  # (the shard of a DTensor)

@@ -1,5 +1,8 @@
 """The fast mask engine against a slow, obviously-correct reference, for exact equality.
 
+Both engines are checked: the compiled kernels (``pruning_tools.native``) and the pure PyTorch
+path that serves whatever the kernels do not (GPU tensors, no C compiler).
+
 The reference walks every bank with Python loops over small tensors: it lists ``(score, index)``
 pairs, sorts them by score descending then index ascending (ties to the lower index), and keeps
 the first ``budget``. Scores are ``|w|`` for live weights and below every live score for weights
@@ -8,6 +11,7 @@ already pruned. Values are drawn from a small set so ties are common; fp16 and b
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -16,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pruning_tools import masks as M
+from pruning_tools import native
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -96,6 +101,25 @@ def ref_global_masks(weights, masks, sparsity):
     return out
 
 
+@contextlib.contextmanager
+def engine(name: str):
+    """Run the block with the compiled kernels ("native") or with the PyTorch path only ("torch")."""
+    if name == "native":
+        if native.library() is None:
+            pytest.skip("no C compiler here: the compiled kernels are not built")
+        yield
+        return
+    saved = native.library
+    native.library = lambda: None
+    try:
+        yield
+    finally:
+        native.library = saved
+
+
+ENGINES = pytest.mark.parametrize("engine_name", ["native", "torch"])
+
+
 # ---------------------------------------------------------------- strategies
 
 
@@ -126,54 +150,75 @@ sparsities = st.one_of(st.sampled_from([0.0, 0.5, 0.75, 0.9, 0.9375, 0.99]), st.
 # ---------------------------------------------------------------- comparisons
 
 
+@ENGINES
 @settings(max_examples=150, deadline=None)
 @given(wm=weights(min_dims=2), sparsity=sparsities, bank_size=st.sampled_from([2, 3, 4, 5, 8, 16, 64]),
        layout=st.sampled_from(["channels_last", "flat"]), transposed=st.booleans())
-def test_bank_mask_equals_reference(wm, sparsity, bank_size, layout, transposed):
+def test_bank_mask_equals_reference(engine_name, wm, sparsity, bank_size, layout, transposed):
     w, mask = wm
-    out_dim = 1 if transposed and w.dim() >= 3 else 0
-    got = M.bank_mask(w, mask, sparsity, bank_size, layout, out_dim)
+    out_dim = 1 if transposed and w.dim() >= 2 else 0
+    with engine(engine_name):
+        got = M.bank_mask(w, mask, sparsity, bank_size, layout, out_dim)
     want = ref_bank_mask(w, mask, sparsity, bank_size, layout, out_dim)
     assert got.dtype == torch.bool and got.shape == w.shape
     assert torch.equal(got, want)
 
 
-@settings(max_examples=150, deadline=None)
+@ENGINES
+@settings(max_examples=100, deadline=None)
 @given(wm=weights(), sparsity=sparsities)
-def test_unstructured_mask_equals_reference(wm, sparsity):
+def test_unstructured_mask_equals_reference(engine_name, wm, sparsity):
     w, mask = wm
-    got = M.unstructured_mask(w, mask, sparsity)
+    with engine(engine_name):
+        got = M.unstructured_mask(w, mask, sparsity)
     assert torch.equal(got, ref_unstructured_mask(w, mask, sparsity))
 
 
-@settings(max_examples=80, deadline=None)
+@ENGINES
+@settings(max_examples=60, deadline=None)
 @given(tensors=st.lists(weights(), min_size=1, max_size=4), sparsity=sparsities)
-def test_global_masks_equal_reference(tensors, sparsity):
+def test_global_masks_equal_reference(engine_name, tensors, sparsity):
     ws, ms = [w for w, _ in tensors], [m for _, m in tensors]
-    got = M.global_masks(ws, ms, sparsity)
+    with engine(engine_name):
+        got = M.global_masks(ws, ms, sparsity)
     for g, r in zip(got, ref_global_masks(ws, ms, sparsity)):
         assert torch.equal(g, r)
 
 
+@ENGINES
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bank_size,sparsity", [(4, 0.5), (64, 0.9375), (64, 0.9), (16, 0.75)])
-def test_all_equal_weights_keep_the_first_of_each_bank(dtype, bank_size, sparsity):
+@pytest.mark.parametrize("bank_size,sparsity", [(4, 0.5), (64, 0.9375), (64, 0.9), (16, 0.75), (64, 0.5)])
+def test_all_equal_weights_keep_the_first_of_each_bank(engine_name, dtype, bank_size, sparsity):
     w = torch.ones(6, 2 * bank_size + 3, dtype=dtype)
-    got = M.bank_mask(w, None, sparsity, bank_size)
+    with engine(engine_name):
+        got = M.bank_mask(w, None, sparsity, bank_size)
     assert torch.equal(got, ref_bank_mask(w, None, sparsity, bank_size, "channels_last", 0))
     k = max(1, ref_keep_count(bank_size, sparsity))
     assert got[:, :k].all() and not got[:, k:bank_size].any()
 
 
+@ENGINES
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_larger_conv_tensors_equal_reference(dtype):
+def test_larger_conv_tensors_equal_reference(engine_name, dtype):
     """Sizes beyond the property tests: real conv shapes with ties, once each."""
     g = torch.Generator().manual_seed(0)
     w = (torch.randint(-6, 7, (8, 96, 3, 3), generator=g) / 4).to(dtype)
     mask = torch.rand(w.shape, generator=g) < 0.7
     w = w * mask
-    for layout in ("channels_last", "flat"):
-        for bank_size, s in ((64, 0.9375), (4, 0.5), (32, 0.8)):
-            assert torch.equal(M.bank_mask(w, mask, s, bank_size, layout),
-                               ref_bank_mask(w, mask, s, bank_size, layout, 0))
-    assert torch.equal(M.unstructured_mask(w, mask, 0.9), ref_unstructured_mask(w, mask, 0.9))
+    with engine(engine_name):
+        for layout in ("channels_last", "flat"):
+            for bank_size, s in ((64, 0.9375), (4, 0.5), (32, 0.8), (64, 0.3), (100, 0.9)):
+                assert torch.equal(M.bank_mask(w, mask, s, bank_size, layout),
+                                   ref_bank_mask(w, mask, s, bank_size, layout, 0))
+        assert torch.equal(M.unstructured_mask(w, mask, 0.9), ref_unstructured_mask(w, mask, 0.9))
+        assert torch.equal(M.unstructured_mask(w, mask, 0.2), ref_unstructured_mask(w, mask, 0.2))
+
+
+def test_compiled_kernels_serve_plain_cpu_tensors():
+    """Where a C compiler exists the fast path must really be taken (or the tests above test little)."""
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    w = torch.randn(16, 64, 3, 3)
+    assert native.bank_mask(w, None, 4, 0, 64, "channels_last", 0) is not None
+    assert native.largest_masks([w], [None], 100) is not None
+    assert native.bank_mask(w.to(torch.float16), w > 0, 4, 0, 64, "flat", 0) is not None

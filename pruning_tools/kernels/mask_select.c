@@ -12,47 +12,93 @@
 
 #define MAX_BANK 1024
 
+/* The K largest keys of a bank, descending, in registers: each key sinks through the list by
+ * max/min (no branch, so no misprediction whatever the data). Sets t (the K-th largest) and above. */
+#define TOP_K_SMALL(K)                                                                                       \
+    case K: {                                                                                                \
+        int64_t top[K];                                                                                      \
+        for (int i = 0; i < K; ++i) top[i] = INT64_MIN;                                                      \
+        for (int64_t j = 0; j < len; ++j) {                                                                  \
+            int64_t s = key[j];                                                                              \
+            for (int i = 0; i < K; ++i) {                                                                    \
+                const int64_t hi = top[i] > s ? top[i] : s;                                                  \
+                s = top[i] > s ? s : top[i];                                                                 \
+                top[i] = hi;                                                                                 \
+            }                                                                                                \
+        }                                                                                                    \
+        t = top[K - 1];                                                                                      \
+        for (int i = 0; i < K - 1; ++i) above += top[i] > t;                                                 \
+        break;                                                                                               \
+    }
+
+/* A bank of exactly L keys: key i is kept when fewer than k keys rank before it (larger, or equal
+ * at a lower index). L is a constant, so the compiler unrolls both loops. */
+#define RANK_SMALL(L)                                                                                        \
+    case L:                                                                                                  \
+        for (int i = 0; i < L; ++i) {                                                                        \
+            int64_t rank = 0;                                                                                \
+            for (int j = 0; j < L; ++j) rank += (key[j] > key[i]) | ((key[j] == key[i]) & (j < i));         \
+            keep[off + i * step] = rank < k;                                                                 \
+        }                                                                                                    \
+        return;
+
 /* keep[off + j * step] for one bank of `len` keys of which the `k` largest are kept. */
-static void select_bank(const int64_t *key, int64_t len, int64_t k, int64_t *sel, uint8_t *keep,
-                        int64_t off, int64_t step) {
+static inline __attribute__((always_inline)) void select_bank(const int64_t *key, int64_t len, int64_t k, int64_t *sel, uint8_t *keep,
+                               int64_t off, int64_t step) {
     if (k >= len) {
         for (int64_t j = 0; j < len; ++j) keep[off + j * step] = 1;
         return;
     }
-    int64_t t; /* the k-th largest key */
-    if (k <= len - k) { /* the k largest, descending */
-        int64_t n = 0;
-        for (int64_t j = 0; j < len; ++j) {
+    if (len <= 8) { /* short banks (N:M): rank every key against the others, no branch */
+        switch (len) {
+            RANK_SMALL(2) RANK_SMALL(3) RANK_SMALL(4) RANK_SMALL(5) RANK_SMALL(6) RANK_SMALL(7) RANK_SMALL(8)
+        }
+    }
+    int64_t t = 0, above = 0; /* the k-th largest key; keys strictly above it */
+    if (k <= 8) {
+        switch (k) {
+            TOP_K_SMALL(1) TOP_K_SMALL(2) TOP_K_SMALL(3) TOP_K_SMALL(4)
+            TOP_K_SMALL(5) TOP_K_SMALL(6) TOP_K_SMALL(7) TOP_K_SMALL(8)
+        }
+    } else if (k <= len - k) { /* the k largest, descending (one comparison per key once the list is full) */
+        for (int64_t j = 0; j < k; ++j) {
             const int64_t s = key[j];
-            int64_t i;
-            if (n < k) i = n++;
-            else if (s > sel[k - 1]) i = k - 1;
-            else continue;
+            int64_t i = j;
+            while (i > 0 && sel[i - 1] < s) { sel[i] = sel[i - 1]; --i; }
+            sel[i] = s;
+        }
+        for (int64_t j = k; j < len; ++j) {
+            const int64_t s = key[j];
+            if (s <= sel[k - 1]) continue;
+            int64_t i = k - 1;
             while (i > 0 && sel[i - 1] < s) { sel[i] = sel[i - 1]; --i; }
             sel[i] = s;
         }
         t = sel[k - 1];
+        for (int64_t i = 0; i < k - 1; ++i) above += sel[i] > t;
     } else { /* the len - k + 1 smallest, ascending: the largest of them is the k-th largest */
         const int64_t m = len - k + 1;
-        int64_t n = 0;
-        for (int64_t j = 0; j < len; ++j) {
+        for (int64_t j = 0; j < m; ++j) {
             const int64_t s = key[j];
-            int64_t i;
-            if (n < m) i = n++;
-            else if (s < sel[m - 1]) i = m - 1;
-            else continue;
+            int64_t i = j;
+            while (i > 0 && sel[i - 1] > s) { sel[i] = sel[i - 1]; --i; }
+            sel[i] = s;
+        }
+        for (int64_t j = m; j < len; ++j) {
+            const int64_t s = key[j];
+            if (s >= sel[m - 1]) continue;
+            int64_t i = m - 1;
             while (i > 0 && sel[i - 1] > s) { sel[i] = sel[i - 1]; --i; }
             sel[i] = s;
         }
         t = sel[m - 1];
+        for (int64_t j = 0; j < len; ++j) above += key[j] > t;
     }
-    int64_t above = 0;
-    for (int64_t j = 0; j < len; ++j) above += key[j] > t;
     int64_t ties = k - above; /* keys equal to t that are kept: the first ones by index */
     for (int64_t j = 0; j < len; ++j) {
         const int64_t s = key[j];
         uint8_t kept = s > t;
-        if (s == t && ties > 0) { kept = 1; --ties; }
+        if (s == t) { kept = ties > 0; ties -= kept; }
         keep[off + j * step] = kept;
     }
 }
@@ -68,9 +114,13 @@ static void select_bank(const int64_t *key, int64_t len, int64_t k, int64_t *sel
             for (int64_t start = 0; start < row_len; start += bank) {                                      \
                 const int64_t len = row_len - start < bank ? row_len - start : bank;                       \
                 const int64_t off = base + start * step;                                                   \
-                for (int64_t j = 0; j < len; ++j) {                                                        \
-                    const int64_t at = off + j * step;                                                     \
-                    key[j] = (alive && !alive[at]) ? -1 : (int64_t)(w[at] & (MAGNITUDE));                  \
+                if (alive) {                                                                               \
+                    for (int64_t j = 0; j < len; ++j) {                                                    \
+                        const int64_t at = off + j * step, v = (int64_t)(w[at] & (MAGNITUDE));             \
+                        key[j] = v | ((int64_t)alive[at] - 1); /* -1 when dead, no branch */              \
+                    }                                                                                      \
+                } else {                                                                                   \
+                    for (int64_t j = 0; j < len; ++j) key[j] = (int64_t)(w[off + j * step] & (MAGNITUDE)); \
                 }                                                                                          \
                 select_bank(key, len, len == bank ? k : tail_k, sel, keep, off, step);                     \
             }                                                                                              \
@@ -81,11 +131,14 @@ static void select_bank(const int64_t *key, int64_t len, int64_t k, int64_t *sel
     void histogram_##BITS(const T *w, const uint8_t *alive, int64_t n, int shift, uint64_t prefix,          \
                           int64_t *hist) {                                                                 \
         const int top = shift + 16;                                                                        \
-        for (int64_t i = 0; i < n; ++i) {                                                                  \
-            if (alive && !alive[i]) continue;                                                              \
+        if (top >= BITS) { /* first level: every key counts, branch-free */                               \
+            for (int64_t i = 0; i < n; ++i)                                                                \
+                hist[((uint64_t)(w[i] & (MAGNITUDE)) >> shift) & 0xFFFF] += alive ? alive[i] : 1;          \
+            return;                                                                                        \
+        }                                                                                                  \
+        for (int64_t i = 0; i < n; ++i) { /* later levels: few keys match the prefix */                   \
             const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                           \
-            if (top < 64 && (key >> top) != prefix) continue;                                              \
-            hist[(key >> shift) & 0xFFFF] += 1;                                                            \
+            if ((key >> top) == prefix && (!alive || alive[i])) hist[(key >> shift) & 0xFFFF] += 1;        \
         }                                                                                                  \
     }                                                                                                      \
                                                                                                            \
@@ -94,10 +147,10 @@ static void select_bank(const int64_t *key, int64_t len, int64_t k, int64_t *sel
                            int64_t *ties) {                                                                \
         int64_t left = *ties;                                                                              \
         for (int64_t i = 0; i < n; ++i) {                                                                  \
-            const uint8_t live = !alive || alive[i];                                                       \
             const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                           \
-            uint8_t kept = live && key > t;                                                                \
-            if (live && key == t && left > 0) { kept = 1; --left; }                                        \
+            const uint8_t live = alive ? alive[i] : 1;                                                     \
+            uint8_t kept = live & (key > t);                                                               \
+            if (key == t) { kept = live & (left > 0); left -= kept; } /* rare: no misprediction */         \
             keep[i] = kept;                                                                                \
         }                                                                                                  \
         *ties = left;                                                                                      \
