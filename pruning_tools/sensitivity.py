@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import masks as M
-from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity, resolve_prune_dict
+from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity, check_step, resolve_prune_dict
 
 DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 SWEEP_BALANCES = ("fix", "none")  # one parameter at a time: "global" is the same as "none"
@@ -345,9 +345,15 @@ def overall_sparsity(table: SensitivityTable, prune_dict: Mapping[str, float],
 
 
 def predicted_drop(table: SensitivityTable, prune_dict: Mapping[str, float]) -> float:
-    """Sum over parameters of the score drop each one caused alone at its target (interpolated)."""
-    return sum(float(np.interp(prune_dict.get(n, 0.0), *_curve(table, i)))
-               for i, n in enumerate(table.names))
+    """Sum over parameters of the score drop each one caused alone at its target (snapped like the
+    sweep's levels, interpolated between them): the quantity ``suggest_prune_dict`` minimises."""
+    total = 0.0
+    for i, name in enumerate(table.names):
+        level = float(prune_dict.get(name, 0.0))
+        if table.balance == "fix":
+            level = snap_levels([level], "fix", table.bank_size)[0]
+        total += float(np.interp(level, *_curve(table, i)))
+    return total
 
 
 def _checked_sizes(table: SensitivityTable, sizes: Mapping[str, float] | None) -> dict[str, float]:
@@ -379,6 +385,7 @@ def suggest_prune_dict(
     *,
     sizes: Mapping[str, float] | None = None,
     resolution: float | None = None,
+    units: int = 20000,
 ) -> dict[str, float]:
     """Per-parameter sparsities that reach ``target`` overall while keeping sensitive layers denser.
 
@@ -388,18 +395,20 @@ def suggest_prune_dict(
     - ``sizes``: weights of the mean (default: parameter counts; pass e.g. multiply-accumulates).
     - ``resolution``: step of the candidate sparsities (default ``1 / bank_size`` for ``"fix"``,
       ``1 / 256`` for ``"none"``).
+    - ``units``: steps of the overall sparsity in the dynamic program (default 20000).
 
     Method. Each parameter's curve is its score drop against the sweep's levels, with 0 at
     sparsity 0, made monotone (the largest drop seen at that level or below) and linearly
     interpolated on the grid of multiples of ``resolution`` up to the highest swept level (with
     ``max_drop``: the highest level whose drop is within ``max_drop``). Drops are assumed to add up
-    across parameters. Starting from a dense model, a greedy loop takes, among every parameter and
-    every higher grid point, the move with the smallest drop per weight pruned (ties: the larger
-    move, then the earlier parameter); this follows the lower convex hull of each curve, which is
-    optimal for convex curves. The loop stops at the first move that reaches ``target``, trimmed to
-    the smallest grid point of that parameter that still reaches it, so the result overshoots by
-    at most one grid step of one parameter (one bank step for ``"fix"``). Without ``target`` each
-    parameter gets the highest level within ``max_drop``.
+    across parameters, so the choice is a knapsack: one grid point per parameter, minimising the
+    summed drop subject to the overall sparsity reaching ``target``. It is solved exactly by dynamic
+    programming over the overall sparsity counted in ``units`` steps (each parameter's share
+    rounded down, so the real overall sparsity is at least the target); ties keep parameters denser.
+    Then parameters are lowered one grid step at a time while the overall sparsity stays at or
+    above ``target`` (largest predicted saving first, then largest overshoot removed), so the
+    result overshoots by less than one grid step of any pruned parameter (one bank step for
+    ``"fix"``). Without ``target`` each parameter gets the highest level within ``max_drop``.
 
     Returns ``{name: sparsity}`` for every parameter of the table (0.0: keep dense), ready for
     ``Prune``. Raises ``ValueError`` when ``target`` cannot be reached within the swept levels.
@@ -416,6 +425,7 @@ def suggest_prune_dict(
         resolution = 1.0 / table.bank_size if table.balance == "fix" else 1.0 / 256
     elif isinstance(resolution, bool) or not isinstance(resolution, numbers.Real) or not 0 < resolution < 1:
         raise ValueError(f"resolution={resolution!r} is not allowed: expected a number in (0, 1)")
+    units = check_step("units", units, minimum=1)
     weights = _checked_sizes(table, sizes)
     total = sum(weights.values())
 
@@ -428,37 +438,64 @@ def suggest_prune_dict(
         grids.append(grid)
         gains.append(np.array([weights[name] * table.realised(name, float(s)) for s in grid]) / total)
         costs.append(np.interp(grid, levels, drops))
-    chosen = [len(g) - 1 for g in grids] if target is None else _greedy(gains, costs, target, table, max_drop)
+    chosen = ([len(g) - 1 for g in grids] if target is None
+              else _allocate(gains, costs, target, table, max_drop, units))
     return {name: float(round(grids[i][chosen[i]], 9)) for i, name in enumerate(table.names)}
 
 
-def _greedy(gains: list[np.ndarray], costs: list[np.ndarray], target: float,
-            table: SensitivityTable, max_drop: float | None) -> list[int]:
-    """Indices into each parameter's grid: see ``suggest_prune_dict``."""
+def _allocate(gains: list[np.ndarray], costs: list[np.ndarray], target: float, table: SensitivityTable,
+              max_drop: float | None, units: int) -> list[int]:
+    """Indices into each parameter's grid minimising the summed cost with the summed gain >= ``target``
+    (see ``suggest_prune_dict``). ``gains[i][j]``: overall sparsity parameter ``i`` adds at grid
+    point ``j``; ``costs[i][j]``: its predicted drop there."""
     reachable = sum(float(g[-1]) for g in gains)
     if reachable < target - 1e-12:
         within = "" if max_drop is None else f" and max_drop={max_drop}"
         raise ValueError(f"target={target} is not reachable: at most {reachable:.4f} overall within the "
                          f"swept levels (up to {table.levels[-1]}){within}; sweep higher levels or lower the target")
-    idx = [0] * len(gains)
-    reached = sum(float(g[0]) for g in gains)
-    while reached < target - 1e-12:
-        best = None  # (cost per gain, -gain, parameter, grid index)
+    need = int(math.ceil(target * units - 1e-6))  # units of overall sparsity to collect
+    best = np.full(need + 1, np.inf)  # [need + 1]: least cost to collect u units (need: "need or more")
+    best[0] = 0.0
+    trail = []  # per parameter: ([need + 1] grid index, [need + 1] state before it) of each state
+    states = np.arange(need + 1)
+    for g, c in zip(gains, costs):
+        step = np.minimum(np.floor(g * units + 1e-6).astype(int), need)  # [grid]
+        new = np.full(need + 1, np.inf)
+        pick, before = np.zeros(need + 1, dtype=np.int64), np.zeros(need + 1, dtype=np.int64)
+        for j in range(len(g)):  # ascending: on equal cost the denser grid point stays
+            k = int(step[j])
+            moved, origin = np.full(need + 1, np.inf), states - k
+            moved[k:] = best[:need + 1 - k] + c[j]
+            top = need - k + int(np.argmin(best[need - k:]))  # any state reaching "need or more"
+            if best[top] + c[j] < moved[need]:
+                moved[need], origin[need] = best[top] + c[j], top
+            better = moved < new - 1e-12
+            new[better], pick[better], before[better] = moved[better], j, origin[better]
+        best = new
+        trail.append((pick, before))
+    idx, u = [len(g) - 1 for g in gains], need
+    if np.isfinite(best[need]):  # else shares rounded down missed it: start from every top level
+        for i in reversed(range(len(gains))):
+            idx[i], u = int(trail[i][0][u]), int(trail[i][1][u])
+    return _back_off(idx, gains, costs, target, sum(float(g[j]) for g, j in zip(gains, idx)))
+
+
+def _back_off(idx: list[int], gains: list[np.ndarray], costs: list[np.ndarray], target: float,
+              reached: float) -> list[int]:
+    """Lower parameters one grid step at a time while the overall sparsity stays at or above
+    ``target``: first the step saving the most predicted drop, then the one removing the most
+    overshoot. Trims the overshoot left by whole grid steps and rounded-down shares."""
+    while True:
+        best = None  # (-drop saved, -sparsity removed, parameter)
         for i, (g, c) in enumerate(zip(gains, costs)):
-            more = g[idx[i] + 1:] - g[idx[i]]
-            useful = np.nonzero(more > 1e-15)[0]
-            if not len(useful):
+            if idx[i] == 0:
                 continue
-            extra = c[idx[i] + 1:][useful] - c[idx[i]]
-            ratio = extra / more[useful]
-            k = int(np.lexsort((-more[useful], ratio))[0])
-            key = (float(ratio[k]), -float(more[useful][k]), i, idx[i] + 1 + int(useful[k]))
-            if best is None or key < best:
-                best = key
-        _, _, i, j = best
-        if reached + gains[i][j] - gains[i][idx[i]] >= target - 1e-12:
-            need = target - 1e-12 - (reached - gains[i][idx[i]])
-            j = idx[i] + int(np.nonzero(gains[i][idx[i]:j + 1] >= need)[0][0])
-        reached += float(gains[i][j] - gains[i][idx[i]])
-        idx[i] = j
-    return idx
+            removed = float(g[idx[i]] - g[idx[i] - 1])
+            if reached - removed >= target - 1e-12:
+                key = (-float(c[idx[i]] - c[idx[i] - 1]), -removed, i)
+                best = key if best is None or key < best else best
+        if best is None:
+            return idx
+        i = best[2]
+        reached -= float(gains[i][idx[i]] - gains[i][idx[i] - 1])
+        idx[i] -= 1
