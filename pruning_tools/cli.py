@@ -23,6 +23,9 @@ main.add_command(inspect)
 from .export_cli import export  # noqa: E402
 
 main.add_command(export)
+from .bench import bench  # noqa: E402
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()
