@@ -20,7 +20,8 @@ local shard (``p.to_local()``).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -50,12 +51,15 @@ def local(t: Tensor) -> Tensor:
     return t.to_local() if is_sharded(t) else t
 
 
+@dataclass(frozen=True)
 class ShardInfo:
     """Where a tensor's shards live: the process group over which dim 0 is split (None: every
-    rank holds all of it), this rank's position in it and the group size."""
+    rank holds all of it), this rank's position in it, the group size, the collectives' device."""
 
-    def __init__(self, group, rank: int, world: int, device: torch.device):
-        self.group, self.rank, self.world, self.device = group, rank, world, device
+    group: Any
+    rank: int
+    world: int
+    device: torch.device
 
     @property
     def split(self) -> bool:
@@ -73,8 +77,9 @@ def shard_info(t: Tensor, name: str = "tensor") -> ShardInfo:
     on every mesh dim except at most one ``Shard(0)`` (FSDP2, and HSDP's replicate x shard)."""
     if not is_sharded(t):
         return ShardInfo(None, 0, 1, t.device)
-    shard_dims = [i for i, pl in enumerate(t.placements) if isinstance(pl, Shard)]
-    others = [pl for pl in t.placements if not isinstance(pl, (Shard, Replicate))]
+    # exact types: subclasses such as a strided shard do not keep rows in rank order
+    shard_dims = [i for i, pl in enumerate(t.placements) if type(pl) is Shard]
+    others = [pl for pl in t.placements if type(pl) not in (Shard, Replicate)]
     if others or len(shard_dims) > 1 or any(t.placements[i].dim != 0 for i in shard_dims):
         raise ValueError(
             f"{name} has placements={tuple(t.placements)}: expected Replicate() and at most one "
@@ -116,7 +121,8 @@ def sortable_keys(scores: Tensor) -> tuple[Tensor, int]:
         raw, bits, low = scores.reshape(-1).contiguous().view(torch.int64), 64, 0x7FFFFFFFFFFFFFFF
     else:
         raw, bits, low = scores.reshape(-1).float().contiguous().view(torch.int32).long(), 32, 0x7FFFFFFF
-    # negative floats: flipping the magnitude bits reverses their order, as it must
+    # negative floats: their raw bits grow with the magnitude; flipping those bits makes them grow
+    # with the value, below every non-negative float
     return torch.where(raw >= 0, raw, raw ^ low), bits
 
 
