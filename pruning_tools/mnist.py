@@ -12,6 +12,7 @@ Search order of ``load_mnist``: ``data_dir``; the copy shipped in the repository
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import struct
@@ -41,9 +42,9 @@ CANONICAL_MD5 = {  # of the original files on the mirrors
 _DTYPE_CODES = {0x08: np.uint8}
 
 
-@dataclass
+@dataclass(frozen=True)
 class MnistData:
-    """The four MNIST arrays (uint8)."""
+    """The four MNIST arrays (uint8, read-only when loaded from files)."""
 
     train_images: np.ndarray  # [60000, 28, 28]
     train_labels: np.ndarray  # [60000]
@@ -117,8 +118,18 @@ def _has_files(directory: Path) -> bool:
 
 
 def read_idx_dir(directory: str | Path) -> MnistData:
-    """Read the four ``*-ubyte.gz`` files of ``directory`` (verified against ``SHA256SUMS`` if present)."""
-    directory = Path(directory)
+    """Read the four ``*-ubyte.gz`` files of ``directory`` (verified against ``SHA256SUMS`` if present).
+
+    The arrays are read-only and cached per directory until one of its files changes.
+    """
+    directory = Path(directory).resolve()
+    stamp = tuple((directory / name).stat().st_mtime_ns for name in [*FILES.values(), "SHA256SUMS"]
+                  if (directory / name).exists())
+    return _read_idx_dir(directory, stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_idx_dir(directory: Path, stamp: tuple) -> MnistData:
     _verify_sums(directory)
     arrays = {}
     for field, filename in FILES.items():
