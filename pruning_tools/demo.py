@@ -23,6 +23,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from . import mnist
+
 TRAINERS = {"pytorch": "pruning_tools.mnist_train", "mxnet": "pruning_tools.mxnet_mnist"}
 NOT_IN_JSON = ("weights", "pruner_state", "model")
 
@@ -93,20 +95,29 @@ def epoch_line(record: dict, epochs: int) -> str:
 @click.option("--balance", type=click.Choice(["fix", "none"]), default="fix", show_default=True,
               help="fix: bank-balanced; none: unstructured per tensor.")
 @click.option("--bank-size", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the recipe's (8).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the framework's recipe (8).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's (128).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Directory with the MNIST *-ubyte.gz files (default: data/mnist/ in the repository).")
+@click.option("--download", is_flag=True,
+              help="When no directory holds MNIST, fetch it from the usual mirrors (MD5-checked) into --data "
+                   "or ~/.cache/pruning-tools/mnist.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for torch (one is fastest for this small network on shared cores).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N train and test images (a quick look).")
-def demo(framework, sparsity, balance, bank_size, epochs, batch_size, data_dir, out, seed, threads, limit) -> None:
+def demo(framework, sparsity, balance, bank_size, epochs, batch_size, data_dir, download, out, seed, threads,
+         limit) -> None:
     """Train the simple CNN on MNIST with gradual pruning; write weights, state, results.json, plots."""
     console = Console()
     trainer = load_trainer(framework)
+    if download:
+        try:
+            data_dir = mnist.load_mnist(data_dir, download_missing=True).source
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise click.ClickException(f"--download failed: {exc}") from exc
     train_mnist, total_epochs = trainer.train_mnist, epochs or getattr(trainer, "EPOCHS", "?")
     kwargs = dict(sparsity=sparsity, balance=balance, bank_size=bank_size, epochs=epochs,
                   batch_size=batch_size, seed=seed, limit=limit)

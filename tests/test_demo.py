@@ -135,3 +135,28 @@ def test_pytorch_example_runs_on_a_slice(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "epoch 2: test accuracy" in out and "sparsity 0.90" in out
     assert "every bank within its budget: True" in out
+
+
+def test_demo_download_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist, "VENDORED_DIR", tmp_path / "a")
+    monkeypatch.setattr(mnist, "SHARED_DIR", tmp_path / "b")
+    fetched = []
+
+    def fake_download(directory):
+        fetched.append(directory)
+        return mnist.write_idx_dir(directory, _tiny_mnist())
+
+    monkeypatch.setattr(mnist, "download", fake_download)
+    args = ["demo", "--data", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "o")]
+    assert CliRunner().invoke(main, args).exit_code == 1  # nothing found, no download asked
+    result = CliRunner().invoke(main, [*args, "--download"])
+    assert result.exit_code == 0, result.output
+    assert fetched == [tmp_path / "d"]
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["settings"]["data_dir"] == str(tmp_path / "d")
+
+
+def _tiny_mnist(n=64):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8).numpy()
+    labels = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8).numpy()
+    return mnist.MnistData(images, labels, images, labels)

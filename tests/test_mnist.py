@@ -1,6 +1,7 @@
 """MNIST IDX reader: round trip, search order, checksum and error messages."""
 
 import gzip
+import hashlib
 
 import numpy as np
 import pytest
@@ -65,3 +66,24 @@ def test_head_trims_both_splits_and_rejects_bad_limit():
     assert len(data.train_images) == len(data.train_labels) == 2 and len(data.test_images) == 2
     with pytest.raises(ValueError, match=r"limit=0"):
         tiny().head(0)
+
+
+def test_download_checks_md5_and_tries_the_next_mirror(tmp_path, monkeypatch):
+    mirror = write_idx_dir(tmp_path / "mirror", tiny(n_train=9))
+    sums = {name: hashlib.md5((mirror / name).read_bytes()).hexdigest() for name in mnist.FILES.values()}
+    bad = tmp_path / "bad_mirror"
+    write_idx_dir(bad, tiny(n_train=4, seed=1))  # other bytes: wrong MD5
+    monkeypatch.setattr(mnist, "CANONICAL_MD5", sums)
+    target = mnist.download(tmp_path / "cache", mirrors=(bad.as_uri() + "/", mirror.as_uri() + "/"))
+    assert read_idx_dir(target).train_images.shape == (9, 28, 28)
+    with pytest.raises(RuntimeError, match="MD5 mismatch"):
+        mnist.download(tmp_path / "cache2", mirrors=(bad.as_uri() + "/",))
+
+
+def test_load_mnist_downloads_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist, "VENDORED_DIR", tmp_path / "a")
+    monkeypatch.setattr(mnist, "SHARED_DIR", tmp_path / "b")
+    monkeypatch.setattr(mnist, "download", lambda directory: write_idx_dir(directory, tiny(n_train=6)))
+    with pytest.raises(FileNotFoundError, match="download_missing=True"):
+        load_mnist(tmp_path / "c")
+    assert load_mnist(tmp_path / "c", download_missing=True).train_images.shape == (6, 28, 28)
