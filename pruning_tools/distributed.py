@@ -8,8 +8,8 @@
   across ranks. A bank lives inside one row and a row inside one output channel, so bank-balanced
   masks are computed on the local shard with no communication. Unstructured and global masks need
   the exact k-th largest score over all shards: ``keep_largest_sharded`` finds it by radix
-  selection on the scores' bit patterns, all-reducing one 256-bin histogram per byte (4 or 8
-  all-reduces of 256 integers), then one all-reduce of per-shard counts to break ties exactly as
+  selection on the scores' bit patterns, all-reducing one histogram of 2**16 counts per 16 bits
+  (2 all-reduces for fp32/bf16/fp16 weights, 4 for fp64), then one all-reduce of per-shard counts to break ties exactly as
   the single-process code does (earlier tensor, then lower flat index). Whole tensors are never
   gathered.
 
@@ -111,39 +111,46 @@ def _common_info(tensors: Sequence[Tensor], names: Sequence[str]) -> ShardInfo:
 # ---------------------------------------------------------------- exact k-th selection
 
 
-def sortable_keys(scores: Tensor) -> tuple[Tensor, int]:
-    """Integer keys ordered exactly like the float ``scores``: ``(int64 keys, bits)``.
+RADIX_BITS = 16  # bits resolved per all-reduce: a histogram of 2**16 counts (512 KiB)
 
-    Float16/bfloat16/float32 scores become 32-bit keys (float32 holds them exactly), float64
-    64-bit keys. Shape of ``scores``, flattened: ``[n]``.
+
+def sortable_keys(scores: Tensor) -> tuple[Tensor, int]:
+    """Integer keys ordered exactly like the float ``scores``: ``(keys [n], bits)``.
+
+    Float16/bfloat16/float32 scores become int32 keys (float32 holds them exactly), float64
+    int64 keys. ``scores`` of any shape is flattened to ``[n]``.
     """
     if scores.dtype == torch.float64:
         raw, bits, low = scores.reshape(-1).contiguous().view(torch.int64), 64, 0x7FFFFFFFFFFFFFFF
     else:
-        raw, bits, low = scores.reshape(-1).float().contiguous().view(torch.int32).long(), 32, 0x7FFFFFFF
+        raw, bits, low = scores.reshape(-1).float().contiguous().view(torch.int32), 32, 0x7FFFFFFF
     # negative floats: their raw bits grow with the magnitude; flipping those bits makes them grow
-    # with the value, below every non-negative float
-    return torch.where(raw >= 0, raw, raw ^ low), bits
+    # with the value, below every non-negative float (raw >> (bits - 1) is -1 exactly for those)
+    return raw ^ ((raw >> (bits - 1)) & low), bits
 
 
 def kth_largest_key(keys: Sequence[Tensor], k: int, bits: int, reduce_sum: ReduceSum,
                     device: torch.device) -> int:
-    """The key of the ``k``-th largest (1-based) among all ranks' ``keys`` (signed int64, ``bits``
-    wide). Radix selection, most significant byte first: one all-reduce of 256 counts per byte."""
-    prefix, need = None, k
-    for shift in range(bits - 8, -1, -8):
-        hist = torch.zeros(256, dtype=torch.int64, device=device)
-        for key in keys:
+    """The key of the ``k``-th largest (1-based) among all ranks' ``keys`` (signed integers,
+    ``bits`` wide). Radix selection, most significant digits first: one all-reduce of a
+    ``2**RADIX_BITS``-bin histogram per digit (2 for 32-bit keys); each round only looks at the
+    keys that still share the chosen prefix."""
+    bins, prefix, need = 1 << RADIX_BITS, None, k
+    candidates = list(keys)
+    for shift in range(bits - RADIX_BITS, -1, -RADIX_BITS):
+        hist = torch.zeros(bins, dtype=torch.int64, device=device)
+        for i, key in enumerate(candidates):
             if prefix is None:
-                digits = (key >> shift) + 128  # signed top byte -> 0..255, order kept
+                digits = (key >> shift) + bins // 2  # signed top digit -> 0..bins-1, order kept
             else:
-                digits = (key[(key >> (shift + 8)) == (prefix >> (shift + 8))] >> shift) & 255
-            hist += torch.bincount(digits, minlength=256).to(device)
-        above = reduce_sum(hist).flip(0).cumsum(0)  # above[j]: keys in buckets >= 255 - j
+                key = candidates[i] = key[(key >> (shift + RADIX_BITS)) == (prefix >> (shift + RADIX_BITS))]
+                digits = (key >> shift) & (bins - 1)
+            hist += torch.bincount(digits, minlength=bins).to(device)
+        above = reduce_sum(hist).flip(0).cumsum(0)  # above[j]: keys in buckets >= bins - 1 - j
         j = int(torch.searchsorted(above, torch.tensor([need], device=above.device)))
         need -= int(above[j - 1]) if j else 0
-        digit = 255 - j
-        prefix = (digit - 128) << shift if prefix is None else prefix | (digit << shift)
+        digit = bins - 1 - j
+        prefix = (digit - bins // 2) << shift if prefix is None else prefix | (digit << shift)
     return prefix
 
 
@@ -167,19 +174,26 @@ def keep_largest_sharded(scores: Sequence[Tensor], k: int, split: Sequence[bool]
     threshold = kth_largest_key(counted, k, bits, reduce_sum, device)
 
     n = len(keys)
+    greater = [key > threshold for key in keys]
+    tied = [key == threshold for key in keys]
+    local_ties = [int(torch.count_nonzero(t)) for t in tied]
     counts = torch.zeros(n + world * n, dtype=torch.int64, device=device)  # [greater per tensor | ties per (rank, tensor)]
     for i, key in enumerate(counted):
-        counts[i] = int((key > threshold).sum())
-        counts[n + rank * n + i] = int((key == threshold).sum())
+        if key.numel():  # this rank counts tensor i
+            counts[i] = int(torch.count_nonzero(greater[i]))
+            counts[n + rank * n + i] = local_ties[i]
     counts = reduce_sum(counts)
     missing = k - int(counts[:n].sum())  # ties to keep, >= 1
     ties = counts[n:].reshape(world, n)  # [world, tensors]
     out = []
-    for i, (key, s) in enumerate(zip(keys, split)):
+    for i, s in enumerate(split):
         before = int(ties[:, :i].sum()) + (int(ties[:rank, i].sum()) if s else 0)
-        take = max(0, min(missing - before, int((key == threshold).sum())))
-        tie = key == threshold
-        keep = (key > threshold) | (tie & (tie.cumsum(0) <= take))
+        take = max(0, min(missing - before, local_ties[i]))
+        keep = greater[i]
+        if take == local_ties[i]:
+            keep |= tied[i]
+        elif take:
+            keep[tied[i].nonzero()[:take, 0]] = True  # the first `take` ties by index
         out.append(keep.reshape(scores[i].shape))
     return out
 
