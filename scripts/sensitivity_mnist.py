@@ -1,12 +1,15 @@
 """Sensitivity-guided vs uniform prune_dict on the MNIST CNN, at the same overall sparsity.
 
-1. train the CNN dense (``--dense-epochs``) and sweep its four weights one at a time, one-shot,
-   scoring accuracy on the last ``--score-images`` training images (the test set stays unseen);
+1. train the CNN dense (``--dense-epochs``; or load ``--dense-weights`` when that file exists) and
+   sweep its four weights one at a time, one-shot, scored on the last ``--score-images`` training
+   images (the test set stays unseen): by minus the cross-entropy (``--score loss``, used for the
+   suggestion) and by accuracy (for the figure);
 2. suggest a prune_dict at the overall sparsity a uniform ``--uniform`` bank-balanced setting reaches;
-3. train the uniform and the suggested prune_dict with the same gradual schedule (``train_mnist``),
-   one after the other, and write the measured test accuracies.
+3. train the prune_dicts named in ``--runs`` with the same gradual schedule (``train_mnist``), one
+   after the other, merging the measured test accuracies into ``comparison.json``.
 
-Writes to ``--out``: sensitivity.json/.csv, sensitivity.png, targets.png, comparison.json.
+Writes to ``--out``: sensitivity.json/.csv (the table used), sensitivity_accuracy.json/.csv,
+sensitivity.png, targets.png, comparison.json.
 
     python scripts/sensitivity_mnist.py --out docs/sensitivity            # full run (slow on CPU)
     python scripts/sensitivity_mnist.py --limit 500 --epochs 1 --out /tmp/s   # smoke test
@@ -21,13 +24,15 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from pruning_tools.mnist import load_mnist
-from pruning_tools.mnist_train import evaluate, to_tensor, train_mnist
+from pruning_tools.mnist_train import SimpleCNN, evaluate, to_tensor, train_mnist
 from pruning_tools.sensitivity import overall_sparsity, predicted_drop, suggest_prune_dict, sweep
 from pruning_tools.sensitivity_plot import plot_curves, plot_targets
 
-LEVELS = (0.5, 0.75, 0.875, 0.90625, 0.9375, 0.96875, 0.984375)
+LEVELS = (0.5, 0.75, 0.8125, 0.875, 0.90625, 0.9375, 0.96875, 0.984375)
 
 
 def log(message: str) -> None:
@@ -47,55 +52,89 @@ def summary(result: dict) -> dict:
     return {k: result[k] for k in keys}
 
 
+def dense_model(args) -> tuple[torch.nn.Module, dict | None]:
+    """The dense CNN: loaded from ``args.dense_weights`` when it exists, else trained and saved there."""
+    if args.dense_weights.exists():
+        model = SimpleCNN()
+        model.load_state_dict(load_file(str(args.dense_weights)))
+        log(f"dense weights from {args.dense_weights}")
+        return model, None
+    result = train("dense", data_dir=args.data_dir, sparsity=0.0, epochs=args.dense_epochs, limit=args.limit,
+                   seed=args.seed)
+    args.dense_weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in result["model"].state_dict().items()}, str(args.dense_weights))
+    return result["model"], summary(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/sensitivity_mnist"))
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dense-epochs", type=int, default=1)
+    parser.add_argument("--dense-weights", type=Path, default=Path("runs/sensitivity_mnist_dense.safetensors"))
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each pruned training")
     parser.add_argument("--uniform", type=float, default=0.9)
     parser.add_argument("--bank-size", type=int, default=64)
+    parser.add_argument("--score", choices=("loss", "accuracy"), default="loss", help="score of the suggestion")
     parser.add_argument("--score-images", type=int, default=5000)
+    parser.add_argument("--runs", default="uniform,suggested", help="comma-separated, among uniform,suggested")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    dense = train("dense", data_dir=args.data_dir, sparsity=0.0, epochs=args.dense_epochs, limit=args.limit,
-                  seed=args.seed)
+    model, dense = dense_model(args)
     data = load_mnist(args.data_dir).head(args.limit)
     images = to_tensor(data.train_images[-args.score_images:])
     labels = torch.from_numpy(data.train_labels[-args.score_images:].astype("int64"))
-    table = sweep(dense["model"], lambda m: evaluate(m, images, labels), levels=LEVELS, balance="fix",
-                  bank_size=args.bank_size, progress=False)
-    table.save_json(args.out / "sensitivity.json")
-    table.save_csv(args.out / "sensitivity.csv")
-    plot_curves(table, args.out / "sensitivity.png",
+
+    @torch.no_grad()
+    def minus_loss(m: torch.nn.Module) -> float:
+        m.eval()
+        return -float(sum(F.cross_entropy(m(images[i:i + 1000]), labels[i:i + 1000], reduction="sum")
+                          for i in range(0, len(labels), 1000))) / len(labels)
+
+    tables = {}
+    for score, evaluate_fn in (("loss", minus_loss), ("accuracy", lambda m: evaluate(m, images, labels))):
+        tables[score] = sweep(model, evaluate_fn, levels=LEVELS, balance="fix", bank_size=args.bank_size,
+                              progress=False)
+        stem = "sensitivity" if score == args.score else f"sensitivity_{score}"
+        tables[score].save_json(args.out / f"{stem}.json")
+        tables[score].save_csv(args.out / f"{stem}.csv")
+    table = tables[args.score]
+    plot_curves(tables["accuracy"], args.out / "sensitivity.png",
                 title=f"MNIST CNN: accuracy on {len(labels)} training images, one weight pruned one-shot "
                       f"(bank {args.bank_size})")
     uniform = {name: args.uniform for name in table.names}
     target = overall_sparsity(table, uniform)
     suggested = suggest_prune_dict(table, target)
     log(f"uniform {args.uniform} reaches {target:.4f} overall; suggested {suggested} "
-        f"({overall_sparsity(table, suggested):.4f} overall)")
+        f"({overall_sparsity(table, suggested):.4f} overall); predicted drop ({args.score}) uniform "
+        f"{predicted_drop(table, uniform):.4f}, suggested {predicted_drop(table, suggested):.4f}")
     plot_targets(table, {"suggested": suggested, f"uniform {args.uniform}": uniform}, args.out / "targets.png",
                  title=f"Per-weight sparsity at the same overall sparsity (bank {args.bank_size})")
 
+    path = args.out / "comparison.json"
+    report = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    report.update({"settings": {**vars(args), "out": str(args.out), "dense_weights": str(args.dense_weights),
+                                "levels": list(LEVELS)},
+                   "target_overall_sparsity": target, "suggested": suggested,
+                   "predicted_drop": {"uniform": predicted_drop(table, uniform),
+                                      "suggested": predicted_drop(table, suggested)}})
+    if dense is not None:
+        report["dense"] = dense
+    path.write_text(json.dumps(report, indent=1) + "\n")
     common = dict(data_dir=args.data_dir, balance="fix", bank_size=args.bank_size, epochs=args.epochs,
                   limit=args.limit, seed=args.seed)
-    runs = {}
-    for label, prune_dict in (("uniform", uniform), ("suggested", suggested)):
-        runs[label] = summary(train(label, prune_dict=prune_dict, **common))
-        runs[label]["prune_dict"] = prune_dict
-        runs[label]["predicted_drop"] = predicted_drop(table, prune_dict)
-        (args.out / "comparison.json").write_text(json.dumps({
-            "settings": {**vars(args), "out": str(args.out), "levels": list(LEVELS)},
-            "dense": summary(dense), "target_overall_sparsity": target, "runs": runs,
-            "wall_seconds": time.perf_counter() - started,
-        }, indent=1) + "\n")
-    for label, run in runs.items():
+    dicts = {"uniform": uniform, "suggested": suggested}
+    for label in [r for r in args.runs.split(",") if r]:
+        run = summary(train(label, prune_dict=dicts[label], **common))
+        report["runs"][label] = {**run, "prune_dict": dicts[label]}
+        path.write_text(json.dumps(report, indent=1) + "\n")
+    for label, run in report["runs"].items():
         log(f"{label}: test accuracy {run['test_accuracy']:.4f} at total sparsity {run['total_sparsity']:.4f}")
+    log(f"done in {time.perf_counter() - started:.0f} s")
     return 0
 
 
