@@ -1,0 +1,74 @@
+"""Cost of the sharded exact k-th selection against the single-process top-k, in one process.
+
+The sharded path (``pruning_tools.distributed.keep_largest_sharded``) runs here with a world of 1
+and an identity all-reduce, so the ratio is its compute overhead alone; under FSDP2 it adds two
+all-reduces of 2**16 counts and one of per-shard counts. Weights: a ResNet-50 (torchvision layout,
+from examples/imagenet_resnet50.py), one 3x3 conv and all conv/linear weights at once. Prints
+ratios measured in this run (best of ``--repeat``), never bare times.
+
+    python scripts/bench_distributed.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+import torch
+
+from pruning_tools import distributed as D
+from pruning_tools import masks as M
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resnet50():
+    spec = importlib.util.spec_from_file_location("imagenet_resnet50", ROOT / "examples" / "imagenet_resnet50.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ResNet50()
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sharded(weights, sparsity):
+    scores = [M.magnitude_scores(w, None).float() for w in weights]
+    k = M.keep_count(sum(w.numel() for w in weights), sparsity)
+    return D.keep_largest_sharded(scores, k, [True] * len(weights), 0, 1, lambda x: x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sparsity", type=float, default=0.9375)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = resnet50()
+    weights = [p.detach() for p in model.parameters() if p.dim() > 1]
+    conv = model.layer4[0].conv2.weight.detach()
+    cases = {
+        f"one conv {list(conv.shape)}": ([conv], lambda: M.global_masks([conv], [None], args.sparsity)),
+        f"global, {len(weights)} tensors": (weights, lambda: M.global_masks(weights, [None] * len(weights), args.sparsity)),
+    }
+    print(f"sparsity {args.sparsity}, {torch.get_num_threads()} thread(s), best of {args.repeat}")
+    for label, (ws, single) in cases.items():
+        n = sum(w.numel() for w in ws)
+        same = all(torch.equal(a, b.reshape(a.shape)) for a, b in zip(single(), sharded(ws, args.sparsity)))
+        ratio = best(lambda: sharded(ws, args.sparsity), args.repeat) / best(single, args.repeat)
+        print(f"{label:28s} {n:>10d} weights  sharded/top-k time {ratio:5.2f}  identical masks {same}")
+
+
+if __name__ == "__main__":
+    main()
