@@ -31,10 +31,12 @@ def load_user_model(spec: str) -> tuple[Any, Callable[[Any], float]]:
 
 
 def mnist_model(data_dir: str | None, weights: str | None, epochs: int, limit: int | None,
-                score_images: int, seed: int, out: Path) -> tuple[Any, Callable[[Any], float]]:
-    """The MNIST demo CNN, dense (loaded from ``weights`` or trained for ``epochs``), scored by
-    accuracy on the last ``score_images`` training images (the test set stays unseen)."""
+                score_images: int, seed: int, out: Path, score: str = "loss") -> tuple[Any, Callable[[Any], float]]:
+    """The MNIST demo CNN, dense (loaded from ``weights`` or trained for ``epochs``), scored on the
+    last ``score_images`` training images (the test set stays unseen) by minus the mean
+    cross-entropy (``score="loss"``) or by accuracy."""
     import torch
+    import torch.nn.functional as F
     from safetensors.torch import load_file, save_file
 
     from .mnist import load_mnist
@@ -53,7 +55,17 @@ def mnist_model(data_dir: str | None, weights: str | None, epochs: int, limit: i
     data = load_mnist(data_dir).head(limit)
     images = to_tensor(data.train_images[-score_images:])
     labels = torch.from_numpy(data.train_labels[-score_images:].astype("int64"))
-    return model, lambda m: evaluate(m, images, labels)
+    if score == "accuracy":
+        return model, lambda m: evaluate(m, images, labels)
+
+    @torch.no_grad()
+    def minus_loss(m: torch.nn.Module) -> float:
+        m.eval()
+        total = sum(float(F.cross_entropy(m(images[i:i + 1000]), labels[i:i + 1000], reduction="sum"))
+                    for i in range(0, len(labels), 1000))
+        return -total / len(labels)
+
+    return model, minus_loss
 
 
 def _print_table(table: SensitivityTable) -> None:
@@ -94,10 +106,12 @@ def _print_table(table: SensitivityTable) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="MNIST: use only the first N images.")
 @click.option("--score-images", type=click.IntRange(min=1), default=2000, show_default=True,
               help="MNIST: score on the last N training images.")
+@click.option("--score", type=click.Choice(["loss", "accuracy"]), default="loss", show_default=True,
+              help="MNIST: minus the mean cross-entropy, or the accuracy.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def sensitivity(model_spec, params, levels, balance, bank_size, layout, target, uniform, max_drop,
-                lower_is_better, out, data_dir, weights, epochs, limit, score_images, seed, progress) -> None:
+                lower_is_better, out, data_dir, weights, epochs, limit, score_images, score, seed, progress) -> None:
     """Prune one parameter at a time, one-shot; score; restore; suggest a prune_dict."""
     try:
         level_values = [float(v) for v in levels.split(",") if v.strip()]
@@ -114,7 +128,7 @@ def sensitivity(model_spec, params, levels, balance, bank_size, layout, target, 
         raise click.UsageError(str(error)) from error
     out.mkdir(parents=True, exist_ok=True)
     if model_spec is None:
-        model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out)
+        model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out, score)
     else:
         model, evaluate = load_user_model(model_spec)
     try:

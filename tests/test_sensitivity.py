@@ -296,6 +296,11 @@ def test_cli_mnist_default_model(tmp_path, monkeypatch):
                                       "--out", str(tmp_path / "again")])
     assert rerun.exit_code == 0, rerun.output
     assert S.SensitivityTable.load_json(tmp_path / "again" / "sensitivity.json") == table
+    assert table.baseline < 0  # minus the cross-entropy by default
+    by_accuracy = CliRunner().invoke(main, [*common, "--weights", str(tmp_path / "dense.safetensors"),
+                                            "--score", "accuracy", "--out", str(tmp_path / "acc")])
+    assert by_accuracy.exit_code == 0, by_accuracy.output
+    assert 0 <= S.SensitivityTable.load_json(tmp_path / "acc" / "sensitivity.json").baseline <= 1
 
 
 # ---------------------------------------------------------------- MXNet through the same core
