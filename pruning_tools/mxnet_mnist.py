@@ -91,8 +91,8 @@ def one_cycle_lr(step: int, total_steps: int, max_lr: float, pct_start: float = 
     """Learning rate at ``step`` (1-based) of a cosine one-cycle: ``max_lr / 25`` up to ``max_lr``
     over ``pct_start`` of the steps, then down to ``max_lr / 25e4`` (PyTorch's ``OneCycleLR``).
 
-    >>> one_cycle_lr(1, 100, 1.0) == 1.0 / 25
-    True
+    >>> [round(one_cycle_lr(t, 100, 1.0), 6) for t in (1, 15, 100)]
+    [0.04, 1.0, 4e-06]
     """
     initial, final = max_lr / 25.0, max_lr / 25.0 / 1e4
     peak = max(1.0, pct_start * total_steps - 1)
