@@ -9,9 +9,13 @@
  * bank_gemv: x [in] -> y [rows].
  * bank_gemm: xt [in, ldx] (x transposed; ldx >= batch rounded up to a multiple of 8; columns past
  *            batch are read, never written back) -> y [batch, rows].
- * Rows are shared among OpenMP threads (one thread when the work is small). No allocation, no state.
+ * Rows are shared among OpenMP threads (one thread when the work is small). The team size may shrink
+ * with the machine's load average (OpenMP dynamic adjustment, on for these loops only): on a shared
+ * machine a thread that waits for a busy core costs a scheduler time slice, far more than the product.
+ * No allocation, no state.
  * GCC vector extensions keep the code portable: the compiler maps them to the widest SIMD it has.
  */
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -24,6 +28,10 @@ static inline v8 load8(const float *p) {
 }
 
 #define PARALLEL_WORK 200000 /* multiply-adds below which one thread is faster than two */
+
+/* Let the OpenMP runtime size the team by the load average for one loop, then restore the setting. */
+#define BEGIN_DYNAMIC_TEAM const int dynamic_before = omp_get_dynamic(); omp_set_dynamic(1);
+#define END_DYNAMIC_TEAM omp_set_dynamic(dynamic_before);
 
 /* ---------------------------------------------------------------- batch 1 */
 
@@ -85,6 +93,7 @@ void bank_gemv(const float *x, const float *values, const uint8_t *idx, const fl
                const uint8_t *tail_idx, const float *bias, float *y, int64_t rows, int64_t banks,
                int64_t k, int64_t bank, int64_t tail_k) {
     const int64_t work = rows * (banks * k + tail_k);
+    BEGIN_DYNAMIC_TEAM
 #pragma omp parallel for schedule(static) if (work > PARALLEL_WORK)
     for (int64_t o = 0; o < rows; ++o) {
         float acc = banks ? row_dot(x, values + o * banks * k, idx + o * banks * k, banks, bank, k) : 0.0f;
@@ -94,6 +103,7 @@ void bank_gemv(const float *x, const float *values, const uint8_t *idx, const fl
         for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
         y[o] = acc + (bias ? bias[o] : 0.0f);
     }
+    END_DYNAMIC_TEAM
 }
 
 /* ---------------------------------------------------------------- batch > 1 */
@@ -173,6 +183,7 @@ void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values,
                int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
     const int64_t work = rows * (banks * k + tail_k) * batch;
     const int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
+    BEGIN_DYNAMIC_TEAM
 #pragma omp parallel for schedule(static) if (work > PARALLEL_WORK)
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t o0 = blk * ROW_BLOCK;
@@ -189,4 +200,5 @@ void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values,
                 for (int64_t r = 0; r < n_rows; ++r) y[(c0 + c) * rows + o0 + r] = buf[r][c];
         }
     }
+    END_DYNAMIC_TEAM
 }
