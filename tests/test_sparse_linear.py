@@ -146,9 +146,11 @@ def test_failed_build_falls_back_with_a_warning(monkeypatch, tmp_path):
         y = sparse(x)
     torch.testing.assert_close(y, F.linear(x, fc.weight, fc.bias), **TOL)
     monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "native")
+    kernels.reset()
     with pytest.raises(kernels.KernelUnavailableError):
         kernels.library()
     monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "fast")
+    kernels.reset()
     with pytest.raises(ValueError, match="PRUNING_TOOLS_KERNEL='fast'"):
         kernels.library()
     kernels.reset()

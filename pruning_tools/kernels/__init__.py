@@ -7,7 +7,7 @@ compiler and the CPU, so a later process loads it without compiling.
 
 ``PRUNING_TOOLS_KERNEL`` picks the path: ``auto`` (default: the C kernel when it builds, else the
 pure-PyTorch fallback with one warning), ``native`` (the C kernel or an error), ``torch`` (always
-the fallback).
+the fallback); it is read at first use (``reset()`` makes the next use read it again).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _SIGNATURES = {
     "bank_gemm": [_P, _I, _I] + [_P] * 6 + [_I] * 5,
 }
 
-_state: dict[str, object] = {}  # "lib": CDLL or None once tried; "error": why it is None
+_state: dict[str, object] = {}  # "mode"; "lib": CDLL or None once tried; "error": why it is None
 
 
 class KernelUnavailableError(RuntimeError):
@@ -103,7 +103,9 @@ def _load() -> ctypes.CDLL:
 
 def library() -> ctypes.CDLL | None:
     """The loaded C kernel, or None when the fallback is to be used (see the module docstring)."""
-    m = mode()
+    if _state.get("lib") is not None:  # the common case, checked first: this runs on every forward
+        return _state["lib"]  # type: ignore[return-value]
+    m = _state.setdefault("mode", mode())
     if m == "torch":
         return None
     if "lib" not in _state:
@@ -120,5 +122,6 @@ def library() -> ctypes.CDLL | None:
 
 
 def reset() -> None:
-    """Forget the loaded kernel (the next ``library()`` call tries again; for tests)."""
+    """Forget the loaded kernel and the mode (the next ``library()`` call reads
+    ``PRUNING_TOOLS_KERNEL`` and tries again; for tests)."""
     _state.clear()
