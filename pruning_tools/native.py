@@ -28,7 +28,7 @@ from torch import Tensor
 from . import kernels
 
 SOURCE = Path(__file__).parent / "kernels" / "mask_select.c"
-FLAGS = ("-O3", "-std=gnu99", "-shared", "-fPIC")
+FLAGS = ("-O3", "-std=gnu99", "-fopenmp", "-shared", "-fPIC")  # without -fopenmp if that fails
 MAX_BANK = 1024  # longest bank the kernel holds on its stack
 BITS = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64: 64}
 
@@ -51,6 +51,9 @@ def _build(target: Path) -> None:
     try:
         cc = (os.environ.get("CC") or "cc").split()
         done = subprocess.run([*cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+        if done.returncode:  # no OpenMP here: one thread
+            serial = [f for f in FLAGS if f != "-fopenmp"]
+            done = subprocess.run([*cc, *serial, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
@@ -77,9 +80,9 @@ def library() -> ctypes.CDLL | None:
         return None
     for bits in BITS.values():
         getattr(lib, f"bank_select_{bits}").argtypes = [_P, _P, _P] + [_I] * 9
-        getattr(lib, f"histogram_{bits}").argtypes = [_P, _P, _I, ctypes.c_int, ctypes.c_uint64, _P]
-        getattr(lib, f"keep_above_{bits}").argtypes = [_P, _P, _P, _I, ctypes.c_uint64, _P]
-        getattr(lib, f"zero_pruned_{bits}").argtypes = [_P, _P, _I]
+        getattr(lib, f"histogram_{bits}").argtypes = [_P, _P, _I, ctypes.c_int, ctypes.c_uint64, _P, _I]
+        getattr(lib, f"keep_above_{bits}").argtypes = [_P, _P, _P, _I, ctypes.c_uint64, _P, _I]
+        getattr(lib, f"zero_pruned_{bits}").argtypes = [_P, _P, _I, _I]
     return lib
 
 
@@ -127,8 +130,8 @@ def bank_mask(w: Tensor, mask: Tensor | None, keep: int, tail_keep: int, bank_si
     out = torch.empty(w.shape, dtype=torch.bool)
     bits = BITS[w.dtype]
     getattr(library(), f"bank_select_{bits}")(
-        w.data_ptr(), _ptr(mask), out.data_ptr(), 0, rows, row_len, bank_size, keep, tail_keep,
-        group, group_stride, step)
+        w.data_ptr(), _ptr(mask), out.data_ptr(), rows, row_len, bank_size, keep, tail_keep,
+        group, group_stride, step, torch.get_num_threads())
     return out
 
 
@@ -139,26 +142,30 @@ def largest_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], k: 
         return None
     if k <= 0:
         return [torch.zeros(w.shape, dtype=torch.bool) for w in weights]
-    lib, bits = library(), BITS[weights[0].dtype]
+    lib, bits, threads = library(), BITS[weights[0].dtype], torch.get_num_threads()
     # radix select on the magnitude bits, 16 bits per level, most significant first
-    hist = torch.zeros(1 << 16, dtype=torch.int64)
+    per_thread = torch.zeros(threads, 1 << 16, dtype=torch.int64)  # [threads, bins]
     prefix, remaining = 0, k
     for shift in range(bits - 16, -1, -16):
-        hist.zero_()
+        per_thread.zero_()
         for w, m in zip(weights, masks):
-            getattr(lib, f"histogram_{bits}")(w.data_ptr(), _ptr(m), w.numel(), shift, prefix, hist.data_ptr())
-        from_top = hist.flip(0).cumsum(0)  # [65536]: live keys in this bin or above
+            getattr(lib, f"histogram_{bits}")(w.data_ptr(), _ptr(m), w.numel(), shift, prefix,
+                                              per_thread.data_ptr(), threads)
+        hist = per_thread.sum(0)  # [bins]
+        from_top = hist.flip(0).cumsum(0)  # [bins]: live keys in this bin or above
         if shift == bits - 16 and k > int(from_top[-1]):  # more than the live weights: rare, PyTorch path
             return None
         b = int(torch.searchsorted(from_top, remaining))  # first bin (from the top) reaching `remaining`
         remaining -= int(from_top[b - 1]) if b else 0
         prefix = (prefix << 16) | ((1 << 16) - 1 - b)
-    threshold, ties = prefix, ctypes.c_int64(remaining)  # the k-th largest key; keep `remaining` of its ties
+    threshold = prefix  # the k-th largest key: keep `remaining` of the keys equal to it, the first ones
+    every_tie = remaining == int(hist[prefix & 0xFFFF])  # the usual case: then no order to respect
+    ties = ctypes.c_int64(-1 if every_tie else remaining)
     out = []
     for w, m in zip(weights, masks):
         keep = torch.empty(w.shape, dtype=torch.bool)
         getattr(lib, f"keep_above_{bits}")(w.data_ptr(), _ptr(m), keep.data_ptr(), w.numel(), threshold,
-                                            ctypes.byref(ties))
+                                            ctypes.byref(ties), threads)
         out.append(keep)
     return out
 
@@ -167,5 +174,6 @@ def zero_pruned_(w: Tensor, keep: Tensor) -> bool:
     """``w[~keep] = 0`` in place; ``False`` (nothing done) when the kernel cannot serve it."""
     if keep is None or not _servable(w, keep):
         return False
-    getattr(library(), f"zero_pruned_{BITS[w.dtype]}")(w.data_ptr(), keep.data_ptr(), w.numel())
+    getattr(library(), f"zero_pruned_{BITS[w.dtype]}")(w.data_ptr(), keep.data_ptr(), w.numel(),
+                                                        torch.get_num_threads())
     return True

@@ -222,3 +222,38 @@ def test_compiled_kernels_serve_plain_cpu_tensors():
     assert native.bank_mask(w, None, 4, 0, 64, "channels_last", 0) is not None
     assert native.largest_masks([w], [None], 100) is not None
     assert native.bank_mask(w.to(torch.float16), w > 0, 4, 0, 64, "flat", 0) is not None
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_tensors_same_masks_on_both_engines(threads):
+    """Tensors large enough for the kernels' threads; few levels, so ties straddle thresholds."""
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    g = torch.Generator().manual_seed(threads)
+    w = (torch.randint(-50, 51, (64, 128, 3, 3), generator=g) / 16).float()  # 73728 weights, many ties
+    smooth = torch.randn(300, 700, generator=g)  # 210000 weights, no ties
+    mask = torch.rand(w.shape, generator=g) < 0.8
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cases = [
+            lambda: M.bank_mask(w, mask, 0.9375, 64),
+            lambda: M.bank_mask(w, None, 0.5, 4, "flat"),
+            lambda: M.unstructured_mask(w, mask, 0.9),
+            lambda: M.unstructured_mask(smooth, None, 0.9),
+            lambda: M.global_masks([w, smooth, w.half()], [mask, None, None], 0.8),
+            lambda: M.global_masks([w, smooth], [mask, None], 0.7),
+        ]
+        for case in cases:
+            with engine("native"):
+                fast = case()
+            with engine("torch"):
+                slow = case()
+            fast, slow = (x if isinstance(x, list) else [x] for x in (fast, slow))
+            assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+        keep = M.bank_mask(w, mask, 0.9, 16)
+        applied = w.clone()
+        M.apply_mask_(applied, keep)
+        assert torch.equal(applied, w * keep)
+    finally:
+        torch.set_num_threads(saved)

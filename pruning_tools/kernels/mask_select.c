@@ -7,10 +7,17 @@
  *
  * Bank rows (see masks.to_rows) are described by strides into the weight buffer:
  *   row r starts at (r / group) * group_stride + (r % group); element j of a row is at start + j * step.
+ *
+ * `threads`: OpenMP threads for large tensors (built without OpenMP, everything runs on one).
  */
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define MAX_BANK 1024
+#define PARALLEL_MIN 65536 /* elements below which one thread does the work */
+#define BINS 65536
 
 /* The K largest keys of a bank, descending, in registers: each key sinks through the list by
  * max/min (no branch, so no misprediction whatever the data). Sets t (the K-th largest) and above. */
@@ -104,12 +111,13 @@ static inline __attribute__((always_inline)) void select_bank(const int64_t *key
 }
 
 #define KERNELS(BITS, T, MAGNITUDE)                                                                         \
-    /* Bank-balanced keep-mask: full banks keep k, the tail bank keeps tail_k (rows [first, last)). */     \
-    void bank_select_##BITS(const T *w, const uint8_t *alive, uint8_t *keep, int64_t first, int64_t last,  \
-                            int64_t row_len, int64_t bank, int64_t k, int64_t tail_k, int64_t group,        \
-                            int64_t group_stride, int64_t step) {                                          \
-        int64_t key[MAX_BANK], sel[MAX_BANK + 1];                                                          \
-        for (int64_t r = first; r < last; ++r) {                                                           \
+    /* Bank-balanced keep-mask: full banks keep k, the tail bank keeps tail_k. */                          \
+    void bank_select_##BITS(const T *w, const uint8_t *alive, uint8_t *keep, int64_t rows, int64_t row_len, \
+                            int64_t bank, int64_t k, int64_t tail_k, int64_t group, int64_t group_stride,   \
+                            int64_t step, int64_t threads) {                                               \
+        _Pragma("omp parallel for schedule(static) num_threads(threads) if(rows * row_len >= PARALLEL_MIN)") \
+        for (int64_t r = 0; r < rows; ++r) {                                                               \
+            int64_t key[MAX_BANK], sel[MAX_BANK + 1];                                                      \
             const int64_t base = (r / group) * group_stride + (r % group);                                 \
             for (int64_t start = 0; start < row_len; start += bank) {                                      \
                 const int64_t len = row_len - start < bank ? row_len - start : bank;                       \
@@ -127,25 +135,40 @@ static inline __attribute__((always_inline)) void select_bank(const int64_t *key
         }                                                                                                  \
     }                                                                                                      \
                                                                                                            \
-    /* hist[b] += live keys whose bits [shift, shift + 16) equal b and whose bits above equal prefix. */   \
+    /* hist[thread][b] += live keys whose bits [shift, shift + 16) equal b and whose bits above equal      \
+     * prefix; hist holds `threads` histograms of BINS counts (the caller sums them). */                   \
     void histogram_##BITS(const T *w, const uint8_t *alive, int64_t n, int shift, uint64_t prefix,          \
-                          int64_t *hist) {                                                                 \
+                          int64_t *hist, int64_t threads) {                                                \
         const int top = shift + 16;                                                                        \
-        if (top >= BITS) { /* first level: every key counts, branch-free */                               \
-            for (int64_t i = 0; i < n; ++i)                                                                \
-                hist[((uint64_t)(w[i] & (MAGNITUDE)) >> shift) & 0xFFFF] += alive ? alive[i] : 1;          \
-            return;                                                                                        \
-        }                                                                                                  \
-        for (int64_t i = 0; i < n; ++i) { /* later levels: few keys match the prefix */                   \
-            const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                           \
-            if ((key >> top) == prefix && (!alive || alive[i])) hist[(key >> shift) & 0xFFFF] += 1;        \
+        _Pragma("omp parallel num_threads(threads) if(n >= PARALLEL_MIN)")                                  \
+        {                                                                                                  \
+            int64_t id = 0, count = 1;                                                                     \
+            PARALLEL_IDS(id, count)                                                                        \
+            int64_t *h = hist + id * BINS;                                                                 \
+            const int64_t lo = n * id / count, hi = n * (id + 1) / count;                                  \
+            if (top >= BITS) { /* first level: every key counts, branch-free */                           \
+                for (int64_t i = lo; i < hi; ++i)                                                          \
+                    h[((uint64_t)(w[i] & (MAGNITUDE)) >> shift) & 0xFFFF] += alive ? alive[i] : 1;         \
+            } else { /* later levels: few keys match the prefix */                                         \
+                for (int64_t i = lo; i < hi; ++i) {                                                        \
+                    const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                   \
+                    if ((key >> top) == prefix && (!alive || alive[i])) h[(key >> shift) & 0xFFFF] += 1;   \
+                }                                                                                          \
+            }                                                                                              \
         }                                                                                                  \
     }                                                                                                      \
                                                                                                            \
-    /* keep = live and (key > t, or key == t for the first *ties such ones); *ties carries across calls. */ \
+    /* keep = live and (key > t, or key == t for the first *ties such ones); *ties carries across calls.   \
+     * *ties < 0: every live key equal to t is kept (no order to respect, so any thread may do any part). */ \
     void keep_above_##BITS(const T *w, const uint8_t *alive, uint8_t *keep, int64_t n, uint64_t t,         \
-                           int64_t *ties) {                                                                \
+                           int64_t *ties, int64_t threads) {                                               \
         int64_t left = *ties;                                                                              \
+        if (left < 0) {                                                                                    \
+            _Pragma("omp parallel for schedule(static) num_threads(threads) if(n >= PARALLEL_MIN)")        \
+            for (int64_t i = 0; i < n; ++i)                                                                \
+                keep[i] = (alive ? alive[i] : 1) & ((uint64_t)(w[i] & (MAGNITUDE)) >= t);                  \
+            return;                                                                                        \
+        }                                                                                                  \
         for (int64_t i = 0; i < n; ++i) {                                                                  \
             const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                           \
             const uint8_t live = alive ? alive[i] : 1;                                                     \
@@ -157,9 +180,16 @@ static inline __attribute__((always_inline)) void select_bank(const int64_t *key
     }                                                                                                      \
                                                                                                            \
     /* w = 0 where keep is 0 (keep holds 0 or 1). */                                                      \
-    void zero_pruned_##BITS(T *w, const uint8_t *keep, int64_t n) {                                        \
+    void zero_pruned_##BITS(T *w, const uint8_t *keep, int64_t n, int64_t threads) {                       \
+        _Pragma("omp parallel for simd schedule(static) num_threads(threads) if(n >= PARALLEL_MIN)")       \
         for (int64_t i = 0; i < n; ++i) w[i] &= (T)0 - (T)keep[i];                                         \
     }
+
+#ifdef _OPENMP
+#define PARALLEL_IDS(id, count) id = omp_get_thread_num(); count = omp_get_num_threads();
+#else
+#define PARALLEL_IDS(id, count)
+#endif
 
 KERNELS(16, uint16_t, 0x7FFFu)
 KERNELS(32, uint32_t, 0x7FFFFFFFu)

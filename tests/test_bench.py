@@ -1,0 +1,68 @@
+"""The benchmark's quick mode runs end to end and reports sane numbers (nothing about speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from pruning_tools import masks as M
+from pruning_tools.bench import PATTERNS
+from pruning_tools.bench_models import bert_like, prunable_weights, resnet50
+from pruning_tools.cli import main
+
+
+def expected_sparsity(model, balance: str, bank_size: int, sparsity: float) -> float:
+    """What the pattern must reach over all conv/linear weights of ``model``, by the budgets."""
+    shapes = [tuple(p.shape) for p in prunable_weights(model).values()]
+    total = sum(math.prod(s) for s in shapes)
+    if balance == "global":
+        return 1 - M.keep_count(total, sparsity) / total
+    zeros = sum(M.realised_sparsity(s, balance, sparsity, bank_size) * math.prod(s) for s in shapes)
+    return zeros / total
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    run = CliRunner().invoke(main, ["bench", "--quick", "--rounds", "1", "--train-rounds", "1", "--json", str(path)])
+    assert run.exit_code == 0, run.output
+    assert "nn.utils.prune l1_unstructured 90%" in run.output
+    return json.loads(path.read_text())
+
+
+def test_every_timing_is_positive_and_ordered(results):
+    tasks = {(r["model"], r["task"]) for r in results["rows"]}
+    for model in ("ResNet-50", "BERT-like"):
+        for label, *_ in PATTERNS:
+            assert (model, f"ours {label}") in tasks
+        assert (model, "prune() no refresh") in tasks
+    for r in results["rows"]:
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"], r
+        if r["baseline"]:
+            assert r["ratio"] > 0 and math.isfinite(r["ratio"]), r
+            assert (r["model"], r["baseline"]) in tasks
+
+
+def test_masks_reach_exactly_the_budgeted_sparsity(results):
+    models = {"ResNet-50": resnet50(width=8, num_classes=10, blocks=(1, 1, 1, 1)), "BERT-like": bert_like(64, 128, 2)}
+    for name, model in models.items():
+        info = results["info"][name]
+        assert info["weights"] == sum(p.numel() for p in prunable_weights(model).values())
+        for label, balance, bank_size, sparsity in PATTERNS:
+            assert info["sparsity"][label] == pytest.approx(expected_sparsity(model, balance, bank_size, sparsity),
+                                                            abs=1e-12), (name, label)
+        assert info["same masks as l1_unstructured"] is True
+        assert info["prune check"] is True
+
+
+def test_memory_and_speedups_are_reported(results):
+    for name in ("ResNet-50", "BERT-like"):
+        info = results["info"][name]
+        assert info["extra bytes per pruned weight"] == 1.0  # one bool per weight
+        assert info["torch extra bytes per weight"] == 8.0  # float mask + recomputed weight
+        for key in ("speedup over l1_unstructured", "speedup over global_unstructured"):
+            assert info[key] > 0 and math.isfinite(info[key])
+    assert results["info"]["train"]["sparsity after training"] > 0.5
