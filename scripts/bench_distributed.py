@@ -1,18 +1,22 @@
-"""Cost of the sharded exact k-th selection against the single-process top-k, in one process.
+"""Cost of the sharded exact k-th selection against the single-process mask engine, in one process.
 
-The sharded path (``pruning_tools.distributed.keep_largest_sharded``) runs here with a world of 1
-and an identity all-reduce, so the ratio is its compute overhead alone; under FSDP2 it adds two
-all-reduces of 2**16 counts and one of per-shard counts. Weights: a ResNet-50 (torchvision layout,
-from examples/imagenet_resnet50.py), one 3x3 conv and all conv/linear weights at once. Prints
-ratios measured in this run (best of ``--repeat``), never bare times.
+The sharded path (``pruning_tools.distributed.keep_largest_sharded``, pure PyTorch, so it runs on
+GPUs too) runs here with a world of 1 and an identity all-reduce, so the ratio is its compute
+alone; under FSDP2 it adds two all-reduces of 2**16 counts and one of per-shard counts. The
+single-process engine is ``masks.global_masks`` with whatever ``PRUNING_TOOLS_KERNEL`` selects
+(default: the compiled CPU kernel; ``torch``: the PyTorch top-k path). Weights: a ResNet-50
+(torchvision layout, from examples/imagenet_resnet50.py), one 3x3 conv and all conv/linear weights
+at once. Prints ratios measured in this run (best of ``--repeat``), never bare times.
 
     python scripts/bench_distributed.py --threads 1
+    PRUNING_TOOLS_KERNEL=torch python scripts/bench_distributed.py --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -62,12 +66,14 @@ def main() -> None:
         f"one conv {list(conv.shape)}": ([conv], lambda: M.global_masks([conv], [None], args.sparsity)),
         f"global, {len(weights)} tensors": (weights, lambda: M.global_masks(weights, [None] * len(weights), args.sparsity)),
     }
-    print(f"sparsity {args.sparsity}, {torch.get_num_threads()} thread(s), best of {args.repeat}")
+    engine = os.environ.get("PRUNING_TOOLS_KERNEL", "auto")
+    print(f"sparsity {args.sparsity}, {torch.get_num_threads()} thread(s), best of {args.repeat}, "
+          f"single-process engine PRUNING_TOOLS_KERNEL={engine}")
     for label, (ws, single) in cases.items():
         n = sum(w.numel() for w in ws)
         same = all(torch.equal(a, b.reshape(a.shape)) for a, b in zip(single(), sharded(ws, args.sparsity)))
         ratio = best(lambda: sharded(ws, args.sparsity), args.repeat) / best(single, args.repeat)
-        print(f"{label:28s} {n:>10d} weights  sharded/top-k time {ratio:5.2f}  identical masks {same}")
+        print(f"{label:28s} {n:>10d} weights  sharded/single-process time {ratio:5.2f}  identical masks {same}")
 
 
 if __name__ == "__main__":
