@@ -55,6 +55,8 @@ class BankSparseLinear(nn.Module):
         self.register_buffer("tail_indices", packed.tail_indices.contiguous())  # [out, tail_k]
         self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
         self._columns: Tensor | None = None  # [out, nnz] int64 input column of each stored weight
+        self._kernel_key: tuple | None = None  # what _kernel_args was computed for
+        self._kernel_args: tuple | None = None
 
     # ------------------------------------------------------------ construction
 
@@ -94,36 +96,35 @@ class BankSparseLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input of shape {list(x.shape)} is not allowed: expected [..., {self.in_features}]")
-        lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [batch, in]
-        lib = kernels.library() if self._kernel_applies(x2) else None
-        y = self._kernel(lib, x2) if lib is not None else self._gather(x2)  # [batch, out]
-        return y.reshape(*lead, self.out_features)
-
-    def _kernel_applies(self, x: Tensor) -> bool:
-        return (x.dtype == torch.float32 and self.values.dtype == torch.float32 and x.device.type == "cpu"
-                and self.values.device.type == "cpu" and self.indices.dtype == torch.uint8
-                and not (torch.is_grad_enabled() and x.requires_grad) and x.shape[0] > 0)
-
-    def _kernel(self, lib, x: Tensor) -> Tensor:
-        batch, rows = x.shape[0], self.out_features
-        banks, k = self.values.shape[1], self.values.shape[2]
-        tail_k = self.tail_values.shape[1]
-        bias = self.bias.float().contiguous() if self.bias is not None else None
-        y = x.new_empty(batch, rows)  # [batch, out]
-        common = (self.values.data_ptr(), self.indices.data_ptr(), self.tail_values.data_ptr(),
-                  self.tail_indices.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(),
-                  rows, banks, k, self.bank_size, tail_k)
-        if batch == 1:
-            x = x.contiguous()
-            lib.bank_gemv(x.data_ptr(), *common)
+        kernel = self._kernel_call(x2)
+        if kernel is None:
+            y = self._gather(x2)
         else:
-            ldx = -(-batch // 8) * 8
-            xt = x.new_empty(self.in_features, ldx)  # [in, ldx]: x transposed, batch padded to 8
-            xt[:, :batch].copy_(x.t())
-            xt[:, batch:].zero_()
-            lib.bank_gemm(xt.data_ptr(), ldx, batch, *common)
-        return y
+            lib, weight_args = kernel
+            x2 = x2.contiguous()
+            y = torch.empty(x2.shape[0], self.out_features)  # [batch, out]
+            if lib.bank_linear(x2.data_ptr(), x2.shape[0], self.in_features, y.data_ptr(), *weight_args):
+                raise MemoryError(f"bank-sparse kernel: no memory for a [{self.in_features}, {x2.shape[0]}] scratch buffer")
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _kernel_call(self, x: Tensor):
+        """``(library, weight arguments)`` for the C kernel, or None where the fallback applies
+        (kernel unavailable, not float32 on CPU, or a gradient is needed through ``x``)."""
+        if x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+            return None
+        lib = kernels.library()
+        buffers = self._buffers  # direct access: this runs on every call
+        parts = [buffers[name] for name in ("values", "indices", "tail_values", "tail_indices", "bias")]
+        key = (id(lib), *(None if t is None else t.data_ptr() for t in parts), parts[0].dtype)  # moved/converted
+        if key != self._kernel_key:  # check and describe the weight again
+            values, indices, tail_values, _, bias = parts
+            usable = lib is not None and all(t is None or (t.device.type == "cpu" and t.is_contiguous()) for t in parts) \
+                and values.dtype == tail_values.dtype == torch.float32 and indices.dtype == torch.uint8 \
+                and (bias is None or bias.dtype == torch.float32)
+            args = (*key[1:6], self.out_features, values.shape[1], values.shape[2], self.bank_size, tail_values.shape[1])
+            self._kernel_key, self._kernel_args = key, ((lib, args) if usable else None)
+        return self._kernel_args
 
     def _gather(self, x: Tensor) -> Tensor:
         """Pure-PyTorch ``y[b, o] = sum_j values[o, j] * x[b, columns[o, j]]`` (+ bias), in row chunks."""

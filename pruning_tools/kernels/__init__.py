@@ -29,10 +29,8 @@ MODES = ("auto", "native", "torch")
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
-    # x, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k
-    "bank_gemv": [_P] * 7 + [_I] * 5,
-    # xt, ldx, batch, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k
-    "bank_gemm": [_P, _I, _I] + [_P] * 6 + [_I] * 5,
+    # x, batch, in_features, y, values, idx, tail_values, tail_idx, bias, rows, banks, k, bank, tail_k
+    "bank_linear": ([_P, _I, _I, _P] + [_P] * 5 + [_I] * 5, ctypes.c_int),
 }
 
 _state: dict[str, object] = {}  # "mode"; "lib": CDLL or None once tried; "error": why it is None
@@ -95,9 +93,9 @@ def _load() -> ctypes.CDLL:
     if not path.exists():
         _build(path)
     lib = ctypes.CDLL(str(path))
-    for name, argtypes in _SIGNATURES.items():
+    for name, (argtypes, restype) in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, None
+        fn.argtypes, fn.restype = argtypes, restype
     return lib
 
 

@@ -6,9 +6,10 @@
  * Full bank j of a row covers input columns [j * bank, (j + 1) * bank); the tail bank starts at
  * banks * bank.
  *
- * bank_gemv: x [in] -> y [rows].
- * bank_gemm: xt [in, ldx] (x transposed; ldx >= batch rounded up to a multiple of 8; columns past
- *            batch are read, never written back) -> y [batch, rows].
+ * bank_linear: x [batch, in] -> y [batch, rows], returns 0 (or -1 when scratch memory is short).
+ *   batch 1 is a dot product per row; larger batches first copy x transposed into a per-thread
+ *   scratch buffer xt [in, ldx] (ldx = batch rounded up to 8, padding zeroed; kept for later calls),
+ *   then run tiles of 8 to 64 batch columns held in vector registers.
  * Rows are shared among OpenMP threads (one thread when the work is small). The team size may shrink
  * with the machine's load average (OpenMP dynamic adjustment, on for these loops only): on a shared
  * machine a thread that waits for a busy core costs a scheduler time slice, far more than the product.
@@ -17,6 +18,7 @@
  */
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -89,7 +91,7 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
     }
 }
 
-void bank_gemv(const float *x, const float *values, const uint8_t *idx, const float *tail_values,
+static void bank_gemv(const float *x, const float *values, const uint8_t *idx, const float *tail_values,
                const uint8_t *tail_idx, const float *bias, float *y, int64_t rows, int64_t banks,
                int64_t k, int64_t bank, int64_t tail_k) {
     const int64_t work = rows * (banks * k + tail_k);
@@ -178,7 +180,7 @@ static void gemm_row(const float *xt, int64_t ldx, int64_t c0, int64_t width, co
 #define ROW_BLOCK 16 /* rows computed into a local buffer, then written as contiguous runs of y */
 #define BATCH_TILE 64
 
-void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values, const uint8_t *idx,
+static void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values, const uint8_t *idx,
                const float *tail_values, const uint8_t *tail_idx, const float *bias, float *y,
                int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
     const int64_t work = rows * (banks * k + tail_k) * batch;
@@ -201,4 +203,35 @@ void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values,
         }
     }
     END_DYNAMIC_TEAM
+}
+
+/* ---------------------------------------------------------------- entry point */
+
+static __thread float *scratch = NULL; /* xt of the calling thread, grown on demand */
+static __thread size_t scratch_floats = 0;
+
+int bank_linear(const float *x, int64_t batch, int64_t in_features, float *y, const float *values,
+                const uint8_t *idx, const float *tail_values, const uint8_t *tail_idx, const float *bias,
+                int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
+    if (batch <= 0) return 0;
+    if (batch == 1) {
+        bank_gemv(x, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k);
+        return 0;
+    }
+    const int64_t ldx = (batch + 7) / 8 * 8;
+    const size_t need = (size_t)in_features * (size_t)ldx;
+    if (need > scratch_floats) {
+        void *grown = NULL;
+        if (posix_memalign(&grown, 64, need * sizeof(float))) return -1;
+        free(scratch);
+        scratch = grown;
+        scratch_floats = need;
+    }
+    for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c], in blocks of 16 columns */
+        const int64_t c1 = c0 + 16 < in_features ? c0 + 16 : in_features;
+        for (int64_t b = 0; b < ldx; ++b)
+            for (int64_t c = c0; c < c1; ++c) scratch[c * ldx + b] = b < batch ? x[b * in_features + c] : 0.0f;
+    }
+    bank_gemm(scratch, ldx, batch, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k);
+    return 0;
 }
