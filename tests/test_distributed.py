@@ -109,7 +109,7 @@ def pools(draw):
     return weights, masks, split, 1 - keep / total
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(pools(), st.integers(1, 4))
 def test_sharded_selection_equals_single_process(pool, world):
     weights, masks, split, sparsity = pool
