@@ -29,7 +29,7 @@ static inline v8 load8(const float *p) {
     return v;
 }
 
-#define PARALLEL_WORK 200000 /* multiply-adds below which one thread is faster than two */
+#define PARALLEL_WORK 65536 /* multiply-adds below which one thread is faster than a team */
 
 /* Let the OpenMP runtime size the team by the load average for one loop, then restore the setting. */
 #define BEGIN_DYNAMIC_TEAM const int dynamic_before = omp_get_dynamic(); omp_set_dynamic(1);
