@@ -232,6 +232,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     from test_pytorch_pruning import make_net, train, WEIGHTS
     from pruning_tools import Prune
     warnings.simplefilter("ignore")
+    torch.set_num_threads({threads})  # same arithmetic order as the parent process
     model = make_net()
     prune = Prune(model, 2, 12, 3, dict(WEIGHTS))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -262,7 +263,7 @@ def test_resume_in_fresh_process_is_bit_identical(tmp_path):
                tmp_path / "ckpt.pt")
     continue_run(model, prune, opt)  # the uninterrupted run
 
-    script = RESUME_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent),
+    script = RESUME_SCRIPT.format(threads=torch.get_num_threads(), tests=str(__import__("pathlib").Path(__file__).parent),
                                   ckpt=str(tmp_path / "ckpt.pt"), out=str(tmp_path / "resumed.pt"))
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
