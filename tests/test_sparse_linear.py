@@ -61,6 +61,27 @@ def test_kernel_path_is_taken_and_equals_fallback(path):
     torch.testing.assert_close(y, sparse._gather(x.reshape(-1, 640)).reshape(3, 5, 128), **TOL)
 
 
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_shared_work_with_a_fixed_team(monkeypatch):
+    """Products large enough for an OpenMP team (the default may pick one thread on a busy machine)."""
+    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "native")
+    kernels.reset()
+    fc = pruned_linear(512, 1000, 0.9)  # 512 rows x 16 banks x 6 (+ tail 40 keeps 4)
+    sparse = BankSparseLinear.from_linear(fc)
+    try:
+        for threads in (2, 3):
+            kernels.set_threads(threads)
+            with torch.no_grad():
+                for batch in (1, 5, 64, 70):
+                    x = torch.randn(batch, 1000)
+                    torch.testing.assert_close(sparse(x), F.linear(x, fc.weight, fc.bias), **TOL)
+    finally:
+        kernels.set_threads(0)
+        kernels.reset()
+    with pytest.raises(ValueError, match="n=-1"):
+        kernels.set_threads(-1)
+
+
 def test_gradient_through_input_and_other_dtypes_use_the_fallback(path):
     fc = pruned_linear(32, 128, 0.9).double()
     sparse = BankSparseLinear.from_linear(fc)

@@ -31,6 +31,7 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     # x, batch, in_features, y, values, idx, tail_values, tail_idx, bias, rows, banks, k, bank, tail_k
     "bank_linear": ([_P, _I, _I, _P] + [_P] * 5 + [_I] * 5, ctypes.c_int),
+    "bank_set_threads": ([ctypes.c_int], None),
 }
 
 _state: dict[str, object] = {}  # "mode"; "lib": CDLL or None once tried; "error": why it is None
@@ -117,6 +118,16 @@ def library() -> ctypes.CDLL | None:
     if _state["lib"] is None and m == "native":
         raise KernelUnavailableError(f"PRUNING_TOOLS_KERNEL=native but the C kernel is unavailable: {_state['error']}")
     return _state["lib"]  # type: ignore[return-value]
+
+
+def set_threads(n: int) -> None:
+    """Fix the kernel's OpenMP team to ``n`` threads for every product large enough to share
+    (``n = 0``: the default, ``torch.get_num_threads()`` minus the cores other processes keep busy)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n={n!r} is not allowed: expected an integer >= 0")
+    lib = library()
+    if lib is not None:
+        lib.bank_set_threads(n)
 
 
 def reset() -> None:

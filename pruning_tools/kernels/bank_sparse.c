@@ -10,16 +10,18 @@
  *   batch 1 is a dot product per row; larger batches first copy x transposed into a per-thread
  *   scratch buffer xt [in, ldx] (ldx = batch rounded up to 8, padding zeroed; kept for later calls),
  *   then run tiles of 8 to 64 batch columns held in vector registers.
- * Rows are shared among OpenMP threads (one thread when the work is small). The team size may shrink
- * with the machine's load average (OpenMP dynamic adjustment, on for these loops only): on a shared
- * machine a thread that waits for a busy core costs a scheduler time slice, far more than the product.
- * No allocation, no state.
+ * Rows are shared among OpenMP threads (one thread when the work is small). The team shrinks when
+ * other processes keep the cores busy (team_size below): on a shared machine a thread that waits for
+ * a busy core costs a scheduler time slice, far more than the product itself.
  * GCC vector extensions keep the code portable: the compiler maps them to the widest SIMD it has.
  */
+#define _POSIX_C_SOURCE 200112L
 #include <omp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef float v8 __attribute__((vector_size(32)));
 
@@ -31,9 +33,36 @@ static inline v8 load8(const float *p) {
 
 #define PARALLEL_WORK 65536 /* multiply-adds below which one thread is faster than a team */
 
-/* Let the OpenMP runtime size the team by the load average for one loop, then restore the setting. */
-#define BEGIN_DYNAMIC_TEAM const int dynamic_before = omp_get_dynamic(); omp_set_dynamic(1);
-#define END_DYNAMIC_TEAM omp_set_dynamic(dynamic_before);
+/* Threads for the next loop: omp_get_max_threads() (torch.set_num_threads), fewer when the kernel's
+ * count of runnable threads (/proc/loadavg, read at most every 50 ms per calling thread) says other
+ * processes occupy the cores. Our own team is counted as running (its threads spin between loops).
+ * bank_set_threads(n > 0) fixes the team size instead; bank_set_threads(0) restores the default. */
+static __thread double team_checked_at = -1.0;
+static __thread int team_cached = 1;
+static int team_forced = 0; /* > 0: always this many threads (bank_set_threads) */
+
+void bank_set_threads(int n) { team_forced = n > 0 ? n : 0; }
+
+static int team_size(void) {
+    if (team_forced) return team_forced;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    const double t = (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+    if (team_checked_at < 0.0 || t - team_checked_at > 0.05) {
+        const int max = omp_get_max_threads();
+        int running = 0, total = 0;
+        double a1, a5, a15;
+        FILE *f = fopen("/proc/loadavg", "r");
+        if (f) {
+            if (fscanf(f, "%lf %lf %lf %d/%d", &a1, &a5, &a15, &running, &total) != 5) running = 0;
+            fclose(f);
+        }
+        const int free_cores = omp_get_num_procs() - (running - max);
+        team_cached = running <= 0 ? max : free_cores < 1 ? 1 : free_cores < max ? free_cores : max;
+        team_checked_at = t;
+    }
+    return team_cached;
+}
 
 /* ---------------------------------------------------------------- batch 1 */
 
@@ -95,8 +124,8 @@ static void bank_gemv(const float *x, const float *values, const uint8_t *idx, c
                const uint8_t *tail_idx, const float *bias, float *y, int64_t rows, int64_t banks,
                int64_t k, int64_t bank, int64_t tail_k) {
     const int64_t work = rows * (banks * k + tail_k);
-    BEGIN_DYNAMIC_TEAM
-#pragma omp parallel for schedule(static) if (work > PARALLEL_WORK)
+    const int team = work > PARALLEL_WORK ? team_size() : 1;
+#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
     for (int64_t o = 0; o < rows; ++o) {
         float acc = banks ? row_dot(x, values + o * banks * k, idx + o * banks * k, banks, bank, k) : 0.0f;
         const float *tv = tail_values + o * tail_k;
@@ -105,7 +134,6 @@ static void bank_gemv(const float *x, const float *values, const uint8_t *idx, c
         for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
         y[o] = acc + (bias ? bias[o] : 0.0f);
     }
-    END_DYNAMIC_TEAM
 }
 
 /* ---------------------------------------------------------------- batch > 1 */
@@ -185,8 +213,8 @@ static void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *
                int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
     const int64_t work = rows * (banks * k + tail_k) * batch;
     const int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
-    BEGIN_DYNAMIC_TEAM
-#pragma omp parallel for schedule(static) if (work > PARALLEL_WORK)
+    const int team = work > PARALLEL_WORK ? team_size() : 1;
+#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t o0 = blk * ROW_BLOCK;
         const int64_t n_rows = rows - o0 < ROW_BLOCK ? rows - o0 : ROW_BLOCK;
@@ -202,7 +230,6 @@ static void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *
                 for (int64_t r = 0; r < n_rows; ++r) y[(c0 + c) * rows + o0 + r] = buf[r][c];
         }
     }
-    END_DYNAMIC_TEAM
 }
 
 /* ---------------------------------------------------------------- entry point */
