@@ -144,6 +144,9 @@ def demo(framework, sparsity, balance, bank_size, epochs, batch_size, data_dir, 
             raise click.ClickException(str(exc)) from exc
     for note in result.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
+    if result.get("balanced") is False:
+        console.print("[bold red]warning:[/] the pruner's check() failed: some bank or tensor holds more "
+                      "non-zeros than its budget (see `pruning-tools inspect`)")
     started = time.perf_counter()
     files = write_outputs(result, Path(out), console)
     console.print(f"test accuracy {result['test_accuracy']:.2%}, total sparsity {result['total_sparsity']:.4f}, "
