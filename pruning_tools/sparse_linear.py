@@ -96,7 +96,7 @@ class BankSparseLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input of shape {list(x.shape)} is not allowed: expected [..., {self.in_features}]")
-        x2 = x.reshape(-1, self.in_features)  # [batch, in]
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # [batch, in]
         kernel = self._kernel_call(x2)
         if kernel is None:
             y = self._gather(x2)
@@ -106,7 +106,7 @@ class BankSparseLinear(nn.Module):
             y = torch.empty(x2.shape[0], self.out_features)  # [batch, out]
             if lib.bank_linear(x2.data_ptr(), x2.shape[0], self.in_features, y.data_ptr(), *weight_args):
                 raise MemoryError(f"bank-sparse kernel: no memory for a [{self.in_features}, {x2.shape[0]}] scratch buffer")
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def _kernel_call(self, x: Tensor):
         """``(library, weight arguments)`` for the C kernel, or None where the fallback applies
@@ -114,13 +114,15 @@ class BankSparseLinear(nn.Module):
         if x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
             return None
         lib = kernels.library()
-        buffers = self._buffers  # direct access: this runs on every call
-        parts = [buffers[name] for name in ("values", "indices", "tail_values", "tail_indices", "bias")]
-        key = (id(lib), *(None if t is None else t.data_ptr() for t in parts), parts[0].dtype)  # moved/converted
+        b = self._buffers  # direct access and no loops: this runs on every call
+        values, bias = b["values"], b["bias"]
+        key = (id(lib), values.data_ptr(), b["indices"].data_ptr(), b["tail_values"].data_ptr(),
+               b["tail_indices"].data_ptr(), None if bias is None else bias.data_ptr(), values.dtype)  # moved/converted
         if key != self._kernel_key:  # check and describe the weight again
-            values, indices, tail_values, _, bias = parts
+            parts = [b[name] for name in ("values", "indices", "tail_values", "tail_indices", "bias")]
+            tail_values = b["tail_values"]
             usable = lib is not None and all(t is None or (t.device.type == "cpu" and t.is_contiguous()) for t in parts) \
-                and values.dtype == tail_values.dtype == torch.float32 and indices.dtype == torch.uint8 \
+                and values.dtype == tail_values.dtype == torch.float32 and b["indices"].dtype == torch.uint8 \
                 and (bias is None or bias.dtype == torch.float32)
             args = (*key[1:6], self.out_features, values.shape[1], values.shape[2], self.bank_size, tail_values.shape[1])
             self._kernel_key, self._kernel_args = key, ((lib, args) if usable else None)
