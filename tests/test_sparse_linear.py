@@ -38,6 +38,7 @@ def pruned_linear(out_f, in_f, sparsity, bank_size=64, bias=True, seed=0):
 
 @pytest.mark.parametrize("out_f, in_f, bank_size", [
     (64, 256, 64), (10, 100, 64), (33, 70, 64), (5, 3, 64), (17, 193, 64), (40, 96, 16), (24, 48, 4), (9, 400, 200),
+    (6, 700, 300),  # int16 indices: the fallback serves them on both paths
 ])
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.9375])
 def test_equals_masked_dense_linear(path, out_f, in_f, bank_size, sparsity):
