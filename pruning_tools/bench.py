@@ -75,11 +75,12 @@ SLOW_ROUNDS = 3  # rounds of the other libraries' tasks (seconds each on the ful
 
 def interleaved(tasks: dict[str, tuple], rounds: int, warmup: int = 1) -> dict[str, Timing]:
     """Run every ``(setup, run[, max_rounds])`` once per round in turn; only ``run`` is timed.
-    A task with ``max_rounds`` sits out the rounds after its first ``max_rounds``."""
+    A task with ``max_rounds`` (seconds per run: its one-time costs do not matter) skips the
+    warm-up and sits out the rounds after its first ``max_rounds``."""
     timings = {name: Timing(name) for name in tasks}
     for r in range(warmup + rounds):
         for name, (setup, run, *limit) in tasks.items():
-            if limit and r >= warmup + limit[0]:
+            if limit and not warmup <= r < warmup + limit[0]:
                 continue
             if setup is not None:
                 setup()
@@ -195,8 +196,10 @@ def bench_refresh(model_name: str, model: nn.Module, rounds: int) -> tuple[list[
     # the same sparsity as torch's (sanity: the unstructured masks agree)
     reset()
     per_tensor()
-    torch_masks = [m.weight_mask.bool() for m, _ in [(dict(model.named_modules())[n[: -len(".weight")]], 0) for n in names]]
-    info["same masks as l1_unstructured"] = all(torch.equal(a, b) for a, b in zip(results["unstructured 90%"], torch_masks))
+    modules = dict(model.named_modules())
+    torch_masks = [modules[n[: -len(".weight")]].weight_mask.bool() for n in names]
+    info["same masks as l1_unstructured up to ties"] = all(
+        _same_up_to_ties(ours, theirs, w) for ours, theirs, w in zip(results["unstructured 90%"], torch_masks, ws_none))
     info["torch extra bytes per weight"] = torch_extra() / numel
     reset()
     info["sparsity"] = {label: 1 - sum(int(m.sum()) for m in results[label]) / numel for label, *_ in PATTERNS}
@@ -206,6 +209,16 @@ def bench_refresh(model_name: str, model: nn.Module, rounds: int) -> tuple[list[
     info["speedup over l1_unstructured"] = timings["nn.utils.prune l1_unstructured 90%"].median / ours_unstructured
     info["speedup over global_unstructured"] = timings["nn.utils.prune global_unstructured 90%"].median / ours_global
     return rows, info
+
+
+def _same_up_to_ties(ours: Tensor, theirs: Tensor, w: Tensor) -> bool:
+    """Same number kept, and where the masks differ all weights have one magnitude (a tie that
+    topk breaks its own way; we break it to the lower index)."""
+    differ = ours != theirs
+    if not differ.any():
+        return True
+    tied = w.abs()[differ]
+    return int(ours.sum()) == int(theirs.sum()) and bool((tied == tied[0]).all())
 
 
 def bench_weight_norm(model_name: str, model: nn.Module, rounds: int) -> tuple[list[Row], dict]:
@@ -286,7 +299,7 @@ def bench_train_step(model: nn.Module, batch: int, size: int, rounds: int) -> tu
 
 
 def run_benchmark(quick: bool = False, rounds: int | None = None, train_rounds: int | None = None,
-                  threads: int = 2) -> tuple[list[Row], dict]:
+                  threads: int = 1) -> tuple[list[Row], dict]:
     """Every table of the benchmark. ``quick``: tiny models and few rounds (a smoke run)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -301,15 +314,19 @@ def run_benchmark(quick: bool = False, rounds: int | None = None, train_rounds: 
         batch, size = 8, 112
     rows, info = [], {}
     for name, model in (("ResNet-50", cnn), ("BERT-like", bert)):
+        click.echo(f"{name}: refresh", err=True)
         r, i = bench_refresh(name, model, rounds)
         rows += r
         info[name] = i
+        click.echo(f"{name}: re-apply", err=True)
         r, i = bench_apply(name, model, rounds * 3)
         rows += r
         info[name].update(i)
+    click.echo("BERT-like: WeightNormSparsifier", err=True)
     r, i = bench_weight_norm("BERT-like", bert, rounds)
     rows += r
     info["BERT-like"].update(i)
+    click.echo("ResNet-50: training steps", err=True)
     r, i = bench_train_step(cnn, batch, size, train_rounds)
     rows += r
     info["train"] = i
@@ -331,18 +348,60 @@ def _print(rows: list[Row], info: dict, header: str) -> None:
     console.print_json(json.dumps(info, default=float))
 
 
+def machine() -> str:
+    """CPU model and core count, for the record."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def to_markdown(rows: list[Row], info: dict, header: str) -> str:
+    """The result table and the extra numbers as Markdown."""
+    lines = [f"{header}", "", "| model | task | median ms | min ms | max ms | ratio | to |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        ratio = "" if r.ratio != r.ratio else f"{r.ratio:.2f}x"
+        lines.append(f"| {r.model} | {r.task} | {r.median_ms:.1f} | {r.min_ms:.1f} | {r.max_ms:.1f} | {ratio} | {r.baseline} |")
+    lines += ["", "```json", json.dumps(info, indent=1, default=float), "```", ""]
+    return "\n".join(lines)
+
+
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Tiny models, two rounds: a smoke run for CI.")
 @click.option("--rounds", type=click.IntRange(1), default=None, help="Interleaved rounds per task (default 7; quick 2).")
 @click.option("--train-rounds", type=click.IntRange(1), default=None, help="A/B pairs of training steps (default 10).")
-@click.option("--threads", type=click.IntRange(1), default=2, show_default=True, help="torch threads.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch and kernel threads (on a shared machine more than 1 mostly measures the scheduler).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results here.")
-def bench(quick: bool, rounds: int | None, train_rounds: int | None, threads: int, json_path: str | None) -> None:
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the table as Markdown here.")
+def bench(quick: bool, rounds: int | None, train_rounds: int | None, threads: int, json_path: str | None,
+          md_path: str | None) -> None:
     """Time the mask engine against torch.nn.utils.prune and torch.ao.pruning (one interleaved run)."""
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows, info = run_benchmark(quick, rounds, train_rounds, threads)
-    header = (f"pruning-tools bench{' --quick' if quick else ''}: torch {torch.__version__}, "
-              f"{threads} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    header = (f"pruning-tools bench{' --quick' if quick else ''}: {machine()}, torch {torch.__version__}, "
+              f"{threads} thread(s), started {started}, load average {' / '.join(_load())}")
     _print(rows, info, header)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rows": [asdict(r) for r in rows], "info": info}, f, indent=1, default=float)
+            json.dump({"header": header, "rows": [asdict(r) for r in rows], "info": info}, f, indent=1, default=float)
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(to_markdown(rows, info, header))
+
+
+def _load() -> list[str]:
+    """1, 5 and 15 minute load averages (other jobs on the machine), or "?" where unknown."""
+    try:
+        import os
+
+        return [f"{x:.1f}" for x in os.getloadavg()]
+    except OSError:
+        return ["?"]
