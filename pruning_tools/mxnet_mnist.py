@@ -272,7 +272,8 @@ def to_plain(value: Any) -> Any:
 @click.option("--epochs", default=None, type=int, help=f"Default: the recipe's {EPOCHS}.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--limit", default=None, type=int, help="Use only the first N train and test images.")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the results (no weights) as JSON.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the results as JSON (no weights, no pruner state).")
 def main(data_dir, sparsity, balance, bank_size, epochs, seed, limit, out) -> None:
     """Train the simple CNN on MNIST with gradual pruning (MXNet) and report the results."""
     def report(record: dict) -> None:
@@ -282,7 +283,8 @@ def main(data_dir, sparsity, balance, bank_size, epochs, seed, limit, out) -> No
 
     result = train_mnist(data_dir, sparsity=sparsity, balance=balance, bank_size=bank_size, epochs=epochs,
                          seed=seed, limit=limit, on_epoch=report)
-    result.pop("weights")
+    for key in ("weights", "pruner_state"):  # results only; masks follow from the weights
+        result.pop(key)
     for note in result["notes"]:
         click.echo(f"note: {note}")
     click.echo(f"test accuracy {result['test_accuracy']:.4f} at total sparsity {result['total_sparsity']:.4f}, "

@@ -281,5 +281,5 @@ def test_module_command_writes_results_json(tmp_path):
     result = CliRunner().invoke(main, ["--limit", "128", "--epochs", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())
-    assert saved["framework"] == "mxnet" and "weights" not in saved
-    assert saved["pruner_state"]["config"]["params"]["cnn_fc_weight"]["bank_size"] == 64
+    assert saved["framework"] == "mxnet" and "weights" not in saved and "pruner_state" not in saved
+    assert saved["settings"]["bank_size"] == 64 and saved["layer_sparsity"]["cnn_fc_weight"] == 1 - 6 / 64
