@@ -103,7 +103,7 @@ class BankSparseLinear(nn.Module):
         else:
             lib, weight_args = kernel
             x2 = x2.contiguous()
-            y = torch.empty(x2.shape[0], self.out_features)  # [batch, out]
+            y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)  # [batch, out]
             if lib.bank_linear(x2.data_ptr(), x2.shape[0], self.in_features, y.data_ptr(), *weight_args):
                 raise MemoryError(f"bank-sparse kernel: no memory for a [{self.in_features}, {x2.shape[0]}] scratch buffer")
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)

@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -194,3 +196,16 @@ def test_build_is_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_build", no_compiling)
     assert kernels.library() is not None
     kernels.reset()
+
+
+@settings(max_examples=25, deadline=None)
+@given(out_f=st.integers(1, 40), in_f=st.integers(1, 300), bank_size=st.sampled_from([4, 8, 16, 64, 128]),
+       sparsity=st.sampled_from([0.25, 0.5, 0.75, 0.9, 0.95]), batch=st.integers(1, 70), seed=st.integers(0, 999))
+def test_random_layers_equal_masked_dense(out_f, in_f, bank_size, sparsity, batch, seed):
+    fc = pruned_linear(out_f, in_f, sparsity, bank_size, bias=seed % 2 == 0, seed=seed)
+    sparse = BankSparseLinear.from_linear(fc, bank_size)
+    x = torch.randn(batch, in_f)
+    with torch.no_grad():
+        expected = F.linear(x, fc.weight, fc.bias)
+        torch.testing.assert_close(sparse(x), expected, **TOL)  # C kernel where it builds
+        torch.testing.assert_close(sparse._gather(x), expected, **TOL)  # fallback
