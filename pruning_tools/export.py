@@ -215,8 +215,8 @@ def pack_state_dict(tensors: Mapping[str, Tensor], bank_size: int = 64, layout: 
 
     A floating tensor with >= 2 dims and zeros in it is packed; dense ones (fewer zeros than one per
     bank), 1-D and integer tensors stay dense. ``specs`` (``{name: {"bank_size", "layout",
-    "out_dim", "sparsity"}}``, e.g. from a pruner state) overrides ``bank_size``/``layout``/``out_dims`` per
-    tensor. A sparse tensor that is not bank-balanced raises ``NotBankBalancedError``, or with
+    "out_dim", "sparsity"}}``, e.g. from a pruner state, see ``specs_from_pruner_state``) overrides
+    ``bank_size``/``layout``/``out_dims`` per tensor; ``{"dense": True}`` keeps a tensor dense. A sparse tensor that is not bank-balanced raises ``NotBankBalancedError``, or with
     ``dense_fallback`` is stored dense and listed in the third return value.
     """
     out_dims, specs = dict(out_dims or {}), dict(specs or {})
@@ -228,7 +228,7 @@ def pack_state_dict(tensors: Mapping[str, Tensor], bank_size: int = 64, layout: 
             raise ValueError(f"tensor name {name!r} is not allowed: it must not contain {SEP!r}")
         spec = specs.get(name, {})
         b = int(spec.get("bank_size", bank_size))
-        if not worth_packing(w, b):
+        if spec.get("dense") or not worth_packing(w, b):
             dense[name] = w.detach().cpu().clone()  # own storage: tied weights save too
             continue
         try:
@@ -240,6 +240,25 @@ def pack_state_dict(tensors: Mapping[str, Tensor], bank_size: int = 64, layout: 
             dense[name] = w.detach().cpu().clone()  # own storage: tied weights save too
             fallback.append(name)
     return packed, dense, fallback
+
+
+def specs_from_pruner_state(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-parameter packing settings from a pruner ``state_dict()``: bank size, layout, output
+    dim and the sparsity each current mask was made for; unstructured ones (``balance`` ``"none"``
+    or ``"global"``) are kept dense."""
+    from .pruner_base import STATE_FORMAT
+
+    if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"state is not a pruner state of format {STATE_FORMAT!r}")
+    targets = state.get("mask_targets", {})
+    specs = {}
+    for name, p in state["config"]["params"].items():
+        if p["balance"] != "fix":
+            specs[name] = {"dense": True}
+        else:
+            specs[name] = {"bank_size": p["bank_size"], "layout": p["layout"], "out_dim": p.get("out_dim", 0),
+                           "sparsity": targets.get(name, p["sparsity"])}
+    return specs
 
 
 def save_packed(tensors: Mapping[str, Tensor], path: str | Path, bank_size: int = 64,
@@ -317,4 +336,4 @@ def onnx_initializers(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = ["PackedTensor", "ExportReport", "NotBankBalancedError", "pack", "unpack", "pack_state_dict",
-           "save_packed", "read_packed", "load_packed", "check_balanced", "worth_packing", "index_dtype", "export_onnx", "onnx_initializers"]
+           "save_packed", "read_packed", "load_packed", "check_balanced", "worth_packing", "specs_from_pruner_state", "index_dtype", "export_onnx", "onnx_initializers"]

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import LAYOUTS
-from .export import BITS_VIEW, NotBankBalancedError, load_packed, save_packed
+from .export import BITS_VIEW, NotBankBalancedError, load_packed, save_packed, specs_from_pruner_state
 from .inspection import load_tensors
+from .pruner_base import read_state_file
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -23,6 +24,22 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     view = BITS_VIEW[a.element_size()]
     canon = lambda t: torch.where(t == 0, torch.zeros_like(t), t).view(view)  # noqa: E731
     return torch.equal(canon(a), canon(b))
+
+
+def _pruner_specs(path: Path, tensors: dict) -> dict:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            state = read_state_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        specs = specs_from_pruner_state(state)
+    except Exception as exc:  # unpickling and format errors come in many types
+        raise click.BadParameter(f"{path} is not a pruner state ({exc})", param_hint="--pruner-state") from exc
+    matched = {name: spec for name, spec in specs.items() if name in tensors}
+    if specs and not matched:
+        raise click.BadParameter(f"none of its parameters ({sorted(specs)[:3]}...) is a tensor of the checkpoint; "
+                                 "check --prefix", param_hint="--pruner-state")
+    return matched
 
 
 def _size(n: int) -> str:
@@ -40,12 +57,15 @@ def _size(n: int) -> str:
                    "common count of each tensor's banks).")
 @click.option("--prefix", default="", help="Export only tensors whose (dotted) name starts with this, "
                                           "stripped, e.g. 'model.' for {'model': state_dict, ...}.")
+@click.option("--pruner-state", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A pruner state (Prune.state_dict() saved with torch.save, or write_state_file's "
+                   ".safetensors): bank size, layout, output dim and target of each pruned tensor.")
 @click.option("--dense-fallback", is_flag=True, help="Store a sparse tensor that is not bank-balanced dense "
                                                     "instead of failing.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Reload the file and compare every tensor bit by bit.")
 def export(checkpoint: Path, out: Path, bank_size: int, layout: str, sparsity: float | None, prefix: str,
-           dense_fallback: bool, verify: bool) -> None:
+           pruner_state: Path | None, dense_fallback: bool, verify: bool) -> None:
     """Store CHECKPOINT (.pt/.pth/.bin state_dict or .safetensors) as packed OUT (.safetensors).
 
     Each sparse bank-balanced tensor becomes values [rows, banks, k] + in-bank indices (uint8 for
@@ -56,11 +76,14 @@ def export(checkpoint: Path, out: Path, bank_size: int, layout: str, sparsity: f
         tensors = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
     if not tensors:
         raise click.BadParameter(f"no tensor in {checkpoint} starts with {prefix!r}", param_hint="--prefix")
-    specs = {name: {"sparsity": sparsity} for name in tensors} if sparsity is not None else None
+    specs = {name: {"sparsity": sparsity} for name in tensors} if sparsity is not None else {}
+    if pruner_state is not None:
+        specs.update(_pruner_specs(pruner_state, tensors))
     try:
         report = save_packed(tensors, out, bank_size, layout, dense_fallback=dense_fallback, specs=specs)
     except NotBankBalancedError as e:
-        raise click.ClickException(f"{e}. Use --dense-fallback to store it dense, or check --bank-size/--layout.")
+        raise click.ClickException(f"{e}. Pass the pruner's settings with --pruner-state, check --bank-size/--layout, "
+                                   "or store it dense with --dense-fallback.")
 
     table = Table("tensor", "shape", "stored as", "bytes", title=f"{checkpoint} → {out}")
     for name, p in report.packed.items():

@@ -210,3 +210,36 @@ def test_export_command(tmp_path):
     assert "dense (not bank-balanced)" in result.output
     result = runner.invoke(main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "o.safetensors"), "--bank-size", "1"])
     assert result.exit_code == 2 and "--bank-size" in result.output
+
+
+def test_export_command_takes_the_pruner_settings(tmp_path):
+    from click.testing import CliRunner
+
+    from pruning_tools import Prune
+    from pruning_tools.cli import main
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3), torch.nn.ConvTranspose2d(32, 16, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 8 * 8, 10))
+    prune = Prune(model, 0, 0, 1, {"0.weight": {"sparsity": 0.75, "bank_size": 16},
+                                   "1.weight": {"sparsity": 0.75, "bank_size": 16},
+                                   "3.weight": {"sparsity": 0.9, "balance": "none"}})
+    prune.prune()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    torch.save(prune.state_dict(), tmp_path / "state.pt")
+    assert E.specs_from_pruner_state(prune.state_dict())["1.weight"] == {
+        "bank_size": 16, "layout": "channels_last", "out_dim": 1, "sparsity": 0.75}
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors")])
+    assert result.exit_code == 1 and "1.weight" in result.output  # ConvTranspose read with out_dim 0
+    result = runner.invoke(main, ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors"),
+                                  "--pruner-state", str(tmp_path / "state.pt")])
+    assert result.exit_code == 0, result.output
+    packed = E.read_packed(tmp_path / "p.safetensors")
+    assert packed["1.weight"].out_dim == 1 and packed["1.weight"].bank_size == 16 and packed["1.weight"].k == 4
+    assert isinstance(packed["3.weight"], torch.Tensor)  # unstructured: kept dense
+    for name, t in model.state_dict().items():
+        assert_bit_exact(E.load_packed(tmp_path / "p.safetensors")[name], t)
+    result = runner.invoke(main, ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors"),
+                                  "--pruner-state", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2 and "not a pruner state" in result.output
