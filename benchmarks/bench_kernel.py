@@ -84,7 +84,8 @@ def main(reps: int, threads: int, shapes, keeps, batches) -> None:
     path = "C kernel" if kernels.library() is not None else "PyTorch fallback"
     console = Console(width=120)
     load = os.getloadavg()[0]
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+    cpu = platform.processor() or platform.machine()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
                   f"bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path}); "
                   f"load average {load:.1f}")
     table = Table("W [out, in]", "sparsity", "batch", "dense ms", "CSR ms", "ours ms", "dense/ours", "CSR/ours")

@@ -216,7 +216,8 @@ def pack_state_dict(tensors: Mapping[str, Tensor], bank_size: int = 64, layout: 
     A floating tensor with >= 2 dims and zeros in it is packed; dense ones (fewer zeros than one per
     bank), 1-D and integer tensors stay dense. ``specs`` (``{name: {"bank_size", "layout",
     "out_dim", "sparsity"}}``, e.g. from a pruner state, see ``specs_from_pruner_state``) overrides
-    ``bank_size``/``layout``/``out_dims`` per tensor; ``{"dense": True}`` keeps a tensor dense. A sparse tensor that is not bank-balanced raises ``NotBankBalancedError``, or with
+    ``bank_size``/``layout``/``out_dims`` per tensor; ``{"dense": True}`` keeps a tensor dense. A
+    sparse tensor that is not bank-balanced raises ``NotBankBalancedError``, or with
     ``dense_fallback`` is stored dense and listed in the third return value.
     """
     out_dims, specs = dict(out_dims or {}), dict(specs or {})
@@ -336,4 +337,5 @@ def onnx_initializers(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = ["PackedTensor", "ExportReport", "NotBankBalancedError", "pack", "unpack", "pack_state_dict",
-           "save_packed", "read_packed", "load_packed", "check_balanced", "worth_packing", "specs_from_pruner_state", "index_dtype", "export_onnx", "onnx_initializers"]
+           "save_packed", "read_packed", "load_packed", "check_balanced", "worth_packing", "specs_from_pruner_state",
+           "index_dtype", "export_onnx", "onnx_initializers"]

@@ -88,11 +88,13 @@ def export(checkpoint: Path, out: Path, bank_size: int, layout: str, sparsity: f
     table = Table("tensor", "shape", "stored as", "bytes", title=f"{checkpoint} → {out}")
     for name, p in report.packed.items():
         tail = f" + tail {p.tail_k}/{p.row_len % p.bank_size}" if p.row_len % p.bank_size else ""
-        table.add_row(name, str(list(p.shape)), f"packed {p.k}/{p.bank_size}{tail}, {p.indices.dtype}".replace("torch.", ""),
+        how = f"packed {p.k}/{p.bank_size}{tail}, {str(p.indices.dtype).replace('torch.', '')}"
+        table.add_row(name, str(list(p.shape)), how,
                       f"{p.nbytes():,}")
     for name in report.dense:
         how = "dense (not bank-balanced)" if name in report.fallback else "dense"
-        table.add_row(name, str(list(tensors[name].shape)), how, f"{tensors[name].numel() * tensors[name].element_size():,}")
+        t = tensors[name]
+        table.add_row(name, str(list(t.shape)), how, f"{t.numel() * t.element_size():,}")
     console = Console(width=max(100, Console().width))
     console.print(table)
     console.print(f"dense safetensors: {_size(report.dense_bytes)}, packed: {_size(report.packed_bytes)}, "

@@ -105,7 +105,7 @@ class BankSparseLinear(nn.Module):
             x2 = x2.contiguous()
             y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)  # [batch, out]
             if lib.bank_linear(x2.data_ptr(), x2.shape[0], self.in_features, y.data_ptr(), *weight_args):
-                raise MemoryError(f"bank-sparse kernel: no memory for a [{self.in_features}, {x2.shape[0]}] scratch buffer")
+                raise MemoryError(f"bank-sparse kernel: no memory for its [{self.in_features}, {x2.shape[0]}] scratch")
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def _kernel_call(self, x: Tensor):
@@ -121,10 +121,12 @@ class BankSparseLinear(nn.Module):
         if key != self._kernel_key:  # check and describe the weight again
             parts = [b[name] for name in ("values", "indices", "tail_values", "tail_indices", "bias")]
             tail_values = b["tail_values"]
-            usable = lib is not None and all(t is None or (t.device.type == "cpu" and t.is_contiguous()) for t in parts) \
-                and values.dtype == tail_values.dtype == torch.float32 and b["indices"].dtype == torch.uint8 \
-                and (bias is None or bias.dtype == torch.float32)
-            args = (*key[1:6], self.out_features, values.shape[1], values.shape[2], self.bank_size, tail_values.shape[1])
+            usable = (lib is not None
+                      and all(t is None or (t.device.type == "cpu" and t.is_contiguous()) for t in parts)
+                      and values.dtype == tail_values.dtype == torch.float32 and b["indices"].dtype == torch.uint8
+                      and (bias is None or bias.dtype == torch.float32))
+            args = (*key[1:6], self.out_features, values.shape[1], values.shape[2], self.bank_size,
+                    tail_values.shape[1])
             self._kernel_key, self._kernel_args = key, ((lib, args) if usable else None)
         return self._kernel_args
 

@@ -208,7 +208,8 @@ def test_export_command(tmp_path):
                                   "--dense-fallback", "--sparsity", "0.9375"])
     assert result.exit_code == 0, result.output
     assert "dense (not bank-balanced)" in result.output
-    result = runner.invoke(main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "o.safetensors"), "--bank-size", "1"])
+    result = runner.invoke(main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "o.safetensors"),
+                                  "--bank-size", "1"])
     assert result.exit_code == 2 and "--bank-size" in result.output
 
 

@@ -209,3 +209,25 @@ def test_random_layers_equal_masked_dense(out_f, in_f, bank_size, sparsity, batc
         expected = F.linear(x, fc.weight, fc.bias)
         torch.testing.assert_close(sparse(x), expected, **TOL)  # C kernel where it builds
         torch.testing.assert_close(sparse._gather(x), expected, **TOL)  # fallback
+
+
+def test_benchmark_script_runs():
+    """Smoke test of benchmarks/bench_kernel.py on a tiny case (it also checks the kernel's results)."""
+    import importlib.util
+    import pathlib
+
+    from click.testing import CliRunner
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernel.py"
+    spec = importlib.util.spec_from_file_location("bench_kernel", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(bench.main, ["--reps", "2", "--shape", "64x192", "--keep", "4", "--batch", "1",
+                                                 "--batch", "9", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(True)
+    assert result.exit_code == 0, result.output
+    assert "64×192" in result.output and "CSR/ours" in result.output
