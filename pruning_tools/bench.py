@@ -92,11 +92,17 @@ def interleaved(tasks: dict[str, tuple], rounds: int, warmup: int = 1) -> dict[s
     return timings
 
 
+def paired_ratio(task: Timing, base: Timing) -> float:
+    """Median over rounds of ``task / base`` timed in the same round (load that drifts between
+    rounds cancels); rounds the task sat out are left out."""
+    return statistics.median(t / b for t, b in zip(task.seconds, base.seconds))
+
+
 def _rows(model: str, timings: dict[str, Timing], baselines: dict[str, str]) -> list[Row]:
     rows = []
     for name, t in timings.items():
         base = baselines.get(name, "")
-        ratio = t.median / timings[base].median if base else float("nan")
+        ratio = paired_ratio(t, timings[base]) if base else float("nan")
         rows.append(Row(model, name, 1e3 * t.median, 1e3 * min(t.seconds), 1e3 * max(t.seconds), base, ratio))
     return rows
 
@@ -204,10 +210,10 @@ def bench_refresh(model_name: str, model: nn.Module, rounds: int) -> tuple[list[
     reset()
     info["sparsity"] = {label: 1 - sum(int(m.sum()) for m in results[label]) / numel for label, *_ in PATTERNS}
     rows = _rows(model_name, timings, baselines)
-    ours_unstructured = timings["ours unstructured 90%"].median
-    ours_global = timings["ours global 90%"].median
-    info["speedup over l1_unstructured"] = timings["nn.utils.prune l1_unstructured 90%"].median / ours_unstructured
-    info["speedup over global_unstructured"] = timings["nn.utils.prune global_unstructured 90%"].median / ours_global
+    info["speedup over l1_unstructured"] = paired_ratio(timings["nn.utils.prune l1_unstructured 90%"],
+                                                        timings["ours unstructured 90%"])
+    info["speedup over global_unstructured"] = paired_ratio(timings["nn.utils.prune global_unstructured 90%"],
+                                                            timings["ours global 90%"])
     return rows, info
 
 
@@ -238,8 +244,8 @@ def bench_weight_norm(model_name: str, model: nn.Module, rounds: int) -> tuple[l
         baselines[f"ours {label}"] = baselines[f"WeightNormSparsifier {label}"] = "memory pass (abs out=)"
     timings = interleaved(tasks, rounds)
     for label in patterns:
-        info[f"speedup over WeightNormSparsifier {label}"] = (
-            timings[f"WeightNormSparsifier {label}"].median / timings[f"ours {label}"].median)
+        info[f"speedup over WeightNormSparsifier {label}"] = paired_ratio(
+            timings[f"WeightNormSparsifier {label}"], timings[f"ours {label}"])
     info["WeightNormSparsifier extra bytes per weight"] = 4.0  # one float mask per weight (parametrization)
     return _rows(model_name + " (Linear)", timings, baselines), info
 
@@ -290,8 +296,10 @@ def bench_train_step(model: nn.Module, batch: int, size: int, rounds: int) -> tu
         step()
         prune.prune()
 
-    timings = interleaved({"train step": (None, step), "train step + prune()": (None, step_and_prune)}, rounds)
-    rows = _rows(f"ResNet-50 train (batch {batch}, {size}x{size})", timings, {"train step + prune()": "train step"})
+    timings = interleaved({"train step": (None, step), "train step + prune()": (None, step_and_prune),
+                           "prune() alone": (None, prune.prune)}, rounds)
+    rows = _rows(f"ResNet-50 train (batch {batch}, {size}x{size})", timings,
+                 {"train step + prune()": "train step", "prune() alone": "train step"})
     return rows, {"sparsity after training": prune.sparsity()[1]}
 
 
@@ -305,7 +313,7 @@ def run_benchmark(quick: bool = False, rounds: int | None = None, train_rounds: 
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", message=".*cannot be reached", category=UserWarning)
     rounds = rounds or (2 if quick else 7)
-    train_rounds = train_rounds or (2 if quick else 10)
+    train_rounds = train_rounds or (2 if quick else 20)
     if quick:
         cnn, bert = resnet50(width=8, num_classes=10, blocks=(1, 1, 1, 1)), bert_like(64, 128, 2)
         batch, size = 2, 32
@@ -375,7 +383,7 @@ def to_markdown(rows: list[Row], info: dict, header: str) -> str:
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Tiny models, two rounds: a smoke run for CI.")
 @click.option("--rounds", type=click.IntRange(1), default=None, help="Interleaved rounds per task (default 7; quick 2).")
-@click.option("--train-rounds", type=click.IntRange(1), default=None, help="A/B pairs of training steps (default 10).")
+@click.option("--train-rounds", type=click.IntRange(1), default=None, help="A/B pairs of training steps (default 20).")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch and kernel threads (on a shared machine more than 1 mostly measures the scheduler).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results here.")
