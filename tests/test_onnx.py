@@ -39,10 +39,10 @@ def pruned_model():
     torch.manual_seed(0)
     model = MnistCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    prune = Prune(model, pretrain_step=2, sparse_step=4, frequency=2, prune_dict={n: 0.9375 for n in PRUNED},
+    prune = Prune(model, pretrain_step=1, sparse_step=3, frequency=1, prune_dict={n: 0.9375 for n in PRUNED},
                   bank_size=32)
-    for _ in range(8):
-        x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(5):
+        x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
