@@ -7,12 +7,12 @@ masks in both frameworks.
 
 >>> import mxnet as mx
 >>> from pruning_tools import mxnet_pruning
->>> net = mx.gluon.nn.Dense(64, in_units=128)
+>>> net = mx.gluon.nn.Dense(64, in_units=128, prefix="fc_")  # parameters fc_weight, fc_bias
 >>> net.initialize()
 >>> prune = mxnet_pruning.Prune(net, 0, 0, 1, {"*weight": 0.75})
 >>> prune.prepare().prune()  # one-shot at the first step (sparse_step=0)
 >>> layers, total = prune.sparsity()
->>> layers["dense0_weight"], round(total, 4)
+>>> layers["fc_weight"], round(total, 4)
 (0.75, 0.75)
 """
 
