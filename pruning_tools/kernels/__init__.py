@@ -1,5 +1,8 @@
 """The C kernel of ``BankSparseLinear`` (``bank_sparse.c``), compiled at first use and cached.
 
+The cache directory, the CPU signature and ``PRUNING_TOOLS_KERNEL`` defined here also serve the
+mask engine's kernels (``mask_select.c``, loaded by ``pruning_tools.native``).
+
 It is plain C99 + OpenMP with no Python or torch headers, built by the system C compiler
 (``$CC`` or ``cc``) in about a second and loaded with ``ctypes``; the shared library is cached under
 ``$PRUNING_TOOLS_CACHE`` (default ``~/.cache/pruning_tools``), keyed by the source, the flags, the
