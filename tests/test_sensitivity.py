@@ -185,6 +185,29 @@ def test_suggestion_meets_overall_target_within_one_step(balance, bank_size, tar
     assert Prune(model, 0, 0, 1, suggestion).sparsity()[1] == pytest.approx(predicted)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_suggestion_is_the_best_grid_choice(seed):
+    """Against brute force over every grid point of three parameters (bank 16: 17**3 choices)."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    levels = [0.25, 0.5, 0.75, 0.875, 0.9375]
+    scores = [list(-np.cumsum(rng.exponential(1.0, len(levels)) * rng.uniform(0.1, 3))) for _ in range(3)]
+    shapes = {"a": (32, 64), "b": (64, 128), "c": (16, 32)}
+    table = S.SensitivityTable(names=list(shapes), levels=levels, scores=scores, baseline=0.0, shapes=shapes,
+                               bank_size=16)
+    grid = [j / 16 for j in range(16)]
+    target = float(rng.uniform(0.4, 0.85))
+    feasible = []
+    for choice in itertools.product(grid, repeat=3):
+        prune_dict = dict(zip(shapes, choice))
+        if max(choice) <= levels[-1] and S.overall_sparsity(table, prune_dict) >= target:
+            feasible.append(S.predicted_drop(table, prune_dict))
+    suggestion = S.suggest_prune_dict(table, target)
+    assert S.overall_sparsity(table, suggestion) >= target
+    assert S.predicted_drop(table, suggestion) <= min(feasible) + 1e-9
+
+
 def test_suggestion_counts_what_short_rows_really_reach():
     torch.manual_seed(4)  # a conv with 1 input channel: rows of length 1, never prunable with banks
     model = nn.Sequential(nn.Conv2d(1, 64, 3), nn.Conv2d(64, 64, 3))
