@@ -236,9 +236,9 @@ def bench_weight_norm(model_name: str, model: nn.Module, rounds: int) -> tuple[l
                 "unstructured 90%": ((1, 1), 1, 0.9, "none", 64, 0.9),
                 "2:4": ((1, 4), 2, 1.0, "fix", 4, 0.5)}
     tasks: dict = {"memory pass (abs out=)": (None, lambda: [torch.abs(w, out=b) for w, b in zip(weights, bufs)])}
-    baselines, info = {}, {}
+    baselines, info, sparsifiers = {}, {}, {}
     for label, (block, zeros, level, balance, bank, s) in patterns.items():
-        sparsifier = _weight_norm_task(_copy_linears(linear), block, zeros, level)
+        sparsifier = sparsifiers[label] = _weight_norm_task(_copy_linears(linear), block, zeros, level)
         tasks[f"ours {label}"] = (None, lambda b=balance, k=bank, s=s: our_refresh(weights, [None] * len(weights), b, k, s))
         tasks[f"WeightNormSparsifier {label}"] = (None, sparsifier.step, SLOW_ROUNDS)
         baselines[f"ours {label}"] = baselines[f"WeightNormSparsifier {label}"] = "memory pass (abs out=)"
@@ -246,8 +246,14 @@ def bench_weight_norm(model_name: str, model: nn.Module, rounds: int) -> tuple[l
     for label in patterns:
         info[f"speedup over WeightNormSparsifier {label}"] = paired_ratio(
             timings[f"WeightNormSparsifier {label}"], timings[f"ours {label}"])
-    info["WeightNormSparsifier extra bytes per weight"] = 4.0  # one float mask per weight (parametrization)
+        info[f"WeightNormSparsifier {label} extra bytes per weight"] = (  # its masks after step()
+            _parametrization_bytes(sparsifiers[label].model) / sum(w.numel() for w in weights))
     return _rows(model_name + " (Linear)", timings, baselines), info
+
+
+def _parametrization_bytes(model: nn.Module) -> int:
+    """Bytes of the masks a sparsifier's parametrizations hold."""
+    return sum(b.numel() * b.element_size() for name, b in model.named_buffers() if name.endswith(".mask"))
 
 
 def _copy_linears(linear: dict[str, nn.Linear]) -> nn.Module:

@@ -65,6 +65,8 @@ def test_memory_and_speedups_are_reported(results):
         assert info["torch extra bytes per weight"] == 8.0  # float mask + recomputed weight
         for key in ("speedup over l1_unstructured", "speedup over global_unstructured"):
             assert info[key] > 0 and math.isfinite(info[key])
+    for label in ("bank-64 93.75%", "unstructured 90%", "2:4"):
+        assert results["info"]["BERT-like"][f"WeightNormSparsifier {label} extra bytes per weight"] in (1.0, 4.0)
     assert results["info"]["train"]["sparsity after training"] > 0.5
 
 
