@@ -82,6 +82,20 @@ def write_outputs(result: dict, out: Path, console: Console | None = None) -> di
     return files
 
 
+def parse_prune_dict(text: str | None) -> dict | None:
+    """``--prune-dict`` JSON -> dict (the library validates names and values)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{text!r} is not JSON ({exc})", param_hint="--prune-dict") from exc
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"{text!r} is not allowed: expected a JSON object such as "
+                                 '{"fc.weight": 0.9}', param_hint="--prune-dict")
+    return value
+
+
 def epoch_line(record: dict, epochs: int) -> str:
     return (f"epoch {record['epoch']:>2}/{epochs}  test acc {record['test_accuracy']:.2%}  "
             f"loss {record['train_loss']:.4f}  target {record['target']:.4f}  "
@@ -95,6 +109,9 @@ def epoch_line(record: dict, epochs: int) -> str:
 @click.option("--balance", type=click.Choice(["fix", "none"]), default="fix", show_default=True,
               help="fix: bank-balanced; none: unstructured per tensor.")
 @click.option("--bank-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--prune-dict", "prune_dict", default=None, metavar="JSON", callback=lambda _c, _p, v: parse_prune_dict(v),
+              help='Which weights to prune, as the library\'s prune_dict, e.g. \'{"conv[23].weight": 0.9, '
+                   '"fc.weight": 0.9}\' (default: every conv / dense weight at --sparsity).')
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the framework's recipe (8).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's (128).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
@@ -108,7 +125,7 @@ def epoch_line(record: dict, epochs: int) -> str:
               help="CPU threads for torch (one is fastest for this small network on shared cores).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N train and test images (a quick look).")
-def demo(framework, sparsity, balance, bank_size, epochs, batch_size, data_dir, download, out, seed, threads,
+def demo(framework, sparsity, balance, bank_size, prune_dict, epochs, batch_size, data_dir, download, out, seed, threads,
          limit) -> None:
     """Train the simple CNN on MNIST with gradual pruning; write weights, state, results.json, plots."""
     console = Console()
@@ -119,7 +136,7 @@ def demo(framework, sparsity, balance, bank_size, epochs, batch_size, data_dir, 
         except (OSError, RuntimeError, ValueError) as exc:
             raise click.ClickException(f"--download failed: {exc}") from exc
     train_mnist, total_epochs = trainer.train_mnist, epochs or getattr(trainer, "EPOCHS", "?")
-    kwargs = dict(sparsity=sparsity, balance=balance, bank_size=bank_size, epochs=epochs,
+    kwargs = dict(sparsity=sparsity, balance=balance, bank_size=bank_size, prune_dict=prune_dict, epochs=epochs,
                   batch_size=batch_size, seed=seed, limit=limit)
     console.print(f"[bold]demo[/] {framework}: sparsity {sparsity} balance {balance} bank {bank_size} -> {out}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -160,3 +160,16 @@ def _tiny_mnist(n=64):
     images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8).numpy()
     labels = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8).numpy()
     return mnist.MnistData(images, labels, images, labels)
+
+
+def test_demo_prune_dict_option(tmp_path):
+    args = ["demo", *SLICE, "--epochs", "1", "--balance", "none", "--out", str(tmp_path),
+            "--prune-dict", '{"conv[23].weight": 0.75, "fc.weight": 0.75}']
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    layers = json.loads((tmp_path / "results.json").read_text())["layer_sparsity"]
+    assert layers == {"conv2.weight": 0.75, "conv3.weight": pytest.approx(0.75, abs=1e-5), "fc.weight": 0.75}
+    bad = CliRunner().invoke(main, ["demo", "--prune-dict", "[0.9]"])
+    assert bad.exit_code == 2 and "--prune-dict" in bad.output and "JSON object" in bad.output
+    unknown = CliRunner().invoke(main, ["demo", *SLICE, "--out", str(tmp_path), "--prune-dict", '{"conv9.weight": 0.5}'])
+    assert unknown.exit_code == 1 and "conv9.weight" in unknown.output
