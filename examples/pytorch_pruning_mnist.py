@@ -30,8 +30,8 @@ torch.manual_seed(0)
 torch.set_num_threads(1)
 generator = torch.Generator().manual_seed(0)
 data = load_mnist().head(args.limit)  # uint8 [N, 28, 28] images, uint8 [N] labels
-train_x, train_y = to_tensor(data.train_images), torch.from_numpy(data.train_labels).long()  # [N, 1, 28, 28]
-test_x, test_y = to_tensor(data.test_images), torch.from_numpy(data.test_labels).long()
+train_x, train_y = to_tensor(data.train_images), torch.tensor(data.train_labels, dtype=torch.long)  # [N, 1, 28, 28], [N]
+test_x, test_y = to_tensor(data.test_images), torch.tensor(data.test_labels, dtype=torch.long)
 
 model = SimpleCNN()  # 3 x (conv 3x3 stride 2, BN, ReLU), dense 1024 -> 10 logits
 batch_size = 128
@@ -61,7 +61,7 @@ for epoch in range(1, args.epochs + 1):
         accuracy = sum(int((model(x).argmax(1) == y).sum())
                        for x, y in zip(test_x.split(1000), test_y.split(1000))) / len(test_x)
     layer_sparse_rate, total_sparse_rate = prune.sparsity()  # (3) zeros counted in the weights
-    print(f"epoch {epoch}: test accuracy {accuracy:.4f}, loss {float(loss):.4f}, "
+    print(f"epoch {epoch}: test accuracy {accuracy:.4f}, loss {loss.item():.4f}, "
           f"sparsity {total_sparse_rate:.4f} (target {args.sparsity})")
 
 print({name: round(rate, 4) for name, rate in layer_sparse_rate.items()})
