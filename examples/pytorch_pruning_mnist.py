@@ -1,6 +1,6 @@
 """Prune the original example's CNN on MNIST with PyTorch, bank-balanced at 90 %.
 
-    python examples/pytorch_pruning_mnist.py                 # about 5 minutes on one CPU core
+    python examples/pytorch_pruning_mnist.py                 # about 4 CPU-minutes (one thread)
     python examples/pytorch_pruning_mnist.py --limit 2000    # a quick look
 
 A plain training loop; the pruning is three additions, marked (1), (2), (3): build ``Prune``
