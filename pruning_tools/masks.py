@@ -10,6 +10,9 @@ keeps ``k = round(bank_size * (1 - s))`` weights (at least 1) and a tail bank of
 
 Selection keeps the largest ``|w|`` among the weights still alive; ties go to the lower index,
 so the same input gives the same mask on every machine.
+
+Plain CPU tensors are served by compiled kernels (``native``, ``kernels/mask_select.c``); the
+PyTorch code below serves everything else and defines the same masks (tests compare both).
 """
 
 from __future__ import annotations
