@@ -16,6 +16,7 @@ import functools
 import hashlib
 import math
 import os
+import platform
 import subprocess
 import tempfile
 import warnings
@@ -35,11 +36,20 @@ BITS = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64:
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
+def _cpu_signature() -> str:
+    """CPU model and feature flags: a library built here is not reused on another CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name", "Features"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def _library_path() -> Path:
     cc = (os.environ.get("CC") or "cc").split()
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), " ".join(cc), version,
-                                    kernels._cpu_signature()]).encode()).hexdigest()[:16]
+                                    _cpu_signature()]).encode()).hexdigest()[:16]
     return kernels.cache_dir() / f"mask_select-{key}.so"
 
 
