@@ -257,3 +257,16 @@ def test_large_tensors_same_masks_on_both_engines(threads):
         assert torch.equal(applied, w * keep)
     finally:
         torch.set_num_threads(saved)
+
+
+def test_without_a_compiler_the_pytorch_path_serves(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("PRUNING_TOOLS_CACHE", str(tmp_path))
+    monkeypatch.delenv("PRUNING_TOOLS_KERNEL", raising=False)
+    with pytest.warns(RuntimeWarning, match="mask kernels unavailable"):
+        assert native.library.__wrapped__() is None
+    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "native")
+    with pytest.raises(RuntimeError, match="mask kernels unavailable"):
+        native.library.__wrapped__()
+    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "torch")
+    assert native.library.__wrapped__() is None
