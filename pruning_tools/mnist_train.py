@@ -7,7 +7,6 @@ are frozen and the network fine-tunes. Adam with a one-cycle learning rate, rand
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import Any, Callable
@@ -17,21 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import check_bank_size, check_choice, check_sparsity, check_step
 from .mnist import load_mnist
 from .pytorch_pruning import Prune
 
-# Recipe defaults (used when the argument is None).
-EPOCHS = 8
-BATCH_SIZE = 128
-LEARNING_RATE = 4e-3
-WEIGHT_DECAY = 5e-5
-MAX_SHIFT = 2  # pixels of random translation
-WARMUP_FRACTION = 0.25  # dense epochs / all epochs
-RAMP_FRACTION = 0.375  # pruning-ramp epochs / all epochs; the rest fine-tunes at fixed sparsity
-REFRESH_PER_EPOCH = 8  # mask refreshes per epoch during the ramp
-STEP_SAMPLES = 200  # points of the target-vs-measured curve
-MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics (of x / 255)
+from .mnist_recipe import (  # noqa: F401  (recipe constants re-exported for callers)
+    BATCH_SIZE, EPOCHS, LEARNING_RATE, MAX_SHIFT, MEAN, PCT_START, STD, WEIGHT_DECAY, epoch_record, make_settings,
+    pruning_steps, sample_every, steps_per_epoch, total_target)
 
 
 class SimpleCNN(nn.Module):
@@ -91,23 +81,8 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return correct / max(1, len(images))
 
 
-def _total_target(prune: Prune) -> float:
-    """Size-weighted scheduled target over the pruned parameters."""
-    sizes = {name: prune.model.get_parameter(name).numel() for name in prune.config.params}
-    return sum(prune.target(name) * n for name, n in sizes.items()) / max(1, sum(sizes.values()))
-
-
-def _check_args(sparsity, balance, bank_size, epochs, batch_size, seed, limit) -> None:
-    check_sparsity("sparsity", sparsity)
-    check_choice("balance", balance, ("fix", "none", "global"))
-    check_bank_size("bank_size", bank_size)
-    if epochs is not None:
-        check_step("epochs", epochs, minimum=1)
-    if batch_size is not None:
-        check_step("batch_size", batch_size, minimum=1)
-    check_step("seed", seed)
-    if limit is not None:
-        check_step("limit", limit, minimum=1)
+def _sizes(prune: Prune) -> dict[str, int]:
+    return {name: prune.model.get_parameter(name).numel() for name in prune.config.params}
 
 
 def train_mnist(
@@ -138,11 +113,9 @@ def train_mnist(
     "wall_seconds", "notes" (pruner warnings), "weights": {name: numpy array} (the full state_dict),
     "pruner_state" (``Prune.state_dict()``, None when dense), "model"}``.
     """
-    _check_args(sparsity, balance, bank_size, epochs, batch_size, seed, limit)
-    settings = dict(data_dir=None if data_dir is None else str(data_dir), sparsity=sparsity, balance=balance,
-                    bank_size=bank_size, prune_dict=prune_dict, epochs=epochs or EPOCHS,
-                    batch_size=batch_size or BATCH_SIZE, seed=seed, limit=limit, learning_rate=LEARNING_RATE,
-                    weight_decay=WEIGHT_DECAY, max_shift=MAX_SHIFT, threads=threads)
+    settings = make_settings(data_dir, sparsity=sparsity, balance=balance, bank_size=bank_size,
+                             prune_dict=prune_dict, epochs=epochs, batch_size=batch_size, seed=seed, limit=limit,
+                             threads=threads)
     epochs, batch_size = settings["epochs"], settings["batch_size"]
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -165,18 +138,16 @@ def _train(data_dir, settings: dict, prune_dict, on_epoch, on_batch) -> dict:
     train_x, train_y = to_tensor(data.train_images), torch.from_numpy(data.train_labels.astype(np.int64))
     test_x = to_tensor(data.test_images).contiguous(memory_format=torch.channels_last)
     test_y = torch.from_numpy(data.test_labels.astype(np.int64))
-    steps_per_epoch = math.ceil(len(train_x) / batch_size)
-    total_steps = steps_per_epoch * epochs
+    per_epoch = steps_per_epoch(len(train_x), batch_size)
+    total_steps = per_epoch * epochs
 
     model = SimpleCNN().to(memory_format=torch.channels_last)  # faster convolutions on CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, total_steps=total_steps,
-                                                    pct_start=0.15)
+                                                    pct_start=PCT_START)
     prune, notes = None, []
     if sparsity > 0 or prune_dict is not None:
-        pretrain = round(total_steps * WARMUP_FRACTION)
-        ramp = max(1, round(total_steps * RAMP_FRACTION))
-        frequency = max(1, steps_per_epoch // REFRESH_PER_EPOCH)
+        pretrain, ramp, frequency = pruning_steps(total_steps, per_epoch)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             prune = Prune(model, pretrain, ramp, frequency,
@@ -185,7 +156,7 @@ def _train(data_dir, settings: dict, prune_dict, on_epoch, on_batch) -> dict:
         notes = [str(w.message) for w in caught]
         settings.update(pretrain_step=pretrain, sparse_step=ramp, frequency=frequency)
 
-    sample_every = max(1, total_steps // STEP_SAMPLES)
+    sample_period = sample_every(total_steps)
     steps, history, step = [], [], 0
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
@@ -204,20 +175,15 @@ def _train(data_dir, settings: dict, prune_dict, on_epoch, on_batch) -> dict:
             step += 1
             if prune is not None:
                 prune.prune()
-                if step % sample_every == 0 or step == total_steps:
-                    steps.append({"step": step, "target": _total_target(prune), "sparsity": prune.sparsity()[1]})
+                if step % sample_period == 0 or step == total_steps:
+                    steps.append({"step": step, "target": total_target(prune, _sizes(prune)),
+                                  "sparsity": prune.sparsity()[1]})
             loss_sum += float(loss.detach()) * len(y)
             seen += len(y)
             if on_batch is not None:
-                on_batch(batch, steps_per_epoch)
-        record = {
-            "epoch": epoch,
-            "test_accuracy": evaluate(model, test_x, test_y),
-            "train_loss": loss_sum / max(1, seen),
-            "target": _total_target(prune) if prune is not None else 0.0,
-            "sparsity": prune.sparsity()[1] if prune is not None else 0.0,
-            "seconds": time.perf_counter() - epoch_start,
-        }
+                on_batch(batch, per_epoch)
+        record = epoch_record(epoch, evaluate(model, test_x, test_y), loss_sum, seen, prune,
+                              lambda: total_target(prune, _sizes(prune)), time.perf_counter() - epoch_start)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)

@@ -22,22 +22,12 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from .config import check_bank_size, check_choice, check_sparsity, check_step
 from .mnist import load_mnist
 from .mxnet_pruning import Prune, gluon, mx
 
-# Recipe defaults (used when the argument is None); the same as the PyTorch trainer's.
-EPOCHS = 8
-BATCH_SIZE = 128
-LEARNING_RATE = 4e-3
-WEIGHT_DECAY = 5e-5
-MAX_SHIFT = 2  # pixels of random translation
-WARMUP_FRACTION = 0.25  # dense epochs / all epochs
-RAMP_FRACTION = 0.375  # pruning-ramp epochs / all epochs; the rest fine-tunes at fixed sparsity
-REFRESH_PER_EPOCH = 8  # mask refreshes per epoch during the ramp
-STEP_SAMPLES = 200  # points of the target-vs-measured curve
-MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics (of x / 255)
-PCT_START = 0.15  # fraction of the steps spent raising the learning rate (one-cycle)
+from .mnist_recipe import (  # noqa: F401  (recipe constants re-exported for callers)
+    BATCH_SIZE, EPOCHS, LEARNING_RATE, MAX_SHIFT, MEAN, PCT_START, STD, WEIGHT_DECAY, epoch_record, make_settings,
+    pruning_steps, sample_every, steps_per_epoch, total_target)
 
 
 class SimpleCNN(gluon.nn.HybridBlock):
@@ -121,24 +111,9 @@ def evaluate(net: gluon.Block, images: np.ndarray, labels: np.ndarray, batch_siz
     return correct / max(1, len(images))
 
 
-def _total_target(prune: Prune) -> float:
-    """Size-weighted scheduled target over the pruned parameters."""
+def _sizes(prune: Prune) -> dict[str, int]:
     params = prune.net.collect_params()
-    sizes = {name: math.prod(params[name].shape) for name in prune.config.params}
-    return sum(prune.target(name) * n for name, n in sizes.items()) / max(1, sum(sizes.values()))
-
-
-def _check_args(sparsity, balance, bank_size, epochs, batch_size, seed, limit) -> None:
-    check_sparsity("sparsity", sparsity)
-    check_choice("balance", balance, ("fix", "none", "global"))
-    check_bank_size("bank_size", bank_size)
-    if epochs is not None:
-        check_step("epochs", epochs, minimum=1)
-    if batch_size is not None:
-        check_step("batch_size", batch_size, minimum=1)
-    check_step("seed", seed)
-    if limit is not None:
-        check_step("limit", limit, minimum=1)
+    return {name: math.prod(params[name].shape) for name in prune.config.params}
 
 
 def train_mnist(
@@ -162,11 +137,8 @@ def train_mnist(
     called after each epoch, ``on_batch(batch, batches_per_epoch)`` after each batch. Returns the
     results dict (see the README; ``weights`` holds every parameter as numpy, BN statistics included).
     """
-    _check_args(sparsity, balance, bank_size, epochs, batch_size, seed, limit)
-    settings = dict(data_dir=None if data_dir is None else str(data_dir), sparsity=sparsity, balance=balance,
-                    bank_size=bank_size, prune_dict=prune_dict, epochs=epochs or EPOCHS,
-                    batch_size=batch_size or BATCH_SIZE, seed=seed, limit=limit, learning_rate=LEARNING_RATE,
-                    weight_decay=WEIGHT_DECAY, max_shift=MAX_SHIFT)
+    settings = make_settings(data_dir, sparsity=sparsity, balance=balance, bank_size=bank_size,
+                             prune_dict=prune_dict, epochs=epochs, batch_size=batch_size, seed=seed, limit=limit)
     epochs, batch_size = settings["epochs"], settings["batch_size"]
     started = time.perf_counter()
     mx.random.seed(seed)
@@ -175,8 +147,8 @@ def train_mnist(
     data = load_mnist(data_dir).head(limit)
     train_x, train_y = normalise(data.train_images), data.train_labels.astype(np.int64)
     test_x, test_y = normalise(data.test_images), data.test_labels.astype(np.int64)
-    steps_per_epoch = math.ceil(len(train_x) / batch_size)
-    total_steps = steps_per_epoch * epochs
+    per_epoch = steps_per_epoch(len(train_x), batch_size)
+    total_steps = per_epoch * epochs
 
     net = SimpleCNN()
     net.initialize(mx.init.Xavier(magnitude=2.0))  # deferred: shapes known after the first batch
@@ -186,15 +158,13 @@ def train_mnist(
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # log-softmax + NLL on the logits
     prune, notes = None, []
     if sparsity > 0 or prune_dict is not None:
-        pretrain = round(total_steps * WARMUP_FRACTION)
-        ramp = max(1, round(total_steps * RAMP_FRACTION))
-        frequency = max(1, steps_per_epoch // REFRESH_PER_EPOCH)
+        pretrain, ramp, frequency = pruning_steps(total_steps, per_epoch)
         prune = Prune(net, pretrain, ramp, frequency,
                       prune_dict if prune_dict is not None else default_prune_dict(net, sparsity),
                       balance=balance, bank_size=bank_size)
         settings.update(pretrain_step=pretrain, sparse_step=ramp, frequency=frequency)
 
-    sample_every = max(1, total_steps // STEP_SAMPLES)
+    sample_period = sample_every(total_steps)
     steps, history, step = [], [], 0
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
@@ -217,20 +187,15 @@ def train_mnist(
             trainer.step(len(index))
             if prune is not None:
                 prune.prune()
-                if step % sample_every == 0 or step == total_steps:
-                    steps.append({"step": step, "target": _total_target(prune), "sparsity": prune.sparsity()[1]})
+                if step % sample_period == 0 or step == total_steps:
+                    steps.append({"step": step, "target": total_target(prune, _sizes(prune)),
+                                  "sparsity": prune.sparsity()[1]})
             loss_sum += float(loss.sum().asscalar())
             seen += len(index)
             if on_batch is not None:
-                on_batch(batch, steps_per_epoch)
-        record = {
-            "epoch": epoch,
-            "test_accuracy": evaluate(net, test_x, test_y),
-            "train_loss": loss_sum / max(1, seen),
-            "target": _total_target(prune) if prune is not None else 0.0,
-            "sparsity": prune.sparsity()[1] if prune is not None else 0.0,
-            "seconds": time.perf_counter() - epoch_start,
-        }
+                on_batch(batch, per_epoch)
+        record = epoch_record(epoch, evaluate(net, test_x, test_y), loss_sum, seen, prune,
+                              lambda: total_target(prune, _sizes(prune)), time.perf_counter() - epoch_start)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
