@@ -249,7 +249,7 @@ def test_json_round_trip_csv_and_plots(tmp_path):
     from pruning_tools.sensitivity_plot import plot_curves, plot_targets
 
     model = small_cnn()
-    table = S.sweep(model, lambda m: float(sum(p.abs().sum() for p in m.parameters())), levels=[0.5, 0.75],
+    table = S.sweep(model, lambda m: float(sum(p.detach().abs().sum() for p in m.parameters())), levels=[0.5, 0.75],
                     bank_size=8, progress=False)
     again = S.SensitivityTable.load_json(table.save_json(tmp_path / "t.json"))
     assert again == table
