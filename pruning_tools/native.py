@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import math
-import os
-import platform
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -36,52 +32,13 @@ BITS = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64:
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
-def _cpu_signature() -> str:
-    """CPU model and feature flags: a library built here is not reused on another CPU."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name", "Features"))}))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def _library_path() -> Path:
-    cc = (os.environ.get("CC") or "cc").split()
-    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), " ".join(cc), version,
-                                    _cpu_signature()]).encode()).hexdigest()[:16]
-    return kernels.cache_dir() / f"mask_select-{key}.so"
-
-
-def _build(target: Path) -> None:
-    """Compile into a temporary file, then rename atomically (concurrent builders are safe)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        cc = (os.environ.get("CC") or "cc").split()
-        done = subprocess.run([*cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
-        if done.returncode:  # no OpenMP here: one thread
-            serial = [f for f in FLAGS if f != "-fopenmp"]
-            done = subprocess.run([*cc, *serial, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 @functools.lru_cache(maxsize=None)
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or ``None`` (``PRUNING_TOOLS_KERNEL=torch``, or no working compiler)."""
     if kernels.mode() == "torch":
         return None
     try:
-        path = _library_path()
-        if not path.exists():
-            _build(path)
-        lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(kernels.compiled(SOURCE, FLAGS)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         if kernels.mode() == "native":
             raise kernels.KernelUnavailableError(f"mask kernels unavailable: {type(e).__name__}: {e}") from e

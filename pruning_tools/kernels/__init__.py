@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import torch  # noqa: F401  (loads torch's OpenMP runtime first, so the kernel shares its threads)
 
@@ -68,22 +69,27 @@ def _compiler() -> list[str]:
     return (os.environ.get("CC") or "cc").split()
 
 
-def library_path() -> Path:
-    """Where the compiled kernel for this source, compiler and CPU is cached."""
+def library_path(source: Path = SOURCE, flags: Sequence[str] = FLAGS) -> Path:
+    """Where the library compiled from ``source`` with ``flags`` by this compiler for this CPU is cached."""
     cc = _compiler()
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), " ".join(cc), version,
+    key = hashlib.sha256("\0".join([source.read_text(), " ".join(flags), " ".join(cc), version,
                                     _cpu_signature()]).encode()).hexdigest()[:16]
-    return cache_dir() / f"bank_sparse-{key}.so"
+    return cache_dir() / f"{source.stem}-{key}.so"
 
 
-def _build(target: Path) -> None:
-    """Compile ``SOURCE`` into ``target`` atomically (concurrent builders are safe)."""
+def _build(target: Path, source: Path = SOURCE, flags: Sequence[str] = FLAGS) -> None:
+    """Compile ``source`` into ``target`` atomically (concurrent builders are safe)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([*_compiler(), *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        done = subprocess.run([*_compiler(), *flags, "-o", tmp, str(source)], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode and "-fopenmp" in flags:  # no OpenMP here: try a one-thread build
+            serial = [f for f in flags if f != "-fopenmp"]
+            done = subprocess.run([*_compiler(), *serial, "-o", tmp, str(source)], capture_output=True, text=True,
+                                  timeout=300)
         if done.returncode:
             raise RuntimeError(f"{' '.join(_compiler())} failed: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
@@ -92,11 +98,16 @@ def _build(target: Path) -> None:
             os.unlink(tmp)
 
 
-def _load() -> ctypes.CDLL:
-    path = library_path()
+def compiled(source: Path = SOURCE, flags: Sequence[str] = FLAGS) -> Path:
+    """Path of the cached shared library of ``source``, compiling it first if needed."""
+    path = library_path(source, flags)
     if not path.exists():
-        _build(path)
-    lib = ctypes.CDLL(str(path))
+        _build(path, source, flags)
+    return path
+
+
+def _load() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(compiled()))
     for name, (argtypes, restype) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
