@@ -203,12 +203,13 @@ def apply_mask_(w: Tensor, mask: Tensor) -> None:
     """Zero ``w`` where ``mask`` (bool, shape of ``w``) is False, in place.
 
     CPU tensors take one compiled pass (read ``w`` and the 1-byte mask, write ``w``), about the
-    cost of a float-mask ``mul_``; elsewhere ``w.mul_(mask)``.
+    cost of a float-mask ``mul_``; elsewhere ``masked_fill_``. Either way a pruned weight becomes
+    exactly ``+0.0`` (a multiplication would leave ``-0.0``, and ``NaN`` for a non-finite weight).
     """
     if native.zero_pruned_(w, mask):
         torch.autograd.graph.increment_version(w)  # written through its pointer: tell autograd
         return
-    w.mul_(mask if mask.device == w.device else mask.to(w.device))
+    w.masked_fill_(mask.to(w.device).logical_not(), 0)
 
 
 # ---------------------------------------------------------------- checker

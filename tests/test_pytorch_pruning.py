@@ -293,3 +293,22 @@ def test_prepare_is_harmless():
     prune.prune()
     prune.prepare()
     assert prune.check()[1]
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_pruned_weights_become_positive_zero_even_when_not_finite(kernel, monkeypatch):
+    from pruning_tools import kernels, native
+
+    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", kernel)
+    kernels.reset()
+    native.library.cache_clear()
+    try:
+        w = torch.tensor([[-3.0, -0.5, 2.0, -0.1]])
+        M.apply_mask_(w, torch.tensor([[True, False, True, False]]))
+        assert torch.equal(w.signbit(), torch.tensor([[True, False, False, False]]))
+        w = torch.tensor([[5.0, float("nan"), float("-inf"), 1.0]])
+        M.apply_mask_(w, torch.tensor([[True, False, False, True]]))
+        assert w.tolist() == [[5.0, 0.0, 0.0, 1.0]]
+    finally:
+        kernels.reset()
+        native.library.cache_clear()
