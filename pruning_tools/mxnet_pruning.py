@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+_torch_threads = torch.get_num_threads()
 try:
     import mxnet as mx
     from mxnet import gluon
@@ -33,6 +34,7 @@ except ImportError as error:  # pragma: no cover - exercised with a monkeypatche
         "pruning_tools.mxnet_pruning needs MXNet (mxnet 1.9.1, numpy < 1.24): "
         'pip install "pruning-tools[mxnet]"'
     ) from error
+torch.set_num_threads(_torch_threads)  # importing mxnet resets the OpenMP thread count torch uses
 
 from .config import PruneConfig, make_config
 from .pruner_base import PrunerBase, read_state_file, write_state_file

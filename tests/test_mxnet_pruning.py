@@ -4,6 +4,7 @@ errors, and the MNIST trainer. Mask equality with PyTorch is in test_parity.py."
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 import warnings
 
@@ -283,3 +284,10 @@ def test_module_command_writes_results_json(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["framework"] == "mxnet" and "weights" not in saved and "pruner_state" not in saved
     assert saved["settings"]["bank_size"] == 64 and saved["layer_sparsity"]["cnn_fc_weight"] == 1 - 6 / 64
+
+
+def test_import_keeps_torchs_thread_count():
+    code = ("import torch; torch.set_num_threads(2); from pruning_tools import mxnet_pruning; "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "2"
