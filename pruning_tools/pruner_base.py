@@ -137,7 +137,8 @@ class PrunerBase:
         return ok, all(ok.values())
 
     def masks(self) -> dict[str, Tensor]:
-        """Current keep-masks (bool, shape of each parameter); all-True for untouched ones."""
+        """Current keep-masks (bool, shape of each parameter, or of its local shard under FSDP2);
+        all-True for untouched ones. These are the pruner's own tensors: read them, do not modify them."""
         self._check_ready()
         weights = self._weights()
         return {name: (m if m is not None else torch.ones_like(D.local(weights[name]), dtype=torch.bool))
