@@ -44,9 +44,13 @@ def write_state_file(state: Mapping[str, Any], path: str | Path) -> None:
 
 def read_state_file(path: str | Path) -> dict:
     """Inverse of ``write_state_file``: the state dict, masks as uint8 numpy arrays."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="numpy") as f:
+    try:
+        f = safe_open(str(path), framework="numpy")
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a pruner state file of format {STATE_FORMAT!r}: {error}") from error
+    with f:
         metadata = f.metadata() or {}
         if metadata.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a pruner state file of format {STATE_FORMAT!r}")

@@ -158,7 +158,7 @@ def test_save_and_load_resume_bit_identically(tmp_path):
     with pytest.raises(ValueError, match="different settings: .*params"):
         other.load(tmp_path / "pruner.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"not a state")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="bad.safetensors is not a pruner state file"):
         other.load(tmp_path / "bad.safetensors")
 
 
