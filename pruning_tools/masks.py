@@ -161,13 +161,12 @@ def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float) -> Tensor
 def bank_mask(w: Tensor, mask: Tensor | None, sparsity: float, bank_size: int = 64,
               layout: str = "channels_last", out_dim: int = 0) -> Tensor:
     """Bank-balanced keep-mask of ``w`` (bool, shape of ``w``); see the module docstring."""
+    budget = bank_budget(row_length(w.shape, layout, out_dim), bank_size, sparsity)
     if native.library() is not None:  # compiled single pass over the banks, when it serves this tensor
-        budget = bank_budget(row_length(w.shape, layout, out_dim), bank_size, sparsity)
         fast = native.bank_mask(w.detach(), mask, budget.keep, budget.tail_keep, bank_size, layout, out_dim)
         if fast is not None:
             return fast
     rows = to_rows(magnitude_scores(w, mask), layout, out_dim)  # [rows, row_len]
-    budget = bank_budget(rows.shape[1], bank_size, sparsity)
     split = budget.full_banks * bank_size
     parts = []
     if budget.full_banks:
