@@ -37,7 +37,7 @@ def interleaved_medians(fns: dict, reps: int, warmup: int = 3) -> dict[str, floa
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for rep in range(reps):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             start = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - start)
@@ -62,11 +62,14 @@ def cases(out_f: int, in_f: int, keep: int, batches, reps: int, bank_size: int =
         expected = F.linear(x, weight, bias)
         assert torch.allclose(ours(x), expected, rtol=1e-4, atol=1e-4), "kernel disagrees with F.linear"
         assert torch.allclose((csr @ x.t()).t() + bias, expected, rtol=1e-4, atol=1e-4)
-        t = interleaved_medians({
-            "dense": lambda: F.linear(x, weight, bias),
-            "csr": lambda: (csr @ x.t()).t() + bias,
-            "ours": lambda: ours(x),
-        }, reps)
+        t = interleaved_medians(
+            {
+                "dense": lambda: F.linear(x, weight, bias),
+                "csr": lambda: (csr @ x.t()).t() + bias,
+                "ours": lambda: ours(x),
+            },
+            reps,
+        )
         yield batch, t
 
 
@@ -74,8 +77,15 @@ def cases(out_f: int, in_f: int, keep: int, batches, reps: int, bank_size: int =
 @click.option("--reps", default=40, show_default=True, help="Interleaved repetitions per case.")
 @click.option("--threads", default=2, show_default=True, help="torch / OpenMP threads.")
 @click.option("--shape", "shapes", multiple=True, default=SHAPES, show_default=True, help="OUTxIN, repeatable.")
-@click.option("--keep", "keeps", multiple=True, type=int, default=(6, 4), show_default=True,
-              help="Non-zeros kept per bank of 64 (6: 90 %, 4: 93.75 %), repeatable.")
+@click.option(
+    "--keep",
+    "keeps",
+    multiple=True,
+    type=int,
+    default=(6, 4),
+    show_default=True,
+    help="Non-zeros kept per bank of 64 (6: 90 %, 4: 93.75 %), repeatable.",
+)
 @click.option("--batch", "batches", multiple=True, type=int, default=(1, 8, 64), show_default=True)
 def main(reps: int, threads: int, shapes, keeps, batches) -> None:
     """Dense vs torch.sparse CSR vs the bank-sparse kernel, ratios from one run."""
@@ -85,18 +95,27 @@ def main(reps: int, threads: int, shapes, keeps, batches) -> None:
     console = Console(width=120)
     load = os.getloadavg()[0]
     cpu = platform.processor() or platform.machine()
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
-                  f"bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path}); "
-                  f"load average {load:.1f}")
+    console.print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
+        f"bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path}); "
+        f"load average {load:.1f}"
+    )
     table = Table("W [out, in]", "sparsity", "batch", "dense ms", "CSR ms", "ours ms", "dense/ours", "CSR/ours")
     for shape in shapes:
         out_f, in_f = (int(v) for v in shape.split("x"))
         for keep in keeps:
             for batch, t in cases(out_f, in_f, keep, batches, reps):
                 ms = {k: v * 1e3 for k, v in t.items()}
-                table.add_row(f"{out_f}×{in_f}", f"{1 - keep / 64:.2%} ({keep}/64)", str(batch),
-                              f"{ms['dense']:.3f}", f"{ms['csr']:.3f}", f"{ms['ours']:.3f}",
-                              f"{t['dense'] / t['ours']:.1f}×", f"{t['csr'] / t['ours']:.1f}×")
+                table.add_row(
+                    f"{out_f}×{in_f}",
+                    f"{1 - keep / 64:.2%} ({keep}/64)",
+                    str(batch),
+                    f"{ms['dense']:.3f}",
+                    f"{ms['csr']:.3f}",
+                    f"{ms['ours']:.3f}",
+                    f"{t['dense'] / t['ours']:.1f}×",
+                    f"{t['csr'] / t['ours']:.1f}×",
+                )
     console.print(table)
     console.print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share the cores)")
 

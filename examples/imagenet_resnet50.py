@@ -69,9 +69,14 @@ class ResNet50(nn.Module):
             self.conv1 = nn.Conv2d(3, w, 7, stride=2, padding=3, bias=False)
         else:  # three 3x3 convs
             self.conv1 = nn.Sequential(
-                nn.Conv2d(3, w // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w // 2), nn.ReLU(inplace=True),
-                nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False), nn.BatchNorm2d(w // 2), nn.ReLU(inplace=True),
-                nn.Conv2d(w // 2, w, 3, padding=1, bias=False))
+                nn.Conv2d(3, w // 2, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(w // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w // 2, w, 3, padding=1, bias=False),
+            )
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -141,8 +146,12 @@ class ImageFolder(torch.utils.data.Dataset):
         if not root.is_dir():
             raise FileNotFoundError(f"--data: {root} is not a directory (expected <class>/<image> folders)")
         self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        self.samples = [(str(f), label) for label, c in enumerate(self.classes)
-                        for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        self.samples = [
+            (str(f), label)
+            for label, c in enumerate(self.classes)
+            for f in sorted((root / c).rglob("*"))
+            if f.suffix.lower() in IMAGE_SUFFIXES
+        ]
         if not self.samples:
             raise FileNotFoundError(f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}/<class>/")
         self.size, self.train = size, train
@@ -177,8 +186,9 @@ class ImageFolder(torch.utils.data.Dataset):
     def _centre_crop(self, img):
         width, height = img.size
         scale = self.size / 0.875 / min(width, height)
-        img = img.resize((max(self.size, round(width * scale)), max(self.size, round(height * scale))),
-                         self.Image.BILINEAR)
+        img = img.resize(
+            (max(self.size, round(width * scale)), max(self.size, round(height * scale))), self.Image.BILINEAR
+        )
         left, top = (img.size[0] - self.size) // 2, (img.size[1] - self.size) // 2
         return img.crop((left, top, left + self.size, top + self.size))
 
@@ -195,7 +205,9 @@ class SyntheticImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        return torch.randn(3, self.size, self.size, generator=g), int(torch.randint(0, self.num_classes, (), generator=g))
+        return torch.randn(3, self.size, self.size, generator=g), int(
+            torch.randint(0, self.num_classes, (), generator=g)
+        )
 
 
 class ResumableSampler(torch.utils.data.DistributedSampler):
@@ -206,7 +218,7 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
 
     def __iter__(self):
         indices = list(super().__iter__())
-        return iter(indices[self.skip:])
+        return iter(indices[self.skip :])
 
     def __len__(self) -> int:
         return super().__len__() - self.skip
@@ -216,25 +228,34 @@ def loaders(args, rank: int, world: int):
     """Train and validation loaders; each rank reads its own 1 / world of every epoch."""
     if args.synthetic:
         train_set = SyntheticImages(args.synthetic_size, args.image_size, args.num_classes, seed=0)
-        val_set = SyntheticImages(max(world * args.batch_size, args.synthetic_size // 4), args.image_size,
-                                  args.num_classes, seed=1)
+        val_set = SyntheticImages(
+            max(world * args.batch_size, args.synthetic_size // 4), args.image_size, args.num_classes, seed=1
+        )
     else:
         train_set = ImageFolder(Path(args.data) / "train", args.image_size, train=True)
         val_set = ImageFolder(Path(args.data) / "val", args.image_size, train=False)
     train_sampler = ResumableSampler(train_set, world, rank, shuffle=True, seed=args.seed, drop_last=True)
     val_sampler = torch.utils.data.DistributedSampler(val_set, world, rank, shuffle=False)
-    common = dict(batch_size=args.batch_size, num_workers=args.workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=args.workers > 0)
-    return (torch.utils.data.DataLoader(train_set, sampler=train_sampler, drop_last=True, **common),
-            torch.utils.data.DataLoader(val_set, sampler=val_sampler, **common), train_sampler)
+    common = dict(
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=args.workers > 0,
+    )
+    return (
+        torch.utils.data.DataLoader(train_set, sampler=train_sampler, drop_last=True, **common),
+        torch.utils.data.DataLoader(val_set, sampler=val_sampler, **common),
+        train_sampler,
+    )
 
 
 # ---------------------------------------------------------------- training
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="ImageFolder root with train/ and val/")
     src.add_argument("--synthetic", action="store_true", help="random images instead of --data")
@@ -264,7 +285,16 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in total (0: all epochs)")
     p.add_argument("--log-every", type=int, default=50)
     args = p.parse_args(argv)
-    for name in ("base_width", "num_classes", "image_size", "synthetic_size", "bank_size", "epochs", "frequency", "batch_size"):
+    for name in (
+        "base_width",
+        "num_classes",
+        "image_size",
+        "synthetic_size",
+        "bank_size",
+        "epochs",
+        "frequency",
+        "batch_size",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: expected an integer >= 1")
     if not 0 <= args.sparsity < 1:
@@ -290,8 +320,14 @@ def setup_distributed():
 def save_checkpoint(out: Path, model, optimizer, scheduler, prune, step: int, args) -> None:
     """``out/last.pt`` (and ``out/step<N>.pt`` with ``--keep-checkpoints``): model + optimizer +
     LR schedule + pruner, plain data (loads with ``weights_only=True``); written, then renamed."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "pruner": prune.state_dict(), "step": step, "args": vars(args)}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "pruner": prune.state_dict(),
+        "step": step,
+        "args": vars(args),
+    }
     tmp = out / "last.tmp"
     torch.save(state, tmp)
     if args.keep_checkpoints:
@@ -334,13 +370,23 @@ def main(argv=None) -> None:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() == 1 else decay).append(p)  # no weight decay on BN and biases
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=args.momentum)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        momentum=args.momentum,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps))))
-    prune = Prune(model, round(args.prune_start_epoch * steps_per_epoch), round(args.prune_epochs * steps_per_epoch),
-                  args.frequency, prune_dict_for(model, args.sparsity, args.bank_size), balance="fix",
-                  bank_size=args.bank_size)
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps)))
+    )
+    prune = Prune(
+        model,
+        round(args.prune_start_epoch * steps_per_epoch),
+        round(args.prune_epochs * steps_per_epoch),
+        args.frequency,
+        prune_dict_for(model, args.sparsity, args.bank_size),
+        balance="fix",
+        bank_size=args.bank_size,
+    )
 
     step = 0
     resume = args.resume or (str(out / "last.pt") if (out / "last.pt").exists() else None)
@@ -356,8 +402,11 @@ def main(argv=None) -> None:
 
     last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
     if rank == 0:
-        print(f"{world} process(es) on {device.type}, {steps_per_epoch} steps/epoch, {total_steps} steps, "
-              f"{len(prune.config.params)} pruned tensors to {args.sparsity} (bank {args.bank_size})", flush=True)
+        print(
+            f"{world} process(es) on {device.type}, {steps_per_epoch} steps/epoch, {total_steps} steps, "
+            f"{len(prune.config.params)} pruned tensors to {args.sparsity} (bank {args.bank_size})",
+            flush=True,
+        )
     tic = time.perf_counter()
     for epoch in range(step // steps_per_epoch, args.epochs):
         if step >= last_step:
@@ -375,9 +424,11 @@ def main(argv=None) -> None:
             prune.prune()  # same masks on every rank: same weights, deterministic selection
             step += 1
             if rank == 0 and step % args.log_every == 0:
-                print(f"step {step} loss {loss.item():.4f} sparsity {prune.sparsity()[1]:.4f} "
-                      f"lr {scheduler.get_last_lr()[0]:.5f} {(time.perf_counter() - tic) / args.log_every:.3f} s/step",
-                      flush=True)
+                print(
+                    f"step {step} loss {loss.item():.4f} sparsity {prune.sparsity()[1]:.4f} "
+                    f"lr {scheduler.get_last_lr()[0]:.5f} {(time.perf_counter() - tic) / args.log_every:.3f} s/step",
+                    flush=True,
+                )
                 tic = time.perf_counter()
             end_of_epoch = step % steps_per_epoch == 0
             if rank == 0 and (step % args.save_every == 0 or step == last_step or end_of_epoch):
@@ -388,7 +439,9 @@ def main(argv=None) -> None:
     top1 = evaluate(ddp, val_loader, device, world)
     total = prune.sparsity()[1]
     if rank == 0:
-        print(f"done: step {step}, top-1 {top1:.4f}, sparsity {total:.4f}, banks balanced {prune.check()[1]}", flush=True)
+        print(
+            f"done: step {step}, top-1 {top1:.4f}, sparsity {total:.4f}, banks balanced {prune.check()[1]}", flush=True
+        )
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -45,14 +45,20 @@ loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # logits in, no softmax
 
 # (1) every conv and dense weight to the target; masks refreshed 8 times per epoch during the ramp
 prune_dict = {name: args.sparsity for name, p in net.collect_params().items() if len(p.shape) > 1}
-prune = Prune(net, pretrain_step=total_steps // 4, sparse_step=total_steps * 3 // 8,
-              frequency=max(1, steps_per_epoch // 8), prune_dict=prune_dict, balance=args.balance)
+prune = Prune(
+    net,
+    pretrain_step=total_steps // 4,
+    sparse_step=total_steps * 3 // 8,
+    frequency=max(1, steps_per_epoch // 8),
+    prune_dict=prune_dict,
+    balance=args.balance,
+)
 
 step = 0
 for epoch in range(1, args.epochs + 1):
     order = rng.permutation(len(train_x))
     for start in range(0, len(train_x), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         x = mx.nd.array(random_shift(train_x[batch], 2, rng))  # random shifts of up to 2 pixels
         with autograd.record():
             loss = loss_fn(net(x), mx.nd.array(train_y[batch]))
@@ -63,11 +69,15 @@ for epoch in range(1, args.epochs + 1):
         trainer.step(len(batch))
         prune.prune()  # (3) after every trainer step
 
-    correct = sum(int((net(mx.nd.array(x)).argmax(axis=1).asnumpy() == y).sum())  # BN uses running stats
-                  for x, y in zip(np.array_split(test_x, 10), np.array_split(test_y, 10)))
+    correct = sum(
+        int((net(mx.nd.array(x)).argmax(axis=1).asnumpy() == y).sum())  # BN uses running stats
+        for x, y in zip(np.array_split(test_x, 10), np.array_split(test_y, 10))
+    )
     layer_sparse_rate, total_sparse_rate = prune.sparsity()  # (4) zeros counted in the weights
-    print(f"epoch {epoch}: test accuracy {correct / len(test_x):.4f}, loss {float(loss.mean().asscalar()):.4f}, "
-          f"sparsity {total_sparse_rate:.4f} (target {args.sparsity})")
+    print(
+        f"epoch {epoch}: test accuracy {correct / len(test_x):.4f}, loss {float(loss.mean().asscalar()):.4f}, "
+        f"sparsity {total_sparse_rate:.4f} (target {args.sparsity})"
+    )
 
 print({name: round(rate, 4) for name, rate in layer_sparse_rate.items()})
 print("every bank within its budget:", prune.check()[1])

@@ -30,7 +30,10 @@ torch.manual_seed(0)
 torch.set_num_threads(1)
 generator = torch.Generator().manual_seed(0)
 data = load_mnist().head(args.limit)  # uint8 [N, 28, 28] images, uint8 [N] labels
-train_x, train_y = to_tensor(data.train_images), torch.tensor(data.train_labels, dtype=torch.long)  # [N, 1, 28, 28], [N]
+train_x, train_y = (
+    to_tensor(data.train_images),
+    torch.tensor(data.train_labels, dtype=torch.long),
+)  # [N, 1, 28, 28], [N]
 test_x, test_y = to_tensor(data.test_images), torch.tensor(data.test_labels, dtype=torch.long)
 
 model = SimpleCNN()  # 3 x (conv 3x3 stride 2, BN, ReLU), dense 1024 -> 10 logits
@@ -42,8 +45,14 @@ scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=4e-3, total_st
 
 # (1) every conv and dense weight to the target; masks refreshed 8 times per epoch during the ramp
 prune_dict = {name: args.sparsity for name, p in model.named_parameters() if p.dim() > 1}
-prune = Prune(model, pretrain_step=total_steps // 4, sparse_step=total_steps * 3 // 8,
-              frequency=max(1, steps_per_epoch // 8), prune_dict=prune_dict, balance=args.balance)
+prune = Prune(
+    model,
+    pretrain_step=total_steps // 4,
+    sparse_step=total_steps * 3 // 8,
+    frequency=max(1, steps_per_epoch // 8),
+    prune_dict=prune_dict,
+    balance=args.balance,
+)
 
 for epoch in range(1, args.epochs + 1):
     model.train()
@@ -58,11 +67,14 @@ for epoch in range(1, args.epochs + 1):
 
     model.eval()
     with torch.no_grad():
-        accuracy = sum(int((model(x).argmax(1) == y).sum())
-                       for x, y in zip(test_x.split(1000), test_y.split(1000))) / len(test_x)
+        accuracy = sum(
+            int((model(x).argmax(1) == y).sum()) for x, y in zip(test_x.split(1000), test_y.split(1000))
+        ) / len(test_x)
     layer_sparse_rate, total_sparse_rate = prune.sparsity()  # (3) zeros counted in the weights
-    print(f"epoch {epoch}: test accuracy {accuracy:.4f}, loss {loss.item():.4f}, "
-          f"sparsity {total_sparse_rate:.4f} (target {args.sparsity})")
+    print(
+        f"epoch {epoch}: test accuracy {accuracy:.4f}, loss {loss.item():.4f}, "
+        f"sparsity {total_sparse_rate:.4f} (target {args.sparsity})"
+    )
 
 print({name: round(rate, 4) for name, rate in layer_sparse_rate.items()})
 print("every bank within its budget:", prune.check()[1])

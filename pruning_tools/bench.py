@@ -24,7 +24,6 @@ import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import click
 import torch
@@ -110,8 +109,9 @@ def _rows(model: str, timings: dict[str, Timing], baselines: dict[str, str]) -> 
 # ---------------------------------------------------------------- our engine
 
 
-def our_refresh(weights: list[Tensor], masks: list[Tensor | None], balance: str, bank_size: int,
-                sparsity: float) -> list[Tensor]:
+def our_refresh(
+    weights: list[Tensor], masks: list[Tensor | None], balance: str, bank_size: int, sparsity: float
+) -> list[Tensor]:
     """Masks of all ``weights`` for one pattern, as ``Prune`` computes them on a refresh step."""
     if balance == "global":
         return M.global_masks(weights, masks, sparsity)
@@ -146,8 +146,10 @@ def _torch_prune_tasks(model: nn.Module, dense: dict[str, Tensor], sparsity: flo
         torch_prune.global_unstructured(pairs, pruning_method=torch_prune.L1Unstructured, amount=sparsity)
 
     def extra_bytes() -> int:  # the mask buffer plus the weight recomputed from weight_orig
-        return sum(m.weight_mask.numel() * m.weight_mask.element_size()
-                   + m.weight.numel() * m.weight.element_size() for m, _ in pairs)
+        return sum(
+            m.weight_mask.numel() * m.weight_mask.element_size() + m.weight.numel() * m.weight.element_size()
+            for m, _ in pairs
+        )
 
     return reset, per_tensor, global_, extra_bytes
 
@@ -205,15 +207,18 @@ def bench_refresh(model_name: str, model: nn.Module, rounds: int) -> tuple[list[
     modules = dict(model.named_modules())
     torch_masks = [modules[n[: -len(".weight")]].weight_mask.bool() for n in names]
     info["same masks as l1_unstructured up to ties"] = all(
-        _same_up_to_ties(ours, theirs, w) for ours, theirs, w in zip(results["unstructured 90%"], torch_masks, ws_none))
+        _same_up_to_ties(ours, theirs, w) for ours, theirs, w in zip(results["unstructured 90%"], torch_masks, ws_none)
+    )
     info["torch extra bytes per weight"] = torch_extra() / numel
     reset()
     info["sparsity"] = {label: 1 - sum(int(m.sum()) for m in results[label]) / numel for label, *_ in PATTERNS}
     rows = _rows(model_name, timings, baselines)
-    info["speedup over l1_unstructured"] = paired_ratio(timings["nn.utils.prune l1_unstructured 90%"],
-                                                        timings["ours unstructured 90%"])
-    info["speedup over global_unstructured"] = paired_ratio(timings["nn.utils.prune global_unstructured 90%"],
-                                                            timings["ours global 90%"])
+    info["speedup over l1_unstructured"] = paired_ratio(
+        timings["nn.utils.prune l1_unstructured 90%"], timings["ours unstructured 90%"]
+    )
+    info["speedup over global_unstructured"] = paired_ratio(
+        timings["nn.utils.prune global_unstructured 90%"], timings["ours global 90%"]
+    )
     return rows, info
 
 
@@ -232,22 +237,29 @@ def bench_weight_norm(model_name: str, model: nn.Module, rounds: int) -> tuple[l
     linear = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     weights = [m.weight.detach().clone() for m in linear.values()]
     bufs = [torch.empty_like(w) for w in weights]
-    patterns = {"bank-64 93.75%": ((1, 64), 60, 1.0, "fix", 64, 0.9375),
-                "unstructured 90%": ((1, 1), 1, 0.9, "none", 64, 0.9),
-                "2:4": ((1, 4), 2, 1.0, "fix", 4, 0.5)}
+    patterns = {
+        "bank-64 93.75%": ((1, 64), 60, 1.0, "fix", 64, 0.9375),
+        "unstructured 90%": ((1, 1), 1, 0.9, "none", 64, 0.9),
+        "2:4": ((1, 4), 2, 1.0, "fix", 4, 0.5),
+    }
     tasks: dict = {"memory pass (abs out=)": (None, lambda: [torch.abs(w, out=b) for w, b in zip(weights, bufs)])}
     baselines, info, sparsifiers = {}, {}, {}
     for label, (block, zeros, level, balance, bank, s) in patterns.items():
         sparsifier = sparsifiers[label] = _weight_norm_task(_copy_linears(linear), block, zeros, level)
-        tasks[f"ours {label}"] = (None, lambda b=balance, k=bank, s=s: our_refresh(weights, [None] * len(weights), b, k, s))
+        tasks[f"ours {label}"] = (
+            None,
+            lambda b=balance, k=bank, s=s: our_refresh(weights, [None] * len(weights), b, k, s),
+        )
         tasks[f"WeightNormSparsifier {label}"] = (None, sparsifier.step, SLOW_ROUNDS)
         baselines[f"ours {label}"] = baselines[f"WeightNormSparsifier {label}"] = "memory pass (abs out=)"
     timings = interleaved(tasks, rounds)
     for label in patterns:
         info[f"speedup over WeightNormSparsifier {label}"] = paired_ratio(
-            timings[f"WeightNormSparsifier {label}"], timings[f"ours {label}"])
+            timings[f"WeightNormSparsifier {label}"], timings[f"ours {label}"]
+        )
         info[f"WeightNormSparsifier {label} extra bytes per weight"] = (  # its masks after step()
-            _parametrization_bytes(sparsifiers[label].model) / sum(w.numel() for w in weights))
+            _parametrization_bytes(sparsifiers[label].model) / sum(w.numel() for w in weights)
+        )
     return _rows(model_name + " (Linear)", timings, baselines), info
 
 
@@ -275,8 +287,10 @@ def bench_apply(model_name: str, model: nn.Module, rounds: int) -> tuple[list[Ro
     masks = prune.masks()
     weights = [p.data for p in params.values()]
     float_masks = [masks[n].to(p.dtype) for n, p in params.items()]
-    tasks = {"_foreach_mul_ float masks": (None, lambda: torch._foreach_mul_(weights, float_masks)),
-             "prune() no refresh": (None, prune.prune)}
+    tasks = {
+        "_foreach_mul_ float masks": (None, lambda: torch._foreach_mul_(weights, float_masks)),
+        "prune() no refresh": (None, prune.prune),
+    }
     timings = interleaved(tasks, rounds)
     numel = sum(w.numel() for w in weights)
     info = {"extra bytes per pruned weight": mask_bytes(prune) / numel, "prune check": prune.check()[1]}
@@ -302,18 +316,28 @@ def bench_train_step(model: nn.Module, batch: int, size: int, rounds: int) -> tu
         step()
         prune.prune()
 
-    timings = interleaved({"train step": (None, step), "train step + prune()": (None, step_and_prune),
-                           "prune() alone": (None, prune.prune)}, rounds)
-    rows = _rows(f"ResNet-50 train (batch {batch}, {size}x{size})", timings,
-                 {"train step + prune()": "train step", "prune() alone": "train step"})
+    timings = interleaved(
+        {
+            "train step": (None, step),
+            "train step + prune()": (None, step_and_prune),
+            "prune() alone": (None, prune.prune),
+        },
+        rounds,
+    )
+    rows = _rows(
+        f"ResNet-50 train (batch {batch}, {size}x{size})",
+        timings,
+        {"train step + prune()": "train step", "prune() alone": "train step"},
+    )
     return rows, {"sparsity after training": prune.sparsity()[1]}
 
 
 # ---------------------------------------------------------------- driver
 
 
-def run_benchmark(quick: bool = False, rounds: int | None = None, train_rounds: int | None = None,
-                  threads: int = 1) -> tuple[list[Row], dict]:
+def run_benchmark(
+    quick: bool = False, rounds: int | None = None, train_rounds: int | None = None, threads: int = 1
+) -> tuple[list[Row], dict]:
     """Every table of the benchmark. ``quick``: tiny models and few rounds (a smoke run)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -378,30 +402,52 @@ def machine() -> str:
 
 def to_markdown(rows: list[Row], info: dict, header: str) -> str:
     """The result table and the extra numbers as Markdown."""
-    lines = [f"{header}", "", "| model | task | median ms | min ms | max ms | ratio | to |", "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        f"{header}",
+        "",
+        "| model | task | median ms | min ms | max ms | ratio | to |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         ratio = "" if r.ratio != r.ratio else f"{r.ratio:.2f}x"
-        lines.append(f"| {r.model} | {r.task} | {r.median_ms:.1f} | {r.min_ms:.1f} | {r.max_ms:.1f} | {ratio} | {r.baseline} |")
+        lines.append(
+            f"| {r.model} | {r.task} | {r.median_ms:.1f} | {r.min_ms:.1f} | {r.max_ms:.1f} | {ratio} | {r.baseline} |"
+        )
     lines += ["", "```json", json.dumps(info, indent=1, default=float), "```", ""]
     return "\n".join(lines)
 
 
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Tiny models, two rounds: a smoke run for CI.")
-@click.option("--rounds", type=click.IntRange(1), default=None, help="Interleaved rounds per task (default 7; quick 2).")
+@click.option(
+    "--rounds", type=click.IntRange(1), default=None, help="Interleaved rounds per task (default 7; quick 2)."
+)
 @click.option("--train-rounds", type=click.IntRange(1), default=None, help="A/B pairs of training steps (default 20).")
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="torch and kernel threads (on a shared machine more than 1 mostly measures the scheduler).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="torch and kernel threads (on a shared machine more than 1 mostly measures the scheduler).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results here.")
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the table as Markdown here.")
-def bench(quick: bool, rounds: int | None, train_rounds: int | None, threads: int, json_path: str | None,
-          md_path: str | None) -> None:
+@click.option(
+    "--markdown",
+    "md_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the table as Markdown here.",
+)
+def bench(
+    quick: bool, rounds: int | None, train_rounds: int | None, threads: int, json_path: str | None, md_path: str | None
+) -> None:
     """Time the mask engine against torch.nn.utils.prune and torch.ao.pruning (one interleaved run)."""
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows, info = run_benchmark(quick, rounds, train_rounds, threads)
-    header = (f"pruning-tools bench{' --quick' if quick else ''}: {machine()}, torch {torch.__version__}, "
-              f"{threads} thread(s), started {started}, load average {' / '.join(_load())}")
+    header = (
+        f"pruning-tools bench{' --quick' if quick else ''}: {machine()}, torch {torch.__version__}, "
+        f"{threads} thread(s), started {started}, load average {' / '.join(_load())}"
+    )
     _print(rows, info, header)
     if json_path:
         with open(json_path, "w") as f:

@@ -9,8 +9,9 @@ import difflib
 import fnmatch
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 BALANCES = ("fix", "none", "global")
 LAYOUTS = ("channels_last", "flat")
@@ -100,7 +101,9 @@ def _param_options(key: str, value: Any, defaults: dict) -> dict:
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(PARAM_OPTION_KEYS))
         if unknown:
-            _fail(f"prune_dict[{key!r}]", dict(value), f"a dict with keys among {PARAM_OPTION_KEYS} (unknown: {unknown})")
+            _fail(
+                f"prune_dict[{key!r}]", dict(value), f"a dict with keys among {PARAM_OPTION_KEYS} (unknown: {unknown})"
+            )
         if "sparsity" not in value:
             _fail(f"prune_dict[{key!r}]", dict(value), "a dict with a 'sparsity' entry")
         options = dict(defaults, **value)
@@ -146,9 +149,7 @@ def resolve_prune_dict(
         matches = [key] if exact else fnmatch.filter(names, key)
         if not matches:
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.4) or names[:3]
-            raise ValueError(
-                f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}"
-            )
+            raise ValueError(f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}")
         for name in matches:
             if exact or not chosen.get(name, (False, None))[0]:
                 chosen[name] = (exact, options)

@@ -20,8 +20,9 @@ local shard (``p.to_local()``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -86,8 +87,11 @@ def shard_info(t: Tensor, name: str = "tensor") -> ShardInfo:
             f"Shard(0) (as fully_shard makes)"
         )
     mesh = t.device_mesh
-    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" \
+    device = (
+        torch.device(mesh.device_type, torch.cuda.current_device())
+        if mesh.device_type == "cuda"
         else torch.device(mesh.device_type)
+    )
     if not shard_dims:
         return ShardInfo(None, 0, 1, device)
     group = mesh.get_group(shard_dims[0])
@@ -103,8 +107,10 @@ def _common_info(tensors: Sequence[Tensor], names: Sequence[str]) -> ShardInfo:
     first_name, first = split[0]
     for n, info in split[1:]:
         if info.group is not first.group:
-            raise ValueError(f"{n} and {first_name} are sharded over different process groups: "
-                             f"expected one group for a global threshold")
+            raise ValueError(
+                f"{n} and {first_name} are sharded over different process groups: "
+                f"expected one group for a global threshold"
+            )
     return first
 
 
@@ -129,8 +135,7 @@ def sortable_keys(scores: Tensor) -> tuple[Tensor, int]:
     return raw ^ ((raw >> (bits - 1)) & low), bits
 
 
-def kth_largest_key(keys: Sequence[Tensor], k: int, bits: int, reduce_sum: ReduceSum,
-                    device: torch.device) -> int:
+def kth_largest_key(keys: Sequence[Tensor], k: int, bits: int, reduce_sum: ReduceSum, device: torch.device) -> int:
     """The key of the ``k``-th largest (1-based) among all ranks' ``keys`` (signed integers,
     ``bits`` wide). Radix selection, most significant digits first: one all-reduce of a
     ``2**RADIX_BITS``-bin histogram per digit (2 for 32-bit keys); each round only looks at the
@@ -154,9 +159,15 @@ def kth_largest_key(keys: Sequence[Tensor], k: int, bits: int, reduce_sum: Reduc
     return prefix
 
 
-def keep_largest_sharded(scores: Sequence[Tensor], k: int, split: Sequence[bool], rank: int,
-                         world: int, reduce_sum: ReduceSum,
-                         device: torch.device | None = None) -> list[Tensor]:
+def keep_largest_sharded(
+    scores: Sequence[Tensor],
+    k: int,
+    split: Sequence[bool],
+    rank: int,
+    world: int,
+    reduce_sum: ReduceSum,
+    device: torch.device | None = None,
+) -> list[Tensor]:
     """Keep the ``k`` largest of all scores of all ranks, ties to the earlier tensor, then the
     earlier rank's shard, then the lower local index (the single-process order of ``torch.cat``
     over tensors whose dim 0 is split across ranks in rank order).
@@ -177,7 +188,9 @@ def keep_largest_sharded(scores: Sequence[Tensor], k: int, split: Sequence[bool]
     greater = [key > threshold for key in keys]
     tied = [key == threshold for key in keys]
     local_ties = [int(torch.count_nonzero(t)) for t in tied]
-    counts = torch.zeros(n + world * n, dtype=torch.int64, device=device)  # [greater per tensor | ties per (rank, tensor)]
+    counts = torch.zeros(
+        n + world * n, dtype=torch.int64, device=device
+    )  # [greater per tensor | ties per (rank, tensor)]
     for i, key in enumerate(counted):
         if key.numel():  # this rank counts tensor i
             counts[i] = int(torch.count_nonzero(greater[i]))
@@ -205,8 +218,14 @@ def _on(t: Tensor, device: torch.device | None) -> Tensor:
     return t if device is None else t.to(device)
 
 
-def _sharded_keep(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float,
-                  names: Sequence[str], devices: Sequence[torch.device | None], pooled: bool) -> list[Tensor]:
+def _sharded_keep(
+    weights: Sequence[Tensor],
+    masks: Sequence[Tensor | None],
+    sparsity: float,
+    names: Sequence[str],
+    devices: Sequence[torch.device | None],
+    pooled: bool,
+) -> list[Tensor]:
     info = _common_info(weights, names)
     split = [shard_info(w, n).split for w, n in zip(weights, names)]
     scores = [M.magnitude_scores(_on(local(w), d), m) for w, m, d in zip(weights, masks, devices)]
@@ -218,13 +237,22 @@ def _sharded_keep(weights: Sequence[Tensor], masks: Sequence[Tensor | None], spa
         return [torch.ones_like(s, dtype=torch.bool) for s in scores]
     if k <= 0:
         return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
-    return keep_largest_sharded(scores, k, split, info.rank, info.world, info.reduce_sum,
-                                info.device if info.split else None)
+    return keep_largest_sharded(
+        scores, k, split, info.rank, info.world, info.reduce_sum, info.device if info.split else None
+    )
 
 
-def compute_mask(w: Tensor, mask: Tensor | None, sparsity: float, balance: str, bank_size: int = 64,
-                 layout: str = "channels_last", out_dim: int = 0, name: str = "tensor",
-                 device: torch.device | None = None) -> Tensor:
+def compute_mask(
+    w: Tensor,
+    mask: Tensor | None,
+    sparsity: float,
+    balance: str,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dim: int = 0,
+    name: str = "tensor",
+    device: torch.device | None = None,
+) -> Tensor:
     """``masks.compute_mask`` for a plain tensor or a DTensor sharded on dim 0 (mask of the local
     shard). Bank-balanced: shard-local, no communication; unstructured: exact k-th selection.
     ``device``: where the mask is computed and kept (default: beside the weight or its shard)."""
@@ -233,8 +261,10 @@ def compute_mask(w: Tensor, mask: Tensor | None, sparsity: float, balance: str, 
     info = shard_info(w, name)
     if balance == "fix" and w.dim() >= 2:
         if info.split and out_dim != 0:
-            raise ValueError(f"{name} is sharded on dim 0 but its output channels are on dim {out_dim}: "
-                             f"banks would straddle shards; shard it on its output channels or use balance='none'")
+            raise ValueError(
+                f"{name} is sharded on dim 0 but its output channels are on dim {out_dim}: "
+                f"banks would straddle shards; shard it on its output channels or use balance='none'"
+            )
         shard = _on(local(w), device)
         if shard.numel() == 0:  # a rank past the last row (uneven split)
             return torch.zeros_like(shard, dtype=torch.bool)
@@ -242,9 +272,13 @@ def compute_mask(w: Tensor, mask: Tensor | None, sparsity: float, balance: str, 
     return _sharded_keep([w], [mask], sparsity, [name], [device], pooled=False)[0]
 
 
-def global_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float,
-                 names: Sequence[str] | None = None,
-                 devices: Sequence[torch.device | None] | None = None) -> list[Tensor]:
+def global_masks(
+    weights: Sequence[Tensor],
+    masks: Sequence[Tensor | None],
+    sparsity: float,
+    names: Sequence[str] | None = None,
+    devices: Sequence[torch.device | None] | None = None,
+) -> list[Tensor]:
     """``masks.global_masks`` over plain tensors and/or DTensors (masks of the local shards).
     ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight)."""
     devices = list(devices) if devices is not None else [None] * len(weights)
@@ -303,4 +337,3 @@ def _collective_device(group) -> torch.device:
     if backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -83,16 +84,22 @@ class PackedTensor:
         return {part: getattr(self, part) for part in PARTS}
 
     def meta(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": str(self.values.dtype).replace("torch.", ""),
-                "bank_size": self.bank_size, "layout": self.layout, "out_dim": self.out_dim,
-                "k": self.k, "tail_k": self.tail_k}
+        return {
+            "shape": list(self.shape),
+            "dtype": str(self.values.dtype).replace("torch.", ""),
+            "bank_size": self.bank_size,
+            "layout": self.layout,
+            "out_dim": self.out_dim,
+            "k": self.k,
+            "tail_k": self.tail_k,
+        }
 
 
 def index_dtype(bank_size: int) -> torch.dtype:
     """Smallest integer dtype holding a position inside a bank of ``bank_size``."""
     if bank_size <= 256:
         return torch.uint8
-    return torch.int16 if bank_size <= 2 ** 15 else torch.int32
+    return torch.int16 if bank_size <= 2**15 else torch.int32
 
 
 BITS_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -116,8 +123,14 @@ def _select(banks: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return _bits(banks).gather(-1, positions).view(banks.dtype), positions
 
 
-def check_balanced(w: Tensor, bank_size: int = 64, layout: str = "channels_last", out_dim: int = 0,
-                   sparsity: float | None = None, name: str = "tensor") -> None:
+def check_balanced(
+    w: Tensor,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dim: int = 0,
+    sparsity: float | None = None,
+    name: str = "tensor",
+) -> None:
     """Raise ``NotBankBalancedError`` naming ``name`` unless every bank of ``w`` is within budget.
 
     With ``sparsity`` the budgets are those of ``masks.check_banks`` at that sparsity. Without it
@@ -140,18 +153,27 @@ def check_balanced(w: Tensor, bank_size: int = 64, layout: str = "channels_last"
     if over:
         raise NotBankBalancedError(
             f"{name} {list(w.shape)} is not bank-balanced (bank_size={bank_size}, layout={layout!r}): "
-            f"{over} of {banks} banks hold more than {budget} non-zeros ({worst})")
+            f"{over} of {banks} banks hold more than {budget} non-zeros ({worst})"
+        )
 
 
-def pack(w: Tensor, bank_size: int = 64, layout: str = "channels_last", out_dim: int = 0,
-         sparsity: float | None = None, name: str = "tensor") -> PackedTensor:
+def pack(
+    w: Tensor,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dim: int = 0,
+    sparsity: float | None = None,
+    name: str = "tensor",
+) -> PackedTensor:
     """Pack a bank-balanced tensor ``w`` (any shape with >= 2 dims); see ``check_balanced`` for
     what balanced means with and without ``sparsity`` (the target it was pruned to)."""
     check_bank_size("bank_size", bank_size)
     check_choice("layout", layout, LAYOUTS)
     if w.dim() < 2 or not w.is_floating_point():
-        raise ValueError(f"{name}: a floating-point tensor with >= 2 dims is required to pack, "
-                         f"got shape {list(w.shape)} dtype {w.dtype}")
+        raise ValueError(
+            f"{name}: a floating-point tensor with >= 2 dims is required to pack, "
+            f"got shape {list(w.shape)} dtype {w.dtype}"
+        )
     w = w.detach().cpu()
     check_balanced(w, bank_size, layout, out_dim, sparsity, name)
     rows = M.to_rows(w, layout, out_dim)  # [rows, row_len]
@@ -164,8 +186,16 @@ def pack(w: Tensor, bank_size: int = 64, layout: str = "channels_last", out_dim:
     tail_k = int((tail != 0).sum(-1).max()) if tail_len else 0
     tail_values, tail_positions = _select(tail, tail_k)
     idx = index_dtype(bank_size)
-    return PackedTensor(values.contiguous(), positions.to(idx).contiguous(), tail_values.contiguous(),
-                        tail_positions.to(idx).contiguous(), tuple(w.shape), bank_size, layout, out_dim)
+    return PackedTensor(
+        values.contiguous(),
+        positions.to(idx).contiguous(),
+        tail_values.contiguous(),
+        tail_positions.to(idx).contiguous(),
+        tuple(w.shape),
+        bank_size,
+        layout,
+        out_dim,
+    )
 
 
 def unpack(p: PackedTensor) -> Tensor:
@@ -207,10 +237,14 @@ def worth_packing(w: Tensor, bank_size: int) -> bool:
     return int((w != 0).sum()) < w.numel() * (1.0 - 1.0 / bank_size) + 1e-9
 
 
-def pack_state_dict(tensors: Mapping[str, Tensor], bank_size: int = 64, layout: str = "channels_last",
-                    out_dims: Mapping[str, int] | None = None, dense_fallback: bool = False,
-                    specs: Mapping[str, Mapping[str, Any]] | None = None,
-                    ) -> tuple[dict[str, PackedTensor], dict[str, Tensor], list[str]]:
+def pack_state_dict(
+    tensors: Mapping[str, Tensor],
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dims: Mapping[str, int] | None = None,
+    dense_fallback: bool = False,
+    specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[dict[str, PackedTensor], dict[str, Tensor], list[str]]:
     """Split ``tensors`` into packed and dense ones.
 
     A floating tensor with >= 2 dims and zeros in it is packed; dense ones (fewer zeros than one per
@@ -233,8 +267,14 @@ def pack_state_dict(tensors: Mapping[str, Tensor], bank_size: int = 64, layout: 
             dense[name] = w.detach().cpu().clone()  # own storage: tied weights save too
             continue
         try:
-            packed[name] = pack(w, b, spec.get("layout", layout), int(spec.get("out_dim", out_dims.get(name, 0))),
-                                spec.get("sparsity"), name=name)
+            packed[name] = pack(
+                w,
+                b,
+                spec.get("layout", layout),
+                int(spec.get("out_dim", out_dims.get(name, 0))),
+                spec.get("sparsity"),
+                name=name,
+            )
         except NotBankBalancedError:
             if not dense_fallback:
                 raise
@@ -257,15 +297,24 @@ def specs_from_pruner_state(state: Mapping[str, Any]) -> dict[str, dict[str, Any
         if p["balance"] != "fix":
             specs[name] = {"dense": True}
         else:
-            specs[name] = {"bank_size": p["bank_size"], "layout": p["layout"], "out_dim": p.get("out_dim", 0),
-                           "sparsity": targets.get(name, p["sparsity"])}
+            specs[name] = {
+                "bank_size": p["bank_size"],
+                "layout": p["layout"],
+                "out_dim": p.get("out_dim", 0),
+                "sparsity": targets.get(name, p["sparsity"]),
+            }
     return specs
 
 
-def save_packed(tensors: Mapping[str, Tensor], path: str | Path, bank_size: int = 64,
-                layout: str = "channels_last", out_dims: Mapping[str, int] | None = None,
-                dense_fallback: bool = False, specs: Mapping[str, Mapping[str, Any]] | None = None,
-                ) -> ExportReport:
+def save_packed(
+    tensors: Mapping[str, Tensor],
+    path: str | Path,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dims: Mapping[str, int] | None = None,
+    dense_fallback: bool = False,
+    specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ExportReport:
     """Write ``tensors`` (a state dict) to a packed safetensors file; see ``pack_state_dict``.
 
     Returns an ``ExportReport`` with both file sizes: ``dense_bytes`` is the size of the same tensors
@@ -301,8 +350,9 @@ def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
             out[key] = t
     for name, m in meta["packed"].items():
         parts = {part: flat[f"{name}{SEP}{part}"] for part in PARTS}
-        p = PackedTensor(**parts, shape=tuple(m["shape"]), bank_size=m["bank_size"], layout=m["layout"],
-                         out_dim=m["out_dim"])
+        p = PackedTensor(
+            **parts, shape=tuple(m["shape"]), bank_size=m["bank_size"], layout=m["layout"], out_dim=m["out_dim"]
+        )
         if p.k != m["k"] or p.tail_k != m["tail_k"] or str(p.values.dtype) != f"torch.{m['dtype']}":
             raise ValueError(f"{path}: tensor {name!r} does not match its metadata {m}")
         out[name] = p
@@ -336,6 +386,20 @@ def onnx_initializers(path: str | Path) -> dict[str, Any]:
     return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
 
 
-__all__ = ["PackedTensor", "ExportReport", "NotBankBalancedError", "pack", "unpack", "pack_state_dict",
-           "save_packed", "read_packed", "load_packed", "check_balanced", "worth_packing", "specs_from_pruner_state",
-           "index_dtype", "export_onnx", "onnx_initializers"]
+__all__ = [
+    "PackedTensor",
+    "ExportReport",
+    "NotBankBalancedError",
+    "pack",
+    "unpack",
+    "pack_state_dict",
+    "save_packed",
+    "read_packed",
+    "load_packed",
+    "check_balanced",
+    "worth_packing",
+    "specs_from_pruner_state",
+    "index_dtype",
+    "export_onnx",
+    "onnx_initializers",
+]

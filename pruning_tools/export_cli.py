@@ -37,35 +37,65 @@ def _pruner_specs(path: Path, tensors: dict) -> dict:
         raise click.BadParameter(f"{path} is not a pruner state ({exc})", param_hint="--pruner-state") from exc
     matched = {name: spec for name, spec in specs.items() if name in tensors}
     if specs and not matched:
-        raise click.BadParameter(f"none of its parameters ({sorted(specs)[:3]}...) is a tensor of the checkpoint; "
-                                 "check --prefix", param_hint="--pruner-state")
+        raise click.BadParameter(
+            f"none of its parameters ({sorted(specs)[:3]}...) is a tensor of the checkpoint; check --prefix",
+            param_hint="--pruner-state",
+        )
     return matched
 
 
 def _size(n: int) -> str:
-    return f"{n / 2 ** 20:.2f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB"
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--bank-size", default=64, show_default=True, type=click.IntRange(min=2), help="Weights per bank.")
-@click.option("--layout", default="channels_last", show_default=True, type=click.Choice(LAYOUTS),
-              help="How conv weights are read as bank rows.")
-@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Target the tensors were pruned to: bank budgets as in `check_banks` (default: the most "
-                   "common count of each tensor's banks).")
-@click.option("--prefix", default="", help="Export only tensors whose (dotted) name starts with this, "
-                                          "stripped, e.g. 'model.' for {'model': state_dict, ...}.")
-@click.option("--pruner-state", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A pruner state (Prune.state_dict() saved with torch.save, or write_state_file's "
-                   ".safetensors): bank size, layout, output dim and target of each pruned tensor.")
-@click.option("--dense-fallback", is_flag=True, help="Store a sparse tensor that is not bank-balanced dense "
-                                                    "instead of failing.")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Reload the file and compare every tensor bit by bit.")
-def export(checkpoint: Path, out: Path, bank_size: int, layout: str, sparsity: float | None, prefix: str,
-           pruner_state: Path | None, dense_fallback: bool, verify: bool) -> None:
+@click.option(
+    "--layout",
+    default="channels_last",
+    show_default=True,
+    type=click.Choice(LAYOUTS),
+    help="How conv weights are read as bank rows.",
+)
+@click.option(
+    "--sparsity",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Target the tensors were pruned to: bank budgets as in `check_banks` (default: the most "
+    "common count of each tensor's banks).",
+)
+@click.option(
+    "--prefix",
+    default="",
+    help="Export only tensors whose (dotted) name starts with this, "
+    "stripped, e.g. 'model.' for {'model': state_dict, ...}.",
+)
+@click.option(
+    "--pruner-state",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A pruner state (Prune.state_dict() saved with torch.save, or write_state_file's "
+    ".safetensors): bank size, layout, output dim and target of each pruned tensor.",
+)
+@click.option(
+    "--dense-fallback", is_flag=True, help="Store a sparse tensor that is not bank-balanced dense instead of failing."
+)
+@click.option(
+    "--verify/--no-verify", default=True, show_default=True, help="Reload the file and compare every tensor bit by bit."
+)
+def export(
+    checkpoint: Path,
+    out: Path,
+    bank_size: int,
+    layout: str,
+    sparsity: float | None,
+    prefix: str,
+    pruner_state: Path | None,
+    dense_fallback: bool,
+    verify: bool,
+) -> None:
     """Store CHECKPOINT (.pt/.pth/.bin state_dict or .safetensors) as packed OUT (.safetensors).
 
     Each sparse bank-balanced tensor becomes values [rows, banks, k] + in-bank indices (uint8 for
@@ -73,7 +103,7 @@ def export(checkpoint: Path, out: Path, bank_size: int, layout: str, sparsity: f
     """
     tensors = load_tensors(checkpoint)
     if prefix:
-        tensors = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
+        tensors = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
     if not tensors:
         raise click.BadParameter(f"no tensor in {checkpoint} starts with {prefix!r}", param_hint="--prefix")
     specs = {name: {"sparsity": sparsity} for name in tensors} if sparsity is not None else {}
@@ -82,23 +112,26 @@ def export(checkpoint: Path, out: Path, bank_size: int, layout: str, sparsity: f
     try:
         report = save_packed(tensors, out, bank_size, layout, dense_fallback=dense_fallback, specs=specs)
     except NotBankBalancedError as e:
-        raise click.ClickException(f"{e}. Pass the pruner's settings with --pruner-state, check --bank-size/--layout, "
-                                   "or store it dense with --dense-fallback.")
+        raise click.ClickException(
+            f"{e}. Pass the pruner's settings with --pruner-state, check --bank-size/--layout, "
+            "or store it dense with --dense-fallback."
+        )
 
     table = Table("tensor", "shape", "stored as", "bytes", title=f"{checkpoint} → {out}")
     for name, p in report.packed.items():
         tail = f" + tail {p.tail_k}/{p.row_len % p.bank_size}" if p.row_len % p.bank_size else ""
         how = f"packed {p.k}/{p.bank_size}{tail}, {str(p.indices.dtype).replace('torch.', '')}"
-        table.add_row(name, str(list(p.shape)), how,
-                      f"{p.nbytes():,}")
+        table.add_row(name, str(list(p.shape)), how, f"{p.nbytes():,}")
     for name in report.dense:
         how = "dense (not bank-balanced)" if name in report.fallback else "dense"
         t = tensors[name]
         table.add_row(name, str(list(t.shape)), how, f"{t.numel() * t.element_size():,}")
     console = Console(width=max(100, Console().width))
     console.print(table)
-    console.print(f"dense safetensors: {_size(report.dense_bytes)}, packed: {_size(report.packed_bytes)}, "
-                  f"ratio: {report.ratio:.4f}")
+    console.print(
+        f"dense safetensors: {_size(report.dense_bytes)}, packed: {_size(report.packed_bytes)}, "
+        f"ratio: {report.ratio:.4f}"
+    )
     if verify:
         back = load_packed(out)
         wrong = sorted(n for n, t in tensors.items() if not _same_bits(back.get(n, torch.empty(0)), t.detach().cpu()))

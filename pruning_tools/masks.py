@@ -18,8 +18,9 @@ PyTorch code below serves everything else and defines the same masks (tests comp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -104,8 +105,14 @@ def bank_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
     return BankBudget(full_banks, keep, tail_len, tail_keep)
 
 
-def realised_sparsity(shape: Sequence[int], balance: str, sparsity: float, bank_size: int = 64,
-                      layout: str = "channels_last", out_dim: int = 0) -> float:
+def realised_sparsity(
+    shape: Sequence[int],
+    balance: str,
+    sparsity: float,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dim: int = 0,
+) -> float:
     """The sparsity a pattern actually reaches for a dense tensor of ``shape`` at ``sparsity``."""
     numel = math.prod(shape)
     if numel == 0:
@@ -158,8 +165,14 @@ def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float) -> Tensor
     return keep_largest(scores, keep_count(scores.numel(), sparsity)).reshape(w.shape)
 
 
-def bank_mask(w: Tensor, mask: Tensor | None, sparsity: float, bank_size: int = 64,
-              layout: str = "channels_last", out_dim: int = 0) -> Tensor:
+def bank_mask(
+    w: Tensor,
+    mask: Tensor | None,
+    sparsity: float,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dim: int = 0,
+) -> Tensor:
     """Bank-balanced keep-mask of ``w`` (bool, shape of ``w``); see the module docstring."""
     budget = bank_budget(row_length(w.shape, layout, out_dim), bank_size, sparsity)
     if native.library() is not None:  # compiled single pass over the banks, when it serves this tensor
@@ -181,8 +194,9 @@ def bank_mask(w: Tensor, mask: Tensor | None, sparsity: float, bank_size: int = 
 def global_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float) -> list[Tensor]:
     """One magnitude threshold across all ``weights``, keeping ``round(N * (1 - sparsity))`` of
     their ``N`` weights in total; ties go to the earlier tensor, then the lower index."""
-    fast = native.largest_masks([w.detach() for w in weights], list(masks),
-                                keep_count(sum(w.numel() for w in weights), sparsity))
+    fast = native.largest_masks(
+        [w.detach() for w in weights], list(masks), keep_count(sum(w.numel() for w in weights), sparsity)
+    )
     if fast is not None:
         return fast
     scores = torch.cat([magnitude_scores(w, m).reshape(-1).float() for w, m in zip(weights, masks)])
@@ -190,8 +204,15 @@ def global_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], spar
     return [part.reshape(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
 
 
-def compute_mask(w: Tensor, mask: Tensor | None, sparsity: float, balance: str, bank_size: int = 64,
-                 layout: str = "channels_last", out_dim: int = 0) -> Tensor:
+def compute_mask(
+    w: Tensor,
+    mask: Tensor | None,
+    sparsity: float,
+    balance: str,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dim: int = 0,
+) -> Tensor:
     """Keep-mask of one tensor for ``balance`` in ``("fix", "none")``."""
     if balance == "fix" and w.dim() >= 2:
         return bank_mask(w, mask, sparsity, bank_size, layout, out_dim)
@@ -214,8 +235,9 @@ def apply_mask_(w: Tensor, mask: Tensor) -> None:
 # ---------------------------------------------------------------- checker
 
 
-def bank_nonzeros(w: Tensor, bank_size: int = 64, layout: str = "channels_last",
-                  out_dim: int = 0) -> tuple[Tensor, Tensor | None]:
+def bank_nonzeros(
+    w: Tensor, bank_size: int = 64, layout: str = "channels_last", out_dim: int = 0
+) -> tuple[Tensor, Tensor | None]:
     """Non-zeros per bank: ``([rows, full_banks], [rows] or None for the tail banks)``."""
     rows = to_rows(w.detach() != 0, layout, out_dim)  # [rows, row_len]
     full_banks, tail_len = divmod(rows.shape[1], bank_size)
@@ -239,8 +261,9 @@ class BankCheck:
     bank_ok: Tensor  # [rows, banks] bool: this bank holds at most its budget
 
 
-def check_banks(w: Tensor, bank_size: int = 64, layout: str = "channels_last", out_dim: int = 0,
-                sparsity: float | None = None) -> BankCheck:
+def check_banks(
+    w: Tensor, bank_size: int = 64, layout: str = "channels_last", out_dim: int = 0, sparsity: float | None = None
+) -> BankCheck:
     """Check that every bank of ``w`` holds at most its budget of non-zeros.
 
     The budget comes from ``sparsity`` when given; otherwise from the tensor's measured sparsity

@@ -52,14 +52,19 @@ class MnistData:
     test_labels: np.ndarray  # [10000]
     source: str = ""  # directory the files were read from
 
-    def head(self, limit: int | None) -> "MnistData":
+    def head(self, limit: int | None) -> MnistData:
         """The first ``limit`` train and test images (all of them when ``limit`` is None)."""
         if limit is None:
             return self
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ValueError(f"limit={limit!r} is not allowed: expected None or an int >= 1")
-        return MnistData(self.train_images[:limit], self.train_labels[:limit],
-                         self.test_images[:limit], self.test_labels[:limit], self.source)
+        return MnistData(
+            self.train_images[:limit],
+            self.train_labels[:limit],
+            self.test_images[:limit],
+            self.test_labels[:limit],
+            self.source,
+        )
 
 
 def parse_idx(raw: bytes) -> np.ndarray:
@@ -67,7 +72,7 @@ def parse_idx(raw: bytes) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPE_CODES:
         raise ValueError("not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=_DTYPE_CODES[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"IDX file holds {data.size} values, its header announces shape {shape}")
@@ -123,8 +128,9 @@ def read_idx_dir(directory: str | Path) -> MnistData:
     The arrays are read-only and cached per directory until one of its files changes.
     """
     directory = Path(directory).resolve()
-    stamp = tuple((directory / name).stat().st_mtime_ns for name in [*FILES.values(), "SHA256SUMS"]
-                  if (directory / name).exists())
+    stamp = tuple(
+        (directory / name).stat().st_mtime_ns for name in [*FILES.values(), "SHA256SUMS"] if (directory / name).exists()
+    )
     return _read_idx_dir(directory, stamp)
 
 

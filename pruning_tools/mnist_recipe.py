@@ -26,8 +26,9 @@ STEP_SAMPLES = 200  # points of the target-vs-measured curve
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics (of x / 255)
 
 
-def make_settings(data_dir, *, sparsity, balance, bank_size, prune_dict, epochs, batch_size, seed, limit,
-                  **extra: Any) -> dict:
+def make_settings(
+    data_dir, *, sparsity, balance, bank_size, prune_dict, epochs, batch_size, seed, limit, **extra: Any
+) -> dict:
     """Check ``train_mnist``'s arguments and gather them, defaults filled in, as plain data."""
     check_sparsity("sparsity", sparsity)
     check_choice("balance", balance, BALANCES)
@@ -36,10 +37,21 @@ def make_settings(data_dir, *, sparsity, balance, bank_size, prune_dict, epochs,
         if value is not None:
             check_step(name, value, minimum=1)
     check_step("seed", seed)
-    return dict(data_dir=None if data_dir is None else str(data_dir), sparsity=sparsity, balance=balance,
-                bank_size=bank_size, prune_dict=prune_dict, epochs=epochs or EPOCHS,
-                batch_size=batch_size or BATCH_SIZE, seed=seed, limit=limit, learning_rate=LEARNING_RATE,
-                weight_decay=WEIGHT_DECAY, max_shift=MAX_SHIFT, **extra)
+    return dict(
+        data_dir=None if data_dir is None else str(data_dir),
+        sparsity=sparsity,
+        balance=balance,
+        bank_size=bank_size,
+        prune_dict=prune_dict,
+        epochs=epochs or EPOCHS,
+        batch_size=batch_size or BATCH_SIZE,
+        seed=seed,
+        limit=limit,
+        learning_rate=LEARNING_RATE,
+        weight_decay=WEIGHT_DECAY,
+        max_shift=MAX_SHIFT,
+        **extra,
+    )
 
 
 def pruning_steps(total_steps: int, steps_per_epoch: int) -> tuple[int, int, int]:
@@ -63,8 +75,9 @@ def total_target(prune, sizes: dict[str, int]) -> float:
     return sum(prune.target(name) * n for name, n in sizes.items()) / max(1, sum(sizes.values()))
 
 
-def epoch_record(epoch: int, test_accuracy: float, loss_sum: float, seen: int, prune,
-                 target: Callable[[], float], seconds: float) -> dict:
+def epoch_record(
+    epoch: int, test_accuracy: float, loss_sum: float, seen: int, prune, target: Callable[[], float], seconds: float
+) -> dict:
     """The per-epoch record passed to ``on_epoch`` and stored under ``"epochs"``."""
     return {
         "epoch": epoch,
@@ -74,4 +87,3 @@ def epoch_record(epoch: int, test_accuracy: float, loss_sum: float, seen: int, p
         "sparsity": prune.sparsity()[1] if prune is not None else 0.0,
         "seconds": seconds,
     }
-

@@ -17,11 +17,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mnist import load_mnist
-from .pytorch_pruning import Prune
-
 from .mnist_recipe import (  # noqa: F401  (recipe constants re-exported for callers)
-    BATCH_SIZE, EPOCHS, LEARNING_RATE, MAX_SHIFT, MEAN, PCT_START, STD, WEIGHT_DECAY, epoch_record, make_settings,
-    pruning_steps, sample_every, steps_per_epoch, total_target)
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    MAX_SHIFT,
+    MEAN,
+    PCT_START,
+    STD,
+    WEIGHT_DECAY,
+    epoch_record,
+    make_settings,
+    pruning_steps,
+    sample_every,
+    steps_per_epoch,
+    total_target,
+)
+from .pytorch_pruning import Prune
 
 
 class SimpleCNN(nn.Module):
@@ -68,16 +80,21 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
 
 def default_prune_dict(model: nn.Module, sparsity: float) -> dict[str, float]:
     """Every conv / dense weight at ``sparsity``."""
-    return {f"{name}.weight": sparsity for name, module in model.named_modules()
-            if isinstance(module, (nn.Conv2d, nn.Linear))}
+    return {
+        f"{name}.weight": sparsity
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    }
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
     """Accuracy of ``model`` on ``images`` ``[N, 1, 28, 28]`` with ``labels`` ``[N]`` (a fraction)."""
     model.eval()
-    correct = sum(int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-                  for i in range(0, len(images), batch_size))
+    correct = sum(
+        int((model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+        for i in range(0, len(images), batch_size)
+    )
     return correct / max(1, len(images))
 
 
@@ -113,9 +130,18 @@ def train_mnist(
     "wall_seconds", "notes" (pruner warnings), "weights": {name: numpy array} (the full state_dict),
     "pruner_state" (``Prune.state_dict()``, None when dense), "model"}``.
     """
-    settings = make_settings(data_dir, sparsity=sparsity, balance=balance, bank_size=bank_size,
-                             prune_dict=prune_dict, epochs=epochs, batch_size=batch_size, seed=seed, limit=limit,
-                             threads=threads)
+    settings = make_settings(
+        data_dir,
+        sparsity=sparsity,
+        balance=balance,
+        bank_size=bank_size,
+        prune_dict=prune_dict,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        limit=limit,
+        threads=threads,
+    )
     epochs, batch_size = settings["epochs"], settings["batch_size"]
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -143,16 +169,23 @@ def _train(data_dir, settings: dict, prune_dict, on_epoch, on_batch) -> dict:
 
     model = SimpleCNN().to(memory_format=torch.channels_last)  # faster convolutions on CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, total_steps=total_steps,
-                                                    pct_start=PCT_START)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=LEARNING_RATE, total_steps=total_steps, pct_start=PCT_START
+    )
     prune, notes = None, []
     if sparsity > 0 or prune_dict is not None:
         pretrain, ramp, frequency = pruning_steps(total_steps, per_epoch)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            prune = Prune(model, pretrain, ramp, frequency,
-                          prune_dict if prune_dict is not None else default_prune_dict(model, sparsity),
-                          balance=balance, bank_size=bank_size)
+            prune = Prune(
+                model,
+                pretrain,
+                ramp,
+                frequency,
+                prune_dict if prune_dict is not None else default_prune_dict(model, sparsity),
+                balance=balance,
+                bank_size=bank_size,
+            )
         notes = [str(w.message) for w in caught]
         settings.update(pretrain_step=pretrain, sparse_step=ramp, frequency=frequency)
 
@@ -164,7 +197,7 @@ def _train(data_dir, settings: dict, prune_dict, on_epoch, on_batch) -> dict:
         order = torch.randperm(len(train_x), generator=generator)
         loss_sum, seen = 0.0, 0
         for batch, start in enumerate(range(0, len(order), batch_size), 1):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             x, y = random_shift(train_x[index], MAX_SHIFT, generator), train_y[index]
             x = x.contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(model(x), y)
@@ -176,14 +209,22 @@ def _train(data_dir, settings: dict, prune_dict, on_epoch, on_batch) -> dict:
             if prune is not None:
                 prune.prune()
                 if step % sample_period == 0 or step == total_steps:
-                    steps.append({"step": step, "target": total_target(prune, _sizes(prune)),
-                                  "sparsity": prune.sparsity()[1]})
+                    steps.append(
+                        {"step": step, "target": total_target(prune, _sizes(prune)), "sparsity": prune.sparsity()[1]}
+                    )
             loss_sum += float(loss.detach()) * len(y)
             seen += len(y)
             if on_batch is not None:
                 on_batch(batch, per_epoch)
-        record = epoch_record(epoch, evaluate(model, test_x, test_y), loss_sum, seen, prune,
-                              lambda: total_target(prune, _sizes(prune)), time.perf_counter() - epoch_start)
+        record = epoch_record(
+            epoch,
+            evaluate(model, test_x, test_y),
+            loss_sum,
+            seen,
+            prune,
+            lambda: total_target(prune, _sizes(prune)),
+            time.perf_counter() - epoch_start,
+        )
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -192,7 +233,9 @@ def _train(data_dir, settings: dict, prune_dict, on_epoch, on_batch) -> dict:
         layer_sparsity, total_sparsity = prune.sparsity()
     else:  # dense: zeros counted in the weights a pruner would have listed
         weights = [model.get_parameter(name) for name in default_prune_dict(model, 0.0)]
-        layer_sparsity = {name: float((w == 0).float().mean()) for name, w in zip(default_prune_dict(model, 0.0), weights)}
+        layer_sparsity = {
+            name: float((w == 0).float().mean()) for name, w in zip(default_prune_dict(model, 0.0), weights)
+        }
         total_sparsity = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     return {
         "framework": "pytorch",

@@ -23,11 +23,23 @@ import click
 import numpy as np
 
 from .mnist import load_mnist
-from .mxnet_pruning import Prune, gluon, mx
-
 from .mnist_recipe import (  # noqa: F401  (recipe constants re-exported for callers)
-    BATCH_SIZE, EPOCHS, LEARNING_RATE, MAX_SHIFT, MEAN, PCT_START, STD, WEIGHT_DECAY, epoch_record, make_settings,
-    pruning_steps, sample_every, steps_per_epoch, total_target)
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    MAX_SHIFT,
+    MEAN,
+    PCT_START,
+    STD,
+    WEIGHT_DECAY,
+    epoch_record,
+    make_settings,
+    pruning_steps,
+    sample_every,
+    steps_per_epoch,
+    total_target,
+)
+from .mxnet_pruning import Prune, gluon, mx
 
 
 class SimpleCNN(gluon.nn.HybridBlock):
@@ -97,8 +109,9 @@ def one_cycle_lr(step: int, total_steps: int, max_lr: float, pct_start: float = 
 def default_prune_dict(net: gluon.Block, sparsity: float) -> dict[str, float]:
     """Every conv / dense weight at ``sparsity``."""
     names: list[str] = []
-    net.apply(lambda block: names.append(block.weight.name)
-              if isinstance(block, (gluon.nn.Conv2D, gluon.nn.Dense)) else None)
+    net.apply(
+        lambda block: names.append(block.weight.name) if isinstance(block, (gluon.nn.Conv2D, gluon.nn.Dense)) else None
+    )
     return {name: sparsity for name in sorted(names)}
 
 
@@ -106,8 +119,8 @@ def evaluate(net: gluon.Block, images: np.ndarray, labels: np.ndarray, batch_siz
     """Accuracy of ``net`` on ``images`` ``[N, 1, 28, 28]`` with ``labels`` ``[N]`` (a fraction)."""
     correct = 0
     for i in range(0, len(images), batch_size):
-        logits = net(mx.nd.array(images[i:i + batch_size]))  # [B, 10]
-        correct += int((logits.argmax(axis=1).asnumpy().astype(np.int64) == labels[i:i + batch_size]).sum())
+        logits = net(mx.nd.array(images[i : i + batch_size]))  # [B, 10]
+        correct += int((logits.argmax(axis=1).asnumpy().astype(np.int64) == labels[i : i + batch_size]).sum())
     return correct / max(1, len(images))
 
 
@@ -137,8 +150,17 @@ def train_mnist(
     called after each epoch, ``on_batch(batch, batches_per_epoch)`` after each batch. Returns the
     results dict (see the README; ``weights`` holds every parameter as numpy, BN statistics included).
     """
-    settings = make_settings(data_dir, sparsity=sparsity, balance=balance, bank_size=bank_size,
-                             prune_dict=prune_dict, epochs=epochs, batch_size=batch_size, seed=seed, limit=limit)
+    settings = make_settings(
+        data_dir,
+        sparsity=sparsity,
+        balance=balance,
+        bank_size=bank_size,
+        prune_dict=prune_dict,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        limit=limit,
+    )
     epochs, batch_size = settings["epochs"], settings["batch_size"]
     started = time.perf_counter()
     mx.random.seed(seed)
@@ -153,15 +175,20 @@ def train_mnist(
     net = SimpleCNN()
     net.initialize(mx.init.Xavier(magnitude=2.0))  # deferred: shapes known after the first batch
     net.hybridize()
-    trainer = gluon.Trainer(net.collect_params(), "adam",
-                            {"learning_rate": LEARNING_RATE, "wd": WEIGHT_DECAY})
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": LEARNING_RATE, "wd": WEIGHT_DECAY})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # log-softmax + NLL on the logits
     prune, notes = None, []
     if sparsity > 0 or prune_dict is not None:
         pretrain, ramp, frequency = pruning_steps(total_steps, per_epoch)
-        prune = Prune(net, pretrain, ramp, frequency,
-                      prune_dict if prune_dict is not None else default_prune_dict(net, sparsity),
-                      balance=balance, bank_size=bank_size)
+        prune = Prune(
+            net,
+            pretrain,
+            ramp,
+            frequency,
+            prune_dict if prune_dict is not None else default_prune_dict(net, sparsity),
+            balance=balance,
+            bank_size=bank_size,
+        )
         settings.update(pretrain_step=pretrain, sparse_step=ramp, frequency=frequency)
 
     sample_period = sample_every(total_steps)
@@ -171,7 +198,7 @@ def train_mnist(
         order = rng.permutation(len(train_x))
         loss_sum, seen = 0.0, 0
         for batch, start in enumerate(range(0, len(order), batch_size), 1):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             x = mx.nd.array(random_shift(train_x[index], MAX_SHIFT, rng))  # [B, 1, 28, 28]
             y = mx.nd.array(train_y[index])  # [B]
             with mx.autograd.record():
@@ -188,20 +215,29 @@ def train_mnist(
             if prune is not None:
                 prune.prune()
                 if step % sample_period == 0 or step == total_steps:
-                    steps.append({"step": step, "target": total_target(prune, _sizes(prune)),
-                                  "sparsity": prune.sparsity()[1]})
+                    steps.append(
+                        {"step": step, "target": total_target(prune, _sizes(prune)), "sparsity": prune.sparsity()[1]}
+                    )
             loss_sum += float(loss.sum().asscalar())
             seen += len(index)
             if on_batch is not None:
                 on_batch(batch, per_epoch)
-        record = epoch_record(epoch, evaluate(net, test_x, test_y), loss_sum, seen, prune,
-                              lambda: total_target(prune, _sizes(prune)), time.perf_counter() - epoch_start)
+        record = epoch_record(
+            epoch,
+            evaluate(net, test_x, test_y),
+            loss_sum,
+            seen,
+            prune,
+            lambda: total_target(prune, _sizes(prune)),
+            time.perf_counter() - epoch_start,
+        )
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
 
-    layer_sparsity, total_sparsity = prune.sparsity() if prune is not None else (
-        {name: 0.0 for name in default_prune_dict(net, 0.0)}, 0.0)
+    layer_sparsity, total_sparsity = (
+        prune.sparsity() if prune is not None else ({name: 0.0 for name in default_prune_dict(net, 0.0)}, 0.0)
+    )
     return {
         "framework": "mxnet",
         "settings": settings,
@@ -237,23 +273,40 @@ def to_plain(value: Any) -> Any:
 @click.option("--epochs", default=None, type=int, help=f"Default: the recipe's {EPOCHS}.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--limit", default=None, type=int, help="Use only the first N train and test images.")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Write the results as JSON (no weights, no pruner state).")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the results as JSON (no weights, no pruner state).",
+)
 def main(data_dir, sparsity, balance, bank_size, epochs, seed, limit, out) -> None:
     """Train the simple CNN on MNIST with gradual pruning (MXNet) and report the results."""
-    def report(record: dict) -> None:
-        click.echo(f"epoch {record['epoch']}: test accuracy {record['test_accuracy']:.4f}, "
-                   f"loss {record['train_loss']:.4f}, sparsity {record['sparsity']:.4f} "
-                   f"(target {record['target']:.4f}), {record['seconds']:.0f} s")
 
-    result = train_mnist(data_dir, sparsity=sparsity, balance=balance, bank_size=bank_size, epochs=epochs,
-                         seed=seed, limit=limit, on_epoch=report)
+    def report(record: dict) -> None:
+        click.echo(
+            f"epoch {record['epoch']}: test accuracy {record['test_accuracy']:.4f}, "
+            f"loss {record['train_loss']:.4f}, sparsity {record['sparsity']:.4f} "
+            f"(target {record['target']:.4f}), {record['seconds']:.0f} s"
+        )
+
+    result = train_mnist(
+        data_dir,
+        sparsity=sparsity,
+        balance=balance,
+        bank_size=bank_size,
+        epochs=epochs,
+        seed=seed,
+        limit=limit,
+        on_epoch=report,
+    )
     for key in ("weights", "pruner_state"):  # results only; masks follow from the weights
         result.pop(key)
     for note in result["notes"]:
         click.echo(f"note: {note}")
-    click.echo(f"test accuracy {result['test_accuracy']:.4f} at total sparsity {result['total_sparsity']:.4f}, "
-               f"every bank within budget: {result['balanced']}, {result['wall_seconds']:.0f} s")
+    click.echo(
+        f"test accuracy {result['test_accuracy']:.4f} at total sparsity {result['total_sparsity']:.4f}, "
+        f"every bank within budget: {result['balanced']}, {result['wall_seconds']:.0f} s"
+    )
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(to_plain(result), indent=1) + "\n")

@@ -18,8 +18,9 @@ masks in both frameworks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,7 @@ try:
     from mxnet import gluon
 except ImportError as error:  # pragma: no cover - exercised with a monkeypatched import
     raise ImportError(
-        "pruning_tools.mxnet_pruning needs MXNet (mxnet 1.9.1, numpy < 1.24): "
-        'pip install "pruning-tools[mxnet]"'
+        'pruning_tools.mxnet_pruning needs MXNet (mxnet 1.9.1, numpy < 1.24): pip install "pruning-tools[mxnet]"'
     ) from error
 torch.set_num_threads(_torch_threads)  # importing mxnet resets the OpenMP thread count torch uses
 
@@ -108,8 +108,16 @@ class Prune(PrunerBase):
             raise TypeError(f"net={type(net).__name__} is not allowed: expected a mxnet.gluon.Block")
         params = net.collect_params()
         self.config: PruneConfig = make_config(
-            pretrain_step, sparse_step, frequency, prune_dict, restore_sparsity, fix_sparsity,
-            balance, prune_device, bank_size, layout,
+            pretrain_step,
+            sparse_step,
+            frequency,
+            prune_dict,
+            restore_sparsity,
+            fix_sparsity,
+            balance,
+            prune_device,
+            bank_size,
+            layout,
             shapes={name: tuple(p.shape) for name, p in params.items()},  # 0: not inferred yet
             out_dims=_conv_geometry(net, params),
         )
@@ -127,7 +135,7 @@ class Prune(PrunerBase):
 
     # ------------------------------------------------------------ public API
 
-    def prepare(self) -> "Prune":
+    def prepare(self) -> Prune:
         """Take the initial state once every pruned parameter is initialised; then a no-op.
 
         Raises ``RuntimeError`` naming the parameters still waiting for deferred initialisation.
@@ -185,8 +193,12 @@ class Prune(PrunerBase):
         p = self._params[name]
         contexts = p.list_ctx()
         cached = self._mask_arrays.get(name)
-        if (cached is None or cached[0] is not mask or [a.context for a in cached[1]] != contexts
-                or cached[1][0].dtype != np.dtype(p.dtype)):
+        if (
+            cached is None
+            or cached[0] is not mask
+            or [a.context for a in cached[1]] != contexts
+            or cached[1][0].dtype != np.dtype(p.dtype)
+        ):
             keep = mask.numpy()
             arrays = [mx.nd.array(keep, ctx=ctx, dtype=p.dtype) for ctx in contexts]
             self._mask_arrays[name] = cached = (mask, arrays)

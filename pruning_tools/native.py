@@ -16,8 +16,8 @@ import functools
 import math
 import subprocess
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ BITS = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64:
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or ``None`` (``PRUNING_TOOLS_KERNEL=torch``, or no working compiler)."""
     if kernels.mode() == "torch":
@@ -42,8 +42,9 @@ def library() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         if kernels.mode() == "native":
             raise kernels.KernelUnavailableError(f"mask kernels unavailable: {type(e).__name__}: {e}") from e
-        warnings.warn(f"mask kernels unavailable, using the PyTorch path ({type(e).__name__}: {e})",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"mask kernels unavailable, using the PyTorch path ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=3
+        )
         return None
     for bits in BITS.values():
         getattr(lib, f"bank_select_{bits}").argtypes = [_P, _P, _P] + [_I] * 9
@@ -55,13 +56,22 @@ def library() -> ctypes.CDLL | None:
 
 def _plain_cpu(t: Tensor) -> bool:
     """A dense CPU tensor or parameter (no subclass such as DTensor), contiguous, not empty."""
-    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.layout == torch.strided
-            and t.is_contiguous() and t.numel() > 0)
+    return (
+        type(t) in (torch.Tensor, torch.nn.Parameter)
+        and t.device.type == "cpu"
+        and t.layout == torch.strided
+        and t.is_contiguous()
+        and t.numel() > 0
+    )
 
 
 def _servable(w: Tensor, mask: Tensor | None) -> bool:
-    return (library() is not None and w.dtype in BITS and _plain_cpu(w)
-            and (mask is None or (mask.dtype == torch.bool and _plain_cpu(mask) and mask.shape == w.shape)))
+    return (
+        library() is not None
+        and w.dtype in BITS
+        and _plain_cpu(w)
+        and (mask is None or (mask.dtype == torch.bool and _plain_cpu(mask) and mask.shape == w.shape))
+    )
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -87,8 +97,9 @@ def bank_strides(shape: Sequence[int], layout: str, out_dim: int) -> tuple[int, 
     return out * kernel, inp, 1, 1, out * kernel
 
 
-def bank_mask(w: Tensor, mask: Tensor | None, keep: int, tail_keep: int, bank_size: int, layout: str,
-              out_dim: int) -> Tensor | None:
+def bank_mask(
+    w: Tensor, mask: Tensor | None, keep: int, tail_keep: int, bank_size: int, layout: str, out_dim: int
+) -> Tensor | None:
     """Bank-balanced keep-mask (bool, shape of ``w``), or ``None`` when the kernel cannot serve it."""
     strides = bank_strides(tuple(w.shape), layout, out_dim)
     if strides is None or bank_size > MAX_BANK or not _servable(w, mask):
@@ -97,8 +108,19 @@ def bank_mask(w: Tensor, mask: Tensor | None, keep: int, tail_keep: int, bank_si
     out = torch.empty(w.shape, dtype=torch.bool)
     bits = BITS[w.dtype]
     getattr(library(), f"bank_select_{bits}")(
-        w.data_ptr(), _ptr(mask), out.data_ptr(), rows, row_len, bank_size, keep, tail_keep,
-        group, group_stride, step, torch.get_num_threads())
+        w.data_ptr(),
+        _ptr(mask),
+        out.data_ptr(),
+        rows,
+        row_len,
+        bank_size,
+        keep,
+        tail_keep,
+        group,
+        group_stride,
+        step,
+        torch.get_num_threads(),
+    )
     return out
 
 
@@ -116,8 +138,9 @@ def largest_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], k: 
     for shift in range(bits - 16, -1, -16):
         per_thread.zero_()
         for w, m in zip(weights, masks):
-            getattr(lib, f"histogram_{bits}")(w.data_ptr(), _ptr(m), w.numel(), shift, prefix,
-                                              per_thread.data_ptr(), threads)
+            getattr(lib, f"histogram_{bits}")(
+                w.data_ptr(), _ptr(m), w.numel(), shift, prefix, per_thread.data_ptr(), threads
+            )
         hist = per_thread.sum(0)  # [bins]
         from_top = hist.flip(0).cumsum(0)  # [bins]: live keys in this bin or above
         if shift == bits - 16 and k > int(from_top[-1]):  # more than the live weights: rare, PyTorch path
@@ -131,8 +154,9 @@ def largest_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], k: 
     out = []
     for w, m in zip(weights, masks):
         keep = torch.empty(w.shape, dtype=torch.bool)
-        getattr(lib, f"keep_above_{bits}")(w.data_ptr(), _ptr(m), keep.data_ptr(), w.numel(), threshold,
-                                            ctypes.byref(ties), threads)
+        getattr(lib, f"keep_above_{bits}")(
+            w.data_ptr(), _ptr(m), keep.data_ptr(), w.numel(), threshold, ctypes.byref(ties), threads
+        )
         out.append(keep)
     return out
 
@@ -141,6 +165,7 @@ def zero_pruned_(w: Tensor, keep: Tensor) -> bool:
     """``w[~keep] = 0`` in place; ``False`` (nothing done) when the kernel cannot serve it."""
     if keep is None or not _servable(w, keep):
         return False
-    getattr(library(), f"zero_pruned_{BITS[w.dtype]}")(w.data_ptr(), keep.data_ptr(), w.numel(),
-                                                        torch.get_num_threads())
+    getattr(library(), f"zero_pruned_{BITS[w.dtype]}")(
+        w.data_ptr(), keep.data_ptr(), w.numel(), torch.get_num_threads()
+    )
     return True

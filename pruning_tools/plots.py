@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,8 +51,9 @@ def plot_layer_sparsity(layer_sparsity: Mapping[str, float], path: str | Path) -
     return Path(path)
 
 
-def bank_fill(weights: Mapping[str, np.ndarray], bank_size: int = 64,
-              layout: str = "channels_last") -> dict[str, np.ndarray]:
+def bank_fill(
+    weights: Mapping[str, np.ndarray], bank_size: int = 64, layout: str = "channels_last"
+) -> dict[str, np.ndarray]:
     """Non-zeros per full bank (flat int array) of every weight with >= 2 dims and a full bank."""
     counts = {}
     for name, w in weights.items():
@@ -64,8 +65,9 @@ def bank_fill(weights: Mapping[str, np.ndarray], bank_size: int = 64,
     return counts
 
 
-def plot_bank_histogram(weights: Mapping[str, np.ndarray], bank_size: int, path: str | Path,
-                        layout: str = "channels_last") -> Path:
+def plot_bank_histogram(
+    weights: Mapping[str, np.ndarray], bank_size: int, path: str | Path, layout: str = "channels_last"
+) -> Path:
     """Histogram of non-zeros per bank, one colour per layer; a balanced layer is a single bar."""
     plt = _pyplot()
     counts = bank_fill(weights, bank_size, layout)
@@ -74,8 +76,12 @@ def plot_bank_histogram(weights: Mapping[str, np.ndarray], bank_size: int, path:
         edges = np.arange(bank_size + 2) - 0.5
         ax.hist(list(counts.values()), bins=edges, label=list(counts), stacked=True)
         ax.legend(fontsize="small")
-    ax.set(xlabel=f"non-zeros per bank of {bank_size}", ylabel="banks", xlim=(-0.5, bank_size + 0.5),
-           title="Non-zeros per bank")
+    ax.set(
+        xlabel=f"non-zeros per bank of {bank_size}",
+        ylabel="banks",
+        xlim=(-0.5, bank_size + 0.5),
+        title="Non-zeros per bank",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

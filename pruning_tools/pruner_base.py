@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,10 @@ def write_state_file(state: Mapping[str, Any], path: str | Path) -> None:
     """
     from safetensors.numpy import save_file
 
-    tensors = {_MASK_PREFIX + name: np.ascontiguousarray(np.asarray(packed, dtype=np.uint8))
-               for name, packed in state["masks"].items()}
+    tensors = {
+        _MASK_PREFIX + name: np.ascontiguousarray(np.asarray(packed, dtype=np.uint8))
+        for name, packed in state["masks"].items()
+    }
     plain = {key: value for key, value in state.items() if key != "masks"}
     save_file(tensors, str(path), metadata={"format": STATE_FORMAT, "state": json.dumps(plain)})
 
@@ -55,7 +58,7 @@ def read_state_file(path: str | Path) -> dict:
         if metadata.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a pruner state file of format {STATE_FORMAT!r}")
         state = json.loads(metadata["state"])
-        state["masks"] = {key[len(_MASK_PREFIX):]: f.get_tensor(key) for key in f.keys()}
+        state["masks"] = {key[len(_MASK_PREFIX) :]: f.get_tensor(key) for key in f.keys()}
     return state
 
 
@@ -91,8 +94,9 @@ class PrunerBase:
         t = self._step if step is None else step
         if self.config.fix_sparsity:
             return self._initial[name]
-        return target_sparsity(t, self.config.pretrain_step, self.config.sparse_step,
-                               self._initial_of(name), spec.sparsity)
+        return target_sparsity(
+            t, self.config.pretrain_step, self.config.sparse_step, self._initial_of(name), spec.sparsity
+        )
 
     @torch.no_grad()
     def prune(self) -> None:
@@ -145,8 +149,10 @@ class PrunerBase:
         all-True for untouched ones. These are the pruner's own tensors: read them, do not modify them."""
         self._check_ready()
         weights = self._weights()
-        return {name: (m if m is not None else torch.ones_like(D.local(weights[name]), dtype=torch.bool))
-                for name, m in self._masks.items()}
+        return {
+            name: (m if m is not None else torch.ones_like(D.local(weights[name]), dtype=torch.bool))
+            for name, m in self._masks.items()
+        }
 
     def state_dict(self) -> dict:
         """Plain data (ints, floats, strings, uint8 tensors): loads with ``weights_only=True``."""
@@ -228,9 +234,17 @@ class PrunerBase:
             if spec.balance == "global":
                 pool.append(name)
                 continue
-            self._masks[name] = D.compute_mask(p.detach(), self._masks[name], target, spec.balance,
-                                               spec.bank_size, spec.layout, spec.out_dim,
-                                               name=name, device=self._mask_device(p))
+            self._masks[name] = D.compute_mask(
+                p.detach(),
+                self._masks[name],
+                target,
+                spec.balance,
+                spec.bank_size,
+                spec.layout,
+                spec.out_dim,
+                name=name,
+                device=self._mask_device(p),
+            )
         if pool:
             pooled = [weights[n].detach() for n in pool]
             devices = [self._mask_device(weights[n]) for n in pool]
@@ -244,8 +258,9 @@ class PrunerBase:
             shape = tuple(weights[name].shape)
             if spec.balance == "global":
                 continue
-            realised = M.realised_sparsity(shape, spec.balance, spec.sparsity, spec.bank_size,
-                                           spec.layout, spec.out_dim)
+            realised = M.realised_sparsity(
+                shape, spec.balance, spec.sparsity, spec.bank_size, spec.layout, spec.out_dim
+            )
             # rounding to whole weights per bank (or per tensor) is not "unreachable"
             if spec.balance == "fix":
                 granularity = 0.5 / min(spec.bank_size, M.row_length(shape, spec.layout, spec.out_dim))

@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,21 +73,27 @@ class Prune(PrunerBase):
             raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
         named = dict(model.named_parameters())
         self.config: PruneConfig = make_config(
-            pretrain_step, sparse_step, frequency, prune_dict, restore_sparsity, fix_sparsity,
-            balance, prune_device, bank_size, layout,
+            pretrain_step,
+            sparse_step,
+            frequency,
+            prune_dict,
+            restore_sparsity,
+            fix_sparsity,
+            balance,
+            prune_device,
+            bank_size,
+            layout,
             shapes={name: tuple(p.shape) for name, p in named.items()},
             out_dims=_out_dims(model),
         )
         self._params: dict[str, nn.Parameter] = {name: named[name] for name in self.config.params}
         for name, p in self._params.items():
             if not p.is_floating_point():
-                raise TypeError(
-                    f"prune_dict entry {name!r} has dtype {p.dtype}: expected a floating-point parameter"
-                )
+                raise TypeError(f"prune_dict entry {name!r} has dtype {p.dtype}: expected a floating-point parameter")
         self.model = model
         self._init_state()
 
-    def prepare(self) -> "Prune":
+    def prepare(self) -> Prune:
         """No-op kept for API parity with the MXNet class (whose parameters initialise lazily)."""
         return self
 

@@ -27,9 +27,10 @@ import json
 import math
 import numbers
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -72,8 +73,7 @@ def snap_levels(levels: Iterable[Any] | None = None, balance: str = "fix", bank_
     return sorted(set(values))
 
 
-def realised(shape: Sequence[int], level: float, balance: str, bank_size: int, layout: str,
-             out_dim: int = 0) -> float:
+def realised(shape: Sequence[int], level: float, balance: str, bank_size: int, layout: str, out_dim: int = 0) -> float:
     """Fraction of zeros a dense tensor of ``shape`` has after one-shot pruning at ``level``."""
     return M.realised_sparsity(tuple(shape), balance, level, bank_size, layout, out_dim)
 
@@ -108,8 +108,7 @@ class SensitivityTable:
 
     def realised(self, name: str, level: float) -> float:
         """Fraction of zeros parameter ``name`` reaches at ``level`` with this table's pattern."""
-        return realised(self.shapes[name], level, self.balance, self.bank_size, self.layout,
-                        self.out_dims.get(name, 0))
+        return realised(self.shapes[name], level, self.balance, self.bank_size, self.layout, self.out_dims.get(name, 0))
 
     def drops(self) -> list[list[float]]:
         """Score lost against ``baseline`` (positive = worse), ``[len(names), len(levels)]``."""
@@ -133,11 +132,23 @@ class SensitivityTable:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SensitivityTable":
+    def from_dict(cls, data: Mapping[str, Any]) -> SensitivityTable:
         if not isinstance(data, Mapping) or data.get("format") != TABLE_FORMAT:
             raise ValueError(f"data is not a sensitivity table of format {TABLE_FORMAT!r}")
-        fields = {k: data[k] for k in ("names", "levels", "scores", "baseline", "balance", "bank_size",
-                                        "layout", "out_dims", "higher_is_better")}
+        fields = {
+            k: data[k]
+            for k in (
+                "names",
+                "levels",
+                "scores",
+                "baseline",
+                "balance",
+                "bank_size",
+                "layout",
+                "out_dims",
+                "higher_is_better",
+            )
+        }
         return cls(shapes={n: tuple(s) for n, s in data["shapes"].items()}, **fields)
 
     def save_json(self, path: str | Path) -> Path:
@@ -146,7 +157,7 @@ class SensitivityTable:
         return path
 
     @classmethod
-    def load_json(cls, path: str | Path) -> "SensitivityTable":
+    def load_json(cls, path: str | Path) -> SensitivityTable:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save_csv(self, path: str | Path) -> Path:
@@ -158,8 +169,9 @@ class SensitivityTable:
             out.writerow(["parameter", "size", "level", "realised_sparsity", "score", "drop"])
             for i, name in enumerate(self.names):
                 for j, level in enumerate(self.levels):
-                    out.writerow([name, sizes[name], level, round(self.realised(name, level), 6),
-                                  self.scores[i][j], drops[i][j]])
+                    out.writerow(
+                        [name, sizes[name], level, round(self.realised(name, level), 6), self.scores[i][j], drops[i][j]]
+                    )
         return path
 
 
@@ -221,8 +233,7 @@ def _weights_of(model: Any):
     gluon = sys.modules.get("mxnet.gluon")  # a Gluon block means MXNet is already imported
     if gluon is not None and isinstance(model, gluon.Block):
         return _MxnetWeights(model)
-    raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module or a "
-                    "mxnet.gluon.Block")
+    raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module or a mxnet.gluon.Block")
 
 
 def _score(evaluate: Callable[[Any], Any], model: Any) -> float:
@@ -291,17 +302,23 @@ def sweep(
             spec, dense = specs[name], weights.get(name)
             try:
                 for j, level in enumerate(snapped):
-                    keep = M.compute_mask(dense, None, level, spec.balance, spec.bank_size,
-                                          spec.layout, spec.out_dim)
+                    keep = M.compute_mask(dense, None, level, spec.balance, spec.bank_size, spec.layout, spec.out_dim)
                     weights.set(name, dense * keep)
                     scores[i][j] = _score(evaluate, model)
                     advance(name, level)
             finally:
                 weights.set(name, dense)
     return SensitivityTable(
-        names=names, levels=snapped, scores=scores, baseline=baseline,
-        shapes={n: shapes[n] for n in names}, balance=balance, bank_size=bank_size, layout=layout,
-        out_dims={n: specs[n].out_dim for n in names if specs[n].out_dim}, higher_is_better=higher_is_better,
+        names=names,
+        levels=snapped,
+        scores=scores,
+        baseline=baseline,
+        shapes={n: shapes[n] for n in names},
+        balance=balance,
+        bank_size=bank_size,
+        layout=layout,
+        out_dims={n: specs[n].out_dim for n in names if specs[n].out_dim},
+        higher_is_better=higher_is_better,
     )
 
 
@@ -316,8 +333,9 @@ class _progress_bar:
             return lambda name, level: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), transient=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
         self.bar.__enter__()
         task = self.bar.add_task("sensitivity", total=self.total)
 
@@ -334,8 +352,9 @@ class _progress_bar:
 # ---------------------------------------------------------------- the suggestion
 
 
-def overall_sparsity(table: SensitivityTable, prune_dict: Mapping[str, float],
-                     sizes: Mapping[str, float] | None = None) -> float:
+def overall_sparsity(
+    table: SensitivityTable, prune_dict: Mapping[str, float], sizes: Mapping[str, float] | None = None
+) -> float:
     """Size-weighted fraction of zeros the table's parameters reach with ``prune_dict``
     (``{name: sparsity}``; names missing from it stay dense), with the table's pattern."""
     sizes = _checked_sizes(table, sizes)
@@ -360,8 +379,9 @@ def _checked_sizes(table: SensitivityTable, sizes: Mapping[str, float] | None) -
     if sizes is None:
         return dict(table.sizes())
     if not isinstance(sizes, Mapping) or set(sizes) != set(table.names):
-        raise ValueError(f"sizes={sizes!r} is not allowed: expected a dict with one positive number "
-                         f"for each of {table.names}")
+        raise ValueError(
+            f"sizes={sizes!r} is not allowed: expected a dict with one positive number for each of {table.names}"
+        )
     for name, v in sizes.items():
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
             raise ValueError(f"sizes[{name!r}]={v!r} is not allowed: expected a positive number")
@@ -414,12 +434,15 @@ def suggest_prune_dict(
     ``Prune``. Raises ``ValueError`` when ``target`` cannot be reached within the swept levels.
     """
     if target is None and max_drop is None:
-        raise ValueError("target=None and max_drop=None is not allowed: expected a target overall "
-                         "sparsity, a tolerated score drop, or both")
+        raise ValueError(
+            "target=None and max_drop=None is not allowed: expected a target overall "
+            "sparsity, a tolerated score drop, or both"
+        )
     if target is not None:
         target = check_sparsity("target", target)
-    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real)
-                                 or not max_drop >= 0):
+    if max_drop is not None and (
+        isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real) or not max_drop >= 0
+    ):
         raise ValueError(f"max_drop={max_drop!r} is not allowed: expected a number >= 0")
     if resolution is None:
         resolution = 1.0 / table.bank_size if table.balance == "fix" else 1.0 / 256
@@ -438,21 +461,28 @@ def suggest_prune_dict(
         grids.append(grid)
         gains.append(np.array([weights[name] * table.realised(name, float(s)) for s in grid]) / total)
         costs.append(np.interp(grid, levels, drops))
-    chosen = ([len(g) - 1 for g in grids] if target is None
-              else _allocate(gains, costs, target, table, max_drop, units))
+    chosen = [len(g) - 1 for g in grids] if target is None else _allocate(gains, costs, target, table, max_drop, units)
     return {name: float(round(grids[i][chosen[i]], 9)) for i, name in enumerate(table.names)}
 
 
-def _allocate(gains: list[np.ndarray], costs: list[np.ndarray], target: float, table: SensitivityTable,
-              max_drop: float | None, units: int) -> list[int]:
+def _allocate(
+    gains: list[np.ndarray],
+    costs: list[np.ndarray],
+    target: float,
+    table: SensitivityTable,
+    max_drop: float | None,
+    units: int,
+) -> list[int]:
     """Indices into each parameter's grid minimising the summed cost with the summed gain >= ``target``
     (see ``suggest_prune_dict``). ``gains[i][j]``: overall sparsity parameter ``i`` adds at grid
     point ``j``; ``costs[i][j]``: its predicted drop there."""
     reachable = sum(float(g[-1]) for g in gains)
     if reachable < target - 1e-12:
         within = "" if max_drop is None else f" and max_drop={max_drop}"
-        raise ValueError(f"target={target} is not reachable: at most {reachable:.4f} overall within the "
-                         f"swept levels (up to {table.levels[-1]}){within}; sweep higher levels or lower the target")
+        raise ValueError(
+            f"target={target} is not reachable: at most {reachable:.4f} overall within the "
+            f"swept levels (up to {table.levels[-1]}){within}; sweep higher levels or lower the target"
+        )
     need = int(math.ceil(target * units - 1e-6))  # units of overall sparsity to collect
     best = np.full(need + 1, np.inf)  # [need + 1]: least cost to collect u units (need: "need or more")
     best[0] = 0.0
@@ -465,8 +495,8 @@ def _allocate(gains: list[np.ndarray], costs: list[np.ndarray], target: float, t
         for j in range(len(g)):  # ascending: on equal cost the denser grid point stays
             k = int(step[j])
             moved, origin = np.full(need + 1, np.inf), states - k
-            moved[k:] = best[:need + 1 - k] + c[j]
-            top = need - k + int(np.argmin(best[need - k:]))  # any state reaching "need or more"
+            moved[k:] = best[: need + 1 - k] + c[j]
+            top = need - k + int(np.argmin(best[need - k :]))  # any state reaching "need or more"
             if best[top] + c[j] < moved[need]:
                 moved[need], origin[need] = best[top] + c[j], top
             better = moved < new - 1e-12
@@ -480,8 +510,9 @@ def _allocate(gains: list[np.ndarray], costs: list[np.ndarray], target: float, t
     return _back_off(idx, gains, costs, target, sum(float(g[j]) for g, j in zip(gains, idx)))
 
 
-def _back_off(idx: list[int], gains: list[np.ndarray], costs: list[np.ndarray], target: float,
-              reached: float) -> list[int]:
+def _back_off(
+    idx: list[int], gains: list[np.ndarray], costs: list[np.ndarray], target: float, reached: float
+) -> list[int]:
     """Lower parameters one grid step at a time while the overall sparsity stays at or above
     ``target``: first the step saving the most predicted drop, then the one removing the most
     overshoot. Trims the overshoot left by whole grid steps and rounded-down shares."""

@@ -10,8 +10,15 @@ from typing import Any, Callable
 import click
 
 from .config import check_sparsity
-from .sensitivity import (DEFAULT_LEVELS, SensitivityTable, overall_sparsity, predicted_drop, snap_levels,
-                          suggest_prune_dict, sweep)
+from .sensitivity import (
+    DEFAULT_LEVELS,
+    SensitivityTable,
+    overall_sparsity,
+    predicted_drop,
+    snap_levels,
+    suggest_prune_dict,
+    sweep,
+)
 
 
 def load_user_model(spec: str) -> tuple[Any, Callable[[Any], float]]:
@@ -25,13 +32,24 @@ def load_user_model(spec: str) -> tuple[Any, Callable[[Any], float]]:
         raise click.BadParameter(f"{spec!r}: {error}", param_hint="--model") from error
     result = function()
     if not (isinstance(result, tuple) and len(result) == 2 and callable(result[1])):
-        raise click.BadParameter(f"{spec!r} returned {type(result).__name__}: expected a tuple "
-                                 "(model, evaluate) with evaluate a callable model -> score", param_hint="--model")
+        raise click.BadParameter(
+            f"{spec!r} returned {type(result).__name__}: expected a tuple "
+            "(model, evaluate) with evaluate a callable model -> score",
+            param_hint="--model",
+        )
     return result
 
 
-def mnist_model(data_dir: str | None, weights: str | None, epochs: int, limit: int | None,
-                score_images: int, seed: int, out: Path, score: str = "loss") -> tuple[Any, Callable[[Any], float]]:
+def mnist_model(
+    data_dir: str | None,
+    weights: str | None,
+    epochs: int,
+    limit: int | None,
+    score_images: int,
+    seed: int,
+    out: Path,
+    score: str = "loss",
+) -> tuple[Any, Callable[[Any], float]]:
     """The MNIST demo CNN, dense (loaded from ``weights`` or trained for ``epochs``), scored on the
     last ``score_images`` training images (the test set stays unseen) by minus the mean
     cross-entropy (``score="loss"``) or by accuracy."""
@@ -49,8 +67,9 @@ def mnist_model(data_dir: str | None, weights: str | None, epochs: int, limit: i
         click.echo(f"training the dense CNN for {epochs} epoch(s) ...", err=True)
         result = train_mnist(data_dir, sparsity=0.0, epochs=epochs, limit=limit, seed=seed)
         model = result["model"]
-        click.echo(f"dense test accuracy {result['test_accuracy']:.4f}; weights -> {out / 'dense.safetensors'}",
-                   err=True)
+        click.echo(
+            f"dense test accuracy {result['test_accuracy']:.4f}; weights -> {out / 'dense.safetensors'}", err=True
+        )
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "dense.safetensors"))
     data = load_mnist(data_dir).head(limit)
     images = to_tensor(data.train_images[-score_images:])
@@ -61,8 +80,10 @@ def mnist_model(data_dir: str | None, weights: str | None, epochs: int, limit: i
     @torch.no_grad()
     def minus_loss(m: torch.nn.Module) -> float:
         m.eval()
-        total = sum(float(F.cross_entropy(m(images[i:i + 1000]), labels[i:i + 1000], reduction="sum"))
-                    for i in range(0, len(labels), 1000))
+        total = sum(
+            float(F.cross_entropy(m(images[i : i + 1000]), labels[i : i + 1000], reduction="sum"))
+            for i in range(0, len(labels), 1000)
+        )
         return -total / len(labels)
 
     return model, minus_loss
@@ -84,34 +105,87 @@ def _print_table(table: SensitivityTable) -> None:
 
 
 @click.command("sensitivity")
-@click.option("--model", "model_spec", default=None, metavar="PKG.MODULE:FUNCTION",
-              help="Function returning (model, evaluate); default: the MNIST demo CNN.")
+@click.option(
+    "--model",
+    "model_spec",
+    default=None,
+    metavar="PKG.MODULE:FUNCTION",
+    help="Function returning (model, evaluate); default: the MNIST demo CNN.",
+)
 @click.option("--params", multiple=True, help="Parameter name or glob (repeatable); default: all >= 2-D weights.")
-@click.option("--levels", default=",".join(str(v) for v in DEFAULT_LEVELS), show_default=True,
-              help="Comma-separated sparsities, snapped to what the pattern realises.")
+@click.option(
+    "--levels",
+    default=",".join(str(v) for v in DEFAULT_LEVELS),
+    show_default=True,
+    help="Comma-separated sparsities, snapped to what the pattern realises.",
+)
 @click.option("--balance", type=click.Choice(["fix", "none"]), default="fix", show_default=True)
 @click.option("--bank-size", type=int, default=64, show_default=True)
 @click.option("--layout", type=click.Choice(["channels_last", "flat"]), default="channels_last", show_default=True)
 @click.option("--target", type=float, default=None, help="Overall sparsity of the suggested prune_dict.")
-@click.option("--uniform", type=float, default=None,
-              help="Suggest at the overall sparsity a uniform prune_dict at this value reaches.")
+@click.option(
+    "--uniform",
+    type=float,
+    default=None,
+    help="Suggest at the overall sparsity a uniform prune_dict at this value reaches.",
+)
 @click.option("--max-drop", type=float, default=None, help="Score drop tolerated per parameter.")
 @click.option("--lower-is-better", is_flag=True, help="The score is a loss.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sensitivity"),
-              show_default=True, help="Directory for sensitivity.json/.csv/.png, suggestion.json, targets.png.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/sensitivity"),
+    show_default=True,
+    help="Directory for sensitivity.json/.csv/.png, suggestion.json, targets.png.",
+)
 @click.option("--data-dir", default=None, help="MNIST: directory of the IDX files.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="MNIST: dense weights (safetensors) instead of training.")
-@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="MNIST: dense training epochs.")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="MNIST: dense weights (safetensors) instead of training.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="MNIST: dense training epochs."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="MNIST: use only the first N images.")
-@click.option("--score-images", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="MNIST: score on the last N training images.")
-@click.option("--score", type=click.Choice(["loss", "accuracy"]), default="loss", show_default=True,
-              help="MNIST: minus the mean cross-entropy, or the accuracy.")
+@click.option(
+    "--score-images",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="MNIST: score on the last N training images.",
+)
+@click.option(
+    "--score",
+    type=click.Choice(["loss", "accuracy"]),
+    default="loss",
+    show_default=True,
+    help="MNIST: minus the mean cross-entropy, or the accuracy.",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def sensitivity(model_spec, params, levels, balance, bank_size, layout, target, uniform, max_drop,
-                lower_is_better, out, data_dir, weights, epochs, limit, score_images, score, seed, progress) -> None:
+def sensitivity(
+    model_spec,
+    params,
+    levels,
+    balance,
+    bank_size,
+    layout,
+    target,
+    uniform,
+    max_drop,
+    lower_is_better,
+    out,
+    data_dir,
+    weights,
+    epochs,
+    limit,
+    score_images,
+    score,
+    seed,
+    progress,
+) -> None:
     """Prune one parameter at a time, one-shot; score; restore; suggest a prune_dict."""
     try:
         level_values = [float(v) for v in levels.split(",") if v.strip()]
@@ -132,8 +206,17 @@ def sensitivity(model_spec, params, levels, balance, bank_size, layout, target, 
     else:
         model, evaluate = load_user_model(model_spec)
     try:
-        table = sweep(model, evaluate, list(params) or None, level_values, balance=balance, bank_size=bank_size,
-                      layout=layout, higher_is_better=not lower_is_better, progress=progress)
+        table = sweep(
+            model,
+            evaluate,
+            list(params) or None,
+            level_values,
+            balance=balance,
+            bank_size=bank_size,
+            layout=layout,
+            higher_is_better=not lower_is_better,
+            progress=progress,
+        )
     except (ValueError, TypeError) as error:
         raise click.UsageError(str(error)) from error
     _print_table(table)
@@ -151,8 +234,13 @@ def sensitivity(model_spec, params, levels, balance, bank_size, layout, target, 
         suggestion = suggest_prune_dict(table, target, max_drop)
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    report = {"prune_dict": suggestion, "overall_sparsity": overall_sparsity(table, suggestion),
-              "predicted_drop": predicted_drop(table, suggestion), "target": target, "max_drop": max_drop}
+    report = {
+        "prune_dict": suggestion,
+        "overall_sparsity": overall_sparsity(table, suggestion),
+        "predicted_drop": predicted_drop(table, suggestion),
+        "target": target,
+        "max_drop": max_drop,
+    }
     bars = {"suggested": suggestion}
     if uniform is not None:
         bars[f"uniform {uniform}"] = {name: uniform for name in table.names}

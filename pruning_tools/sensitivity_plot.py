@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .sensitivity import SensitivityTable
 
@@ -27,16 +27,19 @@ def plot_curves(table: SensitivityTable, path: str | Path, title: str | None = N
     ax.axhline(table.baseline, color="grey", linestyle="--", linewidth=0.8, label="dense")
     ax.set_xlabel("sparsity of this parameter alone (fraction of zeros)")
     ax.set_ylabel("score")
-    ax.set_title(title or f"Sensitivity, one parameter at a time (balance={table.balance!r}, "
-                          f"bank {table.bank_size})", fontsize=10)
+    ax.set_title(
+        title or f"Sensitivity, one parameter at a time (balance={table.balance!r}, bank {table.bank_size})",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path)
     return Path(path)
 
 
-def plot_targets(table: SensitivityTable, prune_dicts: Mapping[str, Mapping[str, float]],
-                 path: str | Path, title: str | None = None) -> Path:
+def plot_targets(
+    table: SensitivityTable, prune_dicts: Mapping[str, Mapping[str, float]], path: str | Path, title: str | None = None
+) -> Path:
     """Grouped bars: per parameter, the sparsity it really reaches under each named prune_dict
     (e.g. ``{"suggested": ..., "uniform 90 %": ...}``). Writes a PNG to ``path`` and returns it."""
     fig = _figure(7.0, 3.8)
@@ -45,8 +48,9 @@ def plot_targets(table: SensitivityTable, prune_dicts: Mapping[str, Mapping[str,
     positions = range(len(table.names))
     for k, (label, prune_dict) in enumerate(prune_dicts.items()):
         heights = [table.realised(name, float(prune_dict.get(name, 0.0))) for name in table.names]
-        bars = ax.bar([p + (k - (len(prune_dicts) - 1) / 2) * width for p in positions], heights,
-                      width=width, label=label)
+        bars = ax.bar(
+            [p + (k - (len(prune_dicts) - 1) / 2) * width for p in positions], heights, width=width, label=label
+        )
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(list(positions), table.names, fontsize=8)
     ax.set_ylim(0, 1.25)

@@ -18,8 +18,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -42,8 +42,10 @@ class BankSparseLinear(nn.Module):
         super().__init__()
         shape = tuple(packed.shape)
         if len(shape) < 2 or any(s != 1 for s in shape[2:]) or packed.out_dim != 0:
-            raise ValueError(f"packed weight of shape {list(shape)} (out_dim={packed.out_dim}) is not allowed: "
-                             "expected a Linear weight [out, in] or a 1x1 conv weight [out, in, 1, ...]")
+            raise ValueError(
+                f"packed weight of shape {list(shape)} (out_dim={packed.out_dim}) is not allowed: "
+                "expected a Linear weight [out, in] or a 1x1 conv weight [out, in, 1, ...]"
+            )
         self.out_features, self.in_features = shape[0], shape[1]
         self.bank_size = packed.bank_size
         self.weight_shape = shape
@@ -61,14 +63,14 @@ class BankSparseLinear(nn.Module):
     # ------------------------------------------------------------ construction
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bank_size: int = 64, sparsity: float | None = None) -> "BankSparseLinear":
+    def from_linear(cls, linear: nn.Linear, bank_size: int = 64, sparsity: float | None = None) -> BankSparseLinear:
         """Pack a pruned ``nn.Linear`` (its weight must be bank-balanced, see ``export.check_balanced``)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear={type(linear).__name__} is not allowed: expected a torch.nn.Linear")
         return cls(pack(linear.weight, bank_size, sparsity=sparsity, name="weight"), linear.bias)
 
     @classmethod
-    def from_file(cls, path: str | Path, name: str) -> "BankSparseLinear":
+    def from_file(cls, path: str | Path, name: str) -> BankSparseLinear:
         """Build from a packed file (``export.save_packed``): weight ``f"{name}.weight"`` and, when
         the file has it, bias ``f"{name}.bias"``."""
         tensors = read_packed(path)
@@ -80,16 +82,19 @@ class BankSparseLinear(nn.Module):
         return cls(weight, bias if isinstance(bias, Tensor) else None)
 
     def packed(self) -> PackedTensor:
-        return PackedTensor(self.values, self.indices, self.tail_values, self.tail_indices,
-                            self.weight_shape, self.bank_size)
+        return PackedTensor(
+            self.values, self.indices, self.tail_values, self.tail_indices, self.weight_shape, self.bank_size
+        )
 
     def dense_weight(self) -> Tensor:
         """The weight as a dense tensor ``[out, in, ...]`` (zeros where nothing is stored)."""
         return unpack(self.packed())
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bank_size={self.bank_size}, "
-                f"k={self.values.shape[-1]}, tail_k={self.tail_values.shape[-1]}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bank_size={self.bank_size}, "
+            f"k={self.values.shape[-1]}, tail_k={self.tail_values.shape[-1]}, bias={self.bias is not None}"
+        )
 
     # ------------------------------------------------------------ compute
 
@@ -116,17 +121,33 @@ class BankSparseLinear(nn.Module):
         lib = kernels.library()
         b = self._buffers  # direct access and no loops: this runs on every call
         values, bias = b["values"], b["bias"]
-        key = (id(lib), values.data_ptr(), b["indices"].data_ptr(), b["tail_values"].data_ptr(),
-               b["tail_indices"].data_ptr(), None if bias is None else bias.data_ptr(), values.dtype)  # moved/converted
+        key = (
+            id(lib),
+            values.data_ptr(),
+            b["indices"].data_ptr(),
+            b["tail_values"].data_ptr(),
+            b["tail_indices"].data_ptr(),
+            None if bias is None else bias.data_ptr(),
+            values.dtype,
+        )  # moved/converted
         if key != self._kernel_key:  # check and describe the weight again
             parts = [b[name] for name in ("values", "indices", "tail_values", "tail_indices", "bias")]
             tail_values = b["tail_values"]
-            usable = (lib is not None
-                      and all(t is None or (t.device.type == "cpu" and t.is_contiguous()) for t in parts)
-                      and values.dtype == tail_values.dtype == torch.float32 and b["indices"].dtype == torch.uint8
-                      and (bias is None or bias.dtype == torch.float32))
-            args = (*key[1:6], self.out_features, values.shape[1], values.shape[2], self.bank_size,
-                    tail_values.shape[1])
+            usable = (
+                lib is not None
+                and all(t is None or (t.device.type == "cpu" and t.is_contiguous()) for t in parts)
+                and values.dtype == tail_values.dtype == torch.float32
+                and b["indices"].dtype == torch.uint8
+                and (bias is None or bias.dtype == torch.float32)
+            )
+            args = (
+                *key[1:6],
+                self.out_features,
+                values.shape[1],
+                values.shape[2],
+                self.bank_size,
+                tail_values.shape[1],
+            )
             self._kernel_key, self._kernel_args = key, ((lib, args) if usable else None)
         return self._kernel_args
 
@@ -138,8 +159,10 @@ class BankSparseLinear(nn.Module):
         values = torch.cat([self.values.flatten(1), self.tail_values], dim=1).to(x)  # [out, nnz]
         nnz = max(1, columns.shape[1])
         chunk = max(1, GATHER_CHUNK // (nnz * max(1, x.shape[0])))
-        parts = [(x[:, columns[o:o + chunk]] * values[o:o + chunk]).sum(-1)  # [batch, chunk]
-                 for o in range(0, self.out_features, chunk)]
+        parts = [
+            (x[:, columns[o : o + chunk]] * values[o : o + chunk]).sum(-1)  # [batch, chunk]
+            for o in range(0, self.out_features, chunk)
+        ]
         y = torch.cat(parts, dim=1) if parts else x.new_zeros(x.shape[0], 0)
         return y + self.bias.to(y) if self.bias is not None else y
 
@@ -166,8 +189,9 @@ class BankSparseConv1x1(BankSparseLinear):
         self.stride = stride
 
     @classmethod
-    def from_conv(cls, conv: nn.modules.conv._ConvNd, bank_size: int = 64,
-                  sparsity: float | None = None) -> "BankSparseConv1x1":
+    def from_conv(
+        cls, conv: nn.modules.conv._ConvNd, bank_size: int = 64, sparsity: float | None = None
+    ) -> BankSparseConv1x1:
         """Pack a pruned 1×1 ``nn.Conv1d/2d/3d`` (groups 1, no padding)."""
         if not is_pointwise_conv(conv):
             raise ValueError(f"conv={conv} is not allowed: expected a 1x1 Conv1d/2d/3d with groups=1 and padding 0")
@@ -177,8 +201,9 @@ class BankSparseConv1x1(BankSparseLinear):
     def forward(self, x: Tensor) -> Tensor:
         dims = len(self.stride)
         if x.dim() != dims + 2:
-            raise ValueError(f"input of shape {list(x.shape)} is not allowed: expected [N, {self.in_features}, "
-                             f"{dims} spatial dims]")
+            raise ValueError(
+                f"input of shape {list(x.shape)} is not allowed: expected [N, {self.in_features}, {dims} spatial dims]"
+            )
         if any(s != 1 for s in self.stride):
             x = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
         y = super().forward(x.movedim(1, -1))  # [N, *spatial, out]
@@ -187,8 +212,12 @@ class BankSparseConv1x1(BankSparseLinear):
 
 def is_pointwise_conv(module: nn.Module) -> bool:
     """A forward ``Conv1d/2d/3d`` with kernel 1, groups 1 and no padding."""
-    return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in module.kernel_size)
-            and module.groups == 1 and (module.padding == "valid" or all(p == 0 for p in module.padding)))
+    return (
+        isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        and all(k == 1 for k in module.kernel_size)
+        and module.groups == 1
+        and (module.padding == "valid" or all(p == 0 for p in module.padding))
+    )
 
 
 def to_bank_sparse(model: nn.Module, bank_size: int = 64) -> list[str]:

@@ -64,11 +64,16 @@ def main() -> None:
     conv = model.layer4[0].conv2.weight.detach()
     cases = {
         f"one conv {list(conv.shape)}": ([conv], lambda: M.global_masks([conv], [None], args.sparsity)),
-        f"global, {len(weights)} tensors": (weights, lambda: M.global_masks(weights, [None] * len(weights), args.sparsity)),
+        f"global, {len(weights)} tensors": (
+            weights,
+            lambda: M.global_masks(weights, [None] * len(weights), args.sparsity),
+        ),
     }
     engine = os.environ.get("PRUNING_TOOLS_KERNEL", "auto")
-    print(f"sparsity {args.sparsity}, {torch.get_num_threads()} thread(s), best of {args.repeat}, "
-          f"single-process engine PRUNING_TOOLS_KERNEL={engine}")
+    print(
+        f"sparsity {args.sparsity}, {torch.get_num_threads()} thread(s), best of {args.repeat}, "
+        f"single-process engine PRUNING_TOOLS_KERNEL={engine}"
+    )
     for label, (ws, single) in cases.items():
         n = sum(w.numel() for w in ws)
         same = all(torch.equal(a, b.reshape(a.shape)) for a, b in zip(single(), sharded(ws, args.sparsity)))

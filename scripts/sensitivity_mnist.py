@@ -41,8 +41,13 @@ def log(message: str) -> None:
 
 def train(label: str, **kwargs) -> dict:
     log(f"training {label}: {kwargs}")
-    result = train_mnist(on_epoch=lambda r: log(f"  {label} epoch {r['epoch']}: test {r['test_accuracy']:.4f}, "
-                                                  f"sparsity {r['sparsity']:.4f}, {r['seconds']:.0f} s"), **kwargs)
+    result = train_mnist(
+        on_epoch=lambda r: log(
+            f"  {label} epoch {r['epoch']}: test {r['test_accuracy']:.4f}, "
+            f"sparsity {r['sparsity']:.4f}, {r['seconds']:.0f} s"
+        ),
+        **kwargs,
+    )
     log(f"{label}: test accuracy {result['test_accuracy']:.4f}, total sparsity {result['total_sparsity']:.4f}")
     return result
 
@@ -59,8 +64,9 @@ def dense_model(args) -> tuple[torch.nn.Module, dict | None]:
         model.load_state_dict(load_file(str(args.dense_weights)))
         log(f"dense weights from {args.dense_weights}")
         return model, None
-    result = train("dense", data_dir=args.data_dir, sparsity=0.0, epochs=args.dense_epochs, limit=args.limit,
-                   seed=args.seed)
+    result = train(
+        "dense", data_dir=args.data_dir, sparsity=0.0, epochs=args.dense_epochs, limit=args.limit, seed=args.seed
+    )
     args.dense_weights.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in result["model"].state_dict().items()}, str(args.dense_weights))
     return result["model"], summary(result)
@@ -86,47 +92,78 @@ def main(argv: list[str] | None = None) -> int:
 
     model, dense = dense_model(args)
     data = load_mnist(args.data_dir).head(args.limit)
-    images = to_tensor(data.train_images[-args.score_images:])
-    labels = torch.from_numpy(data.train_labels[-args.score_images:].astype("int64"))
+    images = to_tensor(data.train_images[-args.score_images :])
+    labels = torch.from_numpy(data.train_labels[-args.score_images :].astype("int64"))
 
     @torch.no_grad()
     def minus_loss(m: torch.nn.Module) -> float:
         m.eval()
-        return -float(sum(F.cross_entropy(m(images[i:i + 1000]), labels[i:i + 1000], reduction="sum")
-                          for i in range(0, len(labels), 1000))) / len(labels)
+        return -float(
+            sum(
+                F.cross_entropy(m(images[i : i + 1000]), labels[i : i + 1000], reduction="sum")
+                for i in range(0, len(labels), 1000)
+            )
+        ) / len(labels)
 
     tables = {}
     for score, evaluate_fn in (("loss", minus_loss), ("accuracy", lambda m: evaluate(m, images, labels))):
-        tables[score] = sweep(model, evaluate_fn, levels=LEVELS, balance="fix", bank_size=args.bank_size,
-                              progress=False)
+        tables[score] = sweep(
+            model, evaluate_fn, levels=LEVELS, balance="fix", bank_size=args.bank_size, progress=False
+        )
         stem = "sensitivity" if score == args.score else f"sensitivity_{score}"
         tables[score].save_json(args.out / f"{stem}.json")
         tables[score].save_csv(args.out / f"{stem}.csv")
     table = tables[args.score]
-    plot_curves(tables["accuracy"], args.out / "sensitivity.png",
-                title=f"MNIST CNN: accuracy on {len(labels)} training images, one weight pruned one-shot "
-                      f"(bank {args.bank_size})")
+    plot_curves(
+        tables["accuracy"],
+        args.out / "sensitivity.png",
+        title=f"MNIST CNN: accuracy on {len(labels)} training images, one weight pruned one-shot "
+        f"(bank {args.bank_size})",
+    )
     uniform = {name: args.uniform for name in table.names}
     target = overall_sparsity(table, uniform)
     suggested = suggest_prune_dict(table, target)
-    log(f"uniform {args.uniform} reaches {target:.4f} overall; suggested {suggested} "
+    log(
+        f"uniform {args.uniform} reaches {target:.4f} overall; suggested {suggested} "
         f"({overall_sparsity(table, suggested):.4f} overall); predicted drop ({args.score}) uniform "
-        f"{predicted_drop(table, uniform):.4f}, suggested {predicted_drop(table, suggested):.4f}")
-    plot_targets(table, {"suggested": suggested, f"uniform {args.uniform}": uniform}, args.out / "targets.png",
-                 title=f"Per-weight sparsity at the same overall sparsity (bank {args.bank_size})")
+        f"{predicted_drop(table, uniform):.4f}, suggested {predicted_drop(table, suggested):.4f}"
+    )
+    plot_targets(
+        table,
+        {"suggested": suggested, f"uniform {args.uniform}": uniform},
+        args.out / "targets.png",
+        title=f"Per-weight sparsity at the same overall sparsity (bank {args.bank_size})",
+    )
 
     path = args.out / "comparison.json"
     report = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    report.update({"settings": {**vars(args), "out": str(args.out), "dense_weights": str(args.dense_weights),
-                                "levels": list(LEVELS)},
-                   "target_overall_sparsity": target, "suggested": suggested,
-                   "predicted_drop": {"uniform": predicted_drop(table, uniform),
-                                      "suggested": predicted_drop(table, suggested)}})
+    report.update(
+        {
+            "settings": {
+                **vars(args),
+                "out": str(args.out),
+                "dense_weights": str(args.dense_weights),
+                "levels": list(LEVELS),
+            },
+            "target_overall_sparsity": target,
+            "suggested": suggested,
+            "predicted_drop": {
+                "uniform": predicted_drop(table, uniform),
+                "suggested": predicted_drop(table, suggested),
+            },
+        }
+    )
     if dense is not None:
         report["dense"] = dense
     path.write_text(json.dumps(report, indent=1) + "\n")
-    common = dict(data_dir=args.data_dir, balance="fix", bank_size=args.bank_size, epochs=args.epochs,
-                  limit=args.limit, seed=args.seed)
+    common = dict(
+        data_dir=args.data_dir,
+        balance="fix",
+        bank_size=args.bank_size,
+        epochs=args.epochs,
+        limit=args.limit,
+        seed=args.seed,
+    )
     dicts = {"uniform": uniform, "suggested": suggested}
     for label in [r for r in args.runs.split(",") if r]:
         run = summary(train(label, prune_dict=dicts[label], **common))

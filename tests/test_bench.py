@@ -52,8 +52,9 @@ def test_masks_reach_exactly_the_budgeted_sparsity(results):
         info = results["info"][name]
         assert info["weights"] == sum(p.numel() for p in prunable_weights(model).values())
         for label, balance, bank_size, sparsity in PATTERNS:
-            assert info["sparsity"][label] == pytest.approx(expected_sparsity(model, balance, bank_size, sparsity),
-                                                            abs=1e-12), (name, label)
+            assert info["sparsity"][label] == pytest.approx(
+                expected_sparsity(model, balance, bank_size, sparsity), abs=1e-12
+            ), (name, label)
         assert info["same masks as l1_unstructured up to ties"] is True
         assert info["prune check"] is True
 

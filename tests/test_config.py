@@ -9,9 +9,19 @@ DEFAULTS = {"balance": "fix", "bank_size": 64, "layout": "channels_last"}
 
 
 def config(**overrides):
-    args = dict(pretrain_step=0, sparse_step=0, frequency=100, prune_dict={"*.weight": 0.9},
-                restore_sparsity=False, fix_sparsity=False, balance="fix", prune_device="default",
-                bank_size=64, layout="channels_last", shapes=SHAPES)
+    args = dict(
+        pretrain_step=0,
+        sparse_step=0,
+        frequency=100,
+        prune_dict={"*.weight": 0.9},
+        restore_sparsity=False,
+        fix_sparsity=False,
+        balance="fix",
+        prune_device="default",
+        bank_size=64,
+        layout="channels_last",
+        shapes=SHAPES,
+    )
     args.update(overrides)
     return make_config(**args)
 
@@ -27,8 +37,9 @@ def test_globs_exact_names_and_order():
 
 
 def test_one_dim_fix_falls_back_to_unstructured_and_overrides():
-    specs = resolve_prune_dict({"conv.bias": 0.5, "fc.weight": {"sparsity": 0.5, "bank_size": 4, "layout": "flat"}},
-                               SHAPES, DEFAULTS)
+    specs = resolve_prune_dict(
+        {"conv.bias": 0.5, "fc.weight": {"sparsity": 0.5, "bank_size": 4, "layout": "flat"}}, SHAPES, DEFAULTS
+    )
     assert specs["conv.bias"].balance == "none"
     assert (specs["fc.weight"].bank_size, specs["fc.weight"].layout, specs["fc.weight"].balance) == (4, "flat", "fix")
 
@@ -40,28 +51,31 @@ def test_callers_dict_not_mutated():
     assert d == snapshot
 
 
-@pytest.mark.parametrize("overrides, words", [
-    ({"prune_dict": {"*.weight": 1.0}}, ["prune_dict['*.weight']", "1.0", "[0, 1)"]),
-    ({"prune_dict": {"*.weight": -0.1}}, ["-0.1", "[0, 1)"]),
-    ({"prune_dict": {"*.weight": math.nan}}, ["nan", "[0, 1)"]),
-    ({"prune_dict": {"*.weight": "0.9"}}, ["'0.9'", "number"]),
-    ({"prune_dict": {"*.weight": True}}, ["True", "number"]),
-    ({"prune_dict": {}}, ["prune_dict", "non-empty"]),
-    ({"prune_dict": None}, ["prune_dict=None"]),
-    ({"prune_dict": [("fc.weight", 0.9)]}, ["prune_dict", "dict"]),
-    ({"prune_dict": {"fc.wieght": 0.9}}, ["'fc.wieght'", "fc.weight"]),
-    ({"prune_dict": {"fc.weight": {"sparsity": 0.9, "bank": 4}}}, ["bank", "sparsity"]),
-    ({"prune_dict": {"fc.weight": {"balance": "fix"}}}, ["'sparsity'"]),
-    ({"prune_dict": {"fc.weight": {"sparsity": 0.5, "bank_size": 1}}}, ["bank_size", "1", ">= 2"]),
-    ({"pretrain_step": -1}, ["pretrain_step", "-1", "integer >= 0"]),
-    ({"sparse_step": 2.5}, ["sparse_step", "2.5", "integer"]),
-    ({"frequency": 0}, ["frequency", "0", ">= 1"]),
-    ({"balance": "bank"}, ["balance", "'bank'", "'fix'", "'none'"]),
-    ({"layout": "nhwc"}, ["layout", "'nhwc'", "'channels_last'"]),
-    ({"prune_device": "cuda"}, ["prune_device", "'cuda'", "'cpu'"]),
-    ({"bank_size": 1}, ["bank_size", "1", ">= 2"]),
-    ({"restore_sparsity": "yes"}, ["restore_sparsity", "'yes'", "True or False"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"prune_dict": {"*.weight": 1.0}}, ["prune_dict['*.weight']", "1.0", "[0, 1)"]),
+        ({"prune_dict": {"*.weight": -0.1}}, ["-0.1", "[0, 1)"]),
+        ({"prune_dict": {"*.weight": math.nan}}, ["nan", "[0, 1)"]),
+        ({"prune_dict": {"*.weight": "0.9"}}, ["'0.9'", "number"]),
+        ({"prune_dict": {"*.weight": True}}, ["True", "number"]),
+        ({"prune_dict": {}}, ["prune_dict", "non-empty"]),
+        ({"prune_dict": None}, ["prune_dict=None"]),
+        ({"prune_dict": [("fc.weight", 0.9)]}, ["prune_dict", "dict"]),
+        ({"prune_dict": {"fc.wieght": 0.9}}, ["'fc.wieght'", "fc.weight"]),
+        ({"prune_dict": {"fc.weight": {"sparsity": 0.9, "bank": 4}}}, ["bank", "sparsity"]),
+        ({"prune_dict": {"fc.weight": {"balance": "fix"}}}, ["'sparsity'"]),
+        ({"prune_dict": {"fc.weight": {"sparsity": 0.5, "bank_size": 1}}}, ["bank_size", "1", ">= 2"]),
+        ({"pretrain_step": -1}, ["pretrain_step", "-1", "integer >= 0"]),
+        ({"sparse_step": 2.5}, ["sparse_step", "2.5", "integer"]),
+        ({"frequency": 0}, ["frequency", "0", ">= 1"]),
+        ({"balance": "bank"}, ["balance", "'bank'", "'fix'", "'none'"]),
+        ({"layout": "nhwc"}, ["layout", "'nhwc'", "'channels_last'"]),
+        ({"prune_device": "cuda"}, ["prune_device", "'cuda'", "'cpu'"]),
+        ({"bank_size": 1}, ["bank_size", "1", ">= 2"]),
+        ({"restore_sparsity": "yes"}, ["restore_sparsity", "'yes'", "True or False"]),
+    ],
+)
 def test_bad_input_names_argument_value_and_allowed(overrides, words):
     with pytest.raises(ValueError) as err:
         config(**overrides)
@@ -71,5 +85,10 @@ def test_bad_input_names_argument_value_and_allowed(overrides, words):
 
 def test_to_dict_is_plain_data():
     d = config().to_dict()
-    assert d["params"]["fc.weight"] == {"sparsity": 0.9, "balance": "fix", "bank_size": 64,
-                                        "layout": "channels_last", "out_dim": 0}
+    assert d["params"]["fc.weight"] == {
+        "sparsity": 0.9,
+        "balance": "fix",
+        "bank_size": 64,
+        "layout": "channels_last",
+        "out_dim": 0,
+    }

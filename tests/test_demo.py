@@ -29,8 +29,14 @@ def demo_run(tmp_path_factory):
 
 def test_demo_writes_every_file(demo_run):
     out, output = demo_run
-    for name in ("weights.safetensors", "pruner_state.pt", "results.json", "sparsity_schedule.png",
-                 "layer_sparsity.png", "bank_histogram.png"):
+    for name in (
+        "weights.safetensors",
+        "pruner_state.pt",
+        "results.json",
+        "sparsity_schedule.png",
+        "layer_sparsity.png",
+        "bank_histogram.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert "epoch  1/2" in output and "epoch  2/2" in output and "sparsity 0.90" in output
 
@@ -57,12 +63,18 @@ def test_demo_checkpoint_loads_and_is_balanced(demo_run):
     model.load_state_dict(load_file(str(out / "weights.safetensors")))  # strict: every key and shape
     settings = json.loads((out / "results.json").read_text())["settings"]
     with pytest.warns(UserWarning, match="conv1.weight"):  # its rows hold one input channel
-        prune = Prune(model, settings["pretrain_step"], settings["sparse_step"], settings["frequency"],
-                      default_prune_dict(model, 0.9))
+        prune = Prune(
+            model,
+            settings["pretrain_step"],
+            settings["sparse_step"],
+            settings["frequency"],
+            default_prune_dict(model, 0.9),
+        )
     prune.load_state_dict(torch.load(out / "pruner_state.pt", weights_only=True))
     assert prune.check()[1]
-    result = CliRunner().invoke(main, ["inspect", str(out / "weights.safetensors"), "--match", "*.weight",
-                                       "--require-balanced"])
+    result = CliRunner().invoke(
+        main, ["inspect", str(out / "weights.safetensors"), "--match", "*.weight", "--require-balanced"]
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -100,10 +112,16 @@ def test_random_shift_moves_whole_images():
     assert torch.equal(random_shift(x, 0, torch.Generator()), x)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"sparsity": 1.0}, "sparsity=1.0"), ({"balance": "rows"}, "balance='rows'"),
-    ({"epochs": 0}, "epochs=0"), ({"limit": -1}, "limit=-1"), ({"bank_size": 1}, "bank_size=1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sparsity": 1.0}, "sparsity=1.0"),
+        ({"balance": "rows"}, "balance='rows'"),
+        ({"epochs": 0}, "epochs=0"),
+        ({"limit": -1}, "limit=-1"),
+        ({"bank_size": 1}, "bank_size=1"),
+    ],
+)
 def test_train_mnist_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         train_mnist(**kwargs)
@@ -163,13 +181,25 @@ def _tiny_mnist(n=64):
 
 
 def test_demo_prune_dict_option(tmp_path):
-    args = ["demo", *SLICE, "--epochs", "1", "--balance", "none", "--out", str(tmp_path),
-            "--prune-dict", '{"conv[23].weight": 0.75, "fc.weight": 0.75}']
+    args = [
+        "demo",
+        *SLICE,
+        "--epochs",
+        "1",
+        "--balance",
+        "none",
+        "--out",
+        str(tmp_path),
+        "--prune-dict",
+        '{"conv[23].weight": 0.75, "fc.weight": 0.75}',
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     layers = json.loads((tmp_path / "results.json").read_text())["layer_sparsity"]
     assert layers == {"conv2.weight": 0.75, "conv3.weight": pytest.approx(0.75, abs=1e-5), "fc.weight": 0.75}
     bad = CliRunner().invoke(main, ["demo", "--prune-dict", "[0.9]"])
     assert bad.exit_code == 2 and "--prune-dict" in bad.output and "JSON object" in bad.output
-    unknown = CliRunner().invoke(main, ["demo", *SLICE, "--out", str(tmp_path), "--prune-dict", '{"conv9.weight": 0.5}'])
+    unknown = CliRunner().invoke(
+        main, ["demo", *SLICE, "--out", str(tmp_path), "--prune-dict", '{"conv9.weight": 0.5}']
+    )
     assert unknown.exit_code == 1 and "conv9.weight" in unknown.output

@@ -74,8 +74,9 @@ def sharded_global(weights, masks, sparsity, world, split):
     """Global masks computed by ``world`` simulated ranks, shards of dim 0 in rank order
     (``torch.chunk``, as FSDP2), reassembled into whole tensors."""
     shards = [list(w.chunk(world)) if s else [w] * world for w, s in zip(weights, split)]
-    mshards = [(list(m.chunk(world)) if s else [m] * world) if m is not None else [None] * world
-               for m, s in zip(masks, split)]
+    mshards = [
+        (list(m.chunk(world)) if s else [m] * world) if m is not None else [None] * world for m, s in zip(masks, split)
+    ]
     for i, w in enumerate(weights):  # chunk gives fewer pieces than world for short dim 0
         while len(shards[i]) < world:
             shards[i].append(w[:0])
@@ -88,8 +89,7 @@ def sharded_global(weights, masks, sparsity, world, split):
         return D.keep_largest_sharded(scores, k, split, rank, world, reduce_sum)
 
     per_rank = ThreadWorld(world).run(rank_fn)
-    return [torch.cat([per_rank[r][i] for r in range(world)]) if s else per_rank[0][i]
-            for i, s in enumerate(split)]
+    return [torch.cat([per_rank[r][i] for r in range(world)]) if s else per_rank[0][i] for i, s in enumerate(split)]
 
 
 @st.composite
@@ -101,8 +101,11 @@ def pools(draw):
         values = draw(st.lists(st.integers(-4, 4), min_size=rows * cols, max_size=rows * cols))
         w = torch.tensor(values, dtype=torch.float32).reshape(rows, cols) / 4  # many ties
         weights.append(w)
-        masks.append((torch.rand(rows, cols, generator=torch.Generator().manual_seed(draw(st.integers(0, 99)))) > 0.3)
-                     if draw(st.booleans()) else None)
+        masks.append(
+            (torch.rand(rows, cols, generator=torch.Generator().manual_seed(draw(st.integers(0, 99)))) > 0.3)
+            if draw(st.booleans())
+            else None
+        )
         split.append(draw(st.booleans()))
     total = sum(w.numel() for w in weights)
     keep = draw(st.integers(1, max(1, total - 1)))
@@ -200,8 +203,9 @@ def make_net() -> Net:
 
 def batches():
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(BATCH, 3, 4, 4, generator=g), torch.randint(0, 9, (BATCH,), generator=g))
-            for _ in range(STEPS)]
+    return [
+        (torch.randn(BATCH, 3, 4, 4, generator=g), torch.randint(0, 9, (BATCH,), generator=g)) for _ in range(STEPS)
+    ]
 
 
 def train(model, prune, rank: int = 0, world: int = 1):
@@ -210,7 +214,7 @@ def train(model, prune, rank: int = 0, world: int = 1):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     per = BATCH // world
     for x, y in batches():
-        x, y = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        x, y = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -240,9 +244,12 @@ def ddp_case(rank: int) -> dict:
     model = DDP(make_net())
     prune = Prune(model, prune_dict=PRUNE_DICT, **SCHEDULE)
     train(model, prune, rank, WORLD)
-    out = {"masks": {plain_name(n): m.clone() for n, m in prune.masks().items()},
-           "weights": {plain_name(n): p.detach().clone() for n, p in model.named_parameters()},
-           "sparsity": prune.sparsity()[1], "check": prune.check()[1]}
+    out = {
+        "masks": {plain_name(n): m.clone() for n, m in prune.masks().items()},
+        "weights": {plain_name(n): p.detach().clone() for n, p in model.named_parameters()},
+        "sparsity": prune.sparsity()[1],
+        "check": prune.check()[1],
+    }
     # broadcast_masks: a rank that disagrees is overwritten by rank 0's masks and weights
     name = "module.fc1.weight"
     if rank == 1:
@@ -262,10 +269,13 @@ def fsdp_case(rank: int) -> dict:
     prune = Prune(model, prune_dict=PRUNE_DICT, **SCHEDULE)
     train(model, prune, rank, WORLD)
     params = dict(model.named_parameters())
-    out = {"masks": {n: m.clone() for n, m in prune.masks().items()},
-           "weights": {n: D.local(p).detach().clone() for n, p in params.items()},
-           "sharded": {n: D.is_sharded(p) for n, p in params.items()},
-           "sparsity": prune.sparsity(), "check": prune.check()[1]}
+    out = {
+        "masks": {n: m.clone() for n, m in prune.masks().items()},
+        "weights": {n: D.local(p).detach().clone() for n, p in params.items()},
+        "sharded": {n: D.is_sharded(p) for n, p in params.items()},
+        "sparsity": prune.sparsity(),
+        "check": prune.check()[1],
+    }
     # each rank saves and reloads the state of its own shards
     again = Prune(model, prune_dict=PRUNE_DICT, **SCHEDULE)
     again.load_state_dict(prune.state_dict())
@@ -382,10 +392,16 @@ def test_fsdp2_state_reload_restore_and_failed_check(ranks, reference):
 def test_dtensor_masks_equal_whole_tensor_masks(ranks):
     full = dtensor_weights()
     for name, w in full.items():
-        got = {key: torch.cat([ranks[r]["dtensor"][key] for r in range(WORLD)])
-               for key in ranks[0]["dtensor"] if isinstance(key, tuple) and key[0] == name}
+        got = {
+            key: torch.cat([ranks[r]["dtensor"][key] for r in range(WORLD)])
+            for key in ranks[0]["dtensor"]
+            if isinstance(key, tuple) and key[0] == name
+        }
         for layout in ("channels_last", "flat"):
-            assert torch.equal(got[(name, "fix", layout)], M.compute_mask(w, None, 0.5, "fix", 4, layout)), (name, layout)
+            assert torch.equal(got[(name, "fix", layout)], M.compute_mask(w, None, 0.5, "fix", 4, layout)), (
+                name,
+                layout,
+            )
         assert torch.equal(got[(name, "none")], M.unstructured_mask(w, None, 0.7)), name
         assert ranks[0]["dtensor"]["nonzeros"][name] == int((w != 0).sum())
     expected = M.global_masks(list(full.values()), [None] * len(full), 0.8)

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from pruning_tools import export as E
 from pruning_tools.masks import bank_mask, check_banks
 
-BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
-        torch.bfloat16: torch.int16}
+BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
 def bank_sparse(shape, sparsity, bank_size=64, layout="channels_last", out_dim=0, dtype=torch.float32, seed=0):
@@ -30,17 +29,20 @@ def assert_bit_exact(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.equal(canon(a), canon(b))
 
 
-@pytest.mark.parametrize("shape, bank_size, layout, out_dim", [
-    ((64, 256), 64, "channels_last", 0),        # Linear, no tail bank
-    ((10, 100), 64, "channels_last", 0),        # tail bank of 36
-    ((7, 70), 64, "channels_last", 0),          # tail bank of 6 keeps 1 at 93.75 %
-    ((16, 24, 3, 3), 16, "channels_last", 0),   # conv rows along input channels, tail of 8
-    ((16, 24, 3, 3), 64, "flat", 0),            # conv rows W[o].flatten(): 216 = 3 * 64 + 24
-    ((24, 8, 5, 5), 16, "channels_last", 1),    # ConvTranspose weight [in, out, kh, kw]
-    ((32, 48), 4, "channels_last", 0),          # 2:4
-    ((4, 600), 300, "channels_last", 0),        # indices need int16
-    ((3, 5, 40), 8, "flat", 0),                 # 1-D conv
-])
+@pytest.mark.parametrize(
+    "shape, bank_size, layout, out_dim",
+    [
+        ((64, 256), 64, "channels_last", 0),  # Linear, no tail bank
+        ((10, 100), 64, "channels_last", 0),  # tail bank of 36
+        ((7, 70), 64, "channels_last", 0),  # tail bank of 6 keeps 1 at 93.75 %
+        ((16, 24, 3, 3), 16, "channels_last", 0),  # conv rows along input channels, tail of 8
+        ((16, 24, 3, 3), 64, "flat", 0),  # conv rows W[o].flatten(): 216 = 3 * 64 + 24
+        ((24, 8, 5, 5), 16, "channels_last", 1),  # ConvTranspose weight [in, out, kh, kw]
+        ((32, 48), 4, "channels_last", 0),  # 2:4
+        ((4, 600), 300, "channels_last", 0),  # indices need int16
+        ((3, 5, 40), 8, "flat", 0),  # 1-D conv
+    ],
+)
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.9375])
 def test_round_trip_is_bit_exact(shape, bank_size, layout, out_dim, sparsity):
     w = bank_sparse(shape, sparsity, bank_size, layout, out_dim)
@@ -131,15 +133,26 @@ def test_file_round_trip_keeps_dense_tensors_and_metadata(tmp_path):
     with safetensors.safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()[E.METADATA_KEY])
     assert meta["format"] == E.FORMAT
-    assert meta["packed"]["fc.weight"] == {"shape": [10, 200], "dtype": "float32", "bank_size": 64,
-                                           "layout": "channels_last", "out_dim": 0, "k": 6, "tail_k": 1}
+    assert meta["packed"]["fc.weight"] == {
+        "shape": [10, 200],
+        "dtype": "float32",
+        "bank_size": 64,
+        "layout": "channels_last",
+        "out_dim": 0,
+        "k": 6,
+        "tail_k": 1,
+    }
     packed = E.read_packed(path)
     assert isinstance(packed["fc.weight"], E.PackedTensor) and packed["fc.weight"].k == 6
 
 
 def test_file_size_at_93_75_percent_is_under_a_tenth(tmp_path):
-    state = {"fc1.weight": bank_sparse((512, 1024), 0.9375), "fc1.bias": torch.randn(512),
-             "fc2.weight": bank_sparse((256, 512), 0.9375), "fc2.bias": torch.randn(256)}
+    state = {
+        "fc1.weight": bank_sparse((512, 1024), 0.9375),
+        "fc1.bias": torch.randn(512),
+        "fc2.weight": bank_sparse((256, 512), 0.9375),
+        "fc2.bias": torch.randn(256),
+    }
     report = E.save_packed(state, tmp_path / "p.safetensors")
     dense_path = tmp_path / "d.safetensors"
     safetensors.torch.save_file(state, str(dense_path))
@@ -166,8 +179,13 @@ def test_bad_arguments_name_the_argument(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 6), row_len=st.integers(1, 150), bank_size=st.sampled_from([2, 4, 8, 64, 100]),
-       sparsity=st.sampled_from([0.0, 0.3, 0.5, 0.75, 0.9, 0.95]), seed=st.integers(0, 2 ** 16))
+@given(
+    rows=st.integers(1, 6),
+    row_len=st.integers(1, 150),
+    bank_size=st.sampled_from([2, 4, 8, 64, 100]),
+    sparsity=st.sampled_from([0.0, 0.3, 0.5, 0.75, 0.9, 0.95]),
+    seed=st.integers(0, 2**16),
+)
 def test_any_bank_balanced_tensor_round_trips(rows, row_len, bank_size, sparsity, seed):
     w = bank_sparse((rows, row_len), sparsity, bank_size, seed=seed)
     assert torch.equal(E.unpack(E.pack(w, bank_size)), w)
@@ -186,12 +204,17 @@ def test_export_command(tmp_path):
 
     from pruning_tools.cli import main
 
-    state = {"fc1.weight": bank_sparse((256, 512), 0.9375), "fc1.bias": torch.randn(256),
-             "fc2.weight": bank_sparse((10, 256), 0.9375), "fc2.bias": torch.randn(10)}
+    state = {
+        "fc1.weight": bank_sparse((256, 512), 0.9375),
+        "fc1.bias": torch.randn(256),
+        "fc2.weight": bank_sparse((10, 256), 0.9375),
+        "fc2.bias": torch.randn(10),
+    }
     torch.save({"model": state, "epoch": 3}, tmp_path / "ck.pt")
     runner = CliRunner()
-    result = runner.invoke(main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "out.safetensors"),
-                                  "--prefix", "model."])
+    result = runner.invoke(
+        main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "out.safetensors"), "--prefix", "model."]
+    )
     assert result.exit_code == 0, result.output
     ratio = float(result.output.split("ratio: ")[1].split()[0])
     assert ratio <= 0.10
@@ -204,12 +227,22 @@ def test_export_command(tmp_path):
     safetensors.torch.save_file(messy, str(tmp_path / "messy.safetensors"))
     result = runner.invoke(main, ["export", str(tmp_path / "messy.safetensors"), str(tmp_path / "o.safetensors")])
     assert result.exit_code == 1 and "fc1.weight" in result.output and "--dense-fallback" in result.output
-    result = runner.invoke(main, ["export", str(tmp_path / "messy.safetensors"), str(tmp_path / "o.safetensors"),
-                                  "--dense-fallback", "--sparsity", "0.9375"])
+    result = runner.invoke(
+        main,
+        [
+            "export",
+            str(tmp_path / "messy.safetensors"),
+            str(tmp_path / "o.safetensors"),
+            "--dense-fallback",
+            "--sparsity",
+            "0.9375",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "dense (not bank-balanced)" in result.output
-    result = runner.invoke(main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "o.safetensors"),
-                                  "--bank-size", "1"])
+    result = runner.invoke(
+        main, ["export", str(tmp_path / "ck.pt"), str(tmp_path / "o.safetensors"), "--bank-size", "1"]
+    )
     assert result.exit_code == 2 and "--bank-size" in result.output
 
 
@@ -220,27 +253,53 @@ def test_export_command_takes_the_pruner_settings(tmp_path):
     from pruning_tools.cli import main
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3), torch.nn.ConvTranspose2d(32, 16, 3), torch.nn.Flatten(),
-                                torch.nn.Linear(16 * 8 * 8, 10))
-    prune = Prune(model, 0, 0, 1, {"0.weight": {"sparsity": 0.75, "bank_size": 16},
-                                   "1.weight": {"sparsity": 0.75, "bank_size": 16},
-                                   "3.weight": {"sparsity": 0.9, "balance": "none"}})
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 32, 3),
+        torch.nn.ConvTranspose2d(32, 16, 3),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16 * 8 * 8, 10),
+    )
+    prune = Prune(
+        model,
+        0,
+        0,
+        1,
+        {
+            "0.weight": {"sparsity": 0.75, "bank_size": 16},
+            "1.weight": {"sparsity": 0.75, "bank_size": 16},
+            "3.weight": {"sparsity": 0.9, "balance": "none"},
+        },
+    )
     prune.prune()
     torch.save(model.state_dict(), tmp_path / "m.pt")
     torch.save(prune.state_dict(), tmp_path / "state.pt")
     assert E.specs_from_pruner_state(prune.state_dict())["1.weight"] == {
-        "bank_size": 16, "layout": "channels_last", "out_dim": 1, "sparsity": 0.75}
+        "bank_size": 16,
+        "layout": "channels_last",
+        "out_dim": 1,
+        "sparsity": 0.75,
+    }
     runner = CliRunner()
     result = runner.invoke(main, ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors")])
     assert result.exit_code == 1 and "1.weight" in result.output  # ConvTranspose read with out_dim 0
-    result = runner.invoke(main, ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors"),
-                                  "--pruner-state", str(tmp_path / "state.pt")])
+    result = runner.invoke(
+        main,
+        [
+            "export",
+            str(tmp_path / "m.pt"),
+            str(tmp_path / "p.safetensors"),
+            "--pruner-state",
+            str(tmp_path / "state.pt"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     packed = E.read_packed(tmp_path / "p.safetensors")
     assert packed["1.weight"].out_dim == 1 and packed["1.weight"].bank_size == 16 and packed["1.weight"].k == 4
     assert isinstance(packed["3.weight"], torch.Tensor)  # unstructured: kept dense
     for name, t in model.state_dict().items():
         assert_bit_exact(E.load_packed(tmp_path / "p.safetensors")[name], t)
-    result = runner.invoke(main, ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors"),
-                                  "--pruner-state", str(tmp_path / "m.pt")])
+    result = runner.invoke(
+        main,
+        ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors"), "--pruner-state", str(tmp_path / "m.pt")],
+    )
     assert result.exit_code == 2 and "not a pruner state" in result.output

@@ -17,10 +17,37 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "imagenet_resnet50.py"
 LAUNCH_TIMEOUT_S = 180
-SMOKE = ["--synthetic", "--image-size", "32", "--num-classes", "10", "--base-width", "8", "--bank-size", "16",
-         "--synthetic-size", "64", "--batch-size", "4", "--epochs", "2", "--prune-start-epoch", "0.25",
-         "--prune-epochs", "0.5", "--frequency", "2", "--workers", "0", "--max-steps", "8", "--save-every", "4",
-         "--log-every", "2"]
+SMOKE = [
+    "--synthetic",
+    "--image-size",
+    "32",
+    "--num-classes",
+    "10",
+    "--base-width",
+    "8",
+    "--bank-size",
+    "16",
+    "--synthetic-size",
+    "64",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "2",
+    "--prune-start-epoch",
+    "0.25",
+    "--prune-epochs",
+    "0.5",
+    "--frequency",
+    "2",
+    "--workers",
+    "0",
+    "--max-steps",
+    "8",
+    "--save-every",
+    "4",
+    "--log-every",
+    "2",
+]
 
 
 def load_recipe():
@@ -40,8 +67,9 @@ def torchrun(*args: str) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if "GLOO_SOCKET_IFNAME" not in env and os.path.exists("/sys/class/net/lo"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback: the test needs no network
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:

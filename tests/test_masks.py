@@ -22,8 +22,10 @@ def bank_counts_ok(w, keep, sparsity, bank_size, layout, out_dim=0):
         assert tail is None
 
 
-@pytest.mark.parametrize("shape", [(10, 127), (16, 64), (3, 200), (8, 1, 3, 3), (8, 5, 3, 3), (12, 6, 1, 1),
-                                   (4, 9, 5), (4, 127, 2, 2, 2), (5, 1000)])
+@pytest.mark.parametrize(
+    "shape",
+    [(10, 127), (16, 64), (3, 200), (8, 1, 3, 3), (8, 5, 3, 3), (12, 6, 1, 1), (4, 9, 5), (4, 127, 2, 2, 2), (5, 1000)],
+)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.9375, 0.99])
 def test_exact_budget_per_bank_and_tail_bank(shape, layout, sparsity):
@@ -172,8 +174,12 @@ def test_pack_bits_round_trip():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    out=st.integers(1, 6), cin=st.integers(1, 140), k=st.sampled_from([(), (1,), (3,), (2, 2), (1, 2, 2)]),
-    bank=st.sampled_from([2, 4, 8, 16, 64]), sparsity=st.floats(0, 0.99), layout=st.sampled_from(LAYOUTS),
+    out=st.integers(1, 6),
+    cin=st.integers(1, 140),
+    k=st.sampled_from([(), (1,), (3,), (2, 2), (1, 2, 2)]),
+    bank=st.sampled_from([2, 4, 8, 16, 64]),
+    sparsity=st.floats(0, 0.99),
+    layout=st.sampled_from(LAYOUTS),
     seed=st.integers(0, 2**16),
 )
 def test_property_every_bank_meets_budget(out, cin, k, bank, sparsity, layout, seed):

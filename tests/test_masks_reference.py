@@ -70,13 +70,13 @@ def ref_bank_mask(w, mask, sparsity, bank_size, layout, out_dim):
     """Bank-balanced keep-mask, bank by bank."""
     shape = tuple(w.shape)
     flat_scores = ref_scores(w, mask)
-    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
     keep = [False] * len(flat_scores)
     k_full = max(1, ref_keep_count(bank_size, sparsity))
     for row in ref_row_positions(shape, layout, out_dim):
         flat = [sum(i * s for i, s in zip(pos, strides)) for pos in row]
         for start in range(0, len(flat), bank_size):
-            bank = flat[start:start + bank_size]
+            bank = flat[start : start + bank_size]
             if len(bank) == bank_size:
                 k = k_full
             else:
@@ -96,7 +96,7 @@ def ref_global_masks(weights, masks, sparsity):
     keep = ref_select(scores, ref_keep_count(len(scores), sparsity))
     out, start = [], 0
     for w in weights:
-        out.append(torch.tensor(keep[start:start + w.numel()], dtype=torch.bool).reshape(w.shape))
+        out.append(torch.tensor(keep[start : start + w.numel()], dtype=torch.bool).reshape(w.shape))
         start += w.numel()
     return out
 
@@ -152,8 +152,13 @@ sparsities = st.one_of(st.sampled_from([0.0, 0.5, 0.75, 0.9, 0.9375, 0.99]), st.
 
 @ENGINES
 @settings(max_examples=150, deadline=None)
-@given(wm=weights(min_dims=2), sparsity=sparsities, bank_size=st.sampled_from([2, 3, 4, 5, 8, 16, 64]),
-       layout=st.sampled_from(["channels_last", "flat"]), transposed=st.booleans())
+@given(
+    wm=weights(min_dims=2),
+    sparsity=sparsities,
+    bank_size=st.sampled_from([2, 3, 4, 5, 8, 16, 64]),
+    layout=st.sampled_from(["channels_last", "flat"]),
+    transposed=st.booleans(),
+)
 def test_bank_mask_equals_reference(engine_name, wm, sparsity, bank_size, layout, transposed):
     w, mask = wm
     out_dim = 1 if transposed and w.dim() >= 2 else 0
@@ -208,8 +213,9 @@ def test_larger_conv_tensors_equal_reference(engine_name, dtype):
     with engine(engine_name):
         for layout in ("channels_last", "flat"):
             for bank_size, s in ((64, 0.9375), (4, 0.5), (32, 0.8), (64, 0.3), (100, 0.9)):
-                assert torch.equal(M.bank_mask(w, mask, s, bank_size, layout),
-                                   ref_bank_mask(w, mask, s, bank_size, layout, 0))
+                assert torch.equal(
+                    M.bank_mask(w, mask, s, bank_size, layout), ref_bank_mask(w, mask, s, bank_size, layout, 0)
+                )
         assert torch.equal(M.unstructured_mask(w, mask, 0.9), ref_unstructured_mask(w, mask, 0.9))
         assert torch.equal(M.unstructured_mask(w, mask, 0.2), ref_unstructured_mask(w, mask, 0.2))
 

@@ -13,8 +13,10 @@ from pruning_tools.mnist import MnistData, load_mnist, parse_idx, read_idx_dir, 
 def tiny(n_train=5, n_test=3, seed=0) -> MnistData:
     rng = np.random.default_rng(seed)
     return MnistData(
-        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8),
-        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8),
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_train, dtype=np.uint8),
+        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_test, dtype=np.uint8),
     )
 
 

@@ -16,7 +16,6 @@ mx = pytest.importorskip("mxnet")
 from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
-from pruning_tools import mxnet_pruning  # noqa: E402
 from pruning_tools.mxnet_pruning import Prune  # noqa: E402
 
 CONTEXTS = [mx.cpu(0), mx.cpu(1)]
@@ -231,8 +230,12 @@ def test_train_mnist_small_run_reports_everything():
     result = train_mnist(limit=384, epochs=2, batch_size=64, on_epoch=records.append)
     assert result["framework"] == "mxnet" and [r["epoch"] for r in records] == [1, 2]
     assert result["epochs"] == records and result["settings"]["epochs"] == 2
-    assert set(result["layer_sparsity"]) == {"cnn_conv1_weight", "cnn_conv2_weight", "cnn_conv3_weight",
-                                             "cnn_fc_weight"}
+    assert set(result["layer_sparsity"]) == {
+        "cnn_conv1_weight",
+        "cnn_conv2_weight",
+        "cnn_conv3_weight",
+        "cnn_fc_weight",
+    }
     assert result["layer_sparsity"]["cnn_conv2_weight"] == pytest.approx(1 - 6 / 64)  # bank 64 keeps 6
     assert result["balanced"] and result["steps"][-1]["target"] == pytest.approx(result["total_sparsity"], abs=0.01)
     assert result["weights"]["cnn_fc_weight"].shape == (10, 1024)
@@ -287,7 +290,9 @@ def test_module_command_writes_results_json(tmp_path):
 
 
 def test_import_keeps_torchs_thread_count():
-    code = ("import torch; torch.set_num_threads(2); from pruning_tools import mxnet_pruning; "
-            "print(torch.get_num_threads())")
+    code = (
+        "import torch; torch.set_num_threads(2); from pruning_tools import mxnet_pruning; "
+        "print(torch.get_num_threads())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "2"

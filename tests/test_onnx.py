@@ -39,8 +39,9 @@ def pruned_model():
     torch.manual_seed(0)
     model = MnistCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    prune = Prune(model, pretrain_step=1, sparse_step=3, frequency=1, prune_dict={n: 0.9375 for n in PRUNED},
-                  bank_size=32)
+    prune = Prune(
+        model, pretrain_step=1, sparse_step=3, frequency=1, prune_dict={n: 0.9375 for n in PRUNED}, bank_size=32
+    )
     for _ in range(5):
         x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
         loss = nn.functional.cross_entropy(model(x), y)
@@ -54,8 +55,14 @@ def pruned_model():
 
 def test_onnxruntime_matches_pytorch_and_keeps_the_zeros(pruned_model, tmp_path):
     path = tmp_path / "cnn.onnx"
-    export_onnx(pruned_model, torch.randn(1, 1, 28, 28), path, input_names=["image"], output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    export_onnx(
+        pruned_model,
+        torch.randn(1, 1, 28, 28),
+        path,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(7, 1, 28, 28)
     with torch.no_grad():

@@ -44,16 +44,28 @@ class Layer:
 def torch_layer(layer: Layer) -> tnn.Module:
     if layer.kind == "dense":
         return tnn.Linear(layer.cin, layer.cout)
-    conv = {"conv1d": tnn.Conv1d, "conv2d": tnn.Conv2d, "conv3d": tnn.Conv3d, "convT1d": tnn.ConvTranspose1d,
-            "convT2d": tnn.ConvTranspose2d, "convT3d": tnn.ConvTranspose3d}
+    conv = {
+        "conv1d": tnn.Conv1d,
+        "conv2d": tnn.Conv2d,
+        "conv3d": tnn.Conv3d,
+        "convT1d": tnn.ConvTranspose1d,
+        "convT2d": tnn.ConvTranspose2d,
+        "convT3d": tnn.ConvTranspose3d,
+    }
     return conv[layer.kind](layer.cin, layer.cout, layer.kernel, groups=layer.groups)
 
 
 def gluon_layer(layer: Layer):
     if layer.kind == "dense":
         return gnn.Dense(layer.cout, in_units=layer.cin)
-    conv = {"conv1d": gnn.Conv1D, "conv2d": gnn.Conv2D, "conv3d": gnn.Conv3D, "convT1d": gnn.Conv1DTranspose,
-            "convT2d": gnn.Conv2DTranspose, "convT3d": gnn.Conv3DTranspose}
+    conv = {
+        "conv1d": gnn.Conv1D,
+        "conv2d": gnn.Conv2D,
+        "conv3d": gnn.Conv3D,
+        "convT1d": gnn.Conv1DTranspose,
+        "convT2d": gnn.Conv2DTranspose,
+        "convT3d": gnn.Conv3DTranspose,
+    }
     return conv[layer.kind](layer.cout, layer.kernel, in_channels=layer.cin, groups=layer.groups)
 
 
@@ -141,30 +153,66 @@ CASES = [
     Case("conv2d_flat", (Layer("conv2d", 24, 16, 3),), {"*weight": 0.8}, {"bank_size": 16, "layout": "flat"}),
     Case("conv3d", (Layer("conv3d", 8, 6, 3),), {"*weight": 0.75}, {"bank_size": 8}),
     Case("grouped_conv2d", (Layer("conv2d", 32, 16, 3, groups=4),), {"*weight": 0.75}, {"bank_size": 4}),
-    Case("depthwise_conv2d", (Layer("conv2d", 16, 16, 3, groups=16),), {"*weight": 0.5},
-         {"bank_size": 4, "layout": "flat"}),
+    Case(
+        "depthwise_conv2d",
+        (Layer("conv2d", 16, 16, 3, groups=16),),
+        {"*weight": 0.5},
+        {"bank_size": 4, "layout": "flat"},
+    ),
     Case("conv_transpose2d", (Layer("convT2d", 16, 24, 3),), {"*weight": 0.75}, {"bank_size": 8}),
-    Case("grouped_conv_transpose2d", (Layer("convT2d", 16, 8, 3, groups=2),), {"*weight": 0.5},
-         {"bank_size": 4, "layout": "flat"}),
-    Case("conv_transpose1d_and_3d", (Layer("convT1d", 24, 8, 3), Layer("convT3d", 8, 12, 2)), {"*weight": 0.75},
-         {"bank_size": 8}),
-    Case("per_layer_overrides", (Layer("conv2d", 32, 16, 3), Layer("dense", 96, 10)),
-         {"w0": {"sparsity": 0.875, "bank_size": 8}, "w1": {"sparsity": 0.6, "balance": "none"}, "b1": 0.5}),
-    Case("unstructured_with_biases", (Layer("conv2d", 8, 8, 3), Layer("dense", 50, 10)), {"*": 0.8},
-         {"balance": "none"}),
+    Case(
+        "grouped_conv_transpose2d",
+        (Layer("convT2d", 16, 8, 3, groups=2),),
+        {"*weight": 0.5},
+        {"bank_size": 4, "layout": "flat"},
+    ),
+    Case(
+        "conv_transpose1d_and_3d",
+        (Layer("convT1d", 24, 8, 3), Layer("convT3d", 8, 12, 2)),
+        {"*weight": 0.75},
+        {"bank_size": 8},
+    ),
+    Case(
+        "per_layer_overrides",
+        (Layer("conv2d", 32, 16, 3), Layer("dense", 96, 10)),
+        {"w0": {"sparsity": 0.875, "bank_size": 8}, "w1": {"sparsity": 0.6, "balance": "none"}, "b1": 0.5},
+    ),
+    Case(
+        "unstructured_with_biases", (Layer("conv2d", 8, 8, 3), Layer("dense", 50, 10)), {"*": 0.8}, {"balance": "none"}
+    ),
     Case("global", (Layer("conv2d", 16, 8, 3), Layer("dense", 72, 10)), {"*weight": 0.85}, {"balance": "global"}),
-    Case("global_ties", (Layer("dense", 40, 20), Layer("dense", 20, 10)), {"*weight": 0.7},
-         {"balance": "global"}, ties=True),
-    Case("mixed_global_and_fix", (Layer("dense", 64, 8), Layer("dense", 8, 32), Layer("conv2d", 32, 8, 1)),
-         {"w0": {"sparsity": 0.8, "balance": "global"}, "w1": {"sparsity": 0.6, "balance": "global"},
-          "w2": {"sparsity": 0.75, "bank_size": 8}}),
-    Case("global_restore_sparsity", (Layer("dense", 64, 8), Layer("dense", 32, 8)), {"*weight": 0.9},
-         {"balance": "global", "restore_sparsity": True}, zeros=0.3),
-    Case("restore_sparsity", (Layer("dense", 128, 16),), {"*weight": 0.9}, {"restore_sparsity": True},
-         zeros=0.5),
+    Case(
+        "global_ties",
+        (Layer("dense", 40, 20), Layer("dense", 20, 10)),
+        {"*weight": 0.7},
+        {"balance": "global"},
+        ties=True,
+    ),
+    Case(
+        "mixed_global_and_fix",
+        (Layer("dense", 64, 8), Layer("dense", 8, 32), Layer("conv2d", 32, 8, 1)),
+        {
+            "w0": {"sparsity": 0.8, "balance": "global"},
+            "w1": {"sparsity": 0.6, "balance": "global"},
+            "w2": {"sparsity": 0.75, "bank_size": 8},
+        },
+    ),
+    Case(
+        "global_restore_sparsity",
+        (Layer("dense", 64, 8), Layer("dense", 32, 8)),
+        {"*weight": 0.9},
+        {"balance": "global", "restore_sparsity": True},
+        zeros=0.3,
+    ),
+    Case("restore_sparsity", (Layer("dense", 128, 16),), {"*weight": 0.9}, {"restore_sparsity": True}, zeros=0.5),
     Case("fix_sparsity", (Layer("conv2d", 32, 8, 3),), {"*weight": 0.9}, {"fix_sparsity": True}, zeros=0.6),
-    Case("one_shot_prune_device_cpu", (Layer("dense", 192, 8),), {"*weight": 0.9375},
-         {"prune_device": "cpu"}, (3, 0, 100)),
+    Case(
+        "one_shot_prune_device_cpu",
+        (Layer("dense", 192, 8),),
+        {"*weight": 0.9375},
+        {"prune_device": "cpu"},
+        (3, 0, 100),
+    ),
     Case("float16", (Layer("dense", 64, 12),), {"*weight": 0.75}, {"bank_size": 16}, dtype=torch.float16),
 ]
 
@@ -258,8 +306,13 @@ def test_final_masks_follow_the_rules(framework, case):
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_one_shot_masks_equal_the_core_functions(framework):
-    case = Case("core", (Layer("conv2d", 40, 12, 3), Layer("convT2d", 12, 24, 3)), {"*weight": 0.9},
-                {"bank_size": 16}, (0, 0, 1))
+    case = Case(
+        "core",
+        (Layer("conv2d", 40, 12, 3), Layer("convT2d", 12, 24, 3)),
+        {"*weight": 0.9},
+        {"bank_size": 16},
+        (0, 0, 1),
+    )
     backend = BACKENDS[framework](case.layers, case.dtype)
     names = backend.names()
     values = initial_weights(case, names, {n: w.shape for n, w in backend.get().items()})
@@ -321,15 +374,27 @@ def test_identical_masks_weights_and_state_at_every_step(case):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     kind=st.sampled_from(["dense", "conv1d", "conv2d", "convT2d"]),
-    cin=st.integers(1, 40), cout=st.integers(1, 12), kernel=st.integers(1, 3),
-    bank_size=st.integers(2, 70), sparsity=st.floats(0.0, 0.97),
-    balance=st.sampled_from(["fix", "none", "global"]), layout=st.sampled_from(["channels_last", "flat"]),
-    ties=st.booleans(), schedule=st.sampled_from([(0, 0, 1), (1, 5, 2), (0, 7, 3)]),
+    cin=st.integers(1, 40),
+    cout=st.integers(1, 12),
+    kernel=st.integers(1, 3),
+    bank_size=st.integers(2, 70),
+    sparsity=st.floats(0.0, 0.97),
+    balance=st.sampled_from(["fix", "none", "global"]),
+    layout=st.sampled_from(["channels_last", "flat"]),
+    ties=st.booleans(),
+    schedule=st.sampled_from([(0, 0, 1), (1, 5, 2), (0, 7, 3)]),
 )
-def test_random_shapes_and_settings_give_identical_masks(kind, cin, cout, kernel, bank_size, sparsity, balance,
-                                                         layout, ties, schedule):
-    case = Case("random", (Layer(kind, cin, cout, kernel if kind != "dense" else 1),), {"*weight": sparsity},
-                {"bank_size": bank_size, "balance": balance, "layout": layout}, schedule, ties=ties)
+def test_random_shapes_and_settings_give_identical_masks(
+    kind, cin, cout, kernel, bank_size, sparsity, balance, layout, ties, schedule
+):
+    case = Case(
+        "random",
+        (Layer(kind, cin, cout, kernel if kind != "dense" else 1),),
+        {"*weight": sparsity},
+        {"bank_size": bank_size, "balance": balance, "layout": layout},
+        schedule,
+        ties=ties,
+    )
     steps = steps_of(case)
     _, _, torch_trace = run("pytorch", case, steps)
     _, _, mx_trace = run("mxnet", case, steps)

@@ -102,7 +102,8 @@ def test_masks_reapplied_every_step_against_momentum():
 def test_one_shot_at_first_step_after_pretrain():
     model = make_net()
     prune = quiet_prune(model, 2, 0, 100, {"fc.weight": 0.5}, balance="none")
-    prune.prune(); prune.prune()
+    prune.prune()
+    prune.prune()
     assert prune.sparsity()[1] == 0.0
     prune.prune()
     assert prune.sparsity()[1] == pytest.approx(0.5)
@@ -164,7 +165,8 @@ def test_unreachable_target_warns_once_with_realised_value():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         prune = Prune(model, 0, 0, 1, {"1.weight": 0.9})
-        prune.prune(); prune.prune()
+        prune.prune()
+        prune.prune()
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "1.weight" in messages[0] and "0.0000" in messages[0]
     with warnings.catch_warnings():
@@ -259,12 +261,17 @@ def test_resume_in_fresh_process_is_bit_identical(tmp_path):
     model = make_net()
     prune = quiet_prune(model, 2, 12, 3, dict(WEIGHTS))
     opt = train(model, prune, 6)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "pruner": prune.state_dict()},
-               tmp_path / "ckpt.pt")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "pruner": prune.state_dict()}, tmp_path / "ckpt.pt"
+    )
     continue_run(model, prune, opt)  # the uninterrupted run
 
-    script = RESUME_SCRIPT.format(threads=torch.get_num_threads(), tests=str(__import__("pathlib").Path(__file__).parent),
-                                  ckpt=str(tmp_path / "ckpt.pt"), out=str(tmp_path / "resumed.pt"))
+    script = RESUME_SCRIPT.format(
+        threads=torch.get_num_threads(),
+        tests=str(__import__("pathlib").Path(__file__).parent),
+        ckpt=str(tmp_path / "ckpt.pt"),
+        out=str(tmp_path / "resumed.pt"),
+    )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
     for name, value in model.state_dict().items():

@@ -13,7 +13,6 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from pruning_tools import masks as M
 from pruning_tools import sensitivity as S
 from pruning_tools.cli import main
 from pruning_tools.pytorch_pruning import Prune
@@ -47,8 +46,14 @@ def error_score(model: nn.Module, x: torch.Tensor):
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.ConvTranspose2d(16, 8, 2),
-                         nn.Flatten(), nn.Linear(8 * 7 * 7, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.ConvTranspose2d(16, 8, 2),
+        nn.Flatten(),
+        nn.Linear(8 * 7 * 7, 10),
+    )
 
 
 # ---------------------------------------------------------------- sweep
@@ -106,22 +111,28 @@ def test_table_shape_default_params_and_snapped_levels():
     assert only.names == ["0.weight", "5.weight"] and len(only.scores) == 2
 
 
-@pytest.mark.parametrize("balance, bank_size, levels, expected", [
-    ("fix", 4, [0.3, 0.5, 0.9, 0.99], [0.25, 0.5, 0.75]),  # 2:4 family; at least 1 kept per bank
-    ("fix", 64, None, [32 / 64, 38 / 64, 45 / 64, 51 / 64, 58 / 64, 61 / 64, 63 / 64]),
-    ("none", 64, [0.9, 0.3, 0.9], [0.3, 0.9]),
-])
+@pytest.mark.parametrize(
+    "balance, bank_size, levels, expected",
+    [
+        ("fix", 4, [0.3, 0.5, 0.9, 0.99], [0.25, 0.5, 0.75]),  # 2:4 family; at least 1 kept per bank
+        ("fix", 64, None, [32 / 64, 38 / 64, 45 / 64, 51 / 64, 58 / 64, 61 / 64, 63 / 64]),
+        ("none", 64, [0.9, 0.3, 0.9], [0.3, 0.9]),
+    ],
+)
 def test_snap_levels(balance, bank_size, levels, expected):
     assert S.snap_levels(levels, balance, bank_size) == expected
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"levels": [0.5, 1.0]}, "levels\\[1\\]=1.0"),
-    ({"levels": []}, "levels=\\[\\]"),
-    ({"balance": "global"}, "balance='global'"),
-    ({"bank_size": 1}, "bank_size=1"),
-    ({"params": ["nope.weight"]}, "nope.weight"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"levels": [0.5, 1.0]}, "levels\\[1\\]=1.0"),
+        ({"levels": []}, "levels=\\[\\]"),
+        ({"balance": "global"}, "balance='global'"),
+        ({"bank_size": 1}, "bank_size=1"),
+        ({"params": ["nope.weight"]}, "nope.weight"),
+    ],
+)
 def test_sweep_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         S.sweep(small_cnn(), lambda m: 1.0, progress=False, **kwargs)
@@ -139,8 +150,14 @@ def test_sweep_rejects_non_numeric_score():
 def test_known_sensitivities_monotone_and_ordered(balance):
     torch.manual_seed(1)
     model = TwoBranches()
-    table = S.sweep(model, error_score(model, torch.eye(128)), levels=[0.25, 0.5, 0.75, 0.9],
-                    balance=balance, bank_size=16, progress=False)
+    table = S.sweep(
+        model,
+        error_score(model, torch.eye(128)),
+        levels=[0.25, 0.5, 0.75, 0.9],
+        balance=balance,
+        bank_size=16,
+        progress=False,
+    )
     drop_a, drop_b = table.drops()
     for drops in (drop_a, drop_b):  # more sparsity, never a better score
         assert all(later > earlier >= 0 for earlier, later in zip([0.0, *drops], drops))
@@ -153,8 +170,7 @@ def test_known_sensitivities_monotone_and_ordered(balance):
 def test_suggestion_spends_sparsity_on_the_cheapest_layer_first():
     torch.manual_seed(2)
     model = TwoBranches(scale_a=1.0, scale_b=1.0)
-    table = S.sweep(model, error_score(model, torch.eye(128)), levels=[0.5, 0.75], bank_size=16,
-                    progress=False)
+    table = S.sweep(model, error_score(model, torch.eye(128)), levels=[0.5, 0.75], bank_size=16, progress=False)
     table.scores[1] = [table.baseline] * 2  # pretend b costs nothing up to 0.75
     assert S.suggest_prune_dict(table, 0.25) == {"a.weight": 0.0, "b.weight": 0.5}
     assert S.suggest_prune_dict(table, 0.375) == {"a.weight": 0.0, "b.weight": 0.75}
@@ -174,8 +190,14 @@ def _mlp(widths=(192, 128, 64, 256)) -> nn.Module:
 def test_suggestion_meets_overall_target_within_one_step(balance, bank_size, target):
     model = _mlp()
     x = torch.randn(64, 192)
-    table = S.sweep(model, error_score(model, x), levels=[0.5, 0.75, 0.9, 0.95], balance=balance,
-                    bank_size=bank_size, progress=False)
+    table = S.sweep(
+        model,
+        error_score(model, x),
+        levels=[0.5, 0.75, 0.9, 0.95],
+        balance=balance,
+        bank_size=bank_size,
+        progress=False,
+    )
     suggestion = S.suggest_prune_dict(table, target)
     step = 1 / bank_size if balance == "fix" else 1 / 256
     predicted = S.overall_sparsity(table, suggestion)
@@ -194,8 +216,9 @@ def test_suggestion_is_the_best_grid_choice(seed):
     levels = [0.25, 0.5, 0.75, 0.875, 0.9375]
     scores = [list(-np.cumsum(rng.exponential(1.0, len(levels)) * rng.uniform(0.1, 3))) for _ in range(3)]
     shapes = {"a": (32, 64), "b": (64, 128), "c": (16, 32)}
-    table = S.SensitivityTable(names=list(shapes), levels=levels, scores=scores, baseline=0.0, shapes=shapes,
-                               bank_size=16)
+    table = S.SensitivityTable(
+        names=list(shapes), levels=levels, scores=scores, baseline=0.0, shapes=shapes, bank_size=16
+    )
     grid = [j / 16 for j in range(16)]
     target = float(rng.uniform(0.4, 0.85))
     feasible = []
@@ -221,8 +244,7 @@ def test_suggestion_counts_what_short_rows_really_reach():
 
 def test_max_drop_alone_and_with_target():
     model = _mlp()
-    table = S.sweep(model, error_score(model, torch.randn(64, 192)), levels=[0.5, 0.75, 0.9],
-                    progress=False)
+    table = S.sweep(model, error_score(model, torch.randn(64, 192)), levels=[0.5, 0.75, 0.9], progress=False)
     drops = dict(zip(table.names, table.drops()))
     tolerated = sorted(d[1] for d in drops.values())[1]
     suggestion = S.suggest_prune_dict(table, max_drop=tolerated)
@@ -249,8 +271,13 @@ def test_json_round_trip_csv_and_plots(tmp_path):
     from pruning_tools.sensitivity_plot import plot_curves, plot_targets
 
     model = small_cnn()
-    table = S.sweep(model, lambda m: float(sum(p.detach().abs().sum() for p in m.parameters())), levels=[0.5, 0.75],
-                    bank_size=8, progress=False)
+    table = S.sweep(
+        model,
+        lambda m: float(sum(p.detach().abs().sum() for p in m.parameters())),
+        levels=[0.5, 0.75],
+        bank_size=8,
+        progress=False,
+    )
     again = S.SensitivityTable.load_json(table.save_json(tmp_path / "t.json"))
     assert again == table
     rows = list(csv.DictReader(table.save_csv(tmp_path / "t.csv").open()))
@@ -265,7 +292,8 @@ def test_json_round_trip_csv_and_plots(tmp_path):
 
 
 def test_cli_with_a_user_model(tmp_path, monkeypatch):
-    (tmp_path / "toy_sensitivity_model.py").write_text(textwrap.dedent("""
+    (tmp_path / "toy_sensitivity_model.py").write_text(
+        textwrap.dedent("""
         import torch
 
         def build():
@@ -274,28 +302,50 @@ def test_cli_with_a_user_model(tmp_path, monkeypatch):
             x = torch.randn(16, 64)
             dense = model(x).detach()
             return model, lambda m: -float(((m(x) - dense) ** 2).mean().detach())
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("toy_sensitivity_model", None)
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["sensitivity", "--model", "toy_sensitivity_model:build", "--levels",
-                                       "0.5,0.9", "--uniform", "0.75", "--out", str(out), "--no-progress"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sensitivity",
+            "--model",
+            "toy_sensitivity_model:build",
+            "--levels",
+            "0.5,0.9",
+            "--uniform",
+            "0.75",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "suggestion.json").read_text())
     assert report["overall_sparsity"] >= report["target"] == 0.75
     assert set(report["prune_dict"]) == {"0.weight", "1.weight"}
-    assert {p.name for p in out.iterdir()} >= {"sensitivity.json", "sensitivity.csv", "sensitivity.png",
-                                                 "targets.png", "suggestion.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "sensitivity.json",
+        "sensitivity.csv",
+        "sensitivity.png",
+        "targets.png",
+        "suggestion.json",
+    }
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "no_colon"], "expected 'pkg.module:function'"),
-    (["--model", "json:nothing_here"], "nothing_here"),
-    (["--model", "json:dumps", "--target", "0.5", "--uniform", "0.5"], "not both"),
-    (["--model", "json:dumps", "--target", "1.5"], "--target=1.5"),
-    (["--model", "json:dumps", "--levels", "0.5,x"], "expected comma-separated numbers"),
-    (["--model", "json:dumps", "--bank-size", "1"], "bank_size=1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no_colon"], "expected 'pkg.module:function'"),
+        (["--model", "json:nothing_here"], "nothing_here"),
+        (["--model", "json:dumps", "--target", "0.5", "--uniform", "0.5"], "not both"),
+        (["--model", "json:dumps", "--target", "1.5"], "--target=1.5"),
+        (["--model", "json:dumps", "--levels", "0.5,x"], "expected comma-separated numbers"),
+        (["--model", "json:dumps", "--bank-size", "1"], "bank_size=1"),
+    ],
+)
 def test_cli_errors(args, message, tmp_path):
     result = CliRunner().invoke(main, ["sensitivity", "--out", str(tmp_path), *args])
     assert result.exit_code != 0 and message in result.output
@@ -305,8 +355,12 @@ def test_cli_mnist_default_model(tmp_path, monkeypatch):
     from pruning_tools import mnist, mnist_train
 
     rng = np.random.default_rng(0)  # a tiny stand-in for MNIST: the command's path, not the data, is tested
-    tiny = mnist.MnistData(rng.integers(0, 256, (96, 28, 28), dtype=np.uint8), rng.integers(0, 10, 96, dtype=np.uint8),
-                           rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), rng.integers(0, 10, 32, dtype=np.uint8))
+    tiny = mnist.MnistData(
+        rng.integers(0, 256, (96, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 96, dtype=np.uint8),
+        rng.integers(0, 256, (32, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 32, dtype=np.uint8),
+    )
     monkeypatch.setattr(mnist, "load_mnist", lambda data_dir=None: tiny)
     monkeypatch.setattr(mnist_train, "load_mnist", lambda data_dir=None: tiny)
     common = ["sensitivity", "--score-images", "64", "--levels", "0.5,0.9", "--no-progress"]
@@ -315,13 +369,24 @@ def test_cli_mnist_default_model(tmp_path, monkeypatch):
     table = S.SensitivityTable.load_json(tmp_path / "sensitivity.json")
     assert table.names == ["conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"]
     assert json.loads((tmp_path / "suggestion.json").read_text())["overall_sparsity"] >= 0.6
-    rerun = CliRunner().invoke(main, [*common, "--weights", str(tmp_path / "dense.safetensors"),
-                                      "--out", str(tmp_path / "again")])
+    rerun = CliRunner().invoke(
+        main, [*common, "--weights", str(tmp_path / "dense.safetensors"), "--out", str(tmp_path / "again")]
+    )
     assert rerun.exit_code == 0, rerun.output
     assert S.SensitivityTable.load_json(tmp_path / "again" / "sensitivity.json") == table
     assert table.baseline < 0  # minus the cross-entropy by default
-    by_accuracy = CliRunner().invoke(main, [*common, "--weights", str(tmp_path / "dense.safetensors"),
-                                            "--score", "accuracy", "--out", str(tmp_path / "acc")])
+    by_accuracy = CliRunner().invoke(
+        main,
+        [
+            *common,
+            "--weights",
+            str(tmp_path / "dense.safetensors"),
+            "--score",
+            "accuracy",
+            "--out",
+            str(tmp_path / "acc"),
+        ],
+    )
     assert by_accuracy.exit_code == 0, by_accuracy.output
     assert 0 <= S.SensitivityTable.load_json(tmp_path / "acc" / "sensitivity.json").baseline <= 1
 

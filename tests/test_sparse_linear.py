@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch.nn.functional as F
 from torch import nn
 
 from pruning_tools import kernels
@@ -38,10 +38,20 @@ def pruned_linear(out_f, in_f, sparsity, bank_size=64, bias=True, seed=0):
     return fc
 
 
-@pytest.mark.parametrize("out_f, in_f, bank_size", [
-    (64, 256, 64), (10, 100, 64), (33, 70, 64), (5, 3, 64), (17, 193, 64), (40, 96, 16), (24, 48, 4), (9, 400, 200),
-    (6, 700, 300),  # int16 indices: the fallback serves them on both paths
-])
+@pytest.mark.parametrize(
+    "out_f, in_f, bank_size",
+    [
+        (64, 256, 64),
+        (10, 100, 64),
+        (33, 70, 64),
+        (5, 3, 64),
+        (17, 193, 64),
+        (40, 96, 16),
+        (24, 48, 4),
+        (9, 400, 200),
+        (6, 700, 300),  # int16 indices: the fallback serves them on both paths
+    ],
+)
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.9375])
 def test_equals_masked_dense_linear(path, out_f, in_f, bank_size, sparsity):
     fc = pruned_linear(out_f, in_f, sparsity, bank_size, bias=out_f % 2 == 0)
@@ -100,12 +110,15 @@ def test_empty_batch(path):
     assert sparse(torch.randn(0, 64)).shape == (0, 8)
 
 
-@pytest.mark.parametrize("conv, shape", [
-    (nn.Conv2d(96, 40, 1), (2, 96, 5, 7)),
-    (nn.Conv2d(64, 16, 1, stride=2, bias=False), (3, 64, 9, 8)),
-    (nn.Conv1d(80, 24, 1), (2, 80, 11)),
-    (nn.Conv3d(64, 8, 1), (1, 64, 2, 3, 4)),
-])
+@pytest.mark.parametrize(
+    "conv, shape",
+    [
+        (nn.Conv2d(96, 40, 1), (2, 96, 5, 7)),
+        (nn.Conv2d(64, 16, 1, stride=2, bias=False), (3, 64, 9, 8)),
+        (nn.Conv1d(80, 24, 1), (2, 80, 11)),
+        (nn.Conv3d(64, 8, 1), (1, 64, 2, 3, 4)),
+    ],
+)
 def test_pointwise_conv_equals_masked_dense_conv(path, conv, shape):
     torch.manual_seed(1)
     with torch.no_grad():
@@ -118,8 +131,9 @@ def test_pointwise_conv_equals_masked_dense_conv(path, conv, shape):
 
 def test_from_packed_file_and_whole_model(path, tmp_path):
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(64, 64, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 4, 100), nn.ReLU(),
-                          nn.Linear(100, 10))
+    model = nn.Sequential(
+        nn.Conv2d(64, 64, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 4, 100), nn.ReLU(), nn.Linear(100, 10)
+    )
     with torch.no_grad():
         for m in (model[0], model[3]):
             m.weight.mul_(bank_mask(m.weight, None, 0.9375))
@@ -199,8 +213,14 @@ def test_build_is_cached(monkeypatch, tmp_path):
 
 
 @settings(max_examples=25, deadline=None)
-@given(out_f=st.integers(1, 40), in_f=st.integers(1, 300), bank_size=st.sampled_from([4, 8, 16, 64, 128]),
-       sparsity=st.sampled_from([0.25, 0.5, 0.75, 0.9, 0.95]), batch=st.integers(1, 70), seed=st.integers(0, 999))
+@given(
+    out_f=st.integers(1, 40),
+    in_f=st.integers(1, 300),
+    bank_size=st.sampled_from([4, 8, 16, 64, 128]),
+    sparsity=st.sampled_from([0.25, 0.5, 0.75, 0.9, 0.95]),
+    batch=st.integers(1, 70),
+    seed=st.integers(0, 999),
+)
 def test_random_layers_equal_masked_dense(out_f, in_f, bank_size, sparsity, batch, seed):
     fc = pruned_linear(out_f, in_f, sparsity, bank_size, bias=seed % 2 == 0, seed=seed)
     sparse = BankSparseLinear.from_linear(fc, bank_size)
@@ -224,8 +244,10 @@ def test_benchmark_script_runs():
     spec.loader.exec_module(bench)
     threads = torch.get_num_threads()
     try:
-        result = CliRunner().invoke(bench.main, ["--reps", "2", "--shape", "64x192", "--keep", "4", "--batch", "1",
-                                                 "--batch", "9", "--threads", "1"])
+        result = CliRunner().invoke(
+            bench.main,
+            ["--reps", "2", "--shape", "64x192", "--keep", "4", "--batch", "1", "--batch", "9", "--threads", "1"],
+        )
     finally:
         torch.set_num_threads(threads)
         torch.set_grad_enabled(True)

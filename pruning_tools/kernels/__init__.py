@@ -22,8 +22,8 @@ import platform
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch  # noqa: F401  (loads torch's OpenMP runtime first, so the kernel shares its threads)
 
@@ -73,8 +73,9 @@ def library_path(source: Path = SOURCE, flags: Sequence[str] = FLAGS) -> Path:
     """Where the library compiled from ``source`` with ``flags`` by this compiler for this CPU is cached."""
     cc = _compiler()
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), " ".join(flags), " ".join(cc), version,
-                                    _cpu_signature()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\0".join([source.read_text(), " ".join(flags), " ".join(cc), version, _cpu_signature()]).encode()
+    ).hexdigest()[:16]
     return cache_dir() / f"{source.stem}-{key}.so"
 
 
@@ -84,12 +85,14 @@ def _build(target: Path, source: Path = SOURCE, flags: Sequence[str] = FLAGS) ->
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([*_compiler(), *flags, "-o", tmp, str(source)], capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [*_compiler(), *flags, "-o", tmp, str(source)], capture_output=True, text=True, timeout=300
+        )
         if done.returncode and "-fopenmp" in flags:  # no OpenMP here: try a one-thread build
             serial = [f for f in flags if f != "-fopenmp"]
-            done = subprocess.run([*_compiler(), *serial, "-o", tmp, str(source)], capture_output=True, text=True,
-                                  timeout=300)
+            done = subprocess.run(
+                [*_compiler(), *serial, "-o", tmp, str(source)], capture_output=True, text=True, timeout=300
+            )
         if done.returncode:
             raise RuntimeError(f"{' '.join(_compiler())} failed: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
@@ -127,8 +130,11 @@ def library() -> ctypes.CDLL | None:
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no compiler, build or load error
             _state["lib"], _state["error"] = None, f"{type(e).__name__}: {e}"
             if m == "auto":
-                warnings.warn(f"bank-sparse C kernel unavailable, using the PyTorch fallback ({_state['error']})",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"bank-sparse C kernel unavailable, using the PyTorch fallback ({_state['error']})",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
     if _state["lib"] is None and m == "native":
         raise KernelUnavailableError(f"PRUNING_TOOLS_KERNEL=native but the C kernel is unavailable: {_state['error']}")
     return _state["lib"]  # type: ignore[return-value]
