@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -35,82 +36,9 @@ from pruning_tools import Prune
 
 # ---------------------------------------------------------------- model (torchvision layout)
 
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)  # v1b: stride here
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):  # x: [batch, inplanes, H, W] -> [batch, 4 * planes, H / stride, W / stride]
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-class ResNet50(nn.Module):
-    """ResNet-50, ``variant`` "v1b" (torchvision) or "v1d" (deep stem, avg-pool downsampling).
-    ``base_width`` scales every layer (64: the real network)."""
-
-    def __init__(self, num_classes: int = 1000, variant: str = "v1b", base_width: int = 64):
-        super().__init__()
-        w = base_width
-        if variant == "v1b":
-            self.conv1 = nn.Conv2d(3, w, 7, stride=2, padding=3, bias=False)
-        else:  # three 3x3 convs
-            self.conv1 = nn.Sequential(
-                nn.Conv2d(3, w // 2, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(w // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False),
-                nn.BatchNorm2d(w // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(w // 2, w, 3, padding=1, bias=False),
-            )
-        self.bn1 = nn.BatchNorm2d(w)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.variant, self.inplanes = variant, w
-        self.layer1 = self._layer(w, 3, 1)
-        self.layer2 = self._layer(w * 2, 4, 2)
-        self.layer3 = self._layer(w * 4, 6, 2)
-        self.layer4 = self._layer(w * 8, 3, 2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(w * 8 * 4, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        for m in self.modules():
-            if isinstance(m, Bottleneck):
-                nn.init.zeros_(m.bn3.weight)
-
-    def _layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes * 4:
-            conv = nn.Conv2d(self.inplanes, planes * 4, 1, stride=1 if self.variant == "v1d" else stride, bias=False)
-            parts = [conv, nn.BatchNorm2d(planes * 4)]
-            if self.variant == "v1d" and stride != 1:
-                parts.insert(0, nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False))
-            downsample = nn.Sequential(*parts)
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * 4
-        layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x):  # x: [batch, 3, H, W] -> logits [batch, num_classes]
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+# the repository's model zoo (benchmarks/models.py): v1b / v1d ResNet-50 in torchvision's layout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.models import ResNet50  # noqa: E402
 
 
 def prune_dict_for(model: nn.Module, sparsity: float, bank_size: int) -> dict[str, float]:
@@ -368,7 +296,7 @@ def main(argv=None) -> None:
     total_steps = args.epochs * steps_per_epoch
     lr = args.lr * args.batch_size * world / 256
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.dim() == 1 else decay).append(p)  # no weight decay on BN and biases
     optimizer = torch.optim.SGD(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

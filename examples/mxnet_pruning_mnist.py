@@ -7,8 +7,8 @@ A plain Gluon training loop; the pruning is four additions, marked (1) to (4): b
 with the schedule (dense warm-up 2 epochs, cubic ramp 3 epochs, fine-tuning at fixed sparsity
 3 epochs), call ``prune.prepare()`` after ``backward()`` (the layers learn their input sizes at
 the first forward pass), ``prune.prune()`` after every ``trainer.step()``, and read
-``prune.sparsity()``. ``python -m pruning_tools.mxnet_mnist`` trains the same network with the
-same recipe and writes a results file (``pruning_tools/mxnet_mnist.py``).
+``prune.sparsity()``. ``pruning-tools demo --framework mxnet`` trains the same network with the
+same recipe and writes weights, plots and a results file (``pruning_tools/demo/``).
 """
 
 import argparse
@@ -17,20 +17,21 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from pruning_tools.mnist import load_mnist
-from pruning_tools.mxnet_mnist import SimpleCNN, normalise, one_cycle_lr, random_shift
+from pruning_tools.demo.data import load_mnist
+from pruning_tools.demo.mxnet_backend import SimpleCNN, normalise, one_cycle_lr, random_shift
 from pruning_tools.mxnet_pruning import Prune
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--sparsity", type=float, default=0.9)
 parser.add_argument("--balance", default="fix", choices=["fix", "none"])
 parser.add_argument("--epochs", type=int, default=8)
+parser.add_argument("--data", default="data/mnist", help="directory of the MNIST IDX files")
 parser.add_argument("--limit", type=int, default=None, help="use only the first N train and test images")
 args = parser.parse_args()
 
 mx.random.seed(0)
 rng = np.random.default_rng(0)
-data = load_mnist().head(args.limit)  # uint8 [N, 28, 28] images, uint8 [N] labels
+data = load_mnist(args.data).head(args.limit)  # uint8 [N, 28, 28] images, uint8 [N] labels
 train_x, train_y = normalise(data.train_images), data.train_labels.astype(np.int64)  # float32 [N, 1, 28, 28]
 test_x, test_y = normalise(data.test_images), data.test_labels.astype(np.int64)
 

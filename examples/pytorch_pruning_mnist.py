@@ -7,7 +7,7 @@ A plain training loop; the pruning is three additions, marked (1), (2), (3): bui
 with the schedule (dense warm-up 2 epochs, cubic ramp 3 epochs, fine-tuning at fixed sparsity
 3 epochs), call ``prune.prune()`` after every ``optimizer.step()``, read ``prune.sparsity()``.
 ``pruning-tools demo`` trains the same network with the same recipe and also writes weights,
-plots and a results file (``pruning_tools/mnist_train.py``).
+plots and a results file (``pruning_tools/demo/``).
 """
 
 import argparse
@@ -15,21 +15,22 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from pruning_tools.mnist import load_mnist
-from pruning_tools.mnist_train import SimpleCNN, random_shift, to_tensor
+from pruning_tools.demo.data import load_mnist
+from pruning_tools.demo.torch_backend import SimpleCNN, random_shift, to_tensor
 from pruning_tools.pytorch_pruning import Prune
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--sparsity", type=float, default=0.9)
 parser.add_argument("--balance", default="fix", choices=["fix", "none"])
 parser.add_argument("--epochs", type=int, default=8)
+parser.add_argument("--data", default="data/mnist", help="directory of the MNIST IDX files")
 parser.add_argument("--limit", type=int, default=None, help="use only the first N train and test images")
 args = parser.parse_args()
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
 generator = torch.Generator().manual_seed(0)
-data = load_mnist().head(args.limit)  # uint8 [N, 28, 28] images, uint8 [N] labels
+data = load_mnist(args.data).head(args.limit)  # uint8 [N, 28, 28] images, uint8 [N] labels
 train_x, train_y = (
     to_tensor(data.train_images),
     torch.tensor(data.train_labels, dtype=torch.long),

@@ -1,8 +1,57 @@
-"""pruning-tools: gradual magnitude pruning, unstructured or bank-balanced, for PyTorch and MXNet."""
+"""pruning-tools: gradual magnitude pruning, unstructured or bank-balanced, for PyTorch and MXNet.
 
-from .masks import BankCheck, bank_mask, check_banks, unstructured_mask
-from .pytorch_pruning import Prune
-from .schedule import schedule_step, target_sparsity
+``from pruning_tools import Prune`` is ``pruning_tools.pytorch_pruning.Prune``. The top-level names
+are imported on first use, so ``import pruning_tools`` (and the command line's ``--help``) stays light.
+"""
 
-__all__ = ["Prune", "BankCheck", "bank_mask", "check_banks", "unstructured_mask", "schedule_step", "target_sparsity"]
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = metadata.version("pruning-tools")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+_EXPORTS = {
+    "Prune": "pytorch_pruning",
+    "BankCheck": "masks",
+    "bank_mask": "masks",
+    "check_banks": "masks",
+    "unstructured_mask": "masks",
+    "schedule_step": "schedule",
+    "target_sparsity": "schedule",
+    "to_bank_sparse": "inference",
+}
+
+if TYPE_CHECKING:
+    from .inference import to_bank_sparse
+    from .masks import BankCheck, bank_mask, check_banks, unstructured_mask
+    from .pytorch_pruning import Prune
+    from .schedule import schedule_step, target_sparsity
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [
+    "BankCheck",
+    "Prune",
+    "bank_mask",
+    "check_banks",
+    "schedule_step",
+    "target_sparsity",
+    "to_bank_sparse",
+    "unstructured_mask",
+]

@@ -10,7 +10,7 @@ import fnmatch
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 BALANCES = ("fix", "none", "global")
@@ -64,7 +64,7 @@ class ParamSpec:
 
     ``out_dim`` is the dimension holding output channels (1 for ConvTranspose weights, else 0).
     ``balance`` is the pattern actually used: 1-D parameters asked for ``"fix"`` fall back to
-    ``"none"``.
+    ``"none"``. ``shape`` is the parameter's shape (so nothing has to re-read a weight to size it).
     """
 
     sparsity: float
@@ -72,6 +72,21 @@ class ParamSpec:
     bank_size: int
     layout: str
     out_dim: int = 0
+    shape: tuple[int, ...] = ()
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-ready)."""
+        return {**asdict(self), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParamSpec:
+        """Inverse of ``to_dict`` (states written before ``shape`` existed read as shape ``()``)."""
+        known = {key: data[key] for key in ("sparsity", "balance", "bank_size", "layout", "out_dim") if key in data}
+        return cls(**known, shape=tuple(int(n) for n in data.get("shape", ())))
 
 
 @dataclass(frozen=True)
@@ -92,8 +107,14 @@ class PruneConfig:
     def to_dict(self) -> dict:
         """Plain data (for state_dict and results files)."""
         out = asdict(self)
-        out["params"] = {name: asdict(spec) for name, spec in self.params.items()}
+        out["params"] = {name: spec.to_dict() for name, spec in self.params.items()}
         return out
+
+    def with_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> PruneConfig:
+        """The same settings with the parameters' shapes filled in (MXNet knows them after deferred
+        initialisation)."""
+        params = {name: replace(spec, shape=tuple(shapes[name])) for name, spec in self.params.items()}
+        return replace(self, params=params)
 
 
 def _param_options(key: str, value: Any, defaults: dict) -> dict:
@@ -161,7 +182,7 @@ def resolve_prune_dict(
         options = dict(chosen[name][1])
         if options["balance"] == "fix" and len(shapes[name]) < 2:
             options["balance"] = "none"
-        resolved[name] = ParamSpec(**options, out_dim=out_dims.get(name, 0))
+        resolved[name] = ParamSpec(**options, out_dim=out_dims.get(name, 0), shape=tuple(shapes[name]))
     return resolved
 
 
@@ -180,7 +201,7 @@ def make_config(
     out_dims: Mapping[str, int] | None = None,
 ) -> PruneConfig:
     """Validate every constructor argument and resolve prune_dict against ``shapes``."""
-    defaults = {
+    defaults: dict[str, Any] = {
         "balance": check_choice("balance", balance, BALANCES),
         "bank_size": check_bank_size("bank_size", bank_size),
         "layout": check_choice("layout", layout, LAYOUTS),

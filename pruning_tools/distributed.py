@@ -2,38 +2,41 @@
 
 - **Replicated weights (DDP)** need no communication: every rank holds the same weights and the
   selection in ``masks.py`` is deterministic (ties to the lower index), so every rank computes the
-  same masks. ``broadcast_masks`` copies rank 0's masks anyway, for those who want a guarantee
+  same masks. ``Prune.broadcast_masks`` copies rank 0's masks anyway, for those who want a guarantee
   that does not rest on identical arithmetic.
 - **Sharded weights (FSDP2, ``fully_shard``)** are DTensors whose dim 0 (output channels) is split
   across ranks. A bank lives inside one row and a row inside one output channel, so bank-balanced
   masks are computed on the local shard with no communication. Unstructured and global masks need
   the exact k-th largest score over all shards: ``keep_largest_sharded`` finds it by radix
   selection on the scores' bit patterns, all-reducing one histogram of 2**16 counts per 16 bits
-  (2 all-reduces for fp32/bf16/fp16 weights, 4 for fp64), then one all-reduce of per-shard counts to break ties exactly as
-  the single-process code does (earlier tensor, then lower flat index). Whole tensors are never
+  (2 all-reduces for fp32/bf16/fp16 weights, 4 for fp64), then one all-reduce of per-shard counts to
+  break ties exactly as the single-process code does (earlier tensor, then lower flat index). Whole tensors are never
   gathered.
 
-Every function here accepts plain tensors too and then does exactly what ``masks.py`` does, so
-the pruner calls them unconditionally. Masks of a DTensor are plain bool tensors shaped like its
-local shard (``p.to_local()``).
+The pruner is handed a strategy (``strategy_for``): ``LocalMasks`` for plain tensors, ``ShardedMasks``
+when any parameter is a DTensor, validated when ``Prune(...)`` is built. Nothing here reaches into a
+model or writes a weight. The functions accept plain tensors too and then do exactly what
+``masks.py`` does. Masks of a DTensor are plain bool tensors shaped like its local shard
+(``p.to_local()``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
+from . import geometry as G
 from . import masks as M
 
 try:  # torch builds without distributed support have no DTensor
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Replicate, Shard
 except ImportError:  # pragma: no cover - such builds cannot hold DTensors either
-    dist, DTensor, Replicate, Shard = None, None, None, None
+    dist, DTensor, Replicate, Shard = None, None, None, None  # type: ignore[assignment,misc]
 
 ReduceSum = Callable[[Tensor], Tensor]  # sums an int64 tensor over the ranks, returns the sum
 
@@ -49,7 +52,7 @@ def is_sharded(t: Tensor) -> bool:
 def local(t: Tensor) -> Tensor:
     """The part of ``t`` this rank holds: ``t.to_local()`` for a DTensor (same storage, so an
     in-place ``mul_`` writes the parameter), ``t`` itself otherwise."""
-    return t.to_local() if is_sharded(t) else t
+    return cast(Any, t).to_local() if is_sharded(t) else t
 
 
 @dataclass(frozen=True)
@@ -79,14 +82,15 @@ def shard_info(t: Tensor, name: str = "tensor") -> ShardInfo:
     if not is_sharded(t):
         return ShardInfo(None, 0, 1, t.device)
     # exact types: subclasses such as a strided shard do not keep rows in rank order
-    shard_dims = [i for i, pl in enumerate(t.placements) if type(pl) is Shard]
-    others = [pl for pl in t.placements if type(pl) not in (Shard, Replicate)]
-    if others or len(shard_dims) > 1 or any(t.placements[i].dim != 0 for i in shard_dims):
+    placements = cast(Any, t).placements
+    shard_dims = [i for i, pl in enumerate(placements) if type(pl) is Shard]
+    others = [pl for pl in placements if type(pl) not in (Shard, Replicate)]
+    if others or len(shard_dims) > 1 or any(placements[i].dim != 0 for i in shard_dims):
         raise ValueError(
-            f"{name} has placements={tuple(t.placements)}: expected Replicate() and at most one "
+            f"{name} has placements={tuple(placements)}: expected Replicate() and at most one "
             f"Shard(0) (as fully_shard makes)"
         )
-    mesh = t.device_mesh
+    mesh = cast(Any, t).device_mesh
     device = (
         torch.device(mesh.device_type, torch.cuda.current_device())
         if mesh.device_type == "cuda"
@@ -156,6 +160,7 @@ def kth_largest_key(keys: Sequence[Tensor], k: int, bits: int, reduce_sum: Reduc
         need -= int(above[j - 1]) if j else 0
         digit = bins - 1 - j
         prefix = (digit - bins // 2) << shift if prefix is None else prefix | (digit << shift)
+    assert prefix is not None  # at least one round ran: bits >= RADIX_BITS
     return prefix
 
 
@@ -232,7 +237,7 @@ def _sharded_keep(
     if pooled:  # one threshold over several tensors compares in float32, as masks.global_masks does
         scores = [s.float() for s in scores]
     total = sum(w.numel() for w in weights)  # global sizes
-    k = M.keep_count(total, sparsity)
+    k = G.keep_count(total, sparsity)
     if k >= total:
         return [torch.ones_like(s, dtype=torch.bool) for s in scores]
     if k <= 0:
@@ -307,32 +312,112 @@ def banks_balanced(w: Tensor, bank_size: int, layout: str, out_dim: int, sparsit
     return int(info.reduce_sum(failures)[0]) == 0
 
 
+# ---------------------------------------------------------------- strategies the pruner is given
+
+
+class LocalMasks:
+    """Whole tensors in this process (one process, or replicated weights under DDP): ``masks.py`` as is.
+
+    The pruner asks its strategy for every mask and every count, so the same pruner code serves
+    plain tensors and DTensor shards. ``pytorch_pruning.Prune`` picks one with ``strategy_for``.
+    """
+
+    def local(self, t: Tensor) -> Tensor:
+        """The part of ``t`` this rank holds (all of it here)."""
+        return t
+
+    def compute_mask(
+        self, w: Tensor, mask: Tensor | None, sparsity: float, spec: Any, name: str, device: torch.device
+    ) -> Tensor:
+        """Keep-mask of ``w`` (``spec``: a ``config.ParamSpec``), computed and kept on ``device``."""
+        return M.compute_mask(_on(w, device), mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim)
+
+    def global_masks(
+        self,
+        weights: Sequence[Tensor],
+        masks: Sequence[Tensor | None],
+        sparsity: float,
+        names: Sequence[str],
+        devices: Sequence[torch.device],
+    ) -> list[Tensor]:
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity)
+
+    def count_nonzero(self, w: Tensor) -> int:
+        return int(torch.count_nonzero(w.detach()))
+
+    def banks_balanced(self, w: Tensor, spec: Any, sparsity: float) -> bool:
+        return M.check_banks(w, spec.bank_size, spec.layout, spec.out_dim, sparsity).balanced
+
+
+class ShardedMasks(LocalMasks):
+    """DTensors split on dim 0 across ranks (FSDP2), mixed with plain tensors: masks of the local
+    shards, counts over all shards. Every placement is validated when the strategy is built."""
+
+    def __init__(self, params: Mapping[str, Tensor], specs: Mapping[str, Any]) -> None:
+        infos = {name: shard_info(p, name) for name, p in params.items()}  # refuses unsupported placements
+        for name, spec in specs.items():
+            if spec.balance == "fix" and spec.out_dim != 0 and len(spec.shape) >= 2 and infos[name].split:
+                raise ValueError(
+                    f"{name} is sharded on dim 0 but its output channels are on dim {spec.out_dim}: banks would "
+                    "straddle shards; shard it on its output channels or use balance='none' for it"
+                )
+        pooled = [name for name, spec in specs.items() if spec.balance == "global"]
+        if pooled:
+            _common_info([params[n] for n in pooled], pooled)  # one process group for one threshold
+
+    def local(self, t: Tensor) -> Tensor:
+        return local(t)
+
+    def compute_mask(
+        self, w: Tensor, mask: Tensor | None, sparsity: float, spec: Any, name: str, device: torch.device
+    ) -> Tensor:
+        return compute_mask(w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device)
+
+    def global_masks(
+        self,
+        weights: Sequence[Tensor],
+        masks: Sequence[Tensor | None],
+        sparsity: float,
+        names: Sequence[str],
+        devices: Sequence[torch.device],
+    ) -> list[Tensor]:
+        return global_masks(weights, masks, sparsity, names, devices)
+
+    def count_nonzero(self, w: Tensor) -> int:
+        return count_nonzero(w)
+
+    def banks_balanced(self, w: Tensor, spec: Any, sparsity: float) -> bool:
+        return banks_balanced(w, spec.bank_size, spec.layout, spec.out_dim, sparsity)
+
+
+def strategy_for(params: Mapping[str, Tensor], specs: Mapping[str, Any]) -> LocalMasks:
+    """``ShardedMasks`` when any of ``params`` is a DTensor (validated now), else ``LocalMasks``."""
+    if any(is_sharded(p) for p in params.values()):
+        return ShardedMasks(params, specs)
+    return LocalMasks()
+
+
 # ---------------------------------------------------------------- replicated weights (DDP)
 
 
-def broadcast_masks(prune, src: int = 0, group=None) -> None:
-    """Make every rank's masks equal rank ``src``'s and re-apply them to the weights.
-
-    For replicated weights (DDP) the masks already agree by construction; this is the explicit
-    guarantee. Call it on every rank, after ``prune.prune()``. Sharded parameters (DTensors) are
-    skipped: each rank holds the mask of its own shard.
-    """
+def broadcast_mask(mask: Tensor, src: int = 0, group: Any = None) -> Tensor:
+    """Rank ``src``'s copy of ``mask`` (bool), on ``mask``'s device, on every rank of ``group``."""
     if dist is None or not dist.is_initialized():
-        raise RuntimeError("broadcast_masks needs an initialised torch.distributed process group")
-    params = dict(prune.model.named_parameters())
-    backend_device = _collective_device(group)
-    with torch.no_grad():
-        for name, mask in prune.masks().items():
-            p = params[name]
-            if is_sharded(p):
-                continue
-            buf = mask.to(backend_device, torch.uint8)
-            dist.broadcast(buf, src=src, group=group)
-            mask.copy_(buf.to(mask.device).bool())
-            p.mul_(mask.to(p.device))
+        raise RuntimeError("broadcasting masks needs an initialised torch.distributed process group")
+    buf = mask.to(_collective_device(group), torch.uint8)
+    dist.broadcast(buf, src=src, group=group)
+    return buf.to(mask.device).bool()
 
 
-def _collective_device(group) -> torch.device:
+def broadcast_masks(prune: Any, src: int = 0, group: Any = None) -> None:
+    """Deprecated: ``prune.broadcast_masks(src, group)``."""
+    from ._deprecated import warn_moved
+
+    warn_moved("pruning_tools.distributed.broadcast_masks(prune)", "Prune.broadcast_masks()")
+    prune.broadcast_masks(src, group)
+
+
+def _collective_device(group: Any) -> torch.device:
     backend = dist.get_backend(group)
     if backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())

@@ -27,18 +27,18 @@ True
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import safetensors.torch
 import torch
 from torch import Tensor
 
+from . import geometry as G
 from . import masks as M
-from .config import LAYOUTS, check_bank_size, check_choice
+from .config import LAYOUTS, ParamSpec, check_bank_size, check_choice
 
 FORMAT = "pruning_tools.packed/1"
 METADATA_KEY = "pruning_tools.packed"
@@ -75,7 +75,7 @@ class PackedTensor:
 
     @property
     def row_len(self) -> int:
-        return M.row_length(self.shape, self.layout, self.out_dim)
+        return G.row_length(self.shape, self.layout, self.out_dim)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
@@ -133,27 +133,15 @@ def check_balanced(
 ) -> None:
     """Raise ``NotBankBalancedError`` naming ``name`` unless every bank of ``w`` is within budget.
 
-    With ``sparsity`` the budgets are those of ``masks.check_banks`` at that sparsity. Without it
-    the budget of every bank, tail banks included, is the most common non-zero count of a full bank
-    (what the pruner kept): a few banks holding fewer non-zeros (weights that are exactly zero)
-    do not make a tensor unbalanced, and no rounding of a measured sparsity is involved.
+    The budgets are those of the one checker, ``masks.check_banks``: of ``sparsity`` (the target the
+    tensor was pruned to) when given, else of the tensor's measured sparsity.
     """
-    if sparsity is not None:
-        report = M.check_banks(w, bank_size, layout, out_dim, sparsity)
-        over, banks, budget = report.over_budget, report.banks, f"{report.budget} (tail {report.tail_budget})"
-        worst = f"bank {report.worst_bank} holds {report.worst_nonzeros}"
-    else:
-        full, tail = M.bank_nonzeros(w, bank_size, layout, out_dim)  # [rows, banks], [rows] or None
-        counts = torch.cat([full.reshape(-1), tail if tail is not None else full.new_zeros(0)])
-        common = full.reshape(-1) if full.numel() else counts
-        freq = torch.bincount(common, minlength=bank_size + 1)
-        keep = int(freq.numel() - 1 - freq.flip(0).argmax())  # most common count, ties to the larger
-        over, banks, budget = int((counts > keep).sum()), counts.numel(), str(keep)
-        worst = f"the fullest holds {int(counts.max())}" if counts.numel() else ""
-    if over:
+    report = M.check_banks(w, bank_size, layout, out_dim, sparsity)
+    if not report.balanced:
         raise NotBankBalancedError(
             f"{name} {list(w.shape)} is not bank-balanced (bank_size={bank_size}, layout={layout!r}): "
-            f"{over} of {banks} banks hold more than {budget} non-zeros ({worst})"
+            f"{report.over_budget} of {report.banks} banks hold more than {report.budget} (tail {report.tail_budget}) "
+            f"non-zeros (bank {report.worst_bank} holds {report.worst_nonzeros})"
         )
 
 
@@ -176,14 +164,10 @@ def pack(
         )
     w = w.detach().cpu()
     check_balanced(w, bank_size, layout, out_dim, sparsity, name)
-    rows = M.to_rows(w, layout, out_dim)  # [rows, row_len]
-    full_banks, tail_len = divmod(rows.shape[1], bank_size)
-    split = full_banks * bank_size
-    banks = rows[:, :split].reshape(rows.shape[0], full_banks, bank_size)  # [rows, banks, B]
+    banks, tail = G.split_banks(G.to_rows(w, layout, out_dim), bank_size)  # [rows, banks, B], [rows, tail_len]
     k = int((banks != 0).sum(-1).max()) if banks.numel() else 0
     values, positions = _select(banks, k)
-    tail = rows[:, split:]  # [rows, tail_len]
-    tail_k = int((tail != 0).sum(-1).max()) if tail_len else 0
+    tail_k = int((tail != 0).sum(-1).max()) if tail.numel() else 0
     tail_values, tail_positions = _select(tail, tail_k)
     idx = index_dtype(bank_size)
     return PackedTensor(
@@ -207,7 +191,7 @@ def unpack(p: PackedTensor) -> Tensor:
     if p.tail_k:
         _bits(tail).scatter_(-1, p.tail_indices.long(), _bits(p.tail_values))
     rows = torch.cat([full.reshape(rows_n, -1), tail], dim=1)  # [rows, row_len]
-    return M.from_rows(rows, p.shape, p.layout, p.out_dim)
+    return G.from_rows(rows, p.shape, p.layout, p.out_dim)
 
 
 # ---------------------------------------------------------------- files
@@ -237,20 +221,36 @@ def worth_packing(w: Tensor, bank_size: int) -> bool:
     return int((w != 0).sum()) < w.numel() * (1.0 - 1.0 / bank_size) + 1e-9
 
 
+SpecLike = Union[ParamSpec, Mapping[str, Any]]
+
+
+def _as_pack_options(spec: SpecLike, bank_size: int, layout: str, out_dim: int) -> dict[str, Any]:
+    """``{"dense", "bank_size", "layout", "out_dim", "sparsity"}`` of one tensor: from a ``ParamSpec``
+    (unstructured ones stay dense; ``sparsity`` is the budget's target) or from a plain dict of those keys."""
+    if isinstance(spec, ParamSpec):
+        return {"dense": spec.balance != "fix", "bank_size": spec.bank_size, "layout": spec.layout,
+                "out_dim": spec.out_dim, "sparsity": spec.sparsity}  # fmt: skip
+    options = {"dense": False, "bank_size": bank_size, "layout": layout, "out_dim": out_dim, "sparsity": None}
+    options.update(spec)
+    return options
+
+
 def pack_state_dict(
     tensors: Mapping[str, Tensor],
     bank_size: int = 64,
     layout: str = "channels_last",
     out_dims: Mapping[str, int] | None = None,
     dense_fallback: bool = False,
-    specs: Mapping[str, Mapping[str, Any]] | None = None,
+    specs: Mapping[str, SpecLike] | None = None,
 ) -> tuple[dict[str, PackedTensor], dict[str, Tensor], list[str]]:
     """Split ``tensors`` into packed and dense ones.
 
     A floating tensor with >= 2 dims and zeros in it is packed; dense ones (fewer zeros than one per
-    bank), 1-D and integer tensors stay dense. ``specs`` (``{name: {"bank_size", "layout",
-    "out_dim", "sparsity"}}``, e.g. from a pruner state, see ``specs_from_pruner_state``) overrides
-    ``bank_size``/``layout``/``out_dims`` per tensor; ``{"dense": True}`` keeps a tensor dense. A
+    bank), 1-D and integer tensors stay dense. ``specs`` gives the geometry per tensor: the
+    ``ParamSpec`` of a pruner (``pruner.pruned_specs(prune)``, or of its state or state file: bank
+    size, layout, output dim, and the target of its current mask as the budget; unstructured ones stay
+    dense), or a dict with some of ``{"bank_size", "layout", "out_dim", "sparsity", "dense"}``.
+    Tensors without a spec use ``bank_size``, ``layout``, ``out_dims`` and their measured sparsity. A
     sparse tensor that is not bank-balanced raises ``NotBankBalancedError``, or with
     ``dense_fallback`` is stored dense and listed in the third return value.
     """
@@ -261,19 +261,13 @@ def pack_state_dict(
             raise TypeError(f"tensors[{name!r}] is a {type(w).__name__}: expected a torch.Tensor")
         if SEP in name:
             raise ValueError(f"tensor name {name!r} is not allowed: it must not contain {SEP!r}")
-        spec = specs.get(name, {})
-        b = int(spec.get("bank_size", bank_size))
-        if spec.get("dense") or not worth_packing(w, b):
+        options = _as_pack_options(specs.get(name, {}), bank_size, layout, out_dims.get(name, 0))
+        if options["dense"] or not worth_packing(w, int(options["bank_size"])):
             dense[name] = w.detach().cpu().clone()  # own storage: tied weights save too
             continue
         try:
             packed[name] = pack(
-                w,
-                b,
-                spec.get("layout", layout),
-                int(spec.get("out_dim", out_dims.get(name, 0))),
-                spec.get("sparsity"),
-                name=name,
+                w, int(options["bank_size"]), options["layout"], int(options["out_dim"]), options["sparsity"], name
             )
         except NotBankBalancedError:
             if not dense_fallback:
@@ -284,26 +278,19 @@ def pack_state_dict(
 
 
 def specs_from_pruner_state(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-parameter packing settings from a pruner ``state_dict()``: bank size, layout, output
-    dim and the sparsity each current mask was made for; unstructured ones (``balance`` ``"none"``
-    or ``"global"``) are kept dense."""
-    from .pruner_base import STATE_FORMAT
+    """Deprecated: ``pruner.pruned_specs(state)`` gives the typed specs ``save_packed`` takes."""
+    from ._deprecated import warn_moved
+    from .pruner import pruned_specs
 
-    if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"state is not a pruner state of format {STATE_FORMAT!r}")
-    targets = state.get("mask_targets", {})
-    specs = {}
-    for name, p in state["config"]["params"].items():
-        if p["balance"] != "fix":
-            specs[name] = {"dense": True}
+    warn_moved("pruning_tools.export.specs_from_pruner_state", "pruning_tools.pruner.pruned_specs")
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in pruned_specs(state).items():
+        if spec.balance != "fix":
+            out[name] = {"dense": True}
         else:
-            specs[name] = {
-                "bank_size": p["bank_size"],
-                "layout": p["layout"],
-                "out_dim": p.get("out_dim", 0),
-                "sparsity": targets.get(name, p["sparsity"]),
-            }
-    return specs
+            out[name] = {"bank_size": spec.bank_size, "layout": spec.layout, "out_dim": spec.out_dim,
+                         "sparsity": spec.sparsity}  # fmt: skip
+    return out
 
 
 def save_packed(
@@ -313,7 +300,7 @@ def save_packed(
     layout: str = "channels_last",
     out_dims: Mapping[str, int] | None = None,
     dense_fallback: bool = False,
-    specs: Mapping[str, Mapping[str, Any]] | None = None,
+    specs: Mapping[str, SpecLike] | None = None,
 ) -> ExportReport:
     """Write ``tensors`` (a state dict) to a packed safetensors file; see ``pack_state_dict``.
 
@@ -364,26 +351,14 @@ def load_packed(path: str | Path) -> dict[str, Tensor]:
     return {name: unpack(t) if isinstance(t, PackedTensor) else t for name, t in read_packed(path).items()}
 
 
-# ---------------------------------------------------------------- ONNX
+def __getattr__(name: str) -> Any:  # the ONNX helpers moved to pruning_tools.onnx
+    if name in ("export_onnx", "onnx_initializers"):
+        from . import onnx
+        from ._deprecated import warn_moved
 
-
-def export_onnx(model: torch.nn.Module, example: Tensor | tuple, path: str | Path, **kwargs: Any) -> None:
-    """``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``): it needs only the
-    ``onnx`` package and keeps every weight, zeros included, as an initializer. ``kwargs`` go to
-    ``torch.onnx.export`` (``input_names``, ``dynamic_axes``, ...)."""
-    args = example if isinstance(example, tuple) else (example,)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript path is legacy
-        torch.onnx.export(model, args, str(path), dynamo=False, **kwargs)
-
-
-def onnx_initializers(path: str | Path) -> dict[str, Any]:
-    """``{name: numpy array}`` of every initializer of an ONNX file (needs ``onnx``)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+        warn_moved(f"pruning_tools.export.{name}", f"pruning_tools.onnx.{name}")
+        return getattr(onnx, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -400,6 +375,4 @@ __all__ = [
     "worth_packing",
     "specs_from_pruner_state",
     "index_dtype",
-    "export_onnx",
-    "onnx_initializers",
 ]

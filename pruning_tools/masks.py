@@ -1,17 +1,12 @@
-"""Pure tensor math: keep-masks (unstructured, bank-balanced, global) and the bank checker.
+"""Pure tensor math: keep-masks (unstructured, bank-balanced, global) and the one bank checker.
 
-No model and no state here: every function takes tensors and numbers and returns tensors.
-
-Bank layout (see ``GUIDE.md``): a weight is read as a matrix of *rows* (``to_rows``); each row is
-cut into consecutive banks of ``bank_size`` weights; the last bank of a row is a shorter *tail
-bank* when the row length is not a multiple of ``bank_size``. At sparsity ``s`` every full bank
-keeps ``k = round(bank_size * (1 - s))`` weights (at least 1) and a tail bank of length ``L`` keeps
-``round(L * (1 - s))`` (at least 1, at most ``k``). ``round`` is round-half-up everywhere.
+No model and no state here: every function takes tensors and numbers and returns tensors. Rows,
+banks and budgets are those of ``pruning_tools.geometry``.
 
 Selection keeps the largest ``|w|`` among the weights still alive; ties go to the lower index,
 so the same input gives the same mask on every machine.
 
-Plain CPU tensors are served by compiled kernels (``native``, ``kernels/mask_select.c``); the
+Plain CPU tensors are served by compiled kernels (``pruning_tools._native``, ``mask_select.c``); the
 PyTorch code below serves everything else and defines the same masks (tests compare both).
 """
 
@@ -20,109 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from . import native
+from . import geometry as G
+from ._native import mask_kernels as native
+from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity
 
 DEAD = -1.0  # score of an already-pruned weight: below every |w| of a live one
-
-
-# ---------------------------------------------------------------- layout
-
-
-def to_rows(x: Tensor, layout: str = "channels_last", out_dim: int = 0) -> Tensor:
-    """View a weight as bank rows.
-
-    ``x``: ``[out, in, *kernel]`` (``[in, out, *kernel]`` when ``out_dim == 1``, ConvTranspose),
-    or any tensor with fewer than 2 dims. Returns ``[rows, row_len]``:
-
-    - ``"channels_last"``: one row per (out, kernel position), along input channels:
-      ``[out * prod(kernel), in]``.
-    - ``"flat"``: one row per output channel, ``W[o].flatten()``: ``[out, in * prod(kernel)]``.
-    - fewer than 2 dims: a single row ``[1, numel]``.
-    """
-    if x.dim() < 2:
-        return x.reshape(1, -1)
-    if out_dim == 1:
-        x = x.transpose(0, 1)  # [out, in, *kernel]
-    if layout == "flat" or x.dim() == 2:
-        return x.reshape(x.shape[0], -1)  # [out, in * prod(kernel)]
-    channels_last = (0, *range(2, x.dim()), 1)
-    return x.permute(channels_last).reshape(-1, x.shape[1])  # [out * prod(kernel), in]
-
-
-def from_rows(rows: Tensor, shape: Sequence[int], layout: str = "channels_last", out_dim: int = 0) -> Tensor:
-    """Inverse of ``to_rows``: ``[rows, row_len]`` back to ``shape`` (contiguous)."""
-    shape = tuple(shape)
-    if len(shape) < 2:
-        return rows.reshape(shape)
-    oshape = (shape[1], shape[0], *shape[2:]) if out_dim == 1 else shape  # [out, in, *kernel]
-    if layout == "flat" or len(oshape) == 2:
-        x = rows.reshape(oshape)
-    else:
-        kernel = oshape[2:]
-        x = rows.reshape(oshape[0], *kernel, oshape[1])  # [out, *kernel, in]
-        x = x.permute(0, len(oshape) - 1, *range(1, len(oshape) - 1))  # [out, in, *kernel]
-    if out_dim == 1:
-        x = x.transpose(0, 1)
-    return x.contiguous()
-
-
-def row_length(shape: Sequence[int], layout: str = "channels_last", out_dim: int = 0) -> int:
-    """Length of one bank row of a tensor of ``shape``."""
-    if len(shape) < 2:
-        return math.prod(shape)
-    if layout == "flat" or len(shape) == 2:
-        return math.prod(shape) // shape[out_dim]
-    return shape[1 - out_dim]
-
-
-# ---------------------------------------------------------------- budgets
-
-
-def keep_count(n: int, sparsity: float) -> int:
-    """``round(n * (1 - sparsity))``, rounding half up (no minimum)."""
-    return int(math.floor(n * (1.0 - sparsity) + 0.5 + 1e-9))
-
-
-class BankBudget(NamedTuple):
-    """How a row of ``row_len`` weights is banked, and what each bank keeps."""
-
-    full_banks: int  # banks of exactly bank_size weights per row
-    keep: int  # non-zeros kept in each full bank
-    tail_len: int  # length of the tail bank (0: none)
-    tail_keep: int  # non-zeros kept in the tail bank
-
-
-def bank_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
-    """Bank counts and budgets of one row at ``sparsity``."""
-    full_banks, tail_len = divmod(row_len, bank_size)
-    keep = max(1, keep_count(bank_size, sparsity))
-    tail_keep = min(keep, max(1, keep_count(tail_len, sparsity))) if tail_len else 0
-    return BankBudget(full_banks, keep, tail_len, tail_keep)
-
-
-def realised_sparsity(
-    shape: Sequence[int],
-    balance: str,
-    sparsity: float,
-    bank_size: int = 64,
-    layout: str = "channels_last",
-    out_dim: int = 0,
-) -> float:
-    """The sparsity a pattern actually reaches for a dense tensor of ``shape`` at ``sparsity``."""
-    numel = math.prod(shape)
-    if numel == 0:
-        return 0.0
-    if balance != "fix":
-        return 1.0 - keep_count(numel, sparsity) / numel
-    row_len = row_length(shape, layout, out_dim)
-    budget = bank_budget(row_len, bank_size, sparsity)
-    kept_per_row = budget.full_banks * budget.keep + budget.tail_keep
-    return 1.0 - kept_per_row * (numel // row_len) / numel
 
 
 # ---------------------------------------------------------------- selection
@@ -158,11 +59,11 @@ def keep_largest(scores: Tensor, k: int) -> Tensor:
 
 def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float) -> Tensor:
     """Keep the ``round(numel * (1 - sparsity))`` largest ``|w|`` still alive. Bool, shape of ``w``."""
-    fast = native.largest_masks([w.detach()], [mask], keep_count(w.numel(), sparsity))
+    fast = native.largest_masks([w.detach()], [mask], G.keep_count(w.numel(), sparsity))
     if fast is not None:
         return fast[0]
     scores = magnitude_scores(w, mask).reshape(-1)
-    return keep_largest(scores, keep_count(scores.numel(), sparsity)).reshape(w.shape)
+    return keep_largest(scores, G.keep_count(scores.numel(), sparsity)).reshape(w.shape)
 
 
 def bank_mask(
@@ -174,33 +75,34 @@ def bank_mask(
     out_dim: int = 0,
 ) -> Tensor:
     """Bank-balanced keep-mask of ``w`` (bool, shape of ``w``); see the module docstring."""
-    budget = bank_budget(row_length(w.shape, layout, out_dim), bank_size, sparsity)
+    if w.numel() == 0:
+        return torch.ones_like(w, dtype=torch.bool)
+    budget = G.bank_budget(G.row_length(w.shape, layout, out_dim), bank_size, sparsity)
     if native.library() is not None:  # compiled single pass over the banks, when it serves this tensor
         fast = native.bank_mask(w.detach(), mask, budget.keep, budget.tail_keep, bank_size, layout, out_dim)
         if fast is not None:
             return fast
-    rows = to_rows(magnitude_scores(w, mask), layout, out_dim)  # [rows, row_len]
-    split = budget.full_banks * bank_size
+    rows = G.to_rows(magnitude_scores(w, mask), layout, out_dim)  # [rows, row_len]
+    banks, tail = G.split_banks(rows, bank_size)  # [rows, banks, B], [rows, tail_len]
     parts = []
     if budget.full_banks:
-        banks = rows[:, :split].reshape(rows.shape[0], budget.full_banks, bank_size)  # [rows, banks, B]
-        parts.append(keep_largest(banks, budget.keep).reshape(rows.shape[0], split))
+        parts.append(keep_largest(banks, budget.keep).reshape(rows.shape[0], -1))
     if budget.tail_len:
-        parts.append(keep_largest(rows[:, split:], budget.tail_keep))  # [rows, tail_len]
+        parts.append(keep_largest(tail, budget.tail_keep))
     keep_rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    return from_rows(keep_rows, w.shape, layout, out_dim)
+    return G.from_rows(keep_rows, w.shape, layout, out_dim)
 
 
 def global_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float) -> list[Tensor]:
     """One magnitude threshold across all ``weights``, keeping ``round(N * (1 - sparsity))`` of
     their ``N`` weights in total; ties go to the earlier tensor, then the lower index."""
     fast = native.largest_masks(
-        [w.detach() for w in weights], list(masks), keep_count(sum(w.numel() for w in weights), sparsity)
+        [w.detach() for w in weights], list(masks), G.keep_count(sum(w.numel() for w in weights), sparsity)
     )
     if fast is not None:
         return fast
     scores = torch.cat([magnitude_scores(w, m).reshape(-1).float() for w, m in zip(weights, masks)])
-    keep = keep_largest(scores, keep_count(scores.numel(), sparsity))
+    keep = keep_largest(scores, G.keep_count(scores.numel(), sparsity))
     return [part.reshape(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
 
 
@@ -239,12 +141,8 @@ def bank_nonzeros(
     w: Tensor, bank_size: int = 64, layout: str = "channels_last", out_dim: int = 0
 ) -> tuple[Tensor, Tensor | None]:
     """Non-zeros per bank: ``([rows, full_banks], [rows] or None for the tail banks)``."""
-    rows = to_rows(w.detach() != 0, layout, out_dim)  # [rows, row_len]
-    full_banks, tail_len = divmod(rows.shape[1], bank_size)
-    split = full_banks * bank_size
-    full = rows[:, :split].reshape(rows.shape[0], full_banks, bank_size).sum(dim=-1)
-    tail = rows[:, split:].sum(dim=-1) if tail_len else None
-    return full, tail
+    banks, tail = G.split_banks(G.to_rows(w.detach() != 0, layout, out_dim), bank_size)
+    return banks.sum(dim=-1), (tail.sum(dim=-1) if tail.shape[1] else None)
 
 
 @dataclass
@@ -268,12 +166,19 @@ def check_banks(
 
     The budget comes from ``sparsity`` when given; otherwise from the tensor's measured sparsity
     (what a bank-balanced pruner at that sparsity would keep). Works on any tensor of any
-    checkpoint; tensors with fewer than 2 dims are one row.
+    checkpoint; tensors with fewer than 2 dims are one row. This is the one checker: ``Prune.check``,
+    the packed export and ``pruning-tools inspect`` all call it.
     """
+    check_bank_size("bank_size", bank_size)
+    check_choice("layout", layout, LAYOUTS)
+    if out_dim not in (0, 1) or isinstance(out_dim, bool):
+        raise ValueError(f"out_dim={out_dim!r} is not allowed: expected 0 or 1 (the dim of the output channels)")
+    if sparsity is not None:
+        sparsity = check_sparsity("sparsity", sparsity)
     full, tail = bank_nonzeros(w, bank_size, layout, out_dim)
     if sparsity is None:
         sparsity = 1.0 - float((w != 0).sum()) / max(1, w.numel())
-    budget = bank_budget(row_length(w.shape, layout, out_dim), bank_size, sparsity)
+    budget = G.bank_budget(G.row_length(w.shape, layout, out_dim), bank_size, sparsity)
     counts = [full]
     limits = [torch.full_like(full, budget.keep)]
     if tail is not None:
@@ -318,3 +223,23 @@ def unpack_bits(packed: Tensor, shape: Sequence[int]) -> Tensor:
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
     bits = (packed.reshape(-1, 1) & weights) != 0  # [ceil(n / 8), 8]
     return bits.reshape(-1)[: math.prod(shape)].reshape(tuple(shape))
+
+
+_MOVED_TO_GEOMETRY = (
+    "to_rows",
+    "from_rows",
+    "row_length",
+    "keep_count",
+    "BankBudget",
+    "bank_budget",
+    "realised_sparsity",
+)
+
+
+def __getattr__(name: str):  # names that moved to pruning_tools.geometry keep working for one release
+    if name in _MOVED_TO_GEOMETRY:
+        from ._deprecated import warn_moved
+
+        warn_moved(f"pruning_tools.masks.{name}", f"pruning_tools.geometry.{name}")
+        return getattr(G, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,6 @@ masks in both frameworks.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,21 +35,24 @@ except ImportError as error:  # pragma: no cover - exercised with a monkeypatche
     ) from error
 torch.set_num_threads(_torch_threads)  # importing mxnet resets the OpenMP thread count torch uses
 
-from .config import PruneConfig, make_config
-from .pruner_base import PrunerBase, read_state_file, write_state_file
+from . import distributed as D  # noqa: E402
+from .config import PruneConfig, make_config  # noqa: E402
+from .pruner import Pruner  # noqa: E402
 
 _TRANSPOSED = (gluon.nn.Conv1DTranspose, gluon.nn.Conv2DTranspose, gluon.nn.Conv3DTranspose)
 _CHANNELS_FIRST = ("NCW", "NCHW", "NCDHW")
 
 
-def _conv_geometry(net: gluon.Block, params: Mapping[str, gluon.Parameter]) -> dict[str, int]:
-    """Parameter name -> dim of output channels (1 for ConvTranspose weights, like PyTorch).
+def _conv_geometry(net: gluon.Block, params: Mapping[str, gluon.Parameter]) -> tuple[dict[str, int], dict[str, str]]:
+    """``(name -> dim of output channels, name -> channels-last layout)`` of the conv weights.
 
-    Refuses channels-last conv layouts (weights ``[out, *kernel, in]``): their banks would run
-    along the wrong dimension.
+    ConvTranspose weights have their output channels on dim 1, like PyTorch's. Channels-last conv
+    layouts (weights ``[out, *kernel, in]``) are reported so that a pruner can refuse them when listed:
+    their banks would run along the wrong dimension.
     """
     names = {id(p): name for name, p in params.items()}
     out_dims: dict[str, int] = {}
+    channels_last: dict[str, str] = {}
 
     def visit(block: gluon.Block) -> None:
         weight = getattr(block, "weight", None)
@@ -59,15 +61,12 @@ def _conv_geometry(net: gluon.Block, params: Mapping[str, gluon.Parameter]) -> d
             return
         layout = block._kwargs.get("layout", "NCHW")
         if layout not in _CHANNELS_FIRST:
-            raise ValueError(
-                f"{name}: conv layout={layout!r} is not supported: expected one of {_CHANNELS_FIRST} "
-                "(weights [out, in, *kernel])"
-            )
+            channels_last[name] = layout
         if isinstance(block, _TRANSPOSED):
             out_dims[name] = 1
 
     net.apply(visit)
-    return out_dims
+    return out_dims, channels_last
 
 
 def _initialised(p: gluon.Parameter) -> bool:
@@ -78,7 +77,80 @@ def _initialised(p: gluon.Parameter) -> bool:
     return True
 
 
-class Prune(PrunerBase):
+class MxnetBridge:
+    """The pruner's view of a Gluon block: parameters by ``collect_params()`` name, read as CPU torch
+    copies of the first context's values, masks written on every context. Also used by
+    ``sensitivity`` and the parity tests."""
+
+    def __init__(self, net: gluon.Block) -> None:
+        if not isinstance(net, gluon.Block):
+            raise TypeError(f"net={type(net).__name__} is not allowed: expected a mxnet.gluon.Block")
+        self.net = net
+        self._params: dict[str, gluon.Parameter] = dict(net.collect_params().items())
+        self._out_dims, self.channels_last = _conv_geometry(net, self._params)
+        self._mask_arrays: dict[str, tuple[Tensor, list[tuple[mx.nd.NDArray, mx.nd.NDArray]]]] = {}
+
+    def names(self) -> list[str]:
+        return list(self._params)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's shape (0 where deferred initialisation has not inferred it yet)."""
+        return {name: tuple(p.shape) for name, p in self._params.items()}
+
+    def out_dims(self) -> dict[str, int]:
+        return dict(self._out_dims)
+
+    def is_floating(self, name: str) -> bool:
+        return np.dtype(self._params[name].dtype).kind == "f"
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(self._params[name].dtype)
+
+    def prunable(self) -> list[str]:
+        """Floating-point parameters with >= 2 dims (the default of a sensitivity sweep)."""
+        return [n for n, p in self._params.items() if len(p.shape) >= 2 and self.is_floating(n)]
+
+    def uninitialised(self, names: list[str]) -> list[str]:
+        return [name for name in names if not _initialised(self._params[name])]
+
+    def read(self, name: str) -> Tensor:
+        """A CPU torch copy of the first context's value."""
+        return torch.from_numpy(self._params[name].list_data()[0].asnumpy())
+
+    def write(self, name: str, value: Tensor) -> None:
+        """Overwrite the parameter on every context with ``value`` (bit-exact)."""
+        p = self._params[name]
+        for data in p.list_data():
+            data[:] = mx.nd.array(value.numpy(), ctx=data.context, dtype=p.dtype)
+
+    def apply_mask(self, name: str, mask: Tensor) -> None:
+        """Zero the pruned weights on every context: exactly ``+0.0`` (a NaN there cleared too), as
+        ``masks.apply_mask_`` does for PyTorch."""
+        for data, (keep, zeros) in zip(self._params[name].list_data(), self._mask_ndarrays(name, mask)):
+            mx.nd.where(keep, data, zeros, out=data)
+
+    def _mask_ndarrays(self, name: str, mask: Tensor) -> list[tuple[mx.nd.NDArray, mx.nd.NDArray]]:
+        """``(mask, zeros)`` as NDArrays per context (dtype of the parameter), rebuilt when the mask,
+        the contexts or the dtype change."""
+        p = self._params[name]
+        contexts = p.list_ctx()
+        cached = self._mask_arrays.get(name)
+        if (
+            cached is None
+            or cached[0] is not mask
+            or [a.context for a, _ in cached[1]] != contexts
+            or cached[1][0][0].dtype != np.dtype(p.dtype)
+        ):
+            keep = mask.numpy()
+            arrays = [
+                (mx.nd.array(keep, ctx=ctx, dtype=p.dtype), mx.nd.zeros(keep.shape, ctx=ctx, dtype=p.dtype))
+                for ctx in contexts
+            ]
+            self._mask_arrays[name] = cached = (mask, arrays)
+        return cached[1]
+
+
+class Prune(Pruner):
     """Gradual magnitude pruning of a Gluon block, unstructured or bank-balanced.
 
     Same arguments, defaults and behaviour as ``pytorch_pruning.Prune`` (see
@@ -104,9 +176,7 @@ class Prune(PrunerBase):
         bank_size: int = 64,
         layout: str = "channels_last",
     ) -> None:
-        if not isinstance(net, gluon.Block):
-            raise TypeError(f"net={type(net).__name__} is not allowed: expected a mxnet.gluon.Block")
-        params = net.collect_params()
+        bridge = MxnetBridge(net)
         self.config: PruneConfig = make_config(
             pretrain_step,
             sparse_step,
@@ -118,18 +188,23 @@ class Prune(PrunerBase):
             prune_device,
             bank_size,
             layout,
-            shapes={name: tuple(p.shape) for name, p in params.items()},  # 0: not inferred yet
-            out_dims=_conv_geometry(net, params),
+            shapes=bridge.shapes(),  # 0: not inferred yet
+            out_dims=bridge.out_dims(),
         )
-        self._params: dict[str, gluon.Parameter] = {name: params[name] for name in self.config.params}
-        for name, p in self._params.items():
-            if np.dtype(p.dtype).kind != "f":
+        for name in self.config.params:
+            if not bridge.is_floating(name):
                 raise TypeError(
-                    f"prune_dict entry {name!r} has dtype {np.dtype(p.dtype)}: expected a floating-point parameter"
+                    f"prune_dict entry {name!r} has dtype {bridge.dtype(name)}: expected a floating-point parameter"
                 )
+            if name in bridge.channels_last:
+                raise ValueError(
+                    f"{name}: conv layout={bridge.channels_last[name]!r} is not supported: expected one of "
+                    f"{_CHANNELS_FIRST} (weights [out, in, *kernel])"
+                )
+        self._bridge = bridge
+        self._strategy = D.LocalMasks()  # masks of whole host copies
         self.net = net
         self._prepared = False
-        self._mask_arrays: dict[str, tuple[Tensor, list[mx.nd.NDArray]]] = {}
         if not self._uninitialised():
             self.prepare()
 
@@ -147,28 +222,19 @@ class Prune(PrunerBase):
                     f"prepare(): parameters not initialised yet: {missing}; call net.initialize() and "
                     "run one forward pass first (deferred initialisation)"
                 )
+            self.config = self.config.with_shapes(self._bridge.shapes())
             self._init_state()
             self._prepared = True
         return self
 
     def state_dict(self) -> dict:
         """Plain data (ints, floats, strings, uint8 numpy arrays of bit-packed masks)."""
-        state = super().state_dict()
-        state["masks"] = {name: packed.numpy() for name, packed in state["masks"].items()}
-        return state
-
-    def save(self, path: str | Path) -> None:
-        """Write ``state_dict()`` to a safetensors file (no pickle)."""
-        write_state_file(self.state_dict(), path)
-
-    def load(self, path: str | Path) -> None:
-        """Resume from a file written by ``save`` (settings must match)."""
-        self.load_state_dict(read_state_file(path))
+        return self._plain_state()
 
     # ------------------------------------------------------------ adapter hooks
 
     def _uninitialised(self) -> list[str]:
-        return [name for name, p in self._params.items() if not _initialised(p)]
+        return self._bridge.uninitialised(list(self.config.params))
 
     def _check_ready(self) -> None:
         if not self._prepared:
@@ -176,30 +242,3 @@ class Prune(PrunerBase):
                 "Prune.prepare() has not succeeded yet: call it after the network's first forward "
                 f"pass (uninitialised parameters: {self._uninitialised()})"
             )
-
-    def _weights(self) -> dict[str, Tensor]:
-        """CPU torch copies of the first context's values, ``{name: [shape of the parameter]}``."""
-        return {name: torch.from_numpy(p.list_data()[0].asnumpy()) for name, p in self._params.items()}
-
-    def _apply(self) -> None:
-        for name, mask in self._masks.items():
-            if mask is not None:
-                for data, keep in zip(self._params[name].list_data(), self._mask_ndarrays(name, mask)):
-                    data *= keep
-
-    def _mask_ndarrays(self, name: str, mask: Tensor) -> list[mx.nd.NDArray]:
-        """The mask as one NDArray per context (dtype of the parameter), rebuilt when the mask,
-        the contexts or the dtype change."""
-        p = self._params[name]
-        contexts = p.list_ctx()
-        cached = self._mask_arrays.get(name)
-        if (
-            cached is None
-            or cached[0] is not mask
-            or [a.context for a in cached[1]] != contexts
-            or cached[1][0].dtype != np.dtype(p.dtype)
-        ):
-            keep = mask.numpy()
-            arrays = [mx.nd.array(keep, ctx=ctx, dtype=p.dtype) for ctx in contexts]
-            self._mask_arrays[name] = cached = (mask, arrays)
-        return cached[1]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import distributed as D
 from . import masks as M
 from .config import PruneConfig, make_config
-from .pruner_base import STATE_FORMAT, PrunerBase  # noqa: F401  (STATE_FORMAT re-exported)
+from .pruner import STATE_FORMAT, Pruner  # noqa: F401  (STATE_FORMAT re-exported)
 
 
 def _out_dims(model: nn.Module) -> dict[str, int]:
@@ -33,7 +33,52 @@ def _out_dims(model: nn.Module) -> dict[str, int]:
     return out
 
 
-class Prune(PrunerBase):
+class TorchBridge:
+    """The pruner's view of a ``torch.nn.Module``: parameters by dotted name (as
+    ``named_parameters()`` reports them), their shapes and output dims, read and written in place.
+    Also used by ``sensitivity`` and the parity tests."""
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
+        self.model = model
+        self._params: dict[str, nn.Parameter] = dict(model.named_parameters())
+        self._out_dims = _out_dims(model)
+
+    def names(self) -> list[str]:
+        return list(self._params)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's shape, in model order."""
+        return {name: tuple(p.shape) for name, p in self._params.items()}
+
+    def out_dims(self) -> dict[str, int]:
+        """Parameters whose output channels are not on dim 0 (ConvTranspose weights: 1)."""
+        return dict(self._out_dims)
+
+    def is_floating(self, name: str) -> bool:
+        return self._params[name].is_floating_point()
+
+    def prunable(self) -> list[str]:
+        """Floating-point parameters with >= 2 dims (the default of a sensitivity sweep)."""
+        return [n for n, p in self._params.items() if p.dim() >= 2 and p.is_floating_point()]
+
+    def read(self, name: str) -> Tensor:
+        """The parameter itself (no copy)."""
+        return self._params[name]
+
+    @torch.no_grad()
+    def write(self, name: str, value: Tensor) -> None:
+        """Overwrite the parameter (bit-exact copy of ``value``)."""
+        self._params[name].copy_(value)
+
+    @torch.no_grad()
+    def apply_mask(self, name: str, mask: Tensor) -> None:
+        """Zero the pruned weights in place (of the local shard of a DTensor): exactly ``+0.0``."""
+        M.apply_mask_(D.local(self._params[name]), mask)
+
+
+class Prune(Pruner):
     """Gradual magnitude pruning of a PyTorch model, unstructured or bank-balanced.
 
     Call ``prune()`` after every ``optimizer.step()``. Arguments (see ``docs/pytorch_parameters.md``):
@@ -69,9 +114,7 @@ class Prune(PrunerBase):
         bank_size: int = 64,
         layout: str = "channels_last",
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
-        named = dict(model.named_parameters())
+        bridge = TorchBridge(model)
         self.config: PruneConfig = make_config(
             pretrain_step,
             sparse_step,
@@ -83,28 +126,20 @@ class Prune(PrunerBase):
             prune_device,
             bank_size,
             layout,
-            shapes={name: tuple(p.shape) for name, p in named.items()},
-            out_dims=_out_dims(model),
+            shapes=bridge.shapes(),
+            out_dims=bridge.out_dims(),
         )
-        self._params: dict[str, nn.Parameter] = {name: named[name] for name in self.config.params}
-        for name, p in self._params.items():
-            if not p.is_floating_point():
-                raise TypeError(f"prune_dict entry {name!r} has dtype {p.dtype}: expected a floating-point parameter")
+        for name in self.config.params:
+            if not bridge.is_floating(name):
+                raise TypeError(
+                    f"prune_dict entry {name!r} has dtype {bridge.read(name).dtype}: "
+                    "expected a floating-point parameter"
+                )
+        self._strategy = D.strategy_for({name: bridge.read(name) for name in self.config.params}, self.config.params)
+        self._bridge = bridge
         self.model = model
         self._init_state()
 
     def prepare(self) -> Prune:
         """No-op kept for API parity with the MXNet class (whose parameters initialise lazily)."""
         return self
-
-    # ------------------------------------------------------------ adapter hooks
-
-    def _weights(self) -> dict[str, Tensor]:
-        return self._params
-
-    @torch.no_grad()
-    def _apply(self) -> None:
-        for name, mask in self._masks.items():
-            if mask is not None:
-                p = self._params[name]
-                M.apply_mask_(D.local(p), mask)  # (the shard of a DTensor)

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import geometry as G
 from . import masks as M
 from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity, check_step, resolve_prune_dict
 
@@ -69,13 +70,13 @@ def snap_levels(levels: Iterable[Any] | None = None, balance: str = "fix", bank_
     if not values:
         raise ValueError("levels=[] is not allowed: expected at least one sparsity in [0, 1)")
     if balance == "fix":
-        values = [1.0 - max(1, M.keep_count(bank_size, v)) / bank_size for v in values]
+        values = [1.0 - max(1, G.keep_count(bank_size, v)) / bank_size for v in values]
     return sorted(set(values))
 
 
 def realised(shape: Sequence[int], level: float, balance: str, bank_size: int, layout: str, out_dim: int = 0) -> float:
     """Fraction of zeros a dense tensor of ``shape`` has after one-shot pruning at ``level``."""
-    return M.realised_sparsity(tuple(shape), balance, level, bank_size, layout, out_dim)
+    return G.realised_sparsity(tuple(shape), balance, level, bank_size, layout, out_dim)
 
 
 # ---------------------------------------------------------------- the table
@@ -178,61 +179,17 @@ class SensitivityTable:
 # ---------------------------------------------------------------- weights of a model
 
 
-class _TorchWeights:
-    """Read and write the parameters of a ``torch.nn.Module`` by dotted name."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        from .pytorch_pruning import _out_dims
-
-        self._params = dict(model.named_parameters())
-        self.out_dims = _out_dims(model)
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(p.shape) for name, p in self._params.items()}
-
-    def prunable(self) -> list[str]:
-        return [n for n, p in self._params.items() if p.dim() >= 2 and p.is_floating_point()]
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._params[name].detach().clone()
-
-    @torch.no_grad()
-    def set(self, name: str, value: torch.Tensor) -> None:
-        self._params[name].copy_(value)
-
-
-class _MxnetWeights:
-    """Read and write the parameters of a Gluon block by ``collect_params()`` name (as torch tensors)."""
-
-    def __init__(self, net: Any) -> None:
-        from .mxnet_pruning import _conv_geometry
-
-        self._params = dict(net.collect_params().items())
-        self.out_dims = _conv_geometry(net, self._params)
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(p.shape) for name, p in self._params.items()}
-
-    def prunable(self) -> list[str]:
-        return [n for n, p in self._params.items() if len(p.shape) >= 2 and np.dtype(p.dtype).kind == "f"]
-
-    def get(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(self._params[name].list_data()[0].asnumpy())  # a copy
-
-    def set(self, name: str, value: torch.Tensor) -> None:
-        import mxnet as mx
-
-        p = self._params[name]
-        for data in p.list_data():
-            data[:] = mx.nd.array(value.numpy(), ctx=data.context, dtype=p.dtype)
-
-
-def _weights_of(model: Any):
+def _bridge_of(model: Any):
+    """The framework bridge of ``model`` (the one the pruner uses): read and write weights by name."""
     if isinstance(model, torch.nn.Module):
-        return _TorchWeights(model)
+        from .pytorch_pruning import TorchBridge
+
+        return TorchBridge(model)
     gluon = sys.modules.get("mxnet.gluon")  # a Gluon block means MXNet is already imported
     if gluon is not None and isinstance(model, gluon.Block):
-        return _MxnetWeights(model)
+        from .mxnet_pruning import MxnetBridge
+
+        return MxnetBridge(model)
     raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module or a mxnet.gluon.Block")
 
 
@@ -258,7 +215,7 @@ def sweep(
     bank_size: int = 64,
     layout: str = "channels_last",
     higher_is_better: bool = True,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> SensitivityTable:
     """Prune one parameter at a time, one-shot, score the model, restore the weights bit-exactly.
 
@@ -271,7 +228,8 @@ def sweep(
     - ``balance``: ``"fix"`` (bank-balanced) or ``"none"`` (unstructured); ``bank_size``, ``layout``:
       bank geometry as in ``Prune``.
     - ``higher_is_better``: False when the score is a loss.
-    - ``progress``: show a progress bar (rich).
+    - ``progress``: True shows a one-line count on stderr; a callable is called as
+      ``progress(done, total, name, level)`` after each score; False: silent.
 
     Costs ``1 + len(params) * len(levels)`` calls of ``evaluate``. Returns a ``SensitivityTable``.
     """
@@ -283,7 +241,7 @@ def sweep(
     if not isinstance(higher_is_better, bool):
         raise ValueError(f"higher_is_better={higher_is_better!r} is not allowed: expected True or False")
     snapped = snap_levels(levels, balance, bank_size)
-    weights = _weights_of(model)
+    weights = _bridge_of(model)
     shapes = weights.shapes()
     if params is None:
         params = weights.prunable()
@@ -292,22 +250,28 @@ def sweep(
     if not params:
         raise ValueError(f"params={params!r} is not allowed: expected parameter names or glob patterns")
     defaults = {"balance": balance, "bank_size": bank_size, "layout": layout}
-    specs = resolve_prune_dict({key: 0.0 for key in params}, shapes, defaults, weights.out_dims)
+    specs = resolve_prune_dict({key: 0.0 for key in params}, shapes, defaults, weights.out_dims())
     names = list(specs)
 
+    report = _text_progress if progress is True else (progress or None)
+    if report is not None and not callable(report):
+        raise TypeError(f"progress={progress!r} is not allowed: expected True, False or a callable")
     baseline = _score(evaluate, model)
     scores = [[math.nan] * len(snapped) for _ in names]
-    with _progress_bar(progress, len(names) * len(snapped)) as advance:
-        for i, name in enumerate(names):
-            spec, dense = specs[name], weights.get(name)
-            try:
-                for j, level in enumerate(snapped):
-                    keep = M.compute_mask(dense, None, level, spec.balance, spec.bank_size, spec.layout, spec.out_dim)
-                    weights.set(name, dense * keep)
-                    scores[i][j] = _score(evaluate, model)
-                    advance(name, level)
-            finally:
-                weights.set(name, dense)
+    done, total = 0, len(names) * len(snapped)
+    for i, name in enumerate(names):
+        spec, dense = specs[name], weights.read(name).detach().clone()
+        try:
+            for j, level in enumerate(snapped):
+                keep = M.compute_mask(dense, None, level, spec.balance, spec.bank_size, spec.layout, spec.out_dim)
+                weights.write(name, dense)
+                weights.apply_mask(name, keep)  # the pruner's own way: pruned weights exactly +0.0
+                scores[i][j] = _score(evaluate, model)
+                done += 1
+                if report is not None:
+                    report(done, total, name, level)
+        finally:
+            weights.write(name, dense)
     return SensitivityTable(
         names=names,
         levels=snapped,
@@ -322,31 +286,13 @@ def sweep(
     )
 
 
-class _progress_bar:
-    """Context manager yielding ``advance(name, level)``; a rich progress bar when enabled."""
+Progress = Callable[[int, int, str, float], None]  # (done, total, parameter, level)
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self.bar = enabled, total, None
 
-    def __enter__(self):
-        if not self.enabled:
-            return lambda name, level: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task("sensitivity", total=self.total)
-
-        def advance(name: str, level: float) -> None:
-            self.bar.update(task, advance=1, description=f"{name} @ {level:.4f}")
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+def _text_progress(done: int, total: int, name: str, level: float) -> None:
+    """One line on stderr, rewritten in place (the command line draws a richer bar)."""
+    end = "\n" if done == total else ""
+    print(f"\rsensitivity {done}/{total}: {name} @ {level:.4f}\033[K", end=end, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the suggestion

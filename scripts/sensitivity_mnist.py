@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from pruning_tools.mnist import load_mnist
-from pruning_tools.mnist_train import SimpleCNN, evaluate, to_tensor, train_mnist
+from pruning_tools.demo.data import load_mnist
+from pruning_tools.demo.sensitivity_plots import plot_curves, plot_targets
+from pruning_tools.demo.torch_backend import SimpleCNN, evaluate, to_tensor
+from pruning_tools.demo.trainer import train_mnist
 from pruning_tools.sensitivity import overall_sparsity, predicted_drop, suggest_prune_dict, sweep
-from pruning_tools.sensitivity_plot import plot_curves, plot_targets
 
 LEVELS = (0.5, 0.75, 0.8125, 0.875, 0.90625, 0.9375, 0.96875, 0.984375)
 
@@ -75,7 +76,7 @@ def dense_model(args) -> tuple[torch.nn.Module, dict | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/sensitivity_mnist"))
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", default="data/mnist", help="directory of the MNIST IDX files")
     parser.add_argument("--dense-epochs", type=int, default=1)
     parser.add_argument("--dense-weights", type=Path, default=Path("runs/sensitivity_mnist_dense.safetensors"))
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each pruned training")

@@ -91,4 +91,5 @@ def test_to_dict_is_plain_data():
         "bank_size": 64,
         "layout": "channels_last",
         "out_dim": 0,
+        "shape": [10, 72],
     }

@@ -4,7 +4,8 @@
   threads (exact, ties included, fast).
 - Two real processes (gloo, CPU) started once per module: DDP training (masks and weights equal on
   both ranks and equal to a single-process run), FSDP2 ``fully_shard`` training (masks equal a
-  single-process run), DTensor masks of fixed tensors (exact), ``broadcast_masks``.
+  single-process run), DTensor masks of fixed tensors (exact), ``Prune.broadcast_masks``, sharding refused
+  at construction.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pruning_tools import distributed as D
+from pruning_tools import geometry as G
 from pruning_tools import masks as M
 from pruning_tools.pytorch_pruning import Prune
 
@@ -82,7 +84,7 @@ def sharded_global(weights, masks, sparsity, world, split):
             shards[i].append(w[:0])
             mshards[i].append(None if masks[i] is None else masks[i][:0])
     total = sum(w.numel() for w in weights)
-    k = M.keep_count(total, sparsity)
+    k = G.keep_count(total, sparsity)
 
     def rank_fn(rank, reduce_sum):
         scores = [M.magnitude_scores(shards[i][rank], mshards[i][rank]).float() for i in range(len(weights))]
@@ -116,7 +118,7 @@ def pools(draw):
 @given(pools(), st.integers(1, 4))
 def test_sharded_selection_equals_single_process(pool, world):
     weights, masks, split, sparsity = pool
-    if M.keep_count(sum(w.numel() for w in weights), sparsity) in (0, sum(w.numel() for w in weights)):
+    if G.keep_count(sum(w.numel() for w in weights), sparsity) in (0, sum(w.numel() for w in weights)):
         return
     expected = M.global_masks(weights, masks, sparsity)
     got = sharded_global(weights, masks, sparsity, world, split)
@@ -232,7 +234,12 @@ def worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        results = {"ddp": ddp_case(rank), "fsdp": fsdp_case(rank), "dtensor": dtensor_case(rank)}
+        results = {
+            "ddp": ddp_case(rank),
+            "fsdp": fsdp_case(rank),
+            "dtensor": dtensor_case(rank),
+            "construction": construction_case(rank),
+        }
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -254,7 +261,7 @@ def ddp_case(rank: int) -> dict:
     name = "module.fc1.weight"
     if rank == 1:
         prune.masks()[name][0, :] = True
-    D.broadcast_masks(prune)
+    prune.broadcast_masks()
     out["after_broadcast"] = prune.masks()[name].clone()
     return out
 
@@ -317,6 +324,30 @@ def dtensor_case(rank: int) -> dict:
         D.compute_mask(distribute_tensor(full["rows"], mesh, [Shard(1)]), None, 0.5, "fix", 4, name="cols")
     except ValueError as e:
         out["shard1_error"] = str(e)
+    return out
+
+
+def construction_case(rank: int) -> dict:
+    """Sharding the pruner cannot serve is refused when ``Prune(...)`` is built, not at a refresh."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    out = {}
+    mesh = init_device_mesh("cpu", (WORLD,))
+    cols = nn.Linear(40, 8, bias=False)
+    cols.weight = nn.Parameter(distribute_tensor(cols.weight.detach(), mesh, [Shard(1)]))
+    transposed = nn.Sequential(nn.ConvTranspose2d(16, 8, 3))
+    fully_shard(transposed)
+    for key, model, prune_dict in (
+        ("shard1", cols, {"weight": 0.5}),
+        ("transposed", transposed, {"0.weight": 0.5}),
+    ):
+        try:
+            Prune(model, 0, 10, 1, prune_dict, bank_size=4)
+        except ValueError as e:
+            out[key] = str(e)
+    out["transposed_unstructured_ok"] = Prune(transposed, 0, 10, 1, {"0.weight": 0.5}, balance="none").step == 0
     return out
 
 
@@ -411,3 +442,22 @@ def test_dtensor_masks_equal_whole_tensor_masks(ranks):
 
 def test_sharding_off_dim_0_is_refused_for_banks(ranks):
     assert "placements=(Shard(dim=1),)" in ranks[0]["dtensor"]["shard1_error"]
+
+
+def test_unsupported_sharding_is_refused_at_construction(ranks):
+    for r in range(WORLD):
+        got = ranks[r]["construction"]
+        assert "weight has placements=(Shard(dim=1),)" in got["shard1"]
+        assert "0.weight is sharded on dim 0 but its output channels are on dim 1" in got["transposed"]
+        assert got["transposed_unstructured_ok"]
+
+
+def test_broadcast_masks_function_is_the_deprecated_path():
+    class Recorder:
+        def broadcast_masks(self, src, group):
+            self.called = (src, group)
+
+    prune = Recorder()
+    with pytest.warns(DeprecationWarning, match=r"Prune.broadcast_masks\(\)"):
+        D.broadcast_masks(prune, 0, None)
+    assert prune.called == (0, None)

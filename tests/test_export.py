@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pruning_tools import export as E
 from pruning_tools.masks import bank_mask, check_banks
+from pruning_tools.pruner import pruned_specs
 
 BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
@@ -91,7 +92,10 @@ def test_banks_below_budget_are_padded_with_zeros():
     w = bank_sparse((4, 128), 0.9375)
     w[0, :64] = 0  # an empty bank
     w[1, :64] = torch.where(torch.arange(64) == 5, w[1, :64] + 1, torch.zeros(64))  # one non-zero
-    p = E.pack(w)
+    with pytest.raises(E.NotBankBalancedError):  # the one checker: by the measured sparsity, 3 per bank
+        E.pack(w)
+    assert not check_banks(w, 64).balanced  # what inspect says too
+    p = E.pack(w, sparsity=0.9375)  # the target it was pruned to: 4 per bank
     assert p.k == 4
     assert torch.equal(E.unpack(p), w)
     assert bool((p.values[0, 0] == 0).all())
@@ -273,12 +277,16 @@ def test_export_command_takes_the_pruner_settings(tmp_path):
     prune.prune()
     torch.save(model.state_dict(), tmp_path / "m.pt")
     torch.save(prune.state_dict(), tmp_path / "state.pt")
-    assert E.specs_from_pruner_state(prune.state_dict())["1.weight"] == {
-        "bank_size": 16,
-        "layout": "channels_last",
-        "out_dim": 1,
-        "sparsity": 0.75,
-    }
+    spec = pruned_specs(prune.state_dict())["1.weight"]  # the typed spec, geometry and mask target
+    assert (spec.bank_size, spec.layout, spec.out_dim, spec.sparsity, spec.balance) == (
+        16,
+        "channels_last",
+        1,
+        0.75,
+        "fix",
+    )
+    assert pruned_specs(prune) == pruned_specs(prune.state_dict())
+    assert pruned_specs(prune)["3.weight"].balance == "none"  # unstructured: exported dense
     runner = CliRunner()
     result = runner.invoke(main, ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors")])
     assert result.exit_code == 1 and "1.weight" in result.output  # ConvTranspose read with out_dim 0

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pruning_tools import geometry as G
 from pruning_tools import masks as M
 
 LAYOUTS = ["channels_last", "flat"]
@@ -13,7 +14,7 @@ LAYOUTS = ["channels_last", "flat"]
 def bank_counts_ok(w, keep, sparsity, bank_size, layout, out_dim=0):
     """Every full bank keeps exactly k, every tail bank exactly its budget (dense random input)."""
     full, tail = M.bank_nonzeros(keep, bank_size, layout, out_dim)
-    budget = M.bank_budget(M.row_length(w.shape, layout, out_dim), bank_size, sparsity)
+    budget = G.bank_budget(G.row_length(w.shape, layout, out_dim), bank_size, sparsity)
     assert full.shape[1] == budget.full_banks
     assert bool((full == budget.keep).all())
     if budget.tail_len:
@@ -37,13 +38,13 @@ def test_exact_budget_per_bank_and_tail_bank(shape, layout, sparsity):
 
 
 def test_budget_definitions():
-    assert M.bank_budget(64, 64, 0.9375) == (1, 4, 0, 0)
-    assert M.bank_budget(127, 64, 0.9) == (1, 6, 63, 6)
-    assert M.bank_budget(5, 64, 0.9) == (0, 6, 5, 1)  # tail only, at least 1
-    assert M.bank_budget(200, 64, 0.5) == (3, 32, 8, 4)
-    assert M.bank_budget(4, 4, 0.5).keep == 2
-    assert M.keep_count(10, 0.25) == 8  # 7.5 rounds half up
-    assert M.keep_count(64, 0.9) == 6
+    assert G.bank_budget(64, 64, 0.9375) == (1, 4, 0, 0)
+    assert G.bank_budget(127, 64, 0.9) == (1, 6, 63, 6)
+    assert G.bank_budget(5, 64, 0.9) == (0, 6, 5, 1)  # tail only, at least 1
+    assert G.bank_budget(200, 64, 0.5) == (3, 32, 8, 4)
+    assert G.bank_budget(4, 4, 0.5).keep == 2
+    assert G.keep_count(10, 0.25) == 8  # 7.5 rounds half up
+    assert G.keep_count(64, 0.9) == 6
 
 
 def test_two_four_sparsity():
@@ -59,21 +60,21 @@ def test_two_four_sparsity():
 
 def test_channels_last_rows_run_along_input_channels():
     w = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)  # [out, in, kh, kw]
-    rows = M.to_rows(w, "channels_last")
+    rows = G.to_rows(w, "channels_last")
     assert rows.shape == (2 * 4, 3)
     assert torch.equal(rows[1], w[0, :, 0, 1])  # out 0, kernel position (0, 1), all input channels
-    assert M.to_rows(w, "flat").shape == (2, 12)
+    assert G.to_rows(w, "flat").shape == (2, 12)
     for layout in LAYOUTS:
-        assert torch.equal(M.from_rows(M.to_rows(w, layout), w.shape, layout), w)
+        assert torch.equal(G.from_rows(G.to_rows(w, layout), w.shape, layout), w)
 
 
 def test_conv_transpose_output_channels_on_dim_one():
     w = torch.randn(6, 4, 3, 3)  # ConvTranspose: [in, out, kh, kw]
-    rows = M.to_rows(w, "channels_last", out_dim=1)
+    rows = G.to_rows(w, "channels_last", out_dim=1)
     assert rows.shape == (4 * 9, 6)
     assert torch.equal(rows[0], w[:, 0, 0, 0])
     for layout in LAYOUTS:
-        assert torch.equal(M.from_rows(M.to_rows(w, layout, 1), w.shape, layout, 1), w)
+        assert torch.equal(G.from_rows(G.to_rows(w, layout, 1), w.shape, layout, 1), w)
     keep = M.bank_mask(w, None, 0.5, 4, "channels_last", out_dim=1)
     bank_counts_ok(w, keep, 0.5, 4, "channels_last", out_dim=1)
 
@@ -109,7 +110,7 @@ def test_unstructured_exact_count():
     for n, s in [(1000, 0.9), (999, 0.5), (7, 0.3), (12345, 0.95)]:
         w = torch.randn(n)
         keep = M.unstructured_mask(w, None, s)
-        assert int(keep.sum()) == M.keep_count(n, s)
+        assert int(keep.sum()) == G.keep_count(n, s)
         assert float(w.abs()[keep].min()) >= float(w.abs()[~keep].max())
 
 
@@ -118,7 +119,7 @@ def test_global_one_threshold():
     ws = [torch.randn(100, 10), torch.randn(50) * 3, torch.randn(7, 7, 2)]
     keeps = M.global_masks(ws, [None] * 3, 0.8)
     n = sum(w.numel() for w in ws)
-    assert sum(int(k.sum()) for k in keeps) == M.keep_count(n, 0.8)
+    assert sum(int(k.sum()) for k in keeps) == G.keep_count(n, 0.8)
     kept_min = min(float(w.abs()[k].min()) for w, k in zip(ws, keeps))
     dropped_max = max(float(w.abs()[~k].max()) for w, k in zip(ws, keeps))
     assert kept_min >= dropped_max
@@ -130,14 +131,14 @@ def test_low_and_high_precision(dtype):
     w = torch.randn(16, 130).to(dtype)
     keep = M.bank_mask(w, None, 0.9)
     bank_counts_ok(w, keep, 0.9, 64, "channels_last")
-    assert int(M.unstructured_mask(w, None, 0.9).sum()) == M.keep_count(w.numel(), 0.9)
+    assert int(M.unstructured_mask(w, None, 0.9).sum()) == G.keep_count(w.numel(), 0.9)
 
 
 def test_realised_sparsity():
-    assert M.realised_sparsity((10, 128), "fix", 0.9) == pytest.approx(1 - 12 / 128)
-    assert M.realised_sparsity((10, 1, 3, 3), "fix", 0.9) == 0.0  # rows of length 1
-    assert M.realised_sparsity((10, 1, 3, 3), "fix", 0.9, layout="flat") == pytest.approx(8 / 9)
-    assert M.realised_sparsity((1000,), "none", 0.9) == pytest.approx(0.9)
+    assert G.realised_sparsity((10, 128), "fix", 0.9) == pytest.approx(1 - 12 / 128)
+    assert G.realised_sparsity((10, 1, 3, 3), "fix", 0.9) == 0.0  # rows of length 1
+    assert G.realised_sparsity((10, 1, 3, 3), "fix", 0.9, layout="flat") == pytest.approx(8 / 9)
+    assert G.realised_sparsity((1000,), "none", 0.9) == pytest.approx(0.9)
 
 
 def test_checker_flags_unbalanced_bank_and_names_the_worst():

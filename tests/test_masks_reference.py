@@ -1,6 +1,6 @@
 """The fast mask engine against a slow, obviously-correct reference, for exact equality.
 
-Both engines are checked: the compiled kernels (``pruning_tools.native``) and the pure PyTorch
+Both engines are checked: the compiled kernels (``pruning_tools._native``) and the pure PyTorch
 path that serves whatever the kernels do not (GPU tensors, no C compiler).
 
 The reference walks every bank with Python loops over small tensors: it lists ``(score, index)``
@@ -19,8 +19,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pruning_tools import _native
 from pruning_tools import masks as M
-from pruning_tools import native
+from pruning_tools._native import mask_kernels as native
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -104,17 +105,10 @@ def ref_global_masks(weights, masks, sparsity):
 @contextlib.contextmanager
 def engine(name: str):
     """Run the block with the compiled kernels ("native") or with the PyTorch path only ("torch")."""
-    if name == "native":
-        if native.library() is None:
-            pytest.skip("no C compiler here: the compiled kernels are not built")
+    if name == "native" and native.library() is None:
+        pytest.skip("no C compiler here: the compiled kernels are not built")
+    with _native.use_engine(name):
         yield
-        return
-    saved = native.library
-    native.library = lambda: None
-    try:
-        yield
-    finally:
-        native.library = saved
 
 
 ENGINES = pytest.mark.parametrize("engine_name", ["native", "torch"])
@@ -269,10 +263,16 @@ def test_without_a_compiler_the_pytorch_path_serves(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("PRUNING_TOOLS_CACHE", str(tmp_path))
     monkeypatch.delenv("PRUNING_TOOLS_KERNEL", raising=False)
-    with pytest.warns(RuntimeWarning, match="mask kernels unavailable"):
-        assert native.library.__wrapped__() is None
-    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "native")
-    with pytest.raises(RuntimeError, match="mask kernels unavailable"):
-        native.library.__wrapped__()
-    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "torch")
-    assert native.library.__wrapped__() is None
+    _native.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match="mask_select kernel unavailable"):
+            assert native.library() is None
+        _native.reset()
+        monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "native")
+        with pytest.raises(RuntimeError, match="mask_select kernel is unavailable"):
+            native.library()
+        monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "torch")
+        assert native.library() is None
+    finally:
+        monkeypatch.undo()
+        _native.reset()

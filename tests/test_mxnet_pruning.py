@@ -35,7 +35,8 @@ def batches(n: int, seed: int = 0):
         yield mx.nd.array(rng.standard_normal((8, 8, 9, 9))), mx.nd.array(rng.integers(0, 10, 8))
 
 
-def train(net, prune, trainer, data, ctx=(mx.cpu(),)):
+def train(net, prune, trainer, data, ctx=None):
+    ctx = ctx or (mx.cpu(),)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     for x, y in data:
         xs, ys = gluon.utils.split_and_load(x, ctx), gluon.utils.split_and_load(y, ctx)
@@ -212,42 +213,6 @@ def test_errors_name_the_argument():
         Prune(nhwc, 0, 0, 1, {"nhwc_weight": 0.5})
 
 
-def test_one_cycle_matches_pytorch_onecycle():
-    from pruning_tools.mxnet_mnist import one_cycle_lr
-
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.004)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.004, total_steps=50, pct_start=0.15)
-    for step in range(1, 51):
-        assert one_cycle_lr(step, 50, 0.004) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
-        opt.step()
-        sched.step()
-
-
-def test_train_mnist_small_run_reports_everything():
-    from pruning_tools.mxnet_mnist import train_mnist
-
-    records = []
-    result = train_mnist(limit=384, epochs=2, batch_size=64, on_epoch=records.append)
-    assert result["framework"] == "mxnet" and [r["epoch"] for r in records] == [1, 2]
-    assert result["epochs"] == records and result["settings"]["epochs"] == 2
-    assert set(result["layer_sparsity"]) == {
-        "cnn_conv1_weight",
-        "cnn_conv2_weight",
-        "cnn_conv3_weight",
-        "cnn_fc_weight",
-    }
-    assert result["layer_sparsity"]["cnn_conv2_weight"] == pytest.approx(1 - 6 / 64)  # bank 64 keeps 6
-    assert result["balanced"] and result["steps"][-1]["target"] == pytest.approx(result["total_sparsity"], abs=0.01)
-    assert result["weights"]["cnn_fc_weight"].shape == (10, 1024)
-    assert result["pruner_state"]["step"] == 12 and 0.0 <= result["test_accuracy"] <= 1.0
-    assert "cnn_conv1_weight" in result["notes"][0]  # 1 input channel: rows of length 1 stay dense
-
-    dense = train_mnist(limit=128, epochs=1, sparsity=0.0)
-    assert dense["pruner_state"] is None and dense["total_sparsity"] == 0.0
-    with pytest.raises(ValueError, match="sparsity=1.5"):
-        train_mnist(sparsity=1.5)
-
-
 def test_cast_after_pruning_keeps_masking():
     net = make_net(in_channels=8)
     net.initialize()
@@ -261,34 +226,6 @@ def test_cast_after_pruning_keeps_masking():
     assert weight.data().dtype == np.float16 and prune.sparsity()[0]["net_dense0_weight"] == 0.75
 
 
-def test_example_runs_on_a_slice(monkeypatch, capsys):
-    import runpy
-    from pathlib import Path
-
-    example = Path(__file__).resolve().parents[1] / "examples" / "mxnet_pruning_mnist.py"
-    monkeypatch.setattr(sys, "argv", [str(example), "--limit", "256", "--epochs", "2"])
-    with pytest.warns(UserWarning, match="cnn_conv1_weight"):
-        runpy.run_path(str(example), run_name="__main__")
-    out = capsys.readouterr().out
-    assert "epoch 2: test accuracy" in out and "sparsity 0.90" in out
-    assert "every bank within its budget: True" in out
-
-
-def test_module_command_writes_results_json(tmp_path):
-    import json
-
-    from click.testing import CliRunner
-
-    from pruning_tools.mxnet_mnist import main
-
-    out = tmp_path / "results.json"
-    result = CliRunner().invoke(main, ["--limit", "128", "--epochs", "1", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    saved = json.loads(out.read_text())
-    assert saved["framework"] == "mxnet" and "weights" not in saved and "pruner_state" not in saved
-    assert saved["settings"]["bank_size"] == 64 and saved["layer_sparsity"]["cnn_fc_weight"] == 1 - 6 / 64
-
-
 def test_import_keeps_torchs_thread_count():
     code = (
         "import torch; torch.set_num_threads(2); from pruning_tools import mxnet_pruning; "
@@ -296,3 +233,30 @@ def test_import_keeps_torchs_thread_count():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "2"
+
+
+def test_global_refresh_reads_each_weight_once():
+    """Sizes come from the per-parameter specs: a refresh copies every weight to the host once, not once
+    per global parameter."""
+    net = nn.HybridSequential(prefix="many_")
+    with net.name_scope():
+        for _ in range(6):
+            net.add(nn.Dense(16, in_units=16))
+    net.initialize()
+    prune = quiet(net, 0, 0, 1, {"*weight": 0.75}, balance="global")
+    reads = []
+    read = prune._bridge.read
+    prune._bridge.read = lambda name: reads.append(name) or read(name)
+    prune.prune()  # the one-shot refresh, then the masks are applied
+    assert sorted(reads) == sorted(prune.config.params)
+    assert prune.sparsity()[1] == 0.75
+
+
+def test_an_unlisted_channels_last_conv_is_no_reason_to_refuse_the_network():
+    net = nn.HybridSequential(prefix="nhwc_")
+    with net.name_scope():
+        net.add(nn.Conv2D(8, 3, layout="NHWC", in_channels=4), nn.Dense(10, in_units=8))
+    net.initialize()
+    assert quiet(net, 0, 0, 1, {"*dense0_weight": 0.5}).config.params
+    with pytest.raises(ValueError, match="layout='NHWC' is not supported"):
+        quiet(net, 0, 0, 1, {"*conv0_weight": 0.5})

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from pruning_tools import Prune
-from pruning_tools.export import export_onnx, onnx_initializers
 from pruning_tools.masks import check_banks
+from pruning_tools.onnx import export_onnx, onnx_initializers
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn as tnn
 
+from pruning_tools import geometry as G
 from pruning_tools import masks as M
 from pruning_tools import pytorch_pruning
 
@@ -74,18 +75,17 @@ class TorchBackend:
 
     def __init__(self, layers, dtype):
         self.model = tnn.Sequential(*[torch_layer(layer) for layer in layers]).to(dtype)
-        self.params = dict(self.model.named_parameters())
+        self.bridge = pytorch_pruning.TorchBridge(self.model)  # the pruner's own view of the model
 
     def names(self):
-        return list(self.params)
+        return self.bridge.names()
 
     def get(self):
-        return {n: p.detach().numpy().copy() for n, p in self.params.items()}
+        return {n: self.bridge.read(n).detach().numpy().copy() for n in self.names()}
 
     def set(self, values):
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(torch.from_numpy(values[n]))
+        for n in self.names():
+            self.bridge.write(n, torch.from_numpy(values[n]))
 
     def pruner(self, *args, **kwargs):
         return pytorch_pruning.Prune(self.model, *args, **kwargs)
@@ -106,17 +106,17 @@ class MxnetBackend:
         self.model.initialize()
         if dtype == torch.float16:
             self.model.cast("float16")
-        self.params = self.model.collect_params()
+        self.bridge = mxnet_pruning.MxnetBridge(self.model)  # the pruner's own view of the model
 
     def names(self):
-        return list(self.params.keys())
+        return self.bridge.names()
 
     def get(self):
-        return {n: p.data().asnumpy() for n, p in self.params.items()}
+        return {n: self.bridge.read(n).numpy() for n in self.names()}
 
     def set(self, values):
-        for n, p in self.params.items():
-            p.set_data(mx.nd.array(values[n], dtype=values[n].dtype))
+        for n in self.names():
+            self.bridge.write(n, torch.from_numpy(values[n]))
 
     def pruner(self, *args, **kwargs):
         return mxnet_pruning.Prune(self.model, *args, **kwargs)
@@ -291,17 +291,17 @@ def test_final_masks_follow_the_rules(framework, case):
             assert layers[name] == pytest.approx(float((w == 0).float().mean()))
             continue
         if spec.balance == "fix":
-            budget = M.bank_budget(M.row_length(w.shape, spec.layout, spec.out_dim), spec.bank_size, spec.sparsity)
+            budget = G.bank_budget(G.row_length(w.shape, spec.layout, spec.out_dim), spec.bank_size, spec.sparsity)
             full, tail = M.bank_nonzeros(keep, spec.bank_size, spec.layout, spec.out_dim)
             assert bool((full == budget.keep).all()), f"{name}: a full bank misses its budget {budget.keep}"
             if tail is not None:
                 assert bool((tail == budget.tail_keep).all())
         elif spec.balance == "none":
-            assert int(keep.sum()) == M.keep_count(w.numel(), spec.sparsity)
+            assert int(keep.sum()) == G.keep_count(w.numel(), spec.sparsity)
     if case.kwargs.get("balance") == "global":
         n = sum(torch.from_numpy(masks[name]).numel() for name in prune.config.params)
         kept = sum(int(torch.from_numpy(masks[name]).sum()) for name in prune.config.params)
-        assert kept == M.keep_count(n, case.prune_dict["*weight"])
+        assert kept == G.keep_count(n, case.prune_dict["*weight"])
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -342,6 +342,34 @@ def test_state_dict_resumes_bit_identically(framework, tmp_path):
 
 
 # ---------------------------------------------------------------- across frameworks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_one_way_to_apply_a_mask_clears_nan_and_negative_zero_in_both(dtype):
+    """Pruned weights become exactly +0.0 in both frameworks (a NaN or -0.0 there too); kept ones keep
+    their bits, a kept -0.0 included."""
+    layer = (Layer("dense", 8, 2),)
+    values = torch.tensor(
+        [[float("nan"), -0.0, -1.5, 2.0, float("-inf"), 0.25, -0.0, float("nan")], [1.0] * 8], dtype=dtype
+    )
+    keep = torch.tensor([[False, False, False, True, False, True, True, True], [True, False] * 4])
+    out = {}
+    for framework in FRAMEWORKS:
+        backend = BACKENDS[framework](layer, dtype)
+        name = backend.names()[0]  # the weight [2, 8]
+        backend.bridge.write(name, values)
+        backend.bridge.apply_mask(name, keep)
+        out[framework] = backend.bridge.read(name).detach().clone()
+    bits = {f: w.view(torch.int16) for f, w in out.items()} if dtype == torch.float16 else None
+    for w in out.values():
+        assert torch.equal(w[~keep], torch.zeros(int((~keep).sum()), dtype=dtype))
+        assert not bool(torch.signbit(w[~keep]).any())  # +0.0, never -0.0
+        assert bool(torch.signbit(w[0, 6]))  # a kept -0.0 stays
+        assert bool(torch.isnan(w[0, 7]))  # a kept NaN stays (the user's problem, not ours to hide)
+    if bits is not None:
+        assert torch.equal(bits["pytorch"], bits["mxnet"])
+    else:
+        assert torch.equal(out["pytorch"].view(torch.int32), out["mxnet"].view(torch.int32))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import pruning_tools
+from pruning_tools import geometry as G
 from pruning_tools import masks as M
 from pruning_tools import pytorch_pruning
 from pruning_tools.pytorch_pruning import Prune
@@ -141,7 +142,7 @@ def test_global_mode_meets_overall_target_with_one_threshold():
     prune.prune()
     n = sum(p.numel() for name, p in model.named_parameters() if name in targets)
     zeros = sum(int((p == 0).sum()) for name, p in model.named_parameters() if name in targets)
-    assert zeros == n - M.keep_count(n, 0.8)
+    assert zeros == n - G.keep_count(n, 0.8)
     assert prune.check()[1]
 
 
@@ -187,7 +188,7 @@ def test_masks_are_one_byte_or_less_per_weight_and_no_weight_copies():
     model = make_net()
     prune = quiet_prune(model, 0, 0, 1, dict(WEIGHTS))
     prune.prune()
-    for name, mask in prune._masks.items():
+    for mask in prune._masks.values():
         assert mask.dtype == torch.bool and mask.element_size() == 1
     assert all(isinstance(v, (torch.Tensor, type(None))) for v in prune._masks.values())
 
@@ -303,19 +304,53 @@ def test_prepare_is_harmless():
 
 
 @pytest.mark.parametrize("kernel", ["auto", "torch"])
-def test_pruned_weights_become_positive_zero_even_when_not_finite(kernel, monkeypatch):
-    from pruning_tools import kernels, native
+def test_pruned_weights_become_positive_zero_even_when_not_finite(kernel):
+    from pruning_tools import _native
 
-    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", kernel)
-    kernels.reset()
-    native.library.cache_clear()
-    try:
+    with _native.use_engine(kernel):
         w = torch.tensor([[-3.0, -0.5, 2.0, -0.1]])
         M.apply_mask_(w, torch.tensor([[True, False, True, False]]))
         assert torch.equal(w.signbit(), torch.tensor([[True, False, False, False]]))
         w = torch.tensor([[5.0, float("nan"), float("-inf"), 1.0]])
         M.apply_mask_(w, torch.tensor([[True, False, False, True]]))
         assert w.tolist() == [[5.0, 0.0, 0.0, 1.0]]
-    finally:
-        kernels.reset()
-        native.library.cache_clear()
+
+
+def test_save_and_load_resume_bit_identically(tmp_path):
+    """``save``/``load``: the pickle-free safetensors state file, as in MXNet."""
+    model = make_net()
+    prune = quiet_prune(model, 2, 12, 3, dict(WEIGHTS))
+    opt = train(model, prune, 6)
+    prune.save(tmp_path / "state.safetensors")
+    again = quiet_prune(model, 2, 12, 3, dict(WEIGHTS))
+    again.load(tmp_path / "state.safetensors")
+    assert again.step == prune.step == 6
+    for name, mask in prune.masks().items():
+        assert torch.equal(again.masks()[name], mask), name
+    assert again.state_dict()["mask_targets"] == prune.state_dict()["mask_targets"]
+    torch.save(prune.state_dict(), tmp_path / "state.pt")  # the older way still reads
+    again.load(tmp_path / "state.pt")
+    assert again.step == 6
+    del opt
+
+
+def test_bank_sparse_conversion_takes_the_geometry_from_the_pruner(tmp_path):
+    from pruning_tools.inference import BankSparseLinear, to_bank_sparse
+    from pruning_tools.pruner import pruned_specs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    prune = Prune(model, 0, 0, 1, {"0.weight": 0.75, "2.weight": {"sparsity": 0.5, "balance": "none"}}, bank_size=16)
+    prune.prune()
+    prune.save(tmp_path / "state.safetensors")
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        expected = model(x)
+        layer = BankSparseLinear.from_linear(model[0], pruned_specs(prune)["0.weight"])
+        assert layer.bank_size == 16 and layer.values.shape[-1] == 4  # 4 of every 16 kept
+        for source in (prune.state_dict(), tmp_path / "state.safetensors", prune):
+            converted = copy.deepcopy(model)
+            assert to_bank_sparse(converted, source) == ["0"]  # the unstructured layer stays dense
+            torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="pruner=int"):
+        to_bank_sparse(model, 16)

@@ -268,7 +268,7 @@ def test_max_drop_alone_and_with_target():
 
 
 def test_json_round_trip_csv_and_plots(tmp_path):
-    from pruning_tools.sensitivity_plot import plot_curves, plot_targets
+    from pruning_tools.demo.sensitivity_plots import plot_curves, plot_targets
 
     model = small_cnn()
     table = S.sweep(
@@ -352,7 +352,8 @@ def test_cli_errors(args, message, tmp_path):
 
 
 def test_cli_mnist_default_model(tmp_path, monkeypatch):
-    from pruning_tools import mnist, mnist_train
+    from pruning_tools.demo import data as mnist
+    from pruning_tools.demo import trainer
 
     rng = np.random.default_rng(0)  # a tiny stand-in for MNIST: the command's path, not the data, is tested
     tiny = mnist.MnistData(
@@ -362,7 +363,7 @@ def test_cli_mnist_default_model(tmp_path, monkeypatch):
         rng.integers(0, 10, 32, dtype=np.uint8),
     )
     monkeypatch.setattr(mnist, "load_mnist", lambda data_dir=None: tiny)
-    monkeypatch.setattr(mnist_train, "load_mnist", lambda data_dir=None: tiny)
+    monkeypatch.setattr(trainer, "load_mnist", lambda data_dir=None: tiny)
     common = ["sensitivity", "--score-images", "64", "--levels", "0.5,0.9", "--no-progress"]
     result = CliRunner().invoke(main, [*common, "--epochs", "1", "--target", "0.6", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pruning_tools import kernels
+from pruning_tools import _native
 from pruning_tools.export import NotBankBalancedError, save_packed
+from pruning_tools.inference import BankSparseConv1x1, BankSparseLinear, to_bank_sparse
 from pruning_tools.masks import bank_mask
-from pruning_tools.sparse_linear import BankSparseConv1x1, BankSparseLinear, to_bank_sparse
 
 HAVE_CC = shutil.which("cc") is not None
 PATHS = [pytest.param("native", marks=pytest.mark.skipif(not HAVE_CC, reason="no C compiler")), "torch"]
@@ -22,12 +22,10 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
+def path(request):
     """Run the test on the C kernel ("native": it must build) and on the PyTorch fallback."""
-    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", request.param)
-    kernels.reset()
-    yield request.param
-    kernels.reset()
+    with _native.use_engine(request.param):
+        yield request.param
 
 
 def pruned_linear(out_f, in_f, sparsity, bank_size=64, bias=True, seed=0):
@@ -69,7 +67,7 @@ def test_kernel_path_is_taken_and_equals_fallback(path):
     with torch.no_grad():
         y = sparse(x)
     assert y.shape == (3, 5, 128)
-    assert (kernels.library() is not None) == (path == "native")
+    assert (_native.library("bank_sparse") is not None) == (path == "native")
     sparse._columns = None
     torch.testing.assert_close(y, sparse._gather(x.reshape(-1, 640)).reshape(3, 5, 128), **TOL)
 
@@ -78,21 +76,19 @@ def test_kernel_path_is_taken_and_equals_fallback(path):
 def test_shared_work_with_a_fixed_team(monkeypatch):
     """Products large enough for an OpenMP team (the default may pick one thread on a busy machine)."""
     monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "native")
-    kernels.reset()
     fc = pruned_linear(512, 1000, 0.9)  # 512 rows x 16 banks x 6 (+ tail 40 keeps 4)
     sparse = BankSparseLinear.from_linear(fc)
     try:
         for threads in (2, 3):
-            kernels.set_threads(threads)
+            _native.set_threads(threads)
             with torch.no_grad():
                 for batch in (1, 5, 64, 70):
                     x = torch.randn(batch, 1000)
                     torch.testing.assert_close(sparse(x), F.linear(x, fc.weight, fc.bias), **TOL)
     finally:
-        kernels.set_threads(0)
-        kernels.reset()
+        _native.set_threads(0)
     with pytest.raises(ValueError, match="n=-1"):
-        kernels.set_threads(-1)
+        _native.set_threads(-1)
 
 
 def test_gradient_through_input_and_other_dtypes_use_the_fallback(path):
@@ -172,46 +168,6 @@ def test_bad_inputs_are_named():
         BankSparseLinear.from_linear(dense_random)
 
 
-def test_failed_build_falls_back_with_a_warning(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRUNING_TOOLS_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "auto")
-    kernels.reset()
-    fc = pruned_linear(16, 128, 0.9)
-    sparse = BankSparseLinear.from_linear(fc)
-    x = torch.randn(3, 128)
-    with pytest.warns(RuntimeWarning, match="PyTorch fallback"), torch.no_grad():
-        y = sparse(x)
-    torch.testing.assert_close(y, F.linear(x, fc.weight, fc.bias), **TOL)
-    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "native")
-    kernels.reset()
-    with pytest.raises(kernels.KernelUnavailableError):
-        kernels.library()
-    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "fast")
-    kernels.reset()
-    with pytest.raises(ValueError, match="PRUNING_TOOLS_KERNEL='fast'"):
-        kernels.library()
-    kernels.reset()
-
-
-@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
-def test_build_is_cached(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRUNING_TOOLS_CACHE", str(tmp_path))
-    monkeypatch.setenv("PRUNING_TOOLS_KERNEL", "native")
-    kernels.reset()
-    assert kernels.library() is not None
-    built = list(tmp_path.glob("bank_sparse-*.so"))
-    assert len(built) == 1 and built[0] == kernels.library_path()
-    kernels.reset()
-
-    def no_compiling(*args):
-        raise AssertionError("compiled again although the library is cached")
-
-    monkeypatch.setattr(kernels, "_build", no_compiling)
-    assert kernels.library() is not None
-    kernels.reset()
-
-
 @settings(max_examples=25, deadline=None)
 @given(
     out_f=st.integers(1, 40),
@@ -229,27 +185,3 @@ def test_random_layers_equal_masked_dense(out_f, in_f, bank_size, sparsity, batc
         expected = F.linear(x, fc.weight, fc.bias)
         torch.testing.assert_close(sparse(x), expected, **TOL)  # C kernel where it builds
         torch.testing.assert_close(sparse._gather(x), expected, **TOL)  # fallback
-
-
-def test_benchmark_script_runs():
-    """Smoke test of benchmarks/bench_kernel.py on a tiny case (it also checks the kernel's results)."""
-    import importlib.util
-    import pathlib
-
-    from click.testing import CliRunner
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernel.py"
-    spec = importlib.util.spec_from_file_location("bench_kernel", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(
-            bench.main,
-            ["--reps", "2", "--shape", "64x192", "--keep", "4", "--batch", "1", "--batch", "9", "--threads", "1"],
-        )
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_grad_enabled(True)
-    assert result.exit_code == 0, result.output
-    assert "64×192" in result.output and "CSR/ours" in result.output

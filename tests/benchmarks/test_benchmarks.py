@@ -8,9 +8,10 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from pruning_tools import masks as M
-from pruning_tools.bench import PATTERNS
-from pruning_tools.bench_models import bert_like, prunable_weights, resnet50
+from benchmarks import kernel
+from benchmarks.masks import PATTERNS, _same_up_to_ties
+from benchmarks.models import bert_like, prunable_weights, resnet50
+from pruning_tools import geometry as G
 from pruning_tools.cli import main
 
 
@@ -19,8 +20,8 @@ def expected_sparsity(model, balance: str, bank_size: int, sparsity: float) -> f
     shapes = [tuple(p.shape) for p in prunable_weights(model).values()]
     total = sum(math.prod(s) for s in shapes)
     if balance == "global":
-        return 1 - M.keep_count(total, sparsity) / total
-    zeros = sum(M.realised_sparsity(s, balance, sparsity, bank_size) * math.prod(s) for s in shapes)
+        return 1 - G.keep_count(total, sparsity) / total
+    zeros = sum(G.realised_sparsity(s, balance, sparsity, bank_size) * math.prod(s) for s in shapes)
     return zeros / total
 
 
@@ -74,11 +75,32 @@ def test_memory_and_speedups_are_reported(results):
 def test_masks_agree_up_to_ties_only_when_the_differences_are_ties():
     import torch
 
-    from pruning_tools.bench import _same_up_to_ties
-
     w = torch.tensor([0.5, 0.2, 0.2, 0.9])
     ours = torch.tensor([True, True, False, True])
     assert _same_up_to_ties(ours, ours.clone(), w)
     assert _same_up_to_ties(ours, torch.tensor([True, False, True, True]), w)  # the tied 0.2s swapped
     assert not _same_up_to_ties(ours, torch.tensor([False, True, True, True]), w)  # 0.5 for a 0.2
     assert not _same_up_to_ties(ours, torch.tensor([True, True, True, True]), w)  # one more kept
+
+
+def test_kernel_benchmark_runs():
+    """Smoke test of benchmarks/kernel.py on a tiny case (it also checks the kernel's results)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(
+            kernel.main,
+            ["--reps", "2", "--shape", "64x192", "--keep", "4", "--batch", "1", "--batch", "9", "--threads", "1"],
+        )
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(True)
+    assert result.exit_code == 0, result.output
+    assert "64×192" in result.output and "CSR/ours" in result.output
+
+
+def test_bench_outside_a_checkout_says_where_the_benchmarks_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["bench", "--quick"])
+    assert result.exit_code == 1 and "checkout of the repository" in result.output

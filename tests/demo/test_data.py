@@ -6,8 +6,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from pruning_tools import mnist
-from pruning_tools.mnist import MnistData, load_mnist, parse_idx, read_idx_dir, write_idx_dir
+from pruning_tools.demo import data as mnist
+from pruning_tools.demo.data import MnistData, load_mnist, parse_idx, read_idx_dir, write_idx_dir
 
 
 def tiny(n_train=5, n_test=3, seed=0) -> MnistData:
@@ -35,16 +35,20 @@ def test_data_dir_comes_first(tmp_path):
     assert loaded.source == str(tmp_path)
 
 
-def test_falls_back_to_vendored_copy_of_real_mnist(tmp_path):
-    loaded = load_mnist(tmp_path / "empty")
+def test_no_other_directory_is_tried_in_place_of_data_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty lacks train-images-idx3-ubyte.gz"):
+        load_mnist(tmp_path / "empty")
+
+
+def test_reads_the_vendored_copy_of_real_mnist(mnist_dir):
+    loaded = load_mnist(mnist_dir)
     assert loaded.train_images.shape == (60000, 28, 28) and loaded.test_images.shape == (10000, 28, 28)
     assert loaded.train_labels.shape == (60000,) and loaded.test_labels.shape == (10000,)
     assert np.bincount(loaded.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def test_clear_error_when_nothing_found(tmp_path, monkeypatch):
-    monkeypatch.setattr(mnist, "VENDORED_DIR", tmp_path / "a")
-    monkeypatch.setattr(mnist, "SHARED_DIR", tmp_path / "b")
+def test_clear_error_when_nothing_found(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data_dir=.*not a directory.*train-images-idx3-ubyte.gz"):
         load_mnist(tmp_path / "missing")
 
@@ -83,8 +87,6 @@ def test_download_checks_md5_and_tries_the_next_mirror(tmp_path, monkeypatch):
 
 
 def test_load_mnist_downloads_only_when_asked(tmp_path, monkeypatch):
-    monkeypatch.setattr(mnist, "VENDORED_DIR", tmp_path / "a")
-    monkeypatch.setattr(mnist, "SHARED_DIR", tmp_path / "b")
     monkeypatch.setattr(mnist, "download", lambda directory: write_idx_dir(directory, tiny(n_train=6)))
     with pytest.raises(FileNotFoundError, match="download_missing=True"):
         load_mnist(tmp_path / "c")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 from pathlib import Path
@@ -9,16 +10,9 @@ from typing import Any, Callable
 
 import click
 
-from .config import check_sparsity
-from .sensitivity import (
-    DEFAULT_LEVELS,
-    SensitivityTable,
-    overall_sparsity,
-    predicted_drop,
-    snap_levels,
-    suggest_prune_dict,
-    sweep,
-)
+from ._common import library_errors
+
+DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)  # pruning_tools.sensitivity.DEFAULT_LEVELS (no torch for --help)
 
 
 def load_user_model(spec: str) -> tuple[Any, Callable[[Any], float]]:
@@ -57,8 +51,9 @@ def mnist_model(
     import torch.nn.functional as F
     from safetensors.torch import load_file, save_file
 
-    from .mnist import load_mnist
-    from .mnist_train import SimpleCNN, evaluate, to_tensor, train_mnist
+    from ..demo.data import load_mnist
+    from ..demo.torch_backend import SimpleCNN, evaluate, to_tensor
+    from ..demo.trainer import train_mnist
 
     if weights is not None:
         model = SimpleCNN()
@@ -89,7 +84,7 @@ def mnist_model(
     return model, minus_loss
 
 
-def _print_table(table: SensitivityTable) -> None:
+def _print_table(table) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -102,6 +97,25 @@ def _print_table(table: SensitivityTable) -> None:
     for name, row in zip(table.names, table.scores):
         view.add_row(name, str(sizes[name]), *(f"{s:.4f}" for s in row))
     Console(stderr=True).print(view)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool):
+    """A rich progress bar fed by ``sweep``'s ``progress(done, total, name, level)`` callback."""
+    if not enabled:
+        yield False
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as bar:
+        task = bar.add_task("sensitivity", total=None)
+
+        def advance(done: int, total: int, name: str, level: float) -> None:
+            bar.update(task, completed=done, total=total, description=f"{name} @ {level:.4f}")
+
+        yield advance
 
 
 @click.command("sensitivity")
@@ -165,6 +179,7 @@ def _print_table(table: SensitivityTable) -> None:
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@library_errors
 def sensitivity(
     model_spec,
     params,
@@ -187,6 +202,9 @@ def sensitivity(
     progress,
 ) -> None:
     """Prune one parameter at a time, one-shot; score; restore; suggest a prune_dict."""
+    from ..config import check_sparsity
+    from ..sensitivity import overall_sparsity, predicted_drop, snap_levels, suggest_prune_dict, sweep
+
     try:
         level_values = [float(v) for v in levels.split(",") if v.strip()]
     except ValueError as error:
@@ -202,27 +220,36 @@ def sensitivity(
         raise click.UsageError(str(error)) from error
     out.mkdir(parents=True, exist_ok=True)
     if model_spec is None:
+        if data_dir is None:
+            from .demo import DEFAULT_DATA_DIRS, default_data_dir
+
+            data_dir = default_data_dir()
+            if data_dir is None:
+                raise click.UsageError(
+                    "no MNIST found in " + " or ".join(f"{d}/" for d in DEFAULT_DATA_DIRS) + ": pass --data-dir DIR"
+                )
         model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out, score)
     else:
         model, evaluate = load_user_model(model_spec)
     try:
-        table = sweep(
-            model,
-            evaluate,
-            list(params) or None,
-            level_values,
-            balance=balance,
-            bank_size=bank_size,
-            layout=layout,
-            higher_is_better=not lower_is_better,
-            progress=progress,
-        )
+        with _progress_bar(progress) as report_progress:
+            table = sweep(
+                model,
+                evaluate,
+                list(params) or None,
+                level_values,
+                balance=balance,
+                bank_size=bank_size,
+                layout=layout,
+                higher_is_better=not lower_is_better,
+                progress=report_progress,
+            )
     except (ValueError, TypeError) as error:
         raise click.UsageError(str(error)) from error
     _print_table(table)
     table.save_json(out / "sensitivity.json")
     table.save_csv(out / "sensitivity.csv")
-    from .sensitivity_plot import plot_curves, plot_targets
+    from ..demo.sensitivity_plots import plot_curves, plot_targets
 
     plot_curves(table, out / "sensitivity.png")
     if uniform is not None:

@@ -5,48 +5,35 @@ GPUs too) runs here with a world of 1 and an identity all-reduce, so the ratio i
 alone; under FSDP2 it adds two all-reduces of 2**16 counts and one of per-shard counts. The
 single-process engine is ``masks.global_masks`` with whatever ``PRUNING_TOOLS_KERNEL`` selects
 (default: the compiled CPU kernel; ``torch``: the PyTorch top-k path). Weights: a ResNet-50
-(torchvision layout, from examples/imagenet_resnet50.py), one 3x3 conv and all conv/linear weights
-at once. Prints ratios measured in this run (best of ``--repeat``), never bare times.
+(torchvision layout, ``benchmarks.models``), one 3x3 conv and all conv/linear weights
+at once. Prints ratios of the fastest of ``--repeat`` interleaved rounds, never bare times.
 
-    python scripts/bench_distributed.py --threads 1
-    PRUNING_TOOLS_KERNEL=torch python scripts/bench_distributed.py --threads 1
+    python benchmarks/distributed.py --threads 1
+    PRUNING_TOOLS_KERNEL=torch python benchmarks/distributed.py --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import time
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from benchmarks.harness import header, interleaved
+from benchmarks.models import resnet50
 from pruning_tools import distributed as D
+from pruning_tools import geometry as G
 from pruning_tools import masks as M
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def resnet50():
-    spec = importlib.util.spec_from_file_location("imagenet_resnet50", ROOT / "examples" / "imagenet_resnet50.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ResNet50()
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def sharded(weights, sparsity):
     scores = [M.magnitude_scores(w, None).float() for w in weights]
-    k = M.keep_count(sum(w.numel() for w in weights), sparsity)
+    k = G.keep_count(sum(w.numel() for w in weights), sparsity)
     return D.keep_largest_sharded(scores, k, [True] * len(weights), 0, 1, lambda x: x)
 
 
@@ -71,13 +58,14 @@ def main() -> None:
     }
     engine = os.environ.get("PRUNING_TOOLS_KERNEL", "auto")
     print(
-        f"sparsity {args.sparsity}, {torch.get_num_threads()} thread(s), best of {args.repeat}, "
-        f"single-process engine PRUNING_TOOLS_KERNEL={engine}"
+        header("benchmarks/distributed.py", torch.get_num_threads())
+        + f"; sparsity {args.sparsity}, fastest of {args.repeat}, single-process engine PRUNING_TOOLS_KERNEL={engine}"
     )
     for label, (ws, single) in cases.items():
         n = sum(w.numel() for w in ws)
         same = all(torch.equal(a, b.reshape(a.shape)) for a, b in zip(single(), sharded(ws, args.sparsity)))
-        ratio = best(lambda: sharded(ws, args.sparsity), args.repeat) / best(single, args.repeat)
+        t = interleaved({"sharded": lambda ws=ws: sharded(ws, args.sparsity), "single": single}, args.repeat, warmup=0)
+        ratio = t["sharded"].min / t["single"].min
         print(f"{label:28s} {n:>10d} weights  sharded/single-process time {ratio:5.2f}  identical masks {same}")
 
 

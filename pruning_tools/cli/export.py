@@ -5,20 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
-from rich.console import Console
-from rich.table import Table
 
-from .config import LAYOUTS
-from .export import BITS_VIEW, NotBankBalancedError, load_packed, save_packed, specs_from_pruner_state
-from .inspection import load_tensors
-from .pruner_base import read_state_file
+from ._common import console, library_errors
+
+LAYOUTS = ("channels_last", "flat")  # pruning_tools.config.LAYOUTS (kept here: no torch import for --help)
 
 
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _same_bits(a, b) -> bool:
     """Equal shape, dtype and bits (negative zeros read as +0.0: they are stored as zeros)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
+    import torch
+
+    from ..export import BITS_VIEW
+
     if not a.is_floating_point():
         return torch.equal(a, b)
     view = BITS_VIEW[a.element_size()]
@@ -27,13 +27,11 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _pruner_specs(path: Path, tensors: dict) -> dict:
+    from ..pruner import pruned_specs
+
     try:
-        if path.suffix.lower() == ".safetensors":
-            state = read_state_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        specs = specs_from_pruner_state(state)
-    except Exception as exc:  # unpickling and format errors come in many types
+        specs = pruned_specs(path)
+    except (ValueError, KeyError, TypeError) as exc:  # not a state, or a damaged one
         raise click.BadParameter(f"{path} is not a pruner state ({exc})", param_hint="--pruner-state") from exc
     matched = {name: spec for name, spec in specs.items() if name in tensors}
     if specs and not matched:
@@ -63,8 +61,8 @@ def _size(n: int) -> str:
     "--sparsity",
     type=click.FloatRange(0, 1, max_open=True),
     default=None,
-    help="Target the tensors were pruned to: bank budgets as in `check_banks` (default: the most "
-    "common count of each tensor's banks).",
+    help="Target the tensors were pruned to: bank budgets as in `check_banks` (default: each tensor's "
+    "measured sparsity).",
 )
 @click.option(
     "--prefix",
@@ -76,8 +74,8 @@ def _size(n: int) -> str:
     "--pruner-state",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="A pruner state (Prune.state_dict() saved with torch.save, or write_state_file's "
-    ".safetensors): bank size, layout, output dim and target of each pruned tensor.",
+    help="A pruner state (Prune.save's .safetensors, or Prune.state_dict() saved with torch.save): "
+    "bank size, layout, output dim and target of each pruned tensor.",
 )
 @click.option(
     "--dense-fallback", is_flag=True, help="Store a sparse tensor that is not bank-balanced dense instead of failing."
@@ -85,6 +83,7 @@ def _size(n: int) -> str:
 @click.option(
     "--verify/--no-verify", default=True, show_default=True, help="Reload the file and compare every tensor bit by bit."
 )
+@library_errors
 def export(
     checkpoint: Path,
     out: Path,
@@ -101,6 +100,12 @@ def export(
     Each sparse bank-balanced tensor becomes values [rows, banks, k] + in-bank indices (uint8 for
     banks up to 256); everything else stays dense. Prints the size against a dense safetensors file.
     """
+    import torch
+    from rich.table import Table
+
+    from ..checkpoints import load_tensors
+    from ..export import NotBankBalancedError, load_packed, save_packed
+
     tensors = load_tensors(checkpoint)
     if prefix:
         tensors = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
@@ -115,7 +120,7 @@ def export(
         raise click.ClickException(
             f"{e}. Pass the pruner's settings with --pruner-state, check --bank-size/--layout, "
             "or store it dense with --dense-fallback."
-        )
+        ) from e
 
     table = Table("tensor", "shape", "stored as", "bytes", title=f"{checkpoint} → {out}")
     for name, p in report.packed.items():
@@ -126,9 +131,9 @@ def export(
         how = "dense (not bank-balanced)" if name in report.fallback else "dense"
         t = tensors[name]
         table.add_row(name, str(list(t.shape)), how, f"{t.numel() * t.element_size():,}")
-    console = Console(width=max(100, Console().width))
-    console.print(table)
-    console.print(
+    out_console = console()
+    out_console.print(table)
+    out_console.print(
         f"dense safetensors: {_size(report.dense_bytes)}, packed: {_size(report.packed_bytes)}, "
         f"ratio: {report.ratio:.4f}"
     )
@@ -137,4 +142,4 @@ def export(
         wrong = sorted(n for n, t in tensors.items() if not _same_bits(back.get(n, torch.empty(0)), t.detach().cpu()))
         if wrong:
             raise click.ClickException(f"{out}: rebuilt tensors differ from the checkpoint: {wrong}")
-        console.print(f"verified: all {len(tensors)} tensors rebuilt bit-exactly (zeros as +0.0)")
+        out_console.print(f"verified: all {len(tensors)} tensors rebuilt bit-exactly (zeros as +0.0)")

@@ -4,17 +4,19 @@ For each weight shape, sparsity and batch size the three products ``y = x Wᵀ +
 interleaved (the order rotates every repetition) and the medians are compared, so load from
 other processes on the machine hits all three alike. Prints milliseconds and the ratios.
 
-    python benchmarks/bench_kernel.py                 # the README table (2 threads)
-    python benchmarks/bench_kernel.py --reps 20 --shape 768x3072 --keep 4
+    python benchmarks/kernel.py                 # the README table (2 threads)
+    python benchmarks/kernel.py --reps 20 --shape 768x3072 --keep 4
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import statistics
-import time
+import sys
 import warnings
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
 import torch
@@ -22,26 +24,12 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from pruning_tools import kernels
+from benchmarks.harness import header, interleaved
+from pruning_tools import _native
+from pruning_tools.inference import BankSparseLinear
 from pruning_tools.masks import bank_mask
-from pruning_tools.sparse_linear import BankSparseLinear
 
 SHAPES = ("4096x4096", "768x3072", "3072x768")  # [out, in]
-
-
-def interleaved_medians(fns: dict, reps: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds of each callable, repetitions interleaved with a rotating order."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for rep in range(reps):
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def cases(out_f: int, in_f: int, keep: int, batches, reps: int, bank_size: int = 64):
@@ -62,15 +50,17 @@ def cases(out_f: int, in_f: int, keep: int, batches, reps: int, bank_size: int =
         expected = F.linear(x, weight, bias)
         assert torch.allclose(ours(x), expected, rtol=1e-4, atol=1e-4), "kernel disagrees with F.linear"
         assert torch.allclose((csr @ x.t()).t() + bias, expected, rtol=1e-4, atol=1e-4)
-        t = interleaved_medians(
+        timings = interleaved(
             {
-                "dense": lambda: F.linear(x, weight, bias),
-                "csr": lambda: (csr @ x.t()).t() + bias,
-                "ours": lambda: ours(x),
+                "dense": lambda x=x: F.linear(x, weight, bias),
+                "csr": lambda x=x: (csr @ x.t()).t() + bias,
+                "ours": lambda x=x: ours(x),
             },
             reps,
+            warmup=3,
+            rotate=True,
         )
-        yield batch, t
+        yield batch, {name: t.median for name, t in timings.items()}
 
 
 @click.command()
@@ -91,14 +81,11 @@ def main(reps: int, threads: int, shapes, keeps, batches) -> None:
     """Dense vs torch.sparse CSR vs the bank-sparse kernel, ratios from one run."""
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
-    path = "C kernel" if kernels.library() is not None else "PyTorch fallback"
+    path = "C kernel" if _native.library("bank_sparse") is not None else "PyTorch fallback"
     console = Console(width=120)
-    load = os.getloadavg()[0]
-    cpu = platform.processor() or platform.machine()
     console.print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
-        f"bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path}); "
-        f"load average {load:.1f}"
+        header("benchmarks/kernel.py", torch.get_num_threads())
+        + f"; bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path})"
     )
     table = Table("W [out, in]", "sparsity", "batch", "dense ms", "CSR ms", "ours ms", "dense/ours", "CSR/ours")
     for shape in shapes:

@@ -1,0 +1,208 @@
+"""``pruning-tools demo``: prune the simple CNN on MNIST and write weights, state, results and plots.
+
+Files written to ``--out`` (``pruning_tools.demo.outputs``): ``weights.safetensors`` (final weights),
+``pruner_state.safetensors`` (``Prune.save``'s file), ``results.json`` (accuracy, sparsity per layer,
+timings, settings, per-epoch records, sampled schedule) and the PNG plots ``sparsity_schedule.png``,
+``layer_sparsity.png``, ``bank_histogram.png``.
+
+The data directory defaults to ``data/mnist/`` of the current directory (a checkout of the
+repository), else ``../shared/datasets/mnist/``; ``--data`` names another one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ._common import console, library_errors
+
+FRAMEWORKS = ("mxnet", "pytorch")
+DEFAULT_DATA_DIRS = (Path("data/mnist"), Path("../shared/datasets/mnist"))  # relative to the current directory
+
+
+def default_data_dir() -> Path | None:
+    """The first of ``DEFAULT_DATA_DIRS`` holding MNIST, or None."""
+    from ..demo.data import has_mnist
+
+    return next((d for d in DEFAULT_DATA_DIRS if has_mnist(d)), None)
+
+
+def parse_prune_dict(text: str | None) -> dict | None:
+    """``--prune-dict`` JSON -> dict (the library validates names and values)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{text!r} is not JSON ({exc})", param_hint="--prune-dict") from exc
+    if not isinstance(value, dict):
+        raise click.BadParameter(
+            f'{text!r} is not allowed: expected a JSON object such as {{"fc.weight": 0.9}}', param_hint="--prune-dict"
+        )
+    return value
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    return (
+        f"epoch {record['epoch']:>2}/{epochs}  test acc {record['test_accuracy']:.2%}  "
+        f"loss {record['train_loss']:.4f}  target {record['target']:.4f}  "
+        f"sparsity {record['sparsity']:.4f}  {record['seconds']:.1f} s"
+    )
+
+
+@click.command("demo")
+@click.option("--framework", type=click.Choice(FRAMEWORKS), default="pytorch", show_default=True)
+@click.option(
+    "--sparsity",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.9,
+    show_default=True,
+    help="Final sparsity of every conv / dense weight (0: dense, no pruning).",
+)
+@click.option(
+    "--balance",
+    type=click.Choice(["fix", "none"]),
+    default="fix",
+    show_default=True,
+    help="fix: bank-balanced; none: unstructured per tensor.",
+)
+@click.option("--bank-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option(
+    "--prune-dict",
+    "prune_dict",
+    default=None,
+    metavar="JSON",
+    callback=lambda _c, _p, v: parse_prune_dict(v),
+    help="Which weights to prune, as the library's prune_dict, e.g. '{\"conv[23].weight\": 0.9, "
+    '"fc.weight": 0.9}\' (default: every conv / dense weight at --sparsity).',
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the recipe's (8).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's (128).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory with the MNIST *-ubyte.gz files (default: data/mnist/ of the current directory, "
+    "else ../shared/datasets/mnist/).",
+)
+@click.option(
+    "--download",
+    is_flag=True,
+    help="Fetch missing MNIST files from the usual mirrors (MD5-checked) into --data or ~/.cache/pruning-tools/mnist.",
+)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="CPU threads for torch (one is fastest for this small network on shared cores).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N train and test images (a quick look).",
+)
+@library_errors
+def demo(
+    framework,
+    sparsity,
+    balance,
+    bank_size,
+    prune_dict,
+    epochs,
+    batch_size,
+    data_dir,
+    download,
+    out,
+    seed,
+    threads,
+    limit,
+) -> None:
+    """Train the simple CNN on MNIST with gradual pruning; write weights, state, results.json, plots."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..demo import recipe
+    from ..demo.data import load_mnist
+    from ..demo.outputs import write_outputs
+    from ..demo.trainer import load_backend, train_mnist
+
+    out_console = console()
+    try:
+        load_backend(framework)
+    except ImportError as exc:
+        hint = " (install the extra: pip install 'pruning-tools[mxnet]')" if framework == "mxnet" else ""
+        raise click.ClickException(f"--framework {framework} is not available: {exc}{hint}") from exc
+    if data_dir is None and not download:
+        data_dir = default_data_dir()
+        if data_dir is None:
+            raise click.UsageError(
+                "no MNIST found in "
+                + " or ".join(f"{d}/" for d in DEFAULT_DATA_DIRS)
+                + ": pass --data DIR or --download"
+            )
+    if download:
+        try:
+            data_dir = Path(load_mnist(data_dir, download_missing=True).source)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise click.ClickException(f"--download failed: {exc}") from exc
+    total_epochs = epochs or recipe.EPOCHS
+    out_console.print(
+        f"[bold]demo[/] {framework}: sparsity {sparsity} balance {balance} bank {bank_size} -> {out}", highlight=False
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=out_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("epoch 1", total=None)
+
+        def on_epoch(record: dict) -> None:
+            out_console.print(epoch_line(record, total_epochs), highlight=False)
+            progress.reset(task, description=f"epoch {record['epoch'] + 1}")
+
+        def on_batch(batch: int, batches: int) -> None:
+            progress.update(task, completed=batch, total=batches)
+
+        result = train_mnist(
+            data_dir,
+            framework=framework,
+            sparsity=sparsity,
+            balance=balance,
+            bank_size=bank_size,
+            prune_dict=prune_dict,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            limit=limit,
+            on_epoch=on_epoch,
+            on_batch=on_batch,
+            threads=threads,
+        )
+    for note in result.get("notes", []):
+        out_console.print("[yellow]note:[/] ", end="")
+        out_console.print(note, markup=False, highlight=False)
+    if result.get("balanced") is False:
+        out_console.print(
+            "[bold red]warning:[/] the pruner's check() failed: some bank or tensor holds more "
+            "non-zeros than its budget (see `pruning-tools inspect`)"
+        )
+    started = time.perf_counter()
+    files, notes = write_outputs(result, Path(out))
+    for note in notes:
+        out_console.print(note, markup=False, highlight=False)
+    out_console.print(
+        f"test accuracy {result['test_accuracy']:.2%}, total sparsity {result['total_sparsity']:.4f}, "
+        f"{result['wall_seconds']:.0f} s training, {time.perf_counter() - started:.1f} s writing",
+        highlight=False,
+    )
+    out_console.print("wrote " + ", ".join(str(p) for p in files.values()), markup=False, highlight=False)

@@ -1,0 +1,52 @@
+"""The demo's files: weights, pruner state, results.json and the figures of one training run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+NOT_IN_JSON = ("weights", "pruner_state", "model")
+PLOTS_HINT = "no plots: matplotlib is not installed (pip install 'pruning-tools[plots]')"
+
+
+def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """Write a ``train_mnist`` result into ``out``: ``weights.safetensors`` (every parameter and
+    buffer), ``pruner_state.safetensors`` (``Prune.save``'s format: no pickle), ``results.json``
+    (everything else) and the PNG figures when matplotlib is installed.
+
+    Returns ``(files written by kind, notes for the user)``.
+    """
+    from safetensors.numpy import save_file
+
+    from ..pruner import write_state_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"weights": out / "weights.safetensors", "results": out / "results.json"}
+    notes = []
+    save_file({name: np.array(w, order="C") for name, w in result["weights"].items()}, str(files["weights"]))
+    if result.get("pruner_state") is not None:
+        files["pruner_state"] = out / "pruner_state.safetensors"
+        state = dict(result["pruner_state"])
+        state["masks"] = {name: np.asarray(packed) for name, packed in state["masks"].items()}
+        write_state_file(state, files["pruner_state"])
+    if importlib.util.find_spec("matplotlib") is None:  # the optional extra "plots"
+        notes.append(PLOTS_HINT)
+    else:
+        from . import plots
+
+        bank_size = result["settings"]["bank_size"]
+        pruned = {name: w for name, w in result["weights"].items() if name in result["layer_sparsity"]}
+        if result["steps"]:
+            files["schedule_plot"] = plots.plot_sparsity_curve(result["steps"], out / "sparsity_schedule.png")
+        files["layer_plot"] = plots.plot_layer_sparsity(result["layer_sparsity"], out / "layer_sparsity.png")
+        files["bank_plot"] = plots.plot_bank_histogram(
+            pruned or result["weights"], bank_size, out / "bank_histogram.png"
+        )
+    summary = {k: v for k, v in result.items() if k not in NOT_IN_JSON}
+    summary["files"] = {k: p.name for k, p in files.items()}
+    files["results"].write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return files, notes

@@ -1,0 +1,60 @@
+"""Bank geometry, defined once: rows, banks and budgets, and the kernels' strides agree with the row view."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pruning_tools import geometry as G
+
+SHAPES = [(5,), (7, 9), (4, 3, 3, 3), (6, 5, 2), (3, 4, 2, 2, 2), (1, 64), (65, 1, 3, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", ["channels_last", "flat"])
+@pytest.mark.parametrize("out_dim", [0, 1])
+def test_strides_walk_exactly_the_row_view(shape, layout, out_dim):
+    if out_dim == 1 and len(shape) < 2:
+        return
+    x = torch.arange(math.prod(shape)).reshape(shape)  # each element holds its flat index
+    rows = G.to_rows(x, layout, out_dim)  # [rows, row_len]
+    strides = G.row_strides(shape, layout, out_dim)
+    if strides is None:  # flat ConvTranspose: the kernels do not walk it (the PyTorch path serves it)
+        assert out_dim == 1 and layout == "flat" and len(shape) > 2
+        return
+    assert (strides.rows, strides.row_len) == tuple(rows.shape)
+    assert (G.row_count(shape, layout, out_dim), G.row_length(shape, layout, out_dim)) == tuple(rows.shape)
+    walked = torch.tensor(
+        [
+            [
+                (r // strides.group) * strides.group_stride + r % strides.group + j * strides.step
+                for j in range(strides.row_len)
+            ]
+            for r in range(strides.rows)
+        ]
+    ).reshape(rows.shape)
+    assert torch.equal(walked, rows)
+    assert torch.equal(G.from_rows(rows, shape, layout, out_dim), x)
+
+
+def test_budgets_of_full_and_tail_banks():
+    assert G.bank_budget(128, 64, 0.9375) == G.BankBudget(2, 4, 0, 0)
+    assert G.bank_budget(127, 64, 0.9375) == G.BankBudget(1, 4, 63, 4)  # conv3 of the MNIST CNN
+    assert G.bank_budget(6, 4, 0.5) == G.BankBudget(1, 2, 2, 1)  # 2:4 with a tail of 2
+    assert G.bank_budget(3, 64, 0.99) == G.BankBudget(0, 1, 3, 1)  # at least one kept
+    assert G.keep_count(64, 0.9) == 6 and G.keep_count(10, 0.25) == 8  # half up: 7.5 -> 8
+
+
+def test_split_banks_shapes():
+    full, tail = G.split_banks(torch.zeros(3, 100), 64)
+    assert full.shape == (3, 1, 64) and tail.shape == (3, 36)
+    full, tail = G.split_banks(torch.zeros(3, 128), 64)
+    assert full.shape == (3, 2, 64) and tail.shape == (3, 0)
+
+
+def test_empty_tensors_have_no_rows_and_no_division_by_zero():
+    assert G.row_length((0, 4)) == 4 and G.row_count((0, 4)) == 0
+    assert G.row_length((4, 0)) == 0 and G.row_count((4, 0)) == 4  # four empty rows
+    assert G.realised_sparsity((0, 4), "fix", 0.5) == 0.0
