@@ -209,7 +209,8 @@ class Pruner:
         out = {}
         for name, m in self._masks.items():
             if m is None:
-                m = torch.ones_like(self._strategy.local(self._bridge.read(name)), dtype=torch.bool)
+                local = self._strategy.local(self._bridge.read(name))
+                m = torch.ones(local.shape, dtype=torch.bool, device=self._mask_device(local))
             out[name] = m
         return out
 
@@ -242,7 +243,7 @@ class Pruner:
             else:
                 local = self._strategy.local(self._bridge.read(name))
                 packed = torch.as_tensor(packed, dtype=torch.uint8)
-                masks[name] = M.unpack_bits(packed, local.shape).to(self._mask_device(local))
+                masks[name] = self._place(M.unpack_bits(packed, local.shape), local)
         self._masks = masks
         self._step = int(state["step"])
         self._initial = {name: float(v) for name, v in state["initial_sparsity"].items()}
@@ -265,10 +266,11 @@ class Pruner:
         """
         self._check_ready()
         for name, mask in self.masks().items():
-            if D.is_sharded(self._bridge.read(name)):
+            p = self._bridge.read(name)
+            if D.is_sharded(p):
                 continue
             received = D.broadcast_mask(mask, src, group)
-            self._masks[name] = None if bool(received.all()) else received
+            self._masks[name] = None if bool(received.all()) else self._place(received, p)
         self._apply()
 
     # ------------------------------------------------------------ internals
@@ -300,12 +302,24 @@ class Pruner:
         self._warn_unreachable()
 
     def _mask_device(self, p: Tensor) -> torch.device:
+        """Where the mask of ``p`` (a weight or its local shard) lives: beside it, or on the host."""
         return torch.device("cpu") if self.config.prune_device == "cpu" else p.device
+
+    def _place(self, mask: Tensor, p: Tensor) -> Tensor:
+        """``mask`` where ``prune_device`` keeps the mask of ``p`` (a weight or its local shard). A host
+        mask of a GPU weight lies in pinned memory, so re-applying it on every step is an asynchronous
+        copy: no host synchronisation on the steps without a refresh."""
+        device = self._mask_device(p)
+        if mask.device != device:
+            mask = mask.to(device)
+        if device.type == "cpu" and p.device.type == "cuda" and not mask.is_pinned():
+            mask = mask.pin_memory()
+        return mask
 
     def _existing_zeros(self, p: Tensor) -> Tensor | None:
         local = self._strategy.local(p)
-        mask = (local.detach() != 0).to(self._mask_device(local))
-        return None if bool(mask.all()) else mask
+        mask = local.detach() != 0
+        return None if bool(mask.all()) else self._place(mask, local)
 
     def _pooled(self, values: Mapping[str, float]) -> float:
         """Size-weighted mean of ``values`` over the parameters in global mode (sizes from the specs)."""
@@ -326,15 +340,26 @@ class Pruner:
                 pool.append(name)
                 continue
             w = self._bridge.read(name).detach()
-            device = self._mask_device(self._strategy.local(w))
-            self._masks[name] = self._strategy.compute_mask(w, self._masks[name], target, spec, name, device)
+            local = self._strategy.local(w)
+            previous = self._previous(name, local)
+            mask = self._strategy.compute_mask(w, previous, target, spec, name, self._mask_device(local))
+            self._masks[name] = self._place(mask, local)
         if pool:
             weights = [self._bridge.read(n).detach() for n in pool]
-            devices = [self._mask_device(self._strategy.local(w)) for w in weights]
+            locals_ = [self._strategy.local(w) for w in weights]
+            devices = [self._mask_device(t) for t in locals_]
+            current = [self._previous(n, t) for n, t in zip(pool, locals_)]
             target = self._pooled({n: self._mask_targets[n] for n in pool})
-            masks = self._strategy.global_masks(weights, [self._masks[n] for n in pool], target, pool, devices)
-            for name, mask in zip(pool, masks):
-                self._masks[name] = mask
+            masks = self._strategy.global_masks(weights, current, target, pool, devices)
+            for name, mask, t in zip(pool, masks, locals_):
+                self._masks[name] = self._place(mask, t)
+
+    def _previous(self, name: str, local: Tensor) -> Tensor | None:
+        """The current mask of ``name`` on the device its new mask is computed on (it differs when the
+        model moved, e.g. ``model.cuda()`` after ``restore_sparsity`` or ``load``)."""
+        mask = self._masks[name]
+        device = self._mask_device(local)
+        return mask if mask is None or mask.device == device else mask.to(device)
 
     def _warn_unreachable(self) -> None:
         for name, spec in self.config.params.items():
