@@ -115,12 +115,12 @@ def semi_rows(
             passed, total, failing, exact = 0, 0, [], 0
             speed: dict[str, dict[int, float]] = {}
             for label, (out_f, in_f) in shapes.items():
-                g = torch.Generator().manual_seed(out_f * 7 + in_f)
-                w = two_four(torch.randn(out_f, in_f, generator=g)).to(device, dtype)  # [out, in]
+                g = torch.Generator(device=device).manual_seed(out_f * 7 + in_f)  # generated where used: LLM sizes
+                w = two_four(torch.randn(out_f, in_f, generator=g, device=device, dtype=dtype))  # [out, in]
                 ws = convert(w)
                 dense_again = ws.to_dense() if hasattr(ws, "to_dense") and ws is not w else w
                 exact += int(torch.equal(dense_again, w))
-                xs = {b: torch.randn(b, in_f, generator=g).to(device, dtype) for b in batches}  # [batch, in]
+                xs = {b: torch.randn(b, in_f, generator=g, device=device, dtype=dtype) for b in batches}  # [batch, in]
                 for b, x in xs.items():
                     ref = F.linear(x.float(), w.float())  # products of halves are exact in float32
                     err, dense_err, scale = errors(F.linear(x, ws), F.linear(x, w), ref)
