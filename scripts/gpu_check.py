@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -90,6 +92,18 @@ def scope_rows() -> list[Row]:
     ]
 
 
+def guarded(section: str, run: Callable[[], list[Row]]) -> list[Row]:
+    """A section's rows; an exception becomes a failed row with its traceback, and the run goes on
+    (device time is scarce: one run should say as much as it can)."""
+    try:
+        return run()
+    except Exception as error:  # noqa: BLE001 - reported as a failure, not swallowed
+        return [
+            Row(section, "section raised an exception", f"{type(error).__name__}: {error}"[:300], ok=False,
+                data={"traceback": traceback.format_exc()})
+        ]  # fmt: skip
+
+
 def run_sections(
     device: torch.device, chosen: tuple[str, ...], quick: bool, profile: bool, started: float
 ) -> list[Row]:
@@ -97,17 +111,22 @@ def run_sections(
     if "masks" in chosen:
         mask_cases, global_cases = cases.default_mask_cases(quick), cases.default_global_cases(quick)
         log(started, f"masks: {len(mask_cases)} tensors, {len(global_cases)} global pools")
-        rows += correctness.mask_rows(correctness.compare_mask_cases(mask_cases, device), device)
-        rows += correctness.mask_rows(correctness.compare_global_cases(global_cases, device), device)
+        rows += guarded(
+            "masks", lambda: correctness.mask_rows(correctness.compare_mask_cases(mask_cases, device), device)
+        )
+        rows += guarded(
+            "masks", lambda: correctness.mask_rows(correctness.compare_global_cases(global_cases, device), device)
+        )
     if "prune" in chosen:
         log(started, "prune: Prune on the device against a CPU run")
-        rows += correctness.prune_rows(device, profile)
+        rows += guarded("prune_device", lambda: correctness.prune_rows(device, profile))
     if "cost" in chosen:
         log(started, "cost: refresh, re-apply, training step")
-        rows += cost.cost_rows(device, quick)
+        rows += guarded("cost", lambda: cost.cost_rows(device, quick))
     if "sparse" in chosen:
         log(started, "sparse: 2:4 semi-structured, BankSparseLinear")
-        rows += sparse_section(device, quick)
+        rows += guarded("2:4", lambda: sparse_section(device, quick))
+    log(started, "done")
     return rows
 
 
@@ -121,7 +140,7 @@ def sparse_section(device: torch.device, quick: bool) -> list[Row]:
         backends, shapes = {"stand-in (dense, no sparse kernel)": lambda w: w}, {"small": (64, 128)}
     rows += sparse.semi_rows(device, shapes, backends, dtypes, batches, rounds=rounds)
     bank_shapes = sparse.BERT_SHAPES if device.type == "cuda" else {"small": (64, 128)}
-    rows += sparse.bank_sparse_rows(device, bank_shapes, batches, rounds=rounds)
+    rows += guarded("bank-sparse", lambda: sparse.bank_sparse_rows(device, bank_shapes, batches, rounds=rounds))
     return rows
 
 

@@ -51,10 +51,18 @@ class Comparison:
     kept_device: int
     kept_reference: int
     device: str  # where the device mask was computed (proof that it was)
+    error: str = ""  # the exception computing it raised, if any
 
     @property
     def equal(self) -> bool:
-        return self.mismatches == 0
+        return self.mismatches == 0 and not self.error
+
+    def describe(self) -> str:
+        return f"{self.label}: {self.error or f'{self.mismatches} positions differ'}"
+
+
+def _raised(label: str, group: str, error: Exception) -> Comparison:
+    return Comparison(label, group, -1, -1, -1, "?", f"{type(error).__name__}: {str(error)[:200]}")
 
 
 def compare(label: str, group: str, got: Tensor, expected: Tensor) -> Comparison:
@@ -82,12 +90,17 @@ def compare_mask_cases(
     for case in cases:
         w, prev = case_tensors(case)
         p, g = case.pattern, case.geometry
+        group = _group(p.label, case.dtype)
         expected = M.compute_mask(w, prev, p.sparsity, p.balance, p.bank_size, g.layout, g.out_dim)
-        with device_engine(device):
-            got = device_compute(
-                w.to(device), _on(prev, device), p.sparsity, p.balance, p.bank_size, g.layout, g.out_dim
-            )
-        out.append(compare(case.label, _group(p.label, case.dtype), got, expected))
+        try:
+            with device_engine(device):
+                got = device_compute(
+                    w.to(device), _on(prev, device), p.sparsity, p.balance, p.bank_size, g.layout, g.out_dim
+                )
+        except Exception as error:  # noqa: BLE001 - a failing case, named; the others go on
+            out.append(_raised(case.label, group, error))
+            continue
+        out.append(compare(case.label, group, got, expected))
     return out
 
 
@@ -100,17 +113,22 @@ def compare_global_cases(
         tensors = list(global_tensors(case))
         weights, prevs = [w for w, _ in tensors], [m for _, m in tensors]
         expected = M.global_masks(weights, prevs, case.pattern.sparsity)
-        with device_engine(device):
-            got = device_compute(
-                [w.to(device) for w in weights], [_on(m, device) for m in prevs], case.pattern.sparsity
-            )
+        group = _group(f"{case.pattern.label} {case.name}", case.dtype)
+        try:
+            with device_engine(device):
+                got = device_compute(
+                    [w.to(device) for w in weights], [_on(m, device) for m in prevs], case.pattern.sparsity
+                )
+        except Exception as error:  # noqa: BLE001 - a failing case, named; the others go on
+            out.append(_raised(case.label, group, error))
+            continue
         parts = [compare(case.label, "", g, e) for g, e in zip(got, expected)]
         if len(got) != len(expected):
             parts.append(Comparison(case.label, "", 1, -1, -1, "?"))
         out.append(
             Comparison(
                 case.label,
-                _group(f"{case.pattern.label} {case.name}", case.dtype),
+                group,
                 sum(c.mismatches for c in parts),
                 sum(c.kept_device for c in parts),
                 sum(c.kept_reference for c in parts),
@@ -132,7 +150,7 @@ def mask_rows(comparisons: Sequence[Comparison], device: torch.device, section: 
                 f"{group}: device mask == CPU engine",
                 passed,
                 total,
-                failing=[f"{c.label}: {c.mismatches} positions differ" for c in failing[:20]],
+                failing=[c.describe() for c in failing[:20]],
                 elsewhere=[c.label for c in comparisons if c.group == group and not c.device.startswith(device.type)],
             )
         )
@@ -182,7 +200,10 @@ def count_syncs(fn: Callable[[], object], device: torch.device, profile: bool = 
         debug = _debug_mode_syncs(fn, device)
     finally:
         prof.stop()
-    return Syncs(debug, _sync_calls(prof) - _profiler_baseline[key])
+    try:
+        return Syncs(debug, _sync_calls(prof) - _profiler_baseline[key])
+    except Exception as error:  # noqa: BLE001 - no events recorded: the debug mode counted
+        return Syncs(debug, None, f"profiler events unavailable: {error}")
 
 
 def _debug_mode_syncs(fn: Callable[[], object], device: torch.device) -> int:

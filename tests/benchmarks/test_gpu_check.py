@@ -163,6 +163,27 @@ def test_a_wrong_device_mask_is_found_and_named():
     assert not wrong_shape[0].equal
 
 
+def test_a_case_that_raises_fails_by_name_and_the_others_go_on():
+    cases = C.mask_cases(C.EDGE[:3], C.PATTERNS[:1], (torch.float32,), (("normal", None),))  # [10, 100] first
+
+    def raising(w, *args):
+        if w.dim() == 2 and w.shape[1] == 100:
+            raise RuntimeError("no kernel image is available")
+        return M.compute_mask(w, *args)
+
+    comparisons = K.compare_mask_cases(cases, CPU, device_compute=raising)
+    assert [c.equal for c in comparisons] == [False, True, True]
+    (row,) = K.mask_rows(comparisons, CPU)
+    assert row.value == "2/3 equal" and "no kernel image" in row.data["failing"][0]
+
+
+def test_a_section_that_raises_is_a_failed_row():
+    script = load_script()
+    (row,) = script.guarded("cost", lambda: 1 / 0)
+    assert row.ok is False and row.status == "FAIL" and "ZeroDivisionError" in row.value
+    assert "Traceback" in row.data["traceback"]
+
+
 def test_a_wrong_global_mask_is_found():
     case = C.default_global_cases(quick=True)[0]
     assert all(c.equal for c in K.compare_global_cases([case], CPU))
@@ -231,6 +252,19 @@ def test_sparse_rows_pass_the_dense_product_and_catch_a_wrong_one():
     bad = S.semi_rows(CPU, shapes, {"wrong": wrong}, dtypes, (1, 16), rounds=1, repeat=1)
     outputs = next(r for r in bad if "outputs" in r.name)
     assert outputs.ok is False and outputs.value == "0/2 equal"
+
+
+def test_a_shape_the_backend_refuses_is_reported_and_the_others_run():
+    def picky(w):
+        if w.shape[0] != 64:
+            raise RuntimeError("shape not supported")
+        return w
+
+    shapes = {"ok": (64, 128), "refused": (32, 128)}
+    rows = S.semi_rows(CPU, shapes, {"picky": picky}, (torch.float16,), (1,), rounds=1, repeat=1)
+    names = {r.name: r for r in rows}
+    assert names["picky float16: F.linear outputs == masked dense (tolerance)"].value == "1/1 equal"
+    assert "shape not supported" in names["picky float16: not run"].value
 
 
 def test_close_enough_is_relative_to_the_dense_rounding():
