@@ -225,8 +225,9 @@ def resolve_prune_dict(
         resolved[name] = ParamSpec(**options, out_dim=out_dim, shape=shape)
     if caught_low_dim:
         warnings.warn(
-            f"prune_dict patterns also match {len(caught_low_dim)} parameters with fewer than 2 dims (biases, "
-            f"norm gains), pruned unstructured: {caught_low_dim}; to keep them dense, list only parameters "
+            f"prune_dict patterns also match {len(caught_low_dim)} parameter{'s' * (len(caught_low_dim) != 1)} "
+            f"with fewer than 2 dims (biases, norm gains), pruned unstructured: {caught_low_dim}; to keep them "
+            "dense, list only parameters "
             "with p.dim() > 1, e.g. {n: 0.9 for n, p in model.named_parameters() if p.dim() > 1}",
             stacklevel=4,
         )
