@@ -64,9 +64,12 @@ class PruneCallback(*_bases):  # type: ignore[misc]
         if self._restored is not None:
             self.prune.load_state_dict(self._restored)
             self._restored = None
-        if self.prune.step != trainer.global_step:
+
+    def on_train_start(self, trainer, pl_module) -> None:  # the trainer's step is restored by now
+        prune = self._pruner()
+        if prune.step != trainer.global_step:
             raise RuntimeError(
-                f"PruneCallback: the pruner is at step {self.prune.step} but the trainer at global step "
+                f"PruneCallback: the pruner is at step {prune.step} but the trainer at global step "
                 f"{trainer.global_step}: resume from a checkpoint written with this callback (ckpt_path=...)"
             )
 
