@@ -1,4 +1,4 @@
-"""PyTorch adapter: finds the parameters and applies their masks (state in ``pruner_base``).
+"""PyTorch adapter: finds the parameters, how each is banked, and applies their masks (state in ``pruner``).
 
 >>> import torch
 >>> from pruning_tools import pytorch_pruning
@@ -174,7 +174,9 @@ class Prune(Pruner):
       (0: one-shot at ``pretrain_step + 1``).
     - ``frequency``: masks are refreshed every ``frequency`` steps of the ramp, and at its end.
     - ``prune_dict``: ``{name or glob: sparsity}`` or ``{name or glob: {"sparsity": s, "balance":
-      ..., "bank_size": ..., "layout": ...}}``; sparsities in [0, 1).
+      ..., "bank_size": ..., "layout": ..., "out_dim": 0 or 1}}``; sparsities in [0, 1). Names as
+      ``TorchBridge`` spells them (a compiled model's plain names; DDP's without ``module.`` and tied
+      aliases accepted too).
     - ``restore_sparsity``: start from the zeros already in the weights (fine-tuning a sparse model).
     - ``fix_sparsity``: keep the existing zeros as the masks forever (implies ``restore_sparsity``).
     - ``balance``: ``"fix"`` (bank-balanced), ``"none"`` (per tensor) or ``"global"`` (one

@@ -138,3 +138,35 @@ def test_the_callback_serves_pytorch_lightning_too(tmp_path):
     )
     trainer.fit(module)
     assert callback.prune.step == 4 and callback.prune.sparsity()[1] == TARGET
+
+
+def test_ddp_on_two_processes(tmp_path):
+    """torchrun, 2 CPU processes, gloo (strategy="ddp"): both ranks prune once per optimizer step to
+    the same masks, 4 of every 16 weights kept."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    script = Path(__file__).with_name("lightning_ddp.py")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = []
+    for rank in (0, 1):
+        with safe_open(str(tmp_path / f"masks-{rank}.safetensors"), "pt") as f:
+            ranks.append(({k: f.get_tensor(k).bool() for k in f.keys()}, f.metadata()["step"]))
+    (first, step), (second, other_step) = ranks
+    assert step == other_step == "8" and sorted(first) == ["net.0.weight", "net.2.weight"]
+    for name, mask in first.items():
+        assert torch.equal(mask, second[name])
+        assert (mask.reshape(mask.shape[0], -1, 16).sum(dim=-1) == 4).all()

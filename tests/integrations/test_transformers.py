@@ -118,12 +118,14 @@ def test_resume_mid_ramp_gives_the_same_masks_and_step(uninterrupted, tmp_path):
 
 def test_resuming_without_a_pruner_state_is_an_error(uninterrupted, tmp_path):
     case, out, *_ = uninterrupted
-    if case != "bert":
-        pytest.skip("one model is enough")
-    shutil.copytree(out / f"checkpoint-{SAVE_AT}", tmp_path / f"checkpoint-{SAVE_AT}")
-    (tmp_path / f"checkpoint-{SAVE_AT}" / STATE_FILE).unlink()
+    folder = tmp_path / f"checkpoint-{SAVE_AT}"
+    shutil.copytree(out / f"checkpoint-{SAVE_AT}", folder)
+    (folder / STATE_FILE).unlink()
     with pytest.raises(RuntimeError, match=rf"resuming at step {SAVE_AT}.*{STATE_FILE} does not exist.*resume_from"):
-        run(case, tmp_path, resume=True)
+        if case == "bert":
+            run(case, tmp_path, resume=True)
+        else:
+            run(case, tmp_path / "out", resume=str(folder), callback_hook=lambda c: c.resume_from(folder))
 
 
 def test_bad_arguments_fail_at_construction():
