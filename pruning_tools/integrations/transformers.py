@@ -101,7 +101,10 @@ class PruneCallback(TrainerCallback):
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not folder.is_dir():
-            raise RuntimeError(f"PruneCallback: the Trainer saved a checkpoint but {folder} does not exist")
+            raise RuntimeError(
+                f"PruneCallback: the Trainer saved a checkpoint but {folder} does not exist (hyperparameter-search "
+                "runs, which write into run-<trial> folders, are not supported)"
+            )
         self._pruner().save(folder / STATE_FILE)
 
     def _pruner(self) -> Prune:
