@@ -68,6 +68,8 @@ EDGE = (
     Geometry("edge: rows shorter than a bank", (33, 5)),
     Geometry("edge: ConvTranspose (out on dim 1)", (16, 8, 3, 3), "channels_last", 1),
     Geometry("edge: ConvTranspose flat", (12, 6, 2, 2), "flat", 1),
+    Geometry("edge: Conv1D [in, out] (out on dim 1)", (100, 48), "channels_last", 1),
+    Geometry("edge: N-D parameter, rows along the last dim", (4, 6, 100), "last_dim"),
     Geometry("edge: Conv1d", (12, 70, 5)),
     Geometry("edge: Conv3d", (4, 9, 2, 2, 2)),
     Geometry("edge: depthwise (rows of 1)", (32, 1, 3, 3)),

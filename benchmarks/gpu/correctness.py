@@ -267,7 +267,7 @@ SCENARIO_DICT = {
     "up.weight": {"sparsity": 0.8, "balance": "none"},
     "fc.weight": {"sparsity": 0.9375, "bank_size": 64},
     "head.weight": {"sparsity": 0.7, "balance": "global"},
-    "*.bias": {"sparsity": 0.5, "balance": "global"},
+    **{f"{layer}.bias": {"sparsity": 0.5, "balance": "global"} for layer in ("conv", "pw", "up", "fc", "head")},
 }
 SCHEDULE = {"pretrain_step": 1, "sparse_step": 6, "frequency": 2}
 STEPS = 10
