@@ -10,7 +10,7 @@ import fnmatch
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 BALANCES = ("fix", "none", "global")
@@ -64,7 +64,8 @@ class ParamSpec:
 
     ``out_dim`` is the dimension holding output channels (1 for ConvTranspose weights, else 0).
     ``balance`` is the pattern actually used: 1-D parameters asked for ``"fix"`` fall back to
-    ``"none"``. ``shape`` is the parameter's shape (so nothing has to re-read a weight to size it).
+    ``"none"``. ``shape`` is the parameter's shape (so nothing has to re-read a weight to size it) and
+    ``dtype`` its element type by name (``"float32"``, ``"bfloat16"``...; ``""``: not recorded).
     """
 
     sparsity: float
@@ -73,6 +74,7 @@ class ParamSpec:
     layout: str
     out_dim: int = 0
     shape: tuple[int, ...] = ()
+    dtype: str = ""
 
     @property
     def numel(self) -> int:
@@ -83,10 +85,35 @@ class ParamSpec:
         return {**asdict(self), "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParamSpec:
-        """Inverse of ``to_dict`` (states written before ``shape`` existed read as shape ``()``)."""
-        known = {key: data[key] for key in ("sparsity", "balance", "bank_size", "layout", "out_dim") if key in data}
-        return cls(**known, shape=tuple(int(n) for n in data.get("shape", ())))
+    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> ParamSpec:
+        """Inverse of ``to_dict``, every field validated (it may come from a file; ``where`` names it in
+        errors). States written before ``shape`` / ``dtype`` existed read as ``()`` / ``""``."""
+        if not isinstance(data, Mapping):
+            _fail(where, data, "a dict of parameter settings")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            _fail(where, dict(data), f"a dict with keys among {[f.name for f in fields(cls)]} (unknown: {unknown})")
+        missing = [key for key in ("sparsity", "balance", "bank_size", "layout") if key not in data]
+        if missing:
+            _fail(where, dict(data), f"a dict with the keys {missing}")
+        out_dim = data.get("out_dim", 0)
+        if isinstance(out_dim, bool) or out_dim not in (0, 1):
+            _fail(f"{where}['out_dim']", out_dim, "0 or 1")
+        shape = data.get("shape", ())
+        if not isinstance(shape, (list, tuple)):
+            _fail(f"{where}['shape']", shape, "a list of integers >= 0")
+        dtype = data.get("dtype", "")
+        if not isinstance(dtype, str):
+            _fail(f"{where}['dtype']", dtype, "a dtype name such as 'float32'")
+        return cls(
+            sparsity=check_sparsity(f"{where}['sparsity']", data["sparsity"]),
+            balance=check_choice(f"{where}['balance']", data["balance"], BALANCES),
+            bank_size=check_bank_size(f"{where}['bank_size']", data["bank_size"]),
+            layout=check_choice(f"{where}['layout']", data["layout"], LAYOUTS),
+            out_dim=int(out_dim),
+            shape=tuple(check_step(f"{where}['shape']", n) for n in shape),
+            dtype=dtype,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,11 @@ class PruneConfig:
         """The same settings with the parameters' shapes filled in (MXNet knows them after deferred
         initialisation)."""
         params = {name: replace(spec, shape=tuple(shapes[name])) for name, spec in self.params.items()}
+        return replace(self, params=params)
+
+    def with_dtypes(self, dtypes: Mapping[str, str]) -> PruneConfig:
+        """The same settings with the parameters' dtypes (names such as ``"float32"``) filled in."""
+        params = {name: replace(spec, dtype=str(dtypes[name])) for name, spec in self.params.items()}
         return replace(self, params=params)
 
 
@@ -144,6 +176,7 @@ def resolve_prune_dict(
     shapes: Mapping[str, tuple[int, ...]],
     defaults: dict,
     out_dims: Mapping[str, int] | None = None,
+    dtypes: Mapping[str, str] | None = None,
 ) -> dict[str, ParamSpec]:
     """Match prune_dict keys (exact names or glob patterns) to parameter names.
 
@@ -174,7 +207,7 @@ def resolve_prune_dict(
         for name in matches:
             if exact or not chosen.get(name, (False, None))[0]:
                 chosen[name] = (exact, options)
-    out_dims = out_dims or {}
+    out_dims, dtypes = out_dims or {}, dtypes or {}
     resolved = {}
     for name in names:
         if name not in chosen:
@@ -182,7 +215,9 @@ def resolve_prune_dict(
         options = dict(chosen[name][1])
         if options["balance"] == "fix" and len(shapes[name]) < 2:
             options["balance"] = "none"
-        resolved[name] = ParamSpec(**options, out_dim=out_dims.get(name, 0), shape=tuple(shapes[name]))
+        resolved[name] = ParamSpec(
+            **options, out_dim=out_dims.get(name, 0), shape=tuple(shapes[name]), dtype=str(dtypes.get(name, ""))
+        )
     return resolved
 
 
@@ -199,8 +234,10 @@ def make_config(
     layout: Any,
     shapes: Mapping[str, tuple[int, ...]],
     out_dims: Mapping[str, int] | None = None,
+    dtypes: Mapping[str, str] | None = None,
 ) -> PruneConfig:
-    """Validate every constructor argument and resolve prune_dict against ``shapes``."""
+    """Validate every constructor argument and resolve prune_dict against ``shapes`` (``dtypes``: the
+    parameters' dtype names, recorded in the specs)."""
     defaults: dict[str, Any] = {
         "balance": check_choice("balance", balance, BALANCES),
         "bank_size": check_bank_size("bank_size", bank_size),
@@ -216,5 +253,5 @@ def make_config(
         prune_device=check_choice("prune_device", prune_device, PRUNE_DEVICES),
         bank_size=defaults["bank_size"],
         layout=defaults["layout"],
-        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims),
+        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, dtypes),
     )

@@ -1,4 +1,4 @@
-"""PyTorch adapter: finds the parameters and applies their masks (state in ``pruner_base``).
+"""PyTorch adapter: finds the parameters and applies their masks (state in ``pruner``).
 
 >>> import torch
 >>> from pruning_tools import pytorch_pruning
@@ -36,46 +36,83 @@ def _out_dims(model: nn.Module) -> dict[str, int]:
 class TorchBridge:
     """The pruner's view of a ``torch.nn.Module``: parameters by dotted name (as
     ``named_parameters()`` reports them), their shapes and output dims, read and written in place.
-    Also used by ``sensitivity`` and the parity tests."""
+    Also used by ``sensitivity`` and the parity tests.
+
+    Every access looks the parameter up by its name in the model as it is now (a few dict lookups),
+    so a parameter replaced after construction (``model.load_state_dict(sd, assign=True)``, a new
+    submodule) is the one read, masked and counted; never an orphaned tensor. A name that no longer
+    leads to a parameter raises ``RuntimeError``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
         self.model = model
-        self._params: dict[str, nn.Parameter] = dict(model.named_parameters())
+        names = [name for name, _ in model.named_parameters()]
+        self._paths: dict[str, tuple[tuple[str, ...], str]] = {}  # name -> (submodule path, attribute)
+        for name in names:
+            *modules, attribute = name.split(".")
+            self._paths[name] = (tuple(modules), attribute)
         self._out_dims = _out_dims(model)
 
+    def parameter(self, name: str) -> nn.Parameter:
+        """The parameter the model holds under ``name`` now."""
+        modules, attribute = self._paths[name]
+        module: Any = self.model
+        try:
+            for part in modules:
+                module = module._modules[part]
+            p = module._parameters[attribute]
+        except (KeyError, AttributeError, TypeError):
+            p = None
+        if p is None:
+            raise RuntimeError(
+                f"parameter {name!r} is no longer in the model (its module or the parameter was removed): "
+                "build a new Prune for the changed model"
+            )
+        return p
+
     def names(self) -> list[str]:
-        return list(self._params)
+        return list(self._paths)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's shape, in model order."""
-        return {name: tuple(p.shape) for name, p in self._params.items()}
+        return {name: tuple(self.parameter(name).shape) for name in self._paths}
+
+    def dtypes(self) -> dict[str, str]:
+        """Every parameter's dtype name (``"float32"``, ``"bfloat16"``...)."""
+        return {name: str(self.parameter(name).dtype).replace("torch.", "") for name in self._paths}
 
     def out_dims(self) -> dict[str, int]:
         """Parameters whose output channels are not on dim 0 (ConvTranspose weights: 1)."""
         return dict(self._out_dims)
 
     def is_floating(self, name: str) -> bool:
-        return self._params[name].is_floating_point()
+        return self.parameter(name).is_floating_point()
 
     def prunable(self) -> list[str]:
         """Floating-point parameters with >= 2 dims (the default of a sensitivity sweep)."""
-        return [n for n, p in self._params.items() if p.dim() >= 2 and p.is_floating_point()]
+        return [n for n in self._paths if self.parameter(n).dim() >= 2 and self.parameter(n).is_floating_point()]
 
     def read(self, name: str) -> Tensor:
         """The parameter itself (no copy)."""
-        return self._params[name]
+        return self.parameter(name)
 
     @torch.no_grad()
     def write(self, name: str, value: Tensor) -> None:
         """Overwrite the parameter (bit-exact copy of ``value``)."""
-        self._params[name].copy_(value)
+        self.parameter(name).copy_(value)
 
     @torch.no_grad()
     def apply_mask(self, name: str, mask: Tensor) -> None:
         """Zero the pruned weights in place (of the local shard of a DTensor): exactly ``+0.0``."""
-        M.apply_mask_(D.local(self._params[name]), mask)
+        w = D.local(self.parameter(name))
+        if w.shape != mask.shape:
+            raise RuntimeError(
+                f"parameter {name!r} has shape {list(w.shape)} but its mask {list(mask.shape)}: the model's "
+                "parameter was replaced by one of another shape; build a new Prune for the changed model"
+            )
+        M.apply_mask_(w, mask)
 
 
 class Prune(Pruner):
@@ -128,6 +165,7 @@ class Prune(Pruner):
             layout,
             shapes=bridge.shapes(),
             out_dims=bridge.out_dims(),
+            dtypes=bridge.dtypes(),
         )
         for name in self.config.params:
             if not bridge.is_floating(name):
