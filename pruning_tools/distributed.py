@@ -230,10 +230,12 @@ def _sharded_keep(
     names: Sequence[str],
     devices: Sequence[torch.device | None],
     pooled: bool,
+    on_nan: Sequence[M.NanReport | None] | None = None,
 ) -> list[Tensor]:
     info = _common_info(weights, names)
     split = [shard_info(w, n).split for w, n in zip(weights, names)]
-    scores = [M.magnitude_scores(_on(local(w), d), m) for w, m, d in zip(weights, masks, devices)]
+    reports = list(on_nan) if on_nan is not None else [None] * len(weights)
+    scores = [M.magnitude_scores(_on(local(w), d), m, r) for w, m, d, r in zip(weights, masks, devices, reports)]
     if pooled:  # one threshold over several tensors compares in float32, as masks.global_masks does
         scores = [s.float() for s in scores]
     total = sum(w.numel() for w in weights)  # global sizes
@@ -257,12 +259,14 @@ def compute_mask(
     out_dim: int = 0,
     name: str = "tensor",
     device: torch.device | None = None,
+    on_nan: M.NanReport | None = None,
 ) -> Tensor:
     """``masks.compute_mask`` for a plain tensor or a DTensor sharded on dim 0 (mask of the local
     shard). Bank-balanced: shard-local, no communication; unstructured: exact k-th selection.
-    ``device``: where the mask is computed and kept (default: beside the weight or its shard)."""
+    ``device``: where the mask is computed and kept (default: beside the weight or its shard);
+    ``on_nan``: hears of NaN weights in this rank's shard (pruned first, as everywhere)."""
     if not is_sharded(w):
-        return M.compute_mask(_on(w, device), mask, sparsity, balance, bank_size, layout, out_dim)
+        return M.compute_mask(_on(w, device), mask, sparsity, balance, bank_size, layout, out_dim, on_nan=on_nan)
     info = shard_info(w, name)
     if balance == "fix" and w.dim() >= 2:
         if info.split and out_dim != 0:
@@ -273,8 +277,8 @@ def compute_mask(
         shard = _on(local(w), device)
         if shard.numel() == 0:  # a rank past the last row (uneven split)
             return torch.zeros_like(shard, dtype=torch.bool)
-        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim)
-    return _sharded_keep([w], [mask], sparsity, [name], [device], pooled=False)[0]
+        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim, on_nan=on_nan)
+    return _sharded_keep([w], [mask], sparsity, [name], [device], pooled=False, on_nan=[on_nan])[0]
 
 
 def global_masks(
@@ -283,14 +287,16 @@ def global_masks(
     sparsity: float,
     names: Sequence[str] | None = None,
     devices: Sequence[torch.device | None] | None = None,
+    on_nan: Sequence[M.NanReport | None] | None = None,
 ) -> list[Tensor]:
     """``masks.global_masks`` over plain tensors and/or DTensors (masks of the local shards).
-    ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight)."""
+    ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight); ``on_nan[i]``
+    hears of NaN weights in tensor ``i``."""
     devices = list(devices) if devices is not None else [None] * len(weights)
     if not any(is_sharded(w) for w in weights):
-        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity)
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, on_nan=on_nan)
     names = list(names) if names is not None else [f"tensor {i}" for i in range(len(weights))]
-    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True)
+    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True, on_nan=on_nan)
 
 
 # ---------------------------------------------------------------- counting over shards
@@ -326,11 +332,25 @@ class LocalMasks:
         """The part of ``t`` this rank holds (all of it here)."""
         return t
 
+    def local_shape(self, w: Tensor) -> tuple[int, ...]:
+        """Shape of the part of ``w`` this rank holds."""
+        return tuple(w.shape)
+
     def compute_mask(
-        self, w: Tensor, mask: Tensor | None, sparsity: float, spec: Any, name: str, device: torch.device
+        self,
+        w: Tensor,
+        mask: Tensor | None,
+        sparsity: float,
+        spec: Any,
+        name: str,
+        device: torch.device,
+        on_nan: M.NanReport | None = None,
     ) -> Tensor:
-        """Keep-mask of ``w`` (``spec``: a ``config.ParamSpec``), computed and kept on ``device``."""
-        return M.compute_mask(_on(w, device), mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim)
+        """Keep-mask of ``w`` (``spec``: a ``config.ParamSpec``), computed and kept on ``device``;
+        ``on_nan(count)`` hears of NaN weights (pruned first)."""
+        return M.compute_mask(
+            _on(w, device), mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, on_nan=on_nan
+        )
 
     def global_masks(
         self,
@@ -339,8 +359,9 @@ class LocalMasks:
         sparsity: float,
         names: Sequence[str],
         devices: Sequence[torch.device],
+        on_nan: Sequence[M.NanReport | None] | None = None,
     ) -> list[Tensor]:
-        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity)
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, on_nan=on_nan)
 
     def count_nonzero(self, w: Tensor) -> int:
         return int(torch.count_nonzero(w.detach()))
@@ -368,10 +389,22 @@ class ShardedMasks(LocalMasks):
     def local(self, t: Tensor) -> Tensor:
         return local(t)
 
+    def local_shape(self, w: Tensor) -> tuple[int, ...]:
+        return tuple(local(w).shape)
+
     def compute_mask(
-        self, w: Tensor, mask: Tensor | None, sparsity: float, spec: Any, name: str, device: torch.device
+        self,
+        w: Tensor,
+        mask: Tensor | None,
+        sparsity: float,
+        spec: Any,
+        name: str,
+        device: torch.device,
+        on_nan: M.NanReport | None = None,
     ) -> Tensor:
-        return compute_mask(w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device)
+        return compute_mask(
+            w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device, on_nan
+        )
 
     def global_masks(
         self,
@@ -380,8 +413,9 @@ class ShardedMasks(LocalMasks):
         sparsity: float,
         names: Sequence[str],
         devices: Sequence[torch.device],
+        on_nan: Sequence[M.NanReport | None] | None = None,
     ) -> list[Tensor]:
-        return global_masks(weights, masks, sparsity, names, devices)
+        return global_masks(weights, masks, sparsity, names, devices, on_nan)
 
     def count_nonzero(self, w: Tensor) -> int:
         return count_nonzero(w)

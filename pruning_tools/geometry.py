@@ -92,6 +92,25 @@ def split_banks(rows: Tensor, bank_size: int) -> tuple[Tensor, Tensor]:
     return rows[:, :split].reshape(rows.shape[0], full_banks, bank_size), rows[:, split:]
 
 
+def row_blocks(shape: Sequence[int], out_dim: int = 0, max_elements: int = 1 << 22) -> list[slice]:
+    """Slices of the output-channel dim (``out_dim``) holding about ``max_elements`` weights each
+    (at least one channel): the rows of ``to_rows`` of each slice are consecutive rows of the whole,
+    so bank computations can run block by block in bounded memory. Fewer than 2 dims: one block."""
+    if len(shape) < 2 or not shape[out_dim]:
+        return [slice(None)]
+    channels = shape[out_dim]
+    per_channel = max(1, math.prod(shape) // channels)
+    step = max(1, max_elements // per_channel)
+    return [slice(start, min(channels, start + step)) for start in range(0, channels, step)]
+
+
+def block(x: Tensor, rows: slice, out_dim: int = 0) -> Tensor:
+    """The part of ``x`` (a view) holding the output channels ``rows`` (a slice from ``row_blocks``)."""
+    if x.dim() < 2:
+        return x
+    return x[rows] if out_dim == 0 else x[:, rows]
+
+
 class RowStrides(NamedTuple):
     """How ``to_rows`` walks a contiguous tensor: row ``r`` starts at
     ``(r // group) * group_stride + r % group``, and its elements are ``step`` apart."""
@@ -170,9 +189,11 @@ __all__ = [
     "BankBudget",
     "RowStrides",
     "bank_budget",
+    "block",
     "from_rows",
     "keep_count",
     "realised_sparsity",
+    "row_blocks",
     "row_count",
     "row_length",
     "row_strides",
