@@ -26,7 +26,7 @@ from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity
 DEAD = -1.0  # score of an already-pruned weight, and of a NaN: below every |w| of a live one
 BLOCK_ELEMENTS = 1 << 20  # the PyTorch path works on blocks of at least this many weights...
 BLOCKS = 16  # ...and at most this many blocks per tensor, so its temporaries stay a fraction of it
-UNSTRUCTURED_KERNEL_MIN = 1 << 17  # smaller tensors: top-k beats the radix kernel's fixed cost
+SMALL_TENSOR = 1 << 17  # unstructured masks of smaller tensors: one call of the 8-bit radix kernel
 
 NanReport = Callable[[int], None]  # called with the number of NaN weights found alive in a tensor
 
@@ -87,11 +87,16 @@ def keep_largest(scores: Tensor, k: int) -> Tensor:
 def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float, *, on_nan: NanReport | None = None) -> Tensor:
     """Keep the ``round(numel * (1 - sparsity))`` largest ``|w|`` still alive. Bool, shape of ``w``.
 
-    Tensors of ``UNSTRUCTURED_KERNEL_MIN`` weights or more take the radix-select kernel on the CPU; smaller
-    ones a top-k, cheaper there (the kernel's histograms cost about a millisecond whatever the size).
+    On the CPU the method follows the size: below ``SMALL_TENSOR`` weights one call of an 8-bit radix
+    select (``keep_largest`` kernel), above it the multi-threaded 16-bit radix select whose histograms
+    cost about a millisecond whatever the size; elsewhere (GPUs, other tensors) a top-k.
     """
     k = G.keep_count(w.numel(), sparsity)
-    if w.numel() >= UNSTRUCTURED_KERNEL_MIN:
+    if w.numel() < SMALL_TENSOR:
+        small = native.keep_largest(w.detach(), mask, k, on_nan)
+        if small is not None:
+            return small
+    else:
         fast = native.largest_masks([w.detach()], [mask], k, None if on_nan is None else [on_nan])
         if fast is not None:
             return fast[0]

@@ -141,6 +141,24 @@ def largest_masks(
     return out
 
 
+def keep_largest(w: Tensor, mask: Tensor | None, k: int, on_nan: NanReport | None = None) -> Tensor | None:
+    """Keep the ``k`` largest ``|w|`` still alive of one tensor (dead and NaN weights rank lowest, ties to
+    the lower index), in one call and one thread: for small tensors, where the histograms of
+    ``largest_masks`` cost more than the tensor. ``None`` when the kernel cannot serve it."""
+    if not _servable(w, mask):
+        return None
+    keep = torch.empty(w.shape, dtype=torch.bool)
+    if k <= 0 or k >= w.numel():
+        return keep.fill_(k > 0)
+    nans = ctypes.c_int64(0)
+    getattr(library(), f"keep_largest_{BITS[w.dtype]}")(
+        w.data_ptr(), _ptr(mask), keep.data_ptr(), w.numel(), k, INF[w.dtype], ctypes.byref(nans)
+    )
+    if nans.value and on_nan is not None:
+        on_nan(nans.value)
+    return keep
+
+
 def zero_pruned_(w: Tensor, keep: Tensor) -> bool:
     """``w[~keep] = 0`` in place; ``False`` (nothing done) when the kernel cannot serve it."""
     if keep is None or not _servable(w, keep):

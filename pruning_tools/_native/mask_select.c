@@ -194,6 +194,38 @@ static inline __attribute__((always_inline)) void select_bank(const int64_t *key
         *nans = found;                                                                                     \
     }                                                                                                      \
                                                                                                            \
+    /* One tensor, one thread, no Python in between: keep the k largest keys (dead and NaN weights count    \
+     * as the smallest, ties to the lower index) by a radix select on 8-bit digits (BITS / 8 passes, a     \
+     * 256-bin histogram on the stack), then one pass to write keep. For small tensors, where the          \
+     * 16-bit histograms of histogram_##BITS cost more than the tensor. 0 < k <= n. */                     \
+    void keep_largest_##BITS(const T *w, const uint8_t *alive, uint8_t *keep, int64_t n, int64_t k,        \
+                             uint64_t inf, int64_t *nans) {                                                \
+        uint64_t prefix = 0;                                                                               \
+        int64_t remaining = k, found = 0;                                                                  \
+        for (int shift = BITS - 8; shift >= 0; shift -= 8) {                                               \
+            int64_t hist[256] = {0};                                                                       \
+            const int top = shift + 8 >= BITS; /* first digit: every key counts */                        \
+            for (int64_t i = 0; i < n; ++i) {                                                              \
+                const uint64_t v = (uint64_t)(w[i] & (MAGNITUDE));                                         \
+                const uint64_t live = (alive ? alive[i] : 1) & (v <= inf);                                 \
+                const uint64_t u = live * (v + 1); /* dead or NaN: 0, below every live key */              \
+                if (top) { hist[u >> shift] += 1; found += (alive ? alive[i] : 1) & (v > inf); }          \
+                else if ((u >> (shift + 8)) == prefix) hist[(u >> shift) & 0xFF] += 1;                     \
+            }                                                                                              \
+            int b = 255;                                                                                   \
+            while (b > 0 && hist[b] < remaining) remaining -= hist[b--];                                   \
+            prefix = (prefix << 8) | (uint64_t)b;                                                          \
+        }                                                                                                  \
+        for (int64_t i = 0; i < n; ++i) { /* prefix: the k-th largest key; keep `remaining` equal ones */  \
+            const uint64_t v = (uint64_t)(w[i] & (MAGNITUDE));                                             \
+            const uint64_t u = (uint64_t)((alive ? alive[i] : 1) & (v <= inf)) * (v + 1);                  \
+            uint8_t kept = u > prefix;                                                                     \
+            if (u == prefix) { kept = remaining > 0; remaining -= kept; }                                  \
+            keep[i] = kept;                                                                                \
+        }                                                                                                  \
+        *nans = found;                                                                                     \
+    }                                                                                                      \
+                                                                                                           \
     /* w = 0 where keep is 0 (keep holds 0 or 1). */                                                      \
     void zero_pruned_##BITS(T *w, const uint8_t *keep, int64_t n, int64_t threads) {                       \
         _Pragma("omp parallel for simd schedule(static) num_threads(threads) if(n >= PARALLEL_MIN)")       \
