@@ -38,6 +38,7 @@ CASES = (
     ("refresh", "linear", "fix", 0.5, "bank refresh, Linear, bank 64 keeps 32"),
     ("refresh", "conv", "fix", 0.9375, "bank refresh, 3x3 conv (channels-last rows), keeps 4"),
     ("refresh", "linear", "none", 0.9, "unstructured refresh, 90 %"),
+    ("refresh", "linear", "global", 0.9, "global refresh (one tensor), 90 %"),
     ("check", "linear", "fix", 0.9375, "check() + sparsity(), bank 64"),
     ("check", "conv", "fix", 0.9375, "check() + sparsity(), 3x3 conv"),
     ("restore", "linear", "fix", 0.9375, "Prune(..., restore_sparsity=True) construction"),

@@ -22,7 +22,7 @@ model or writes a weight. The functions accept plain tensors too and then do exa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,14 +31,13 @@ from torch import Tensor
 
 from . import geometry as G
 from . import masks as M
+from .radix import RADIX_BITS, ReduceSum, kth_largest_key, sortable_keys  # noqa: F401  (names of this module too)
 
 try:  # torch builds without distributed support have no DTensor
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Replicate, Shard
 except ImportError:  # pragma: no cover - such builds cannot hold DTensors either
     dist, DTensor, Replicate, Shard = None, None, None, None  # type: ignore[assignment,misc]
-
-ReduceSum = Callable[[Tensor], Tensor]  # sums an int64 tensor over the ranks, returns the sum
 
 
 # ---------------------------------------------------------------- DTensor plumbing
@@ -119,49 +118,6 @@ def _common_info(tensors: Sequence[Tensor], names: Sequence[str]) -> ShardInfo:
 
 
 # ---------------------------------------------------------------- exact k-th selection
-
-
-RADIX_BITS = 16  # bits resolved per all-reduce: a histogram of 2**16 counts (512 KiB)
-
-
-def sortable_keys(scores: Tensor) -> tuple[Tensor, int]:
-    """Integer keys ordered exactly like the float ``scores``: ``(keys [n], bits)``.
-
-    Float16/bfloat16/float32 scores become int32 keys (float32 holds them exactly), float64
-    int64 keys. ``scores`` of any shape is flattened to ``[n]``.
-    """
-    if scores.dtype == torch.float64:
-        raw, bits, low = scores.reshape(-1).contiguous().view(torch.int64), 64, 0x7FFFFFFFFFFFFFFF
-    else:
-        raw, bits, low = scores.reshape(-1).float().contiguous().view(torch.int32), 32, 0x7FFFFFFF
-    # negative floats: their raw bits grow with the magnitude; flipping those bits makes them grow
-    # with the value, below every non-negative float (raw >> (bits - 1) is -1 exactly for those)
-    return raw ^ ((raw >> (bits - 1)) & low), bits
-
-
-def kth_largest_key(keys: Sequence[Tensor], k: int, bits: int, reduce_sum: ReduceSum, device: torch.device) -> int:
-    """The key of the ``k``-th largest (1-based) among all ranks' ``keys`` (signed integers,
-    ``bits`` wide). Radix selection, most significant digits first: one all-reduce of a
-    ``2**RADIX_BITS``-bin histogram per digit (2 for 32-bit keys); each round only looks at the
-    keys that still share the chosen prefix."""
-    bins, prefix, need = 1 << RADIX_BITS, None, k
-    candidates = list(keys)
-    for shift in range(bits - RADIX_BITS, -1, -RADIX_BITS):
-        hist = torch.zeros(bins, dtype=torch.int64, device=device)
-        for i, key in enumerate(candidates):
-            if prefix is None:
-                digits = (key >> shift) + bins // 2  # signed top digit -> 0..bins-1, order kept
-            else:
-                key = candidates[i] = key[(key >> (shift + RADIX_BITS)) == (prefix >> (shift + RADIX_BITS))]
-                digits = (key >> shift) & (bins - 1)
-            hist += torch.bincount(digits, minlength=bins).to(device)
-        above = reduce_sum(hist).flip(0).cumsum(0)  # above[j]: keys in buckets >= bins - 1 - j
-        j = int(torch.searchsorted(above, torch.tensor([need], device=above.device)))
-        need -= int(above[j - 1]) if j else 0
-        digit = bins - 1 - j
-        prefix = (digit - bins // 2) << shift if prefix is None else prefix | (digit << shift)
-    assert prefix is not None  # at least one round ran: bits >= RADIX_BITS
-    return prefix
 
 
 def keep_largest_sharded(

@@ -13,13 +13,14 @@ PyTorch code below serves everything else and defines the same masks (tests comp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import geometry as G
+from . import radix as R
 from ._native import mask_kernels as native
 from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity
 
@@ -100,8 +101,78 @@ def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float, *, on_nan
         fast = native.largest_masks([w.detach()], [mask], k, None if on_nan is None else [on_nan])
         if fast is not None:
             return fast[0]
-    scores = magnitude_scores(w, mask, on_nan).reshape(-1)
-    return keep_largest(scores, k).reshape(w.shape)
+    return _largest_blocked([w], [mask], k, [on_nan], pooled=False)[0]
+
+
+def _flat_blocks(t: Tensor, max_elements: int) -> list[Tensor]:
+    """Views of ``t`` covering it in flat (row-major) order, about ``max_elements`` weights each:
+    slices of dim 0 (of the elements for a 1-D tensor)."""
+    if t.dim() == 0:
+        return [t.reshape(1)]
+    per_slice = max(1, t.numel() // max(1, t.shape[0]))
+    step = max(1, max_elements // per_slice)
+    return [t[i : i + step] for i in range(0, t.shape[0], step)] or [t]
+
+
+def _largest_blocked(
+    weights: Sequence[Tensor],
+    masks: Sequence[Tensor | None],
+    k: int,
+    on_nan: Sequence[NanReport | None],
+    pooled: bool,
+) -> list[Tensor]:
+    """The PyTorch path of unstructured and global masks: keep the ``k`` largest ``magnitude_scores``
+    over all ``weights`` (ties to the earlier tensor, then the lower flat index), found by a radix
+    select over their bit patterns (``radix``) block by block, scores recomputed each round: memory a
+    fraction of the weights, where a top-k over all of them needs several times their size. Scores
+    compare in float32 (float64 for one float64 tensor, unpooled). Fewer than ``SMALL_TENSOR`` weights
+    in all: one top-k."""
+    n = sum(w.numel() for w in weights)
+    if k >= n or k <= 0:
+        return [torch.full(w.shape, k > 0, dtype=torch.bool, device=w.device) for w in weights]
+    wide = not pooled and weights[0].dtype == torch.float64
+    if n < SMALL_TENSOR:  # small: one top-k beats the radix rounds' 2**16-bin histograms
+        scores = torch.cat(
+            [magnitude_scores(w, m, r).reshape(-1).to(torch.float64 if wide else torch.float32)
+             for w, m, r in zip(weights, masks, on_nan)]
+        )  # fmt: skip
+        keep = keep_largest(scores, k)  # [n]
+        return [part.reshape(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
+    bits, key_dtype = (64, torch.int64) if wide else (32, torch.int32)
+    size = _block_elements(n)
+
+    def keys(i: int, report: NanReport | None = None) -> Iterable[Tensor]:
+        w, m = weights[i].detach(), masks[i]
+        mask_blocks = _flat_blocks(m, size) if m is not None else None
+        for j, wb in enumerate(_flat_blocks(w, size)):
+            scores = magnitude_scores(wb, None if mask_blocks is None else mask_blocks[j], report)
+            scores = scores.double() if wide else scores.float()  # no copy when already of that dtype
+            yield scores.reshape(-1).view(key_dtype)  # [block]: non-negative floats and DEAD order as ints
+
+    threshold, ties_left = R.kth_largest_and_ties(
+        lambda: (key for i in range(len(weights)) for key in keys(i)), k, bits
+    )
+    out = []
+    for i, w in enumerate(weights):
+        nans = [0]
+        keep = torch.empty(w.shape, dtype=torch.bool, device=w.device)
+        report = None if on_nan[i] is None else (lambda c, nans=nans: nans.__setitem__(0, nans[0] + c))
+        for block, key in zip(_flat_blocks(keep, size), keys(i, report)):
+            kept = key > threshold
+            tied = key == threshold
+            count = int(torch.count_nonzero(tied))
+            if count and ties_left >= count:
+                kept |= tied
+                ties_left -= count
+            elif count and ties_left > 0:  # the first `ties_left` ties by index, in int32
+                kept |= tied & (tied.cumsum(0, dtype=torch.int32) <= ties_left)
+                ties_left = 0
+            block.copy_(kept.reshape(block.shape))
+        report_nan = on_nan[i]
+        if nans[0] and report_nan is not None:
+            report_nan(nans[0])
+        out.append(keep)
+    return out
 
 
 def _bank_keep(rows: Tensor, budget: G.BankBudget, bank_size: int) -> Tensor:
@@ -168,11 +239,7 @@ def global_masks(
     fast = native.largest_masks([w.detach() for w in weights], list(masks), k, reports)
     if fast is not None:
         return fast
-    scores = torch.cat(
-        [magnitude_scores(w, m, r).reshape(-1).float() for w, m, r in zip(weights, masks, reports)]
-    )  # [N]
-    keep = keep_largest(scores, k)
-    return [part.reshape(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
+    return _largest_blocked(weights, masks, k, reports, pooled=True)
 
 
 def compute_mask(

@@ -28,6 +28,12 @@ def test_bank_refresh_on_the_pytorch_path_stays_within_one_and_a_half_weights(ki
 
 
 @linux_only
+@pytest.mark.parametrize("balance", ["none", "global"])
+def test_unstructured_and_global_refresh_on_the_pytorch_path_stay_within_one_and_a_half_weights(balance):
+    assert memory.measure("refresh", "linear", balance, 0.9, "torch", NUMEL)["peak_extra"] <= 1.5
+
+
+@linux_only
 def test_check_and_sparsity_stay_within_half_a_weight():
     """The reproduction: check() + sparsity() took 2.28x (bank counts summed through int64)."""
     assert memory.measure("check", "conv", "fix", 0.9375, "torch", NUMEL)["peak_extra"] <= 0.5
