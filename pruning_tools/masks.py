@@ -27,7 +27,7 @@ from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity
 DEAD = -1.0  # score of an already-pruned weight, and of a NaN: below every |w| of a live one
 BLOCK_ELEMENTS = 1 << 20  # the PyTorch path works on blocks of at least this many weights...
 BLOCKS = 16  # ...and at most this many blocks per tensor, so its temporaries stay a fraction of it
-SMALL_TENSOR = 1 << 17  # unstructured masks of smaller tensors: one call of the 8-bit radix kernel
+SMALL_TENSOR = 1 << 17  # smaller unstructured masks: one 8-bit radix kernel call (CPU), one top-k (PyTorch path)
 
 NanReport = Callable[[int], None]  # called with the number of NaN weights found alive in a tensor
 

@@ -206,12 +206,17 @@ def differing_settings(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> li
         for key in sorted(set(spec) | set(other)):
             if key not in spec:
                 differing.append(f"params[{name!r}]: unknown setting {key!r}")
-            elif key in other and _normal(other[key]) != _normal(spec[key]):
+            elif key in other and _normal(other[key]) != _normal(spec[key]) and not _unrecorded(key, other, spec):
                 what = "shape" if key == "shape" else key
                 differing.append(
                     f"params[{name!r}] {what}: {_normal(other[key])!r} in the state, {_normal(spec[key])!r} here"
                 )
     return differing
+
+
+def _unrecorded(key: str, theirs: Mapping[str, Any], mine: Mapping[str, Any]) -> bool:
+    """A dtype that one side did not record (``""``) is not a difference."""
+    return key == "dtype" and "" in (theirs[key], mine[key])
 
 
 def _normal(value: Any) -> Any:
