@@ -11,7 +11,11 @@ Rows (``layout``, ``out_dim``):
 - a 2-D weight ``[out, in]``: ``out`` rows of length ``in``;
 - a conv weight ``[out, in, *kernel]``, ``"channels_last"``: one row per (out, kernel position),
   along the input channels, ``[out * prod(kernel), in]``; ``"flat"``: ``W[o].flatten()``;
-- ``out_dim = 1`` (ConvTranspose ``[in, out, *kernel]``): the same after swapping dims 0 and 1;
+- ``"last_dim"``: rows along the last dim, ``[prod(shape[:-1]), shape[-1]]``: how an N-D parameter
+  that no convolution owns is read (ViT's ``pos_embedding`` ``[1, S, D]``: ``S`` rows of ``D``), so
+  its banks never run along a sequence or batch axis. For 2-D weights all three layouts agree;
+- ``out_dim = 1`` (ConvTranspose ``[in, out, *kernel]``, a transposed linear ``[in, out]`` such as
+  GPT-2's ``Conv1D``): the same after swapping dims 0 and 1, so rows run along the input dim;
 - fewer than 2 dims: one row.
 
 Pure shape arithmetic, plus the two views ``to_rows`` / ``from_rows``: used by the masks, the checker,
@@ -21,6 +25,8 @@ the packed format, the kernels' callers and the inspection of checkpoints.
 BankBudget(full_banks=1, keep=4, tail_len=36, tail_keep=2)
 >>> row_length((256, 127, 3, 3), "channels_last"), row_length((256, 127, 3, 3), "flat")
 (127, 1143)
+>>> row_length((1, 197, 768), "last_dim"), row_length((768, 2304), out_dim=1)  # ViT pos_embedding, GPT-2 c_attn
+(768, 768)
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from torch import Tensor
 
 # ---------------------------------------------------------------- rows
 
+LAST_DIM = "last_dim"  # the layout of N-D parameters that no convolution owns
+
 
 def to_rows(x: Tensor, layout: str = "channels_last", out_dim: int = 0) -> Tensor:
     """View a weight as bank rows: ``[rows, row_len]`` (see the module docstring).
@@ -44,6 +52,8 @@ def to_rows(x: Tensor, layout: str = "channels_last", out_dim: int = 0) -> Tenso
         return x.reshape(1, -1)
     if out_dim == 1:
         x = x.transpose(0, 1)  # [out, in, *kernel]
+    if layout == LAST_DIM:
+        return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # [prod(shape[:-1]), shape[-1]]
     if layout == "flat" or x.dim() == 2:
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # [out, in * prod(kernel)]
     channels_last = (0, *range(2, x.dim()), 1)
@@ -56,7 +66,7 @@ def from_rows(rows: Tensor, shape: Sequence[int], layout: str = "channels_last",
     if len(shape) < 2:
         return rows.reshape(shape)
     oshape = (shape[1], shape[0], *shape[2:]) if out_dim == 1 else shape  # [out, in, *kernel]
-    if layout == "flat" or len(oshape) == 2:
+    if layout in ("flat", LAST_DIM) or len(oshape) == 2:
         x = rows.reshape(oshape)
     else:
         kernel = oshape[2:]
@@ -71,6 +81,8 @@ def row_length(shape: Sequence[int], layout: str = "channels_last", out_dim: int
     """Length of one bank row of a tensor of ``shape``."""
     if len(shape) < 2:
         return math.prod(shape)
+    if layout == LAST_DIM:
+        return shape[0] if out_dim == 1 and len(shape) == 2 else shape[-1]
     if layout == "flat" or len(shape) == 2:
         return math.prod(n for dim, n in enumerate(shape) if dim != out_dim)
     return shape[1 - out_dim]
@@ -80,6 +92,8 @@ def row_count(shape: Sequence[int], layout: str = "channels_last", out_dim: int 
     """Number of bank rows of a tensor of ``shape``."""
     if len(shape) < 2:
         return 1
+    if layout == LAST_DIM and len(shape) > 2:
+        return math.prod(shape[:-1])
     if layout == "flat" or len(shape) == 2:
         return shape[out_dim]
     return math.prod(shape) // shape[1 - out_dim] if shape[1 - out_dim] else 0
@@ -129,6 +143,10 @@ def row_strides(shape: Sequence[int], layout: str = "channels_last", out_dim: in
     if len(shape) < 2:
         return RowStrides(1, numel, 1, numel, 1)
     kernel = math.prod(shape[2:])
+    if layout == LAST_DIM and len(shape) > 2:
+        if out_dim:
+            return None
+        return RowStrides(numel // max(1, shape[-1]), shape[-1], 1, shape[-1], 1)  # [prod(shape[:-1]), last]
     if out_dim == 0:
         if layout == "flat" or len(shape) == 2:
             row_len = math.prod(shape[1:])
@@ -185,13 +203,57 @@ def realised_sparsity(
     return 1.0 - kept_per_row * (numel // row_len) / numel
 
 
+def unreachable(
+    shape: Sequence[int],
+    balance: str,
+    sparsity: float,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dim: int = 0,
+) -> float | None:
+    """The sparsity a dense tensor of ``shape`` will reach when the pattern cannot reach ``sparsity``,
+    else ``None``.
+
+    Unreachable means *falling short* of the target by more than rounding to whole weights allows:
+    half a weight per bank (``0.5 / bank_size``), or per row when rows are shorter than a bank
+    (``0.5 / row_len``); in such a row a shortfall of exactly half a weight counts too, since the row
+    is one bank and that is half of it (a row of 3 at 2:4 keeps 2 of 3, sparsity 0.333; a row of 1
+    stays dense). Unstructured: half a weight of the whole tensor. Overshooting (sparser than asked,
+    e.g. a 1x1 conv with rows of 11 at 0.9 keeping 1 of 11, 0.909) is rounding, never unreachable.
+
+    >>> round(unreachable((8, 3, 3, 3), "fix", 0.5, bank_size=4), 4), unreachable((8, 11, 1, 1), "fix", 0.9)
+    (0.3333, None)
+    """
+    if math.prod(shape) == 0:
+        return None
+    realised = realised_sparsity(shape, balance, sparsity, bank_size, layout, out_dim)
+    shortfall = sparsity - realised
+    if balance == "fix" and len(shape) >= 2:
+        row_len = row_length(shape, layout, out_dim)
+        if row_len < bank_size:
+            far = shortfall >= 0.5 / max(1, row_len) - 1e-9  # half a weight of a one-bank row: half the bank
+        else:
+            far = shortfall > 0.5 / bank_size + 1e-9
+    else:
+        far = shortfall > 0.5 / math.prod(shape) + 1e-9
+    return realised if far else None
+
+
+def param_layout(shape: Sequence[int], conv_owned: bool, layout: str) -> str:
+    """The layout a pruner reads a parameter with by default: ``layout`` for conv weights and for
+    tensors of at most 2 dims (where the layouts agree), ``"last_dim"`` for any other N-D parameter."""
+    return layout if conv_owned or len(shape) <= 2 else LAST_DIM
+
+
 __all__ = [
+    "LAST_DIM",
     "BankBudget",
     "RowStrides",
     "bank_budget",
     "block",
     "from_rows",
     "keep_count",
+    "param_layout",
     "realised_sparsity",
     "row_blocks",
     "row_count",
@@ -199,4 +261,5 @@ __all__ = [
     "row_strides",
     "split_banks",
     "to_rows",
+    "unreachable",
 ]

@@ -13,7 +13,6 @@ Data flows one way: config -> schedule -> masks -> the bridge writes the weights
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import replace
@@ -402,22 +401,20 @@ class Pruner:
                 self._masks[name] = mask
 
     def _warn_unreachable(self) -> None:
+        """One warning per parameter whose target its pattern cannot reach (``geometry.unreachable``:
+        falling short by half a bank or more, e.g. rows of 1 or 3 at 2:4; overshooting is rounding)."""
         for name, spec in self.config.params.items():
-            shape = spec.shape
             if spec.balance == "global":
                 continue
-            realised = G.realised_sparsity(
-                shape, spec.balance, spec.sparsity, spec.bank_size, spec.layout, spec.out_dim
-            )
-            # rounding to whole weights per bank (or per tensor) is not "unreachable"
-            if spec.balance == "fix":
-                granularity = 0.5 / max(1, min(spec.bank_size, G.row_length(shape, spec.layout, spec.out_dim)))
-            else:
-                granularity = 0.5 / max(1, math.prod(shape))
-            if abs(realised - spec.sparsity) > granularity + 1e-9:
+            realised = G.unreachable(
+                spec.shape, spec.balance, spec.sparsity, spec.bank_size, spec.layout, spec.out_dim
+            )  # fmt: skip
+            if realised is not None:
+                rows = G.row_length(spec.shape, spec.layout, spec.out_dim)
+                where = f", rows of {rows}" if spec.balance == "fix" else ""
                 warnings.warn(
-                    f"{name} {list(shape)}: target sparsity {spec.sparsity} cannot be reached with "
-                    f"balance={spec.balance!r}, bank_size={spec.bank_size}, layout={spec.layout!r}; "
+                    f"{name} {list(spec.shape)}: target sparsity {spec.sparsity} cannot be reached with "
+                    f"balance={spec.balance!r}, bank_size={spec.bank_size}, layout={spec.layout!r}{where}; "
                     f"it will reach {realised:.4f}",
                     stacklevel=4,
                 )

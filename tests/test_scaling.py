@@ -98,7 +98,7 @@ def test_pruner_masks_do_not_depend_on_the_engine_for_small_unstructured_tensors
         with _native.use_engine(engine):
             torch.manual_seed(3)
             model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 32))
-            prune = Prune(model, 0, 3, 1, {"*.weight": 0.8, "*.bias": 0.5}, balance="none")
+            prune = Prune(model, 0, 3, 1, {"*.weight": 0.8, "0.bias": 0.5, "1.bias": 0.5}, balance="none")
             for _ in range(3):
                 prune.prune()
             weights[engine] = {k: v.detach().clone() for k, v in model.state_dict().items()}
