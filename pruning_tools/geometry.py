@@ -183,6 +183,23 @@ def bank_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
     return BankBudget(full_banks, keep, tail_len, tail_keep)
 
 
+def measured_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
+    """The budgets a checker applies when only a tensor's measured sparsity is known.
+
+    A full bank gets ``bank_budget``'s budget at that sparsity. A tail bank gets the largest budget
+    that any target sparsity giving the same full-bank budget would give it: rounding a short tail
+    can go either way, so a tensor pruned at its target is never called unbalanced for its tail.
+
+    >>> measured_budget(222, 64, 1 - 11 / 222)  # pruned at 0.95: 3 per full bank, 2 in the tail of 30
+    BankBudget(full_banks=3, keep=3, tail_len=30, tail_keep=2)
+    """
+    budget = bank_budget(row_len, bank_size, sparsity)
+    if not budget.tail_len:
+        return budget
+    loosest = math.ceil(budget.tail_len * (budget.keep + 0.5) / bank_size - 0.5)
+    return budget._replace(tail_keep=min(budget.keep, max(1, budget.tail_keep, loosest)))
+
+
 def realised_sparsity(
     shape: Sequence[int],
     balance: str,

@@ -324,7 +324,8 @@ def check_banks(
     """Check that every bank of ``w`` holds at most its budget of non-zeros.
 
     The budget comes from ``sparsity`` when given; otherwise from the tensor's measured sparsity
-    (what a bank-balanced pruner at that sparsity would keep). Works on any tensor of any
+    (what a bank-balanced pruner at that sparsity would keep; a tail bank may hold what any target
+    with that full-bank budget would keep there, see ``geometry.measured_budget``). Works on any tensor of any
     checkpoint; tensors with fewer than 2 dims are one row. This is the one checker: ``Prune.check``,
     the packed export and ``pruning-tools inspect`` all call it. Extra memory: a small fraction of
     ``w`` (counts of 2 bytes per bank, and blocks of ``w`` at a time).
@@ -336,9 +337,11 @@ def check_banks(
     if sparsity is not None:
         sparsity = check_sparsity("sparsity", sparsity)
     full, tail = bank_nonzeros(w, bank_size, layout, out_dim)  # [rows, full_banks], [rows]
+    row_len = G.row_length(w.shape, layout, out_dim)
     if sparsity is None:
-        sparsity = 1.0 - int(torch.count_nonzero(w)) / max(1, w.numel())
-    budget = G.bank_budget(G.row_length(w.shape, layout, out_dim), bank_size, sparsity)
+        budget = G.measured_budget(row_len, bank_size, 1.0 - int(torch.count_nonzero(w)) / max(1, w.numel()))
+    else:
+        budget = G.bank_budget(row_len, bank_size, sparsity)
     n_rows, full_banks = full.shape
     parts = [full - budget.keep]  # excess over the budget, [rows, full_banks]
     if tail is not None:
