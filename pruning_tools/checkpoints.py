@@ -1,9 +1,10 @@
 """Reading any checkpoint, and what the one bank checker says of each of its tensors.
 
 Reads a PyTorch state_dict (``.pt`` / ``.pth`` / ``.bin``, ``torch.load(..., weights_only=True)``:
-no pickle code runs; nested dicts are flattened with dotted names), a safetensors file or an MXNet
-``.params`` file. Tensors with >= 2 dims are checked with ``masks.check_banks``; the budget of each
-bank comes from ``sparsity`` or, by default, from the tensor's measured sparsity. Errors are library
+no pickle code runs; nested dicts are flattened with dotted names), a safetensors file (its checksums
+verified when it carries ours: ``integrity``) or an MXNet ``.params`` file. Tensors with >= 2 dims
+are checked with ``masks.check_banks``; the budget of each bank comes from ``sparsity`` or, by
+default, from the tensor's measured sparsity. Errors are library
 errors (``ValueError`` naming the file); the command line turns them into messages.
 """
 
@@ -47,13 +48,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # pickle errors come in many types
             raise ValueError(f"{path}: not a PyTorch weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
     if kind == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from .integrity import load_file
 
-        try:
-            tensors = load_file(str(path))  # stored by dtype and size: list them by name
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(f"{path}: not a safetensors file ({exc})") from exc
+        tensors, _ = load_file(path)  # checksums verified where the file has them (files we wrote)
         return {name: tensors[name] for name in sorted(tensors)}
     try:
         import mxnet as mx

@@ -11,7 +11,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 BALANCES = ("fix", "none", "global")
@@ -74,7 +74,8 @@ class ParamSpec:
     ``layout`` is how its rows are read (``pruning_tools.geometry``): the pruner's ``layout`` for conv
     weights, ``"last_dim"`` for other parameters with more than 2 dims, unless ``prune_dict`` says.
     ``balance`` is the pattern actually used: 1-D parameters asked for ``"fix"`` fall back to
-    ``"none"``. ``shape`` is the parameter's shape (so nothing has to re-read a weight to size it).
+    ``"none"``. ``shape`` is the parameter's shape (so nothing has to re-read a weight to size it) and
+    ``dtype`` its element type by name (``"float32"``, ``"bfloat16"``...; ``""``: not recorded).
     """
 
     sparsity: float
@@ -83,6 +84,7 @@ class ParamSpec:
     layout: str
     out_dim: int = 0
     shape: tuple[int, ...] = ()
+    dtype: str = ""
 
     @property
     def numel(self) -> int:
@@ -93,10 +95,35 @@ class ParamSpec:
         return {**asdict(self), "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParamSpec:
-        """Inverse of ``to_dict`` (states written before ``shape`` existed read as shape ``()``)."""
-        known = {key: data[key] for key in ("sparsity", "balance", "bank_size", "layout", "out_dim") if key in data}
-        return cls(**known, shape=tuple(int(n) for n in data.get("shape", ())))
+    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> ParamSpec:
+        """Inverse of ``to_dict``, every field validated (it may come from a file; ``where`` names it in
+        errors). States written before ``shape`` / ``dtype`` existed read as ``()`` / ``""``."""
+        if not isinstance(data, Mapping):
+            _fail(where, data, "a dict of parameter settings")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            _fail(where, dict(data), f"a dict with keys among {[f.name for f in fields(cls)]} (unknown: {unknown})")
+        missing = [key for key in ("sparsity", "balance", "bank_size", "layout") if key not in data]
+        if missing:
+            _fail(where, dict(data), f"a dict with the keys {missing}")
+        out_dim = data.get("out_dim", 0)
+        if isinstance(out_dim, bool) or out_dim not in OUT_DIMS:
+            _fail(f"{where}['out_dim']", out_dim, "0 or 1")
+        shape = data.get("shape", ())
+        if not isinstance(shape, (list, tuple)):
+            _fail(f"{where}['shape']", shape, "a list of integers >= 0")
+        dtype = data.get("dtype", "")
+        if not isinstance(dtype, str):
+            _fail(f"{where}['dtype']", dtype, "a dtype name such as 'float32'")
+        return cls(
+            sparsity=check_sparsity(f"{where}['sparsity']", data["sparsity"]),
+            balance=check_choice(f"{where}['balance']", data["balance"], BALANCES),
+            bank_size=check_bank_size(f"{where}['bank_size']", data["bank_size"]),
+            layout=check_choice(f"{where}['layout']", data["layout"], LAYOUTS),
+            out_dim=int(out_dim),
+            shape=tuple(check_step(f"{where}['shape']", n) for n in shape),
+            dtype=dtype,
+        )
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,11 @@ class PruneConfig:
         """The same settings with the parameters' shapes filled in (MXNet knows them after deferred
         initialisation)."""
         params = {name: replace(spec, shape=tuple(shapes[name])) for name, spec in self.params.items()}
+        return replace(self, params=params)
+
+    def with_dtypes(self, dtypes: Mapping[str, str]) -> PruneConfig:
+        """The same settings with the parameters' dtypes (names such as ``"float32"``) filled in."""
+        params = {name: replace(spec, dtype=str(dtypes[name])) for name, spec in self.params.items()}
         return replace(self, params=params)
 
 
@@ -163,6 +195,7 @@ def resolve_prune_dict(
     out_dims: Mapping[str, int] | None = None,
     layouts: Mapping[str, str] | None = None,
     aliases: Mapping[str, str] | None = None,
+    dtypes: Mapping[str, str] | None = None,
 ) -> dict[str, ParamSpec]:
     """Match prune_dict keys (exact names or glob patterns) to parameter names.
 
@@ -174,7 +207,8 @@ def resolve_prune_dict(
     are on dim 1), ``layouts`` (name -> the layout to read it with when ``prune_dict`` does not say:
     ``"last_dim"`` for N-D parameters no convolution owns) and ``aliases`` (other spellings of a
     name -> the name: without a wrapper's prefix, with ``torch.compile``'s ``_orig_mod.``, a tied
-    weight's second name); keys and globs may use either. Globs that catch parameters with fewer
+    weight's second name); keys and globs may use either; ``dtypes`` (name -> dtype name) is recorded
+    in the specs. Globs that catch parameters with fewer
     than 2 dims (biases, norm gains) still prune them, unstructured, and say so in one warning.
     """
     if prune_dict is None:
@@ -206,7 +240,7 @@ def resolve_prune_dict(
         for name in matches:
             if exact or not chosen.get(name, (False,))[0]:
                 chosen[name] = (exact, key, options, explicit)
-    out_dims, layouts = out_dims or {}, layouts or {}
+    out_dims, layouts, dtypes = out_dims or {}, layouts or {}, dtypes or {}
     resolved, caught_low_dim = {}, []
     for name in names:
         if name not in chosen:
@@ -222,7 +256,7 @@ def resolve_prune_dict(
             options["balance"] = "none"
         if not exact and len(shape) < 2 and options["sparsity"] > 0:
             caught_low_dim.append(name)
-        resolved[name] = ParamSpec(**options, out_dim=out_dim, shape=shape)
+        resolved[name] = ParamSpec(**options, out_dim=out_dim, shape=shape, dtype=str(dtypes.get(name, "")))
     if caught_low_dim:
         warnings.warn(
             f"prune_dict patterns also match {len(caught_low_dim)} parameter{'s' * (len(caught_low_dim) != 1)} "
@@ -249,6 +283,7 @@ def make_config(
     out_dims: Mapping[str, int] | None = None,
     layouts: Mapping[str, str] | None = None,
     aliases: Mapping[str, str] | None = None,
+    dtypes: Mapping[str, str] | None = None,
 ) -> PruneConfig:
     """Validate every constructor argument and resolve prune_dict against ``shapes`` (the other
     mappings as in ``resolve_prune_dict``)."""
@@ -267,5 +302,5 @@ def make_config(
         prune_device=check_choice("prune_device", prune_device, PRUNE_DEVICES),
         bank_size=defaults["bank_size"],
         layout=defaults["layout"],
-        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, layouts, aliases),
+        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, layouts, aliases, dtypes),
     )

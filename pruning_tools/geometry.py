@@ -106,6 +106,25 @@ def split_banks(rows: Tensor, bank_size: int) -> tuple[Tensor, Tensor]:
     return rows[:, :split].reshape(rows.shape[0], full_banks, bank_size), rows[:, split:]
 
 
+def row_blocks(shape: Sequence[int], out_dim: int = 0, max_elements: int = 1 << 22) -> list[slice]:
+    """Slices of the output-channel dim (``out_dim``) holding about ``max_elements`` weights each
+    (at least one channel): the rows of ``to_rows`` of each slice are consecutive rows of the whole,
+    so bank computations can run block by block in bounded memory. Fewer than 2 dims: one block."""
+    if len(shape) < 2 or not shape[out_dim]:
+        return [slice(None)]
+    channels = shape[out_dim]
+    per_channel = max(1, math.prod(shape) // channels)
+    step = max(1, max_elements // per_channel)
+    return [slice(start, min(channels, start + step)) for start in range(0, channels, step)]
+
+
+def block(x: Tensor, rows: slice, out_dim: int = 0) -> Tensor:
+    """The part of ``x`` (a view) holding the output channels ``rows`` (a slice from ``row_blocks``)."""
+    if x.dim() < 2:
+        return x
+    return x[rows] if out_dim == 0 else x[:, rows]
+
+
 class RowStrides(NamedTuple):
     """How ``to_rows`` walks a contiguous tensor: row ``r`` starts at
     ``(r // group) * group_stride + r % group``, and its elements are ``step`` apart."""
@@ -162,6 +181,23 @@ def bank_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
     keep = max(1, keep_count(bank_size, sparsity))
     tail_keep = min(keep, max(1, keep_count(tail_len, sparsity))) if tail_len else 0
     return BankBudget(full_banks, keep, tail_len, tail_keep)
+
+
+def measured_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
+    """The budgets a checker applies when only a tensor's measured sparsity is known.
+
+    A full bank gets ``bank_budget``'s budget at that sparsity. A tail bank gets the largest budget
+    that any target sparsity giving the same full-bank budget would give it: rounding a short tail
+    can go either way, so a tensor pruned at its target is never called unbalanced for its tail.
+
+    >>> measured_budget(222, 64, 1 - 11 / 222)  # pruned at 0.95: 3 per full bank, 2 in the tail of 30
+    BankBudget(full_banks=3, keep=3, tail_len=30, tail_keep=2)
+    """
+    budget = bank_budget(row_len, bank_size, sparsity)
+    if not budget.tail_len:
+        return budget
+    loosest = math.ceil(budget.tail_len * (budget.keep + 0.5) / bank_size - 0.5)
+    return budget._replace(tail_keep=min(budget.keep, max(1, budget.tail_keep, loosest)))
 
 
 def realised_sparsity(
@@ -231,10 +267,12 @@ __all__ = [
     "BankBudget",
     "RowStrides",
     "bank_budget",
+    "block",
     "from_rows",
     "keep_count",
     "param_layout",
     "realised_sparsity",
+    "row_blocks",
     "row_count",
     "row_length",
     "row_strides",

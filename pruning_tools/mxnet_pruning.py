@@ -121,6 +121,10 @@ class MxnetBridge:
     def dtype(self, name: str) -> np.dtype:
         return np.dtype(self._params[name].dtype)
 
+    def dtypes(self) -> dict[str, str]:
+        """Every parameter's dtype name (``"float32"``...), as ``pytorch_pruning.TorchBridge`` names them."""
+        return {name: self.dtype(name).name for name in self._params}
+
     def prunable(self) -> list[str]:
         """Floating-point parameters with >= 2 dims (the default of a sensitivity sweep)."""
         return [n for n, p in self._params.items() if len(p.shape) >= 2 and self.is_floating(n)]
@@ -212,6 +216,7 @@ class Prune(Pruner):
             shapes=bridge.shapes(),  # 0: not inferred yet
             out_dims=bridge.out_dims(),
             layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
+            dtypes=bridge.dtypes(),
         )
         for name in self.config.params:
             if not bridge.is_floating(name):
@@ -244,7 +249,7 @@ class Prune(Pruner):
                     f"prepare(): parameters not initialised yet: {missing}; call net.initialize() and "
                     "run one forward pass first (deferred initialisation)"
                 )
-            self.config = self.config.with_shapes(self._bridge.shapes())
+            self.config = self.config.with_shapes(self._bridge.shapes()).with_dtypes(self._bridge.dtypes())
             self._init_state()
             self._prepared = True
         return self

@@ -93,6 +93,11 @@ class TorchBridge:
     *aliases* that ``prune_dict`` may use: the wrapped name under ``torch.compile``, the name without
     DDP's ``module.`` prefix (what ``Accelerator.prepare`` users know), and the second name of a
     tied weight (``lm_head.weight`` for GPT-2's ``transformer.wte.weight``).
+
+    Every access looks the parameter up by its path in the model as it is now (a few dict lookups),
+    so a parameter replaced after construction (``model.load_state_dict(sd, assign=True)``, a new
+    submodule) is the one read, masked and counted; never an orphaned tensor. A path that no longer
+    leads to a parameter raises ``RuntimeError``.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -100,7 +105,7 @@ class TorchBridge:
             raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
         self.model = model
         compile_children, parallel_children = _wrapper_children(model)
-        self._params: dict[str, nn.Parameter] = {}
+        self._paths: dict[str, tuple[tuple[str, ...], str]] = {}  # name -> (submodule path, attribute)
         self._aliases: dict[str, str] = {}  # other spelling -> name
         self.spelled: dict[str, str] = {}  # name -> how named_parameters() spells it
         name_of: dict[int, str] = {}  # id(parameter) -> name
@@ -109,7 +114,8 @@ class TorchBridge:
             canonical, plain = _spellings(spelled, compile_children, parallel_children)
             if id(p) not in name_of:
                 name_of[id(p)] = canonical
-                self._params[canonical] = p
+                *modules, attribute = spelled.split(".")
+                self._paths[canonical] = (tuple(modules), attribute)
                 self.spelled[canonical] = spelled
             name = name_of[id(p)]
             for alias in (spelled, canonical, plain):
@@ -119,12 +125,33 @@ class TorchBridge:
         self._out_dims = {canonical_of[n]: dim for n, dim in _out_dims(model).items() if n in canonical_of}
         self._conv_weights = {canonical_of[n] for n in _owned_weights(model, _is_conv) if n in canonical_of}
 
+    def parameter(self, name: str) -> nn.Parameter:
+        """The parameter the model holds under ``name`` now."""
+        modules, attribute = self._paths[name]
+        module: Any = self.model
+        try:
+            for part in modules:
+                module = module._modules[part]
+            p = module._parameters[attribute]
+        except (KeyError, AttributeError, TypeError):
+            p = None
+        if p is None:
+            raise RuntimeError(
+                f"parameter {name!r} is no longer in the model (its module or the parameter was removed): "
+                "build a new Prune for the changed model"
+            )
+        return p
+
     def names(self) -> list[str]:
-        return list(self._params)
+        return list(self._paths)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's shape, in model order."""
-        return {name: tuple(p.shape) for name, p in self._params.items()}
+        return {name: tuple(self.parameter(name).shape) for name in self._paths}
+
+    def dtypes(self) -> dict[str, str]:
+        """Every parameter's dtype name (``"float32"``, ``"bfloat16"``...)."""
+        return {name: str(self.parameter(name).dtype).replace("torch.", "") for name in self._paths}
 
     def out_dims(self) -> dict[str, int]:
         """Parameters whose output channels are not on dim 0 (ConvTranspose and ``Conv1D`` weights: 1)."""
@@ -133,7 +160,7 @@ class TorchBridge:
     def layouts(self, layout: str = "channels_last") -> dict[str, str]:
         """Parameters read with another layout than ``layout`` by default: those with more than 2 dims
         that no convolution owns are rows along their last dim (``geometry.param_layout``)."""
-        out = {n: G.param_layout(p.shape, n in self._conv_weights, layout) for n, p in self._params.items()}
+        out = {n: G.param_layout(self.parameter(n).shape, n in self._conv_weights, layout) for n in self._paths}
         return {name: chosen for name, chosen in out.items() if chosen != layout}
 
     def aliases(self) -> dict[str, str]:
@@ -141,25 +168,32 @@ class TorchBridge:
         return dict(self._aliases)
 
     def is_floating(self, name: str) -> bool:
-        return self._params[name].is_floating_point()
+        return self.parameter(name).is_floating_point()
 
     def prunable(self) -> list[str]:
         """Floating-point parameters with >= 2 dims (the default of a sensitivity sweep)."""
-        return [n for n, p in self._params.items() if p.dim() >= 2 and p.is_floating_point()]
+        params = {n: self.parameter(n) for n in self._paths}
+        return [n for n, p in params.items() if p.dim() >= 2 and p.is_floating_point()]
 
     def read(self, name: str) -> Tensor:
         """The parameter itself (no copy)."""
-        return self._params[name]
+        return self.parameter(name)
 
     @torch.no_grad()
     def write(self, name: str, value: Tensor) -> None:
         """Overwrite the parameter (bit-exact copy of ``value``)."""
-        self._params[name].copy_(value)
+        self.parameter(name).copy_(value)
 
     @torch.no_grad()
     def apply_mask(self, name: str, mask: Tensor) -> None:
         """Zero the pruned weights in place (of the local shard of a DTensor): exactly ``+0.0``."""
-        M.apply_mask_(D.local(self._params[name]), mask)
+        w = D.local(self.parameter(name))
+        if w.shape != mask.shape:
+            raise RuntimeError(
+                f"parameter {name!r} has shape {list(w.shape)} but its mask {list(mask.shape)}: the model's "
+                "parameter was replaced by one of another shape; build a new Prune for the changed model"
+            )
+        M.apply_mask_(w, mask)
 
 
 class Prune(Pruner):
@@ -216,6 +250,7 @@ class Prune(Pruner):
             out_dims=bridge.out_dims(),
             layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
             aliases=bridge.aliases(),
+            dtypes=bridge.dtypes(),
         )
         for name in self.config.params:
             if not bridge.is_floating(name):

@@ -37,6 +37,7 @@ import torch
 
 from . import geometry as G
 from . import masks as M
+from .atomic import atomic_open, write_text
 from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity, check_step, resolve_prune_dict
 
 DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -158,8 +159,9 @@ class SensitivityTable:
         return cls(shapes={n: tuple(s) for n, s in data["shapes"].items()}, layouts=layouts, **fields)
 
     def save_json(self, path: str | Path) -> Path:
+        """Write ``to_dict()`` as JSON (atomically: a failed write leaves the old file intact)."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod
@@ -167,10 +169,11 @@ class SensitivityTable:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save_csv(self, path: str | Path) -> Path:
-        """One row per (parameter, level): parameter, size, level, realised sparsity, score, drop."""
+        """One row per (parameter, level): parameter, size, level, realised sparsity, score, drop
+        (written atomically)."""
         path = Path(path)
         sizes, drops = self.sizes(), self.drops()
-        with path.open("w", newline="") as f:
+        with atomic_open(path, "w", newline="") as f:
             out = csv.writer(f)
             out.writerow(["parameter", "size", "level", "realised_sparsity", "score", "drop"])
             for i, name in enumerate(self.names):

@@ -86,7 +86,7 @@ def test_bad_input_names_argument_value_and_allowed(overrides, words):
 
 
 def test_to_dict_is_plain_data():
-    d = config().to_dict()
+    d = config(dtypes={name: "float32" for name in SHAPES}).to_dict()
     assert d["params"]["fc.weight"] == {
         "sparsity": 0.9,
         "balance": "fix",
@@ -94,7 +94,9 @@ def test_to_dict_is_plain_data():
         "layout": "channels_last",
         "out_dim": 0,
         "shape": [10, 72],
+        "dtype": "float32",
     }
+    assert config().to_dict()["params"]["fc.weight"]["dtype"] == ""  # not recorded
 
 
 def test_integral_float_steps_are_the_integers():  # the original tool computes frequency = steps / n

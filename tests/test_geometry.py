@@ -68,3 +68,17 @@ def test_nd_parameters_outside_convs_are_rows_along_the_last_dim():
     assert torch.equal(G.to_rows(x, "last_dim"), x.reshape(6, 4))
     for layout in ("channels_last", "flat", "last_dim"):  # 2-D weights read the same in every layout
         assert torch.equal(G.to_rows(x[0], layout), x[0]) and torch.equal(G.to_rows(x[0], layout, 1), x[0].T)
+
+
+@pytest.mark.parametrize("row_len", [1, 3, 30, 63, 100, 127, 222, 1000])
+@pytest.mark.parametrize("bank_size", [4, 16, 64])
+@pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.75, 0.9, 0.9375, 0.95, 0.98])
+def test_a_tensor_pruned_at_its_target_is_balanced_by_its_measured_sparsity(row_len, bank_size, sparsity):
+    """The checker without a target must accept what the pruner made with one (tails round either way)."""
+    target = G.bank_budget(row_len, bank_size, sparsity)
+    kept = target.full_banks * target.keep + target.tail_keep  # per row, what the pruner keeps
+    measured = G.measured_budget(row_len, bank_size, 1 - kept / row_len)
+    assert measured.tail_keep >= target.tail_keep
+    if target.full_banks:
+        assert measured.keep >= target.keep
+    assert measured.tail_keep <= measured.keep  # never looser than a full bank
