@@ -9,7 +9,7 @@ Sections (``--section``, repeatable; all by default), code in ``benchmarks/gpu/`
 
 - ``masks``: masks computed on the device equal the CPU engine's bit for bit (bank 64 with tail
   banks, 2:4, bank 16, unstructured, global; float32 / bfloat16 / float16; ResNet-50's and
-  BERT-base's weight shapes and edge shapes; ties, subnormals, masks from a previous refresh);
+  BERT-base's weight shapes and edge shapes; ties, subnormals, NaN/inf, masks from a previous refresh);
 - ``prune``: ``Prune`` on device parameters with ``prune_device="default"`` and ``"cpu"`` follows a
   CPU run step by step (masks and weight bits), host masks pinned, no host synchronisation in
   ``prune()`` on steps without a refresh (counted with the CUDA sync debug mode and the profiler);
@@ -88,7 +88,6 @@ def log(started: float, message: str) -> None:
 def scope_rows() -> list[Row]:
     return [
         info_row("scope", "Triton / CUDA bank-sparse kernel", "none in the library (not built: no GPU to check it)"),
-        info_row("scope", "non-finite weights (NaN, inf)", "not compared: their rule is being defined separately"),
     ]
 
 

@@ -39,12 +39,13 @@ GLOBAL = Pattern("global 90%", "global", 64, 0.9)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # weights: "normal" N(0, 1); "ties" multiples of 1/4 in [-1, 1] with +0.0 and -0.0 (ties everywhere);
-# "tiny" N(0, 1) times the dtype's smallest normal number (subnormals: flush-to-zero would show)
-KINDS = ("normal", "ties", "tiny")
+# "tiny" N(0, 1) times the dtype's smallest normal number (subnormals: flush-to-zero would show);
+# "nonfinite" N(0, 1) with 2 % NaN, 1 % +inf and 1 % -inf (one rule on every path: NaN pruned first)
+KINDS = ("normal", "ties", "tiny", "nonfinite")
 # previous mask: None (first refresh), "ramp" (this pattern at half the sparsity, as mid-ramp),
 # "random" (half alive at random: banks with fewer live weights than their budget)
 PREVIOUS = (None, "ramp", "random")
-VARIANTS = (("normal", None), ("normal", "ramp"), ("ties", "random"), ("tiny", "ramp"))
+VARIANTS = (("normal", None), ("normal", "ramp"), ("ties", "random"), ("tiny", "ramp"), ("nonfinite", "random"))
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,10 @@ def weight(shape: Sequence[int], dtype: torch.dtype, kind: str, seed: int) -> Te
         w = torch.where(torch.rand(tuple(shape), generator=g) < 0.5, w, -w)  # and -0.0
     elif kind == "tiny":
         w = torch.randn(tuple(shape), generator=g) * torch.finfo(dtype).tiny  # subnormal in `dtype`
+    elif kind == "nonfinite":
+        w, u = torch.randn(tuple(shape), generator=g), torch.rand(tuple(shape), generator=g)
+        w = w.masked_fill(u < 0.02, math.nan).masked_fill((u >= 0.02) & (u < 0.03), math.inf)
+        w = w.masked_fill((u >= 0.03) & (u < 0.04), -math.inf)
     else:
         raise ValueError(f"kind={kind!r} is not allowed: expected one of {', '.join(KINDS)}")
     return w.to(dtype)

@@ -102,6 +102,8 @@ def test_case_weights_are_reproducible_and_hold_what_they_claim(dtype):
     tiny = C.weight((64, 96), dtype, "tiny", 7)
     nonzero = tiny[tiny != 0].abs()
     assert bool((nonzero < torch.finfo(dtype).tiny).any())  # subnormals in this dtype
+    odd = C.weight((64, 96), dtype, "nonfinite", 7)
+    assert bool(odd.isnan().any()) and bool((odd == math.inf).any()) and bool((odd == -math.inf).any())
 
 
 def test_case_tensors_start_from_the_previous_mask():
