@@ -265,11 +265,15 @@ def apply_mask_(w: Tensor, mask: Tensor) -> None:
     CPU tensors take one compiled pass (read ``w`` and the 1-byte mask, write ``w``), about the
     cost of a float-mask ``mul_``; elsewhere ``masked_fill_``. Either way a pruned weight becomes
     exactly ``+0.0`` (a multiplication would leave ``-0.0``, and ``NaN`` for a non-finite weight).
+    A mask on another device (a host mask for a GPU weight, ``prune_device="cpu"``) is copied
+    without blocking the host: asynchronous when it lies in pinned memory, as the pruner keeps it.
     """
     if native.zero_pruned_(w, mask):
         torch.autograd.graph.increment_version(w)  # written through its pointer: tell autograd
         return
-    w.masked_fill_(mask.to(w.device).logical_not(), 0)
+    if mask.device != w.device:  # to an accelerator: queued on its stream, before the fill below
+        mask = mask.to(w.device, non_blocking=w.device.type != "cpu")
+    w.masked_fill_(mask.logical_not(), 0)
 
 
 # ---------------------------------------------------------------- checker

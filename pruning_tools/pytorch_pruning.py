@@ -263,6 +263,18 @@ class Prune(Pruner):
         self.model = model
         self._init_state()
 
+    def _apply(self) -> None:
+        # masks follow their parameters: a model moved (``model.cuda()``) after its masks were made
+        # (``restore_sparsity``, ``load``) gets its masks moved once, not copied on every step
+        for name, mask in self._masks.items():
+            if mask is not None:
+                p = D.local(self._bridge.read(name))
+                if mask.device != self._mask_device(p) or (
+                    p.is_cuda and mask.device.type == "cpu" and not mask.is_pinned()
+                ):
+                    self._masks[name] = self._place(mask, p)
+        super()._apply()
+
     def prepare(self) -> Prune:
         """No-op kept for API parity with the MXNet class (whose parameters initialise lazily)."""
         return self
