@@ -84,9 +84,27 @@ class ParamSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ParamSpec:
-        """Inverse of ``to_dict`` (states written before ``shape`` existed read as shape ``()``)."""
-        known = {key: data[key] for key in ("sparsity", "balance", "bank_size", "layout", "out_dim") if key in data}
-        return cls(**known, shape=tuple(int(n) for n in data.get("shape", ())))
+        """Inverse of ``to_dict`` (states written before ``shape`` existed read as shape ``()``). Every
+        field is checked (a state read from a file is untrusted): a ``ValueError`` names the bad one."""
+        if not isinstance(data, Mapping):
+            _fail("spec", data, "a dict of 'sparsity', 'balance', 'bank_size', 'layout', 'out_dim', 'shape'")
+        missing = [key for key in PARAM_OPTION_KEYS if key not in data]
+        if missing:
+            _fail("spec", dict(data), f"a dict with the keys {list(PARAM_OPTION_KEYS)} (missing: {missing})")
+        shape = data.get("shape", ())
+        if not isinstance(shape, Sequence) or isinstance(shape, str):
+            _fail("spec['shape']", shape, "a list of integers >= 0")
+        out_dim = data.get("out_dim", 0)
+        if out_dim not in (0, 1) or isinstance(out_dim, bool):
+            _fail("spec['out_dim']", out_dim, "0 or 1")
+        return cls(
+            sparsity=check_sparsity("spec['sparsity']", data["sparsity"]),
+            balance=check_choice("spec['balance']", data["balance"], BALANCES),
+            bank_size=check_bank_size("spec['bank_size']", data["bank_size"]),
+            layout=check_choice("spec['layout']", data["layout"], LAYOUTS),
+            out_dim=int(out_dim),
+            shape=tuple(check_step("spec['shape']", n) for n in shape),
+        )
 
 
 @dataclass(frozen=True)
@@ -144,12 +162,15 @@ def resolve_prune_dict(
     shapes: Mapping[str, tuple[int, ...]],
     defaults: dict,
     out_dims: Mapping[str, int] | None = None,
+    not_parameters: Mapping[str, str] | None = None,
 ) -> dict[str, ParamSpec]:
     """Match prune_dict keys (exact names or glob patterns) to parameter names.
 
     Keys are applied in the dict's order, so a later key overrides an earlier one for the names
     both match; an exact name always wins over a pattern. ``shapes`` maps every parameter name,
-    in model order, to its shape; the result follows that order. The caller's dict is only read.
+    in model order, to its shape; the result follows that order. ``not_parameters`` maps names the
+    model holds that are not parameters (buffers, MXNet auxiliary states) to what they are: a key
+    naming one is refused saying so; patterns never match them. The caller's dict is only read.
     """
     if prune_dict is None:
         raise ValueError(
@@ -168,6 +189,10 @@ def resolve_prune_dict(
         options = _param_options(key, value, defaults)
         exact = key in shapes
         matches = [key] if exact else fnmatch.filter(names, key)
+        if not matches and key in (not_parameters or {}):
+            raise ValueError(
+                f"prune_dict key {key!r} names {not_parameters[key]}, not a parameter: only parameters are pruned"
+            )
         if not matches:
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.4) or names[:3]
             raise ValueError(f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}")
@@ -199,8 +224,10 @@ def make_config(
     layout: Any,
     shapes: Mapping[str, tuple[int, ...]],
     out_dims: Mapping[str, int] | None = None,
+    not_parameters: Mapping[str, str] | None = None,
 ) -> PruneConfig:
-    """Validate every constructor argument and resolve prune_dict against ``shapes``."""
+    """Validate every constructor argument and resolve prune_dict against ``shapes`` (see
+    ``resolve_prune_dict`` for ``not_parameters``)."""
     defaults: dict[str, Any] = {
         "balance": check_choice("balance", balance, BALANCES),
         "bank_size": check_bank_size("bank_size", bank_size),
@@ -216,5 +243,5 @@ def make_config(
         prune_device=check_choice("prune_device", prune_device, PRUNE_DEVICES),
         bank_size=defaults["bank_size"],
         layout=defaults["layout"],
-        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims),
+        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, not_parameters),
     )

@@ -167,8 +167,13 @@ def check_banks(
     The budget comes from ``sparsity`` when given; otherwise from the tensor's measured sparsity
     (what a bank-balanced pruner at that sparsity would keep). Works on any tensor of any
     checkpoint; tensors with fewer than 2 dims are one row. This is the one checker: ``Prune.check``,
-    the packed export and ``pruning-tools inspect`` all call it.
+    the packed export and ``pruning-tools inspect`` all call it. Every argument is validated: a bad
+    one is a ``TypeError`` / ``ValueError`` naming it, the value and what is allowed.
     """
+    if not isinstance(w, Tensor):
+        raise TypeError(
+            f"w={type(w).__name__} is not allowed: expected a torch.Tensor (torch.as_tensor converts a numpy array)"
+        )
     check_bank_size("bank_size", bank_size)
     check_choice("layout", layout, LAYOUTS)
     if out_dim not in (0, 1) or isinstance(out_dim, bool):

@@ -110,11 +110,17 @@ def pruned_specs(source: Pruner | Mapping[str, Any] | str | Path) -> dict[str, P
     state = read_state(source) if isinstance(source, (str, Path)) else source
     if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"state is not a pruner state of format {STATE_FORMAT!r}")
-    targets = state.get("mask_targets", {})
+    config, targets = state.get("config"), state.get("mask_targets", {})
+    params = config.get("params") if isinstance(config, Mapping) else None
+    if not isinstance(params, Mapping) or not isinstance(targets, Mapping):
+        raise ValueError("state is damaged: it lacks its table of parameters ('config' / 'params', 'mask_targets')")
     specs = {}
-    for name, data in state["config"]["params"].items():
-        spec = ParamSpec.from_dict(data)
-        specs[name] = replace(spec, sparsity=float(targets.get(name, spec.sparsity)))
+    for name, data in params.items():
+        try:
+            spec = ParamSpec.from_dict(data)
+            specs[name] = replace(spec, sparsity=float(targets.get(name, spec.sparsity)))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"state is damaged: the settings of parameter {name!r} do not read ({error})") from error
     return specs
 
 
@@ -339,6 +345,10 @@ class Pruner:
     def _warn_unreachable(self) -> None:
         for name, spec in self.config.params.items():
             shape = spec.shape
+            if spec.numel == 0:  # e.g. a layer of zero width, matched by a glob
+                if spec.sparsity > 0:
+                    warnings.warn(f"{name} {list(shape)} has no elements: nothing to prune", stacklevel=4)
+                continue
             if spec.balance == "global":
                 continue
             realised = G.realised_sparsity(

@@ -45,6 +45,10 @@ class TorchBridge:
         self._params: dict[str, nn.Parameter] = dict(model.named_parameters())
         self._out_dims = _out_dims(model)
 
+    def not_parameters(self) -> dict[str, str]:
+        """Buffers (e.g. BatchNorm running statistics): never pruned, and a prune_dict naming one is refused."""
+        return {name: "a buffer (e.g. a BatchNorm running statistic)" for name, _ in self.model.named_buffers()}
+
     def names(self) -> list[str]:
         return list(self._params)
 
@@ -128,6 +132,7 @@ class Prune(Pruner):
             layout,
             shapes=bridge.shapes(),
             out_dims=bridge.out_dims(),
+            not_parameters=bridge.not_parameters(),
         )
         for name in self.config.params:
             if not bridge.is_floating(name):

@@ -18,6 +18,7 @@ sensitivity.png, targets.png, comparison.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:  # before any training: the figures are the point
+        parser.error("this script draws figures: it needs matplotlib (pip install -e '.[plots]')")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 

@@ -79,7 +79,8 @@ def test_demo_bad_option_and_missing_data(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["demo", "--sparsity", "1.5"])
     assert result.exit_code == 2 and "--sparsity" in result.output
     result = CliRunner().invoke(main, ["demo", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "MNIST not found" in result.output
+    assert result.exit_code == 2 and "MNIST not found" in result.output and "--data" in result.output
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mxnet") is None, reason="mxnet not installed")
@@ -103,7 +104,7 @@ def test_demo_download_flag(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mnist, "download", fake_download)
     args = ["demo", "--data", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "o")]
-    assert CliRunner().invoke(main, args).exit_code == 1  # nothing found, no download asked
+    assert CliRunner().invoke(main, args).exit_code == 2  # nothing found, no download asked
     result = CliRunner().invoke(main, [*args, "--download"])
     assert result.exit_code == 0, result.output
     assert fetched == [tmp_path / "d"]

@@ -107,7 +107,7 @@ def test_table_output(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(tensors(), path)
     out = run(path).output
-    assert "bad.weight" in out and "no (1 banks over)" in out and "total (3 tensors)" in out
+    assert "bad.weight" in out and "no (1 banks over)" in out and "total of the 3 listed" in out
 
 
 def test_bad_suffix_and_bad_file(tmp_path):
