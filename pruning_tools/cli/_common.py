@@ -166,16 +166,18 @@ def output_directory(path: str | Path, option: str) -> Path:
 
 
 def earlier_files(directory: Path, names: Iterable[str]) -> list[str]:
-    """Those of ``names`` that already exist in ``directory``; a note on stderr names them before the
-    work starts (a run writing there replaces them)."""
-    earlier = [name for name in names if (directory / name).exists()]
+    """Those of ``names`` that already exist in ``directory`` (a run writing there replaces them)."""
+    return [name for name in names if (directory / name).exists()]
+
+
+def say_replacing(directory: Path, earlier: list[str]) -> None:
+    """A note on stderr, before the work starts, naming the files of an earlier run in ``directory``."""
     if earlier:
         click.echo(
             f"note: {printable(directory)} holds {len(earlier)} file(s) of an earlier run "
             f"({printable(', '.join(earlier))}): those this run writes will be replaced",
             err=True,
         )
-    return earlier
 
 
 class Written:

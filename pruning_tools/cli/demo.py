@@ -17,7 +17,17 @@ from pathlib import Path
 
 import click
 
-from ._common import Fraction, Written, console, earlier_files, library_errors, output_directory, shown
+from ._common import (
+    Fraction,
+    HiddenAlias,
+    Written,
+    console,
+    earlier_files,
+    library_errors,
+    output_directory,
+    say_replacing,
+    shown,
+)
 
 FRAMEWORKS = ("mxnet", "pytorch")
 DEFAULT_DATA_DIRS = (Path("data/mnist"), Path("../shared/datasets/mnist"))  # relative to the current directory
@@ -108,7 +118,9 @@ def epoch_line(record: dict, epochs: int) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's (128).")
 @click.option(
     "--data",
+    "--data-dir",
     "data_dir",
+    cls=HiddenAlias,
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Directory with the MNIST *-ubyte.gz files (default: data/mnist/ of the current directory, "
@@ -176,6 +188,7 @@ def demo(
     out_console.print(
         f"[bold]demo[/] {framework}: sparsity {sparsity} balance {balance} bank {bank_size} -> {shown(out)}"
     )
+    say_replacing(out, earlier)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -21,6 +21,7 @@ from ._common import (
     library_errors,
     output_directory,
     printable,
+    say_replacing,
     shown,
 )
 
@@ -76,6 +77,7 @@ def mnist_model(
     from safetensors.torch import save_file
 
     from ..demo.data import load_mnist
+    from ..demo.outputs import default_mode
     from ..demo.torch_backend import evaluate, to_tensor
     from ..demo.trainer import train_mnist
 
@@ -84,6 +86,7 @@ def mnist_model(
         result = train_mnist(data_dir, sparsity=0.0, epochs=epochs, limit=limit, seed=seed)
         weights = str((written or Written()).before(out / "dense.safetensors"))
         save_file({k: v.contiguous() for k, v in result["model"].state_dict().items()}, weights)
+        default_mode(Path(weights))
         click.echo(f"dense test accuracy {result['test_accuracy']:.4f}; weights -> {printable(weights)}", err=True)
     model = load_cnn(weights)
     data = load_mnist(data_dir).head(limit)
@@ -275,7 +278,7 @@ def sensitivity(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--levels") from error
     out = output_directory(out, "--out")  # before the training and the sweep, not after them
-    earlier_files(out, OUTPUT_NAMES)
+    say_replacing(out, earlier_files(out, OUTPUT_NAMES))
     written = Written()
     if model_spec is None:
         from .demo import mnist_data_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,14 @@ OUTPUT_NAMES = (  # every file write_outputs may write
     "layer_sparsity.png",
     "bank_histogram.png",
 )
+
+
+def default_mode(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (``0o666 & ~umask``): safetensors writes through a
+    private temporary file (mode 0600), and the demo's files should all read alike."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[str]]:
@@ -36,11 +45,13 @@ def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[
     files = {"weights": out / "weights.safetensors", "results": out / "results.json"}
     notes = []
     save_file({name: np.array(w, order="C") for name, w in result["weights"].items()}, str(files["weights"]))
+    default_mode(files["weights"])
     if result.get("pruner_state") is not None:
         files["pruner_state"] = out / "pruner_state.safetensors"
         state = dict(result["pruner_state"])
         state["masks"] = {name: np.asarray(packed) for name, packed in state["masks"].items()}
         write_state_file(state, files["pruner_state"])
+        default_mode(files["pruner_state"])
     if importlib.util.find_spec("matplotlib") is None:  # the optional extra "plots"
         notes.append(PLOTS_HINT)
     else:

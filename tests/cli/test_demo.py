@@ -141,3 +141,26 @@ def test_demo_prune_dict_option(tmp_path):
         main, ["demo", *SLICE, "--out", str(tmp_path), "--prune-dict", '{"conv9.weight": 0.5}']
     )
     assert unknown.exit_code == 1 and "conv9.weight" in unknown.output
+
+
+def test_one_total_for_one_model(demo_run):
+    """The demo's total, ``inspect`` with the README's selection and the README agree: all count the
+    four conv / dense weights the demo prunes (``*.weight`` also matches the BatchNorm gains)."""
+    import re
+    from pathlib import Path
+
+    out, output = demo_run
+    results = json.loads((out / "results.json").read_text())
+    assert "over conv1.weight, conv2.weight, conv3.weight, fc.weight (376,576 values" in output
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    command = re.search(r"pruning-tools inspect runs/demo/weights\.safetensors (.*?) --require-balanced", readme)
+    selection = [glob.strip("'") for glob in command.group(1).split()[1::2]]
+    args = [x for glob in selection for x in ("--match", glob)]
+    result = CliRunner().invoke(main, ["inspect", str(out / "weights.safetensors"), *args, "--json"])
+    totals = json.loads(result.output)["totals"]
+    assert totals["tensors"] == 4 and totals["numel"] == 376_576
+    assert totals["sparsity"] == pytest.approx(results["total_sparsity"], abs=1e-12)
+    everything = CliRunner().invoke(
+        main, ["inspect", str(out / "weights.safetensors"), "--match", "*.weight", "--json"]
+    )
+    assert json.loads(everything.output)["totals"]["tensors"] == 7  # + bn1, bn2, bn3 gains: another total

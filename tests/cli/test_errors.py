@@ -28,7 +28,7 @@ def bad_checkpoints(tmp_path, checkpoint):
     misnamed_st = tmp_path / "misnamed.safetensors"
     torch.save({"fc.weight": balanced_weight()}, misnamed_st)  # torch content, .safetensors name
     pickled = tmp_path / "pickled.pt"
-    pickled.write_bytes(pickle.dumps({"x": NotATensor()}))
+    pickled.write_bytes(pickle.dumps({"x": NotATensor()}, protocol=2))
     short_pt = tmp_path / "short.pt"
     short_pt.write_bytes(b"PK\x03\x04 truncated zip")
     params = tmp_path / "bad.params"
