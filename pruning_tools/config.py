@@ -189,10 +189,9 @@ def resolve_prune_dict(
         options = _param_options(key, value, defaults)
         exact = key in shapes
         matches = [key] if exact else fnmatch.filter(names, key)
-        if not matches and key in (not_parameters or {}):
-            raise ValueError(
-                f"prune_dict key {key!r} names {not_parameters[key]}, not a parameter: only parameters are pruned"
-            )
+        what = (not_parameters or {}).get(key)
+        if not matches and what is not None:
+            raise ValueError(f"prune_dict key {key!r} names {what}, not a parameter: only parameters are pruned")
         if not matches:
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.4) or names[:3]
             raise ValueError(f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}")
