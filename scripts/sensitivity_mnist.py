@@ -77,7 +77,7 @@ def dense_model(args) -> tuple[torch.nn.Module, dict | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/sensitivity_mnist"))
-    parser.add_argument("--data-dir", default="data/mnist", help="directory of the MNIST IDX files")
+    parser.add_argument("--data", "--data-dir", dest="data_dir", default="data/mnist", help="MNIST IDX directory")
     parser.add_argument("--dense-epochs", type=int, default=1)
     parser.add_argument("--dense-weights", type=Path, default=Path("runs/sensitivity_mnist_dense.safetensors"))
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each pruned training")
