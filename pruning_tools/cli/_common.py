@@ -15,7 +15,15 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-LIBRARY_ERRORS = (ValueError, TypeError, RuntimeError, OSError, ImportError, KeyError)
+LIBRARY_ERRORS = (
+    ValueError,
+    TypeError,
+    RuntimeError,
+    OSError,
+    ImportError,
+    KeyError,
+    EOFError,
+)  # EOFError: click says "Aborted!"
 
 # C0 and C1 control characters (ESC starts ANSI / OSC sequences), DEL, line and paragraph separators,
 # and the bidirectional overrides that reorder what a terminal shows
@@ -109,7 +117,11 @@ class NonNegative(click.ParamType):
 
 
 class HiddenAlias(click.Option):
-    """An option whose first name is shown in ``--help``; the others (old spellings) still work."""
+    """An option whose first name is shown in ``--help`` and in errors; the others (old spellings)
+    still work."""
+
+    def get_error_hint(self, ctx: click.Context) -> str:
+        return repr(self.opts[0])
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         shown_opts, self.opts = self.opts, self.opts[:1]

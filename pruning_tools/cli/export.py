@@ -110,6 +110,10 @@ def export(
     from ..export import NotBankBalancedError, load_packed, save_packed
 
     output_file(out, "OUT")
+    if out.suffix.lower() != ".safetensors":
+        raise click.BadParameter(
+            f"{out} has suffix {out.suffix!r}: a packed file is a .safetensors file", param_hint="OUT"
+        )
     for source, what in ((checkpoint, "CHECKPOINT"), (pruner_state, "--pruner-state")):
         if source is not None and out.exists() and out.samefile(source):
             raise click.BadParameter(f"{out} is also {what}: writing it would replace its input", param_hint="OUT")

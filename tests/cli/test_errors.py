@@ -79,6 +79,7 @@ def test_output_path_under_a_missing_directory_or_a_file(tmp_path, checkpoint):
         (tmp_path / "missing" / "out.safetensors", "does not exist"),
         (a_file / "out.safetensors", "is a file, not a directory"),
         (tmp_path, "is a directory"),
+        (tmp_path / "packed.pt", "a packed file is a .safetensors file"),  # it would be misread as torch.save's
     ):
         assert_one_line_error(invoke("export", checkpoint, out), message, exit_codes=(2,))
 
@@ -135,3 +136,22 @@ def test_library_errors_are_one_line_without_control_characters():
     with pytest.raises(click.ClickException) as caught:
         fails()
     assert caught.value.message == "first line; \\x1b[31msecond\\x1b[0m line"
+
+
+def test_damaged_mnist_files(tmp_path, tiny_mnist):
+    """A truncated gzip gave "Aborted!", a short IDX header a struct.error traceback."""
+    import gzip
+    import shutil
+
+    for name, damage in (
+        ("truncated", lambda raw: raw[: len(raw) // 2]),
+        ("short header", lambda raw: gzip.compress(bytes([0, 0, 8, 1, 0]))),
+        ("not gzip", lambda raw: b"garbage"),
+    ):
+        data = tmp_path / name.replace(" ", "_")
+        shutil.copytree(tiny_mnist, data)
+        target = data / "t10k-labels-idx1-ubyte.gz"
+        target.write_bytes(damage(target.read_bytes()))
+        result = invoke("demo", "--data", data, "--epochs", "1", "--out", tmp_path / "run")
+        line = assert_one_line_error(result, "not a gzipped IDX file", exit_codes=(1,))
+        assert str(target) in line, name

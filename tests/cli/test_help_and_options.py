@@ -66,6 +66,10 @@ def test_mnist_directory_is_data_everywhere_with_the_old_spelling_hidden(tmp_pat
         assert "--data DIRECTORY" in help_text and "--data-dir" not in help_text
         old = invoke(name, "--data-dir", tmp_path / "nothing", "--out", tmp_path / "o")
         assert old.exit_code == 2 and "MNIST not found in" in old.output  # still read, as --data
+        a_file = tmp_path / "a_file"
+        a_file.write_text("x")
+        error = invoke(name, "--data-dir", a_file).output
+        assert "Invalid value for '--data':" in error and "--data-dir" not in error
 
 
 def test_licence_file_is_the_apache_2_text():
