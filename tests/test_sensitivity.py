@@ -428,9 +428,13 @@ def test_mxnet_block_restored_exactly_and_same_table_as_pytorch():
         assert np.array_equal(p.data().asnumpy(), before[name]), name
     assert len(ours.names) == 2 and ours.levels == theirs.levels
     assert np.allclose(ours.scores, theirs.scores, rtol=1e-4)
-    suggestion = S.suggest_prune_dict(ours, 0.6)  # keyed by Gluon names, same targets as PyTorch's
-    assert list(suggestion) == ours.names
-    assert list(suggestion.values()) == list(S.suggest_prune_dict(theirs, 0.6).values())
+    suggestion = S.suggest_prune_dict(ours, 0.6)  # keyed by Gluon names
+    assert list(suggestion) == ours.names and S.overall_sparsity(ours, suggestion) >= 0.6
+    # the scores of two frameworks agree only up to rounding: two choices that cost the same up to
+    # rounding may swap, so compare what the choices cost, not which one won
+    torch_suggestion = S.suggest_prune_dict(theirs, 0.6)
+    drops = S.predicted_drop(ours, suggestion), S.predicted_drop(theirs, torch_suggestion)
+    assert drops[0] == pytest.approx(drops[1], rel=1e-3, abs=1e-6)
 
 
 def test_sweep_rejects_other_models():
