@@ -1,12 +1,12 @@
 """Reading any checkpoint, and what the one bank checker says of each of its tensors.
 
 Reads a PyTorch state_dict (``.pt`` / ``.pth`` / ``.bin``, ``torch.load(..., weights_only=True)``:
-no pickle code runs; nested dicts are flattened with dotted names), a safetensors file (a packed one,
-``export.save_packed``'s, as the dense tensors it encodes) or an MXNet ``.params`` file; a file whose
-content is of another format than its suffix says is refused, naming both. Tensors with >= 2 dims
-are checked with ``masks.check_banks``; the budget of each bank comes from ``sparsity`` or, by
-default, from the tensor's measured sparsity. Errors are library errors (``ValueError`` naming the
-file); the command line turns them into messages.
+no pickle code runs; nested dicts are flattened with dotted names), a safetensors file (its checksums
+verified when it carries ours: ``integrity``; a packed one, ``export.save_packed``'s, as the dense
+tensors it encodes) or an MXNet ``.params`` file; a file whose content is of another format than its
+suffix says is refused, naming both. Tensors with >= 2 dims are checked with ``masks.check_banks``;
+the budget of each bank comes from ``sparsity`` or, by default, from the tensor's measured sparsity.
+Errors are library errors (``ValueError`` naming the file); the command line turns them into messages.
 """
 
 from __future__ import annotations
@@ -106,20 +106,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     from . import export
+    from .integrity import load_file
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            packed = export.METADATA_KEY in (f.metadata() or {})
-        if not packed:
-            tensors = load_file(str(path))  # stored by dtype and size: list them by name
-            return {name: tensors[name] for name in sorted(tensors)}, {}
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path}: not a safetensors file ({exc})") from exc
-    contents = export.read_packed(path)
+    tensors, metadata = load_file(path)  # checksums verified where the file has them (files we wrote)
+    if export.METADATA_KEY not in metadata:
+        return {name: tensors[name] for name in sorted(tensors)}, {}
+    contents = export.parse_packed(tensors, metadata, path)
     geometry = {
         name: {"bank_size": t.bank_size, "layout": t.layout, "out_dim": t.out_dim}
         for name, t in contents.items()
@@ -138,7 +131,8 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 def inspect_tensor(
     name: str, w: torch.Tensor, bank_size: int, layout: str, sparsity: float | None, out_dim: int = 0
 ) -> dict:
-    """One row of the report: shape, non-zeros, sparsity and (for >= 2 dims) the bank check."""
+    """One row of the report: shape, non-zeros, sparsity and (for >= 2 dims) the bank check, its rows
+    read with ``layout`` and ``out_dim`` (1: a transposed weight ``[in, out, ...]``)."""
     nonzeros = int((w != 0).sum())
     row = {
         "name": name,
@@ -147,6 +141,7 @@ def inspect_tensor(
         "numel": w.numel(),
         "nonzeros": nonzeros,
         "sparsity": 1 - nonzeros / max(1, w.numel()),
+        "out_dim": out_dim,
         "balanced": None,
         "budget": None,
         "over_budget": None,
@@ -175,9 +170,12 @@ def inspect_file(
     layout: str = "channels_last",
     sparsity: float | None = None,
     match: tuple[str, ...] = (),
+    transposed: tuple[str, ...] = (),
 ) -> dict:
     """Report of every tensor of ``path`` (or those whose name matches one of the globs ``match``).
 
+    Tensors whose name matches one of the globs ``transposed`` are weights stored ``[in, out]``
+    (``out_dim=1``, e.g. GPT-2's ``Conv1D``: ``'*.c_attn.weight'``): their banks run along dim 0.
     Tensors stored packed are checked with the bank size, layout and output dim the file records
     (their row has ``"packed"``); the others with ``bank_size`` and ``layout``. The totals count
     every listed tensor (1-D ones too); ``"checked"`` is the number of them with a bank check (>= 2
@@ -185,9 +183,10 @@ def inspect_file(
     """
     tensors, geometry = read_checkpoint(path)
     names = [n for n in tensors if not match or any(fnmatch.fnmatchcase(n, m) for m in match)]
+    out_dims = {n: 1 for n in names if any(fnmatch.fnmatchcase(n, t) for t in transposed) and tensors[n].dim() >= 2}
     rows = []
     for n in names:
-        g = geometry.get(n, {"bank_size": bank_size, "layout": layout, "out_dim": 0})
+        g = geometry.get(n, {"bank_size": bank_size, "layout": layout, "out_dim": out_dims.get(n, 0)})
         rows.append(inspect_tensor(n, tensors[n], g["bank_size"], g["layout"], sparsity, g["out_dim"]))
         if n in geometry:
             rows[-1]["packed"] = dict(g)
@@ -201,6 +200,7 @@ def inspect_file(
         "layout": layout,
         "sparsity": sparsity,
         "match": list(match),
+        "transposed": list(transposed),
         "tensors_in_file": len(tensors),
         "tensors": rows,
         "totals": {

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from . import geometry as G
+from . import integrity
 from . import masks as M
 from .config import LAYOUTS, ParamSpec, check_bank_size, check_choice
 
@@ -315,7 +316,7 @@ def save_packed(
         flat.update({f"{name}{SEP}{part}": t for part, t in p.tensors().items()})
     meta = {"format": FORMAT, "packed": {name: p.meta() for name, p in packed.items()}}
     path = Path(path)
-    safetensors.torch.save_file(flat, str(path), metadata={METADATA_KEY: json.dumps(meta)})
+    integrity.save_file(flat, path, metadata={METADATA_KEY: json.dumps(meta)})  # atomic, checksummed
     dense_all = {name: t.detach().cpu().clone() for name, t in tensors.items()}
     dense_bytes = len(safetensors.torch.save(dense_all))
     return ExportReport(str(path), dense_bytes, path.stat().st_size, packed, sorted(dense), fallback)
@@ -324,18 +325,19 @@ def save_packed(
 def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
     """Read a packed file without unpacking: ``{name: PackedTensor or dense Tensor}``, file order.
 
+    The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor).
     Errors are ``ValueError`` naming the file (and the tensor, when one is at fault).
     """
-    from safetensors import SafetensorError
+    flat, raw = integrity.load_file(path, framework="pt")
+    return parse_packed(flat, raw, path)
 
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            if METADATA_KEY not in raw:
-                raise ValueError(f"{path} is not a packed file: its metadata has no {METADATA_KEY!r} entry")
-            flat = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a packed file: not a readable safetensors file ({error})") from error
+
+def parse_packed(
+    flat: Mapping[str, Tensor], raw: Mapping[str, str], path: str | Path = "packed file"
+) -> dict[str, PackedTensor | Tensor]:
+    """``read_packed`` of tensors and metadata already read from ``path`` (``integrity.load_file``)."""
+    if METADATA_KEY not in raw:
+        raise ValueError(f"{path} is not a packed file: its metadata has no {METADATA_KEY!r} entry")
     try:
         meta = json.loads(raw[METADATA_KEY])
     except json.JSONDecodeError as error:
@@ -402,6 +404,7 @@ __all__ = [
     "pack_state_dict",
     "save_packed",
     "read_packed",
+    "parse_packed",
     "load_packed",
     "unpack_all",
     "check_balanced",

@@ -77,6 +77,8 @@ def bench(
     from benchmarks import masks
     from benchmarks.harness import header
 
+    from ..atomic import atomic_open
+
     title = header(f"pruning-tools bench{' --quick' if quick else ''}", threads)
     rows, info = masks.run_benchmark(quick, rounds, train_rounds, threads)
     masks.print_rows(rows, title)
@@ -84,12 +86,12 @@ def bench(
         click.echo(QUICK_CAVEAT)
     written = Written()
     if json_path:
-        with open(written.before(json_path), "w") as f:
+        with atomic_open(written.before(json_path), "w") as f:
             results = {"header": title, "rows": [asdict(r) for r in rows], "info": info}
             if quick:
                 results["caveat"] = QUICK_CAVEAT
             json.dump(results, f, indent=1, default=float)
     if md_path:
-        with open(written.before(md_path), "w") as f:
+        with atomic_open(written.before(md_path), "w") as f:
             f.write(masks.to_markdown(rows, info, title) + (f"\n{QUICK_CAVEAT}\n" if quick else ""))
     written.report()

@@ -88,10 +88,11 @@ def nothing_checked(report: dict) -> str:
 @click.option("--bank-size", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option(
     "--layout",
-    type=click.Choice(["channels_last", "flat"]),
+    type=click.Choice(["channels_last", "flat", "last_dim"]),
     default="channels_last",
     show_default=True,
-    help="How conv weights are read into rows (see the README).",
+    help="How N-D weights are read into rows: conv rows along input channels, W[o].flatten(), or rows "
+    "along the last dim (N-D parameters that are not conv weights); see the README.",
 )
 @click.option(
     "--sparsity",
@@ -100,6 +101,12 @@ def nothing_checked(report: dict) -> str:
     help="Budget every bank for this sparsity (default: each tensor's measured sparsity).",
 )
 @click.option("--match", multiple=True, metavar="GLOB", help="List only tensors whose name matches (repeatable).")
+@click.option(
+    "--transposed",
+    multiple=True,
+    metavar="GLOB",
+    help="Tensors stored [in, out] (output dim 1, e.g. GPT-2 Conv1D: '*.c_attn.weight'); repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--require-balanced",
@@ -108,7 +115,7 @@ def nothing_checked(report: dict) -> str:
     "(no tensor listed, or none with >= 2 dims).",
 )
 @library_errors
-def inspect(path, bank_size, layout, sparsity, match, as_json, require_balanced) -> None:
+def inspect(path, bank_size, layout, sparsity, match, transposed, as_json, require_balanced) -> None:
     """Table of every tensor in PATH (.pt/.pth, .safetensors, MXNet .params): shape, sparsity,
     non-zeros, bank balance with the worst bank, and totals over the listed tensors.
 
@@ -122,7 +129,7 @@ def inspect(path, bank_size, layout, sparsity, match, as_json, require_balanced)
         raise click.BadParameter(
             f"{path!r} has suffix {suffix!r}: expected one of " + ", ".join(sorted(SUFFIXES)), param_hint="PATH"
         )
-    report = inspect_file(path, bank_size, layout, sparsity, match)
+    report = inspect_file(path, bank_size, layout, sparsity, match, transposed)
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:

@@ -74,21 +74,19 @@ def mnist_model(
     ``--weights out/dense.safetensors`` run computes exactly the same table."""
     import torch
     import torch.nn.functional as F
-    from safetensors.torch import save_file
 
     from ..demo.data import load_mnist
-    from ..demo.outputs import default_mode
     from ..demo.torch_backend import evaluate, to_tensor
     from ..demo.trainer import train_mnist
+    from ..integrity import save_file
 
     if weights is None:
         click.echo(f"training the dense CNN for {epochs} epoch(s) ...", err=True)
         result = train_mnist(data_dir, sparsity=0.0, epochs=epochs, limit=limit, seed=seed)
         weights = str((written or Written()).before(out / "dense.safetensors"))
         save_file({k: v.contiguous() for k, v in result["model"].state_dict().items()}, weights)
-        default_mode(Path(weights))
         click.echo(f"dense test accuracy {result['test_accuracy']:.4f}; weights -> {printable(weights)}", err=True)
-    model = load_cnn(weights)
+    model = load_cnn(weights)  # checksums verified
     data = load_mnist(data_dir).head(limit)
     images = to_tensor(data.train_images[-score_images:])
     labels = torch.from_numpy(data.train_labels[-score_images:].astype("int64"))
@@ -265,6 +263,7 @@ def sensitivity(
     progress,
 ) -> None:
     """Prune one parameter at a time, one-shot; score; restore; suggest a prune_dict."""
+    from ..atomic import write_text
     from ..sensitivity import overall_sparsity, predicted_drop, snap_levels, suggest_prune_dict, sweep
 
     try:
@@ -325,7 +324,7 @@ def sensitivity(
         if uniform is not None:
             bars[f"uniform {uniform}"] = {name: uniform for name in table.names}
             report["uniform"] = uniform
-        written.before(out / "suggestion.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_text(written.before(out / "suggestion.json"), json.dumps(report, indent=1) + "\n")
     plots_missing = importlib.util.find_spec("matplotlib") is None  # the optional extra "plots"
     if not plots_missing:
         from ..demo.sensitivity_plots import plot_curves, plot_targets

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,37 +20,28 @@ OUTPUT_NAMES = (  # every file write_outputs may write
 )
 
 
-def default_mode(path: Path) -> None:
-    """Give ``path`` the mode a plain ``open()`` would (``0o666 & ~umask``): safetensors writes through a
-    private temporary file (mode 0600), and the demo's files should all read alike."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[str]]:
     """Write a ``train_mnist`` result into ``out``: ``weights.safetensors`` (every parameter and
-    buffer), ``pruner_state.safetensors`` (``Prune.save``'s format: no pickle), ``results.json``
-    (everything else) and the PNG figures when matplotlib is installed.
+    buffer, checksummed), ``pruner_state.safetensors`` (``Prune.save``'s format: no pickle),
+    ``results.json`` (everything else) and the PNG figures when matplotlib is installed. Every file is
+    written atomically (``pruning_tools.atomic``): a failed run never leaves a half-written file.
 
     Returns ``(files written by kind, notes for the user)``.
     """
-    from safetensors.numpy import save_file
-
+    from ..atomic import write_text
+    from ..integrity import save_file
     from ..pruner import write_state_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"weights": out / "weights.safetensors", "results": out / "results.json"}
     notes = []
-    save_file({name: np.array(w, order="C") for name, w in result["weights"].items()}, str(files["weights"]))
-    default_mode(files["weights"])
+    save_file({name: np.array(w, order="C") for name, w in result["weights"].items()}, files["weights"])
     if result.get("pruner_state") is not None:
         files["pruner_state"] = out / "pruner_state.safetensors"
         state = dict(result["pruner_state"])
         state["masks"] = {name: np.asarray(packed) for name, packed in state["masks"].items()}
         write_state_file(state, files["pruner_state"])
-        default_mode(files["pruner_state"])
     if importlib.util.find_spec("matplotlib") is None:  # the optional extra "plots"
         notes.append(PLOTS_HINT)
     else:
@@ -67,5 +57,5 @@ def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[
         )
     summary = {k: v for k, v in result.items() if k not in NOT_IN_JSON}
     summary["files"] = {k: p.name for k, p in files.items()}
-    files["results"].write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    write_text(files["results"], json.dumps(summary, indent=1, default=str) + "\n")
     return files, notes

@@ -34,15 +34,20 @@ def balanced_weight(rows: int = 8, cols: int = 128, seed: int = 0) -> torch.Tens
     return w * bank_mask(w, None, 0.9375)
 
 
-def tampered_state(source: Path, target: Path, change) -> Path:
-    """A copy of the pruner state file ``source`` whose JSON state went through ``change(state)``."""
+def tampered_state(source: Path, target: Path, change, resign: bool = True) -> Path:
+    """A copy of the pruner state file ``source`` whose JSON state went through ``change(state)``,
+    its checksums recomputed (``resign``) or left as they were."""
     from safetensors import safe_open
     from safetensors.numpy import save_file
+
+    from pruning_tools.integrity import signed_metadata
 
     with safe_open(str(source), "numpy") as f:
         metadata, tensors = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}
     state = json.loads(metadata["state"])
     changed = change(state)
     metadata["state"] = changed if isinstance(changed, str) else json.dumps(state)
+    if resign:  # an edit that recomputed the checksums: what the state says must be checked itself
+        metadata = signed_metadata(tensors, metadata)
     save_file(tensors, str(target), metadata=metadata)
     return target

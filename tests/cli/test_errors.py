@@ -34,8 +34,8 @@ def bad_checkpoints(tmp_path, checkpoint):
     params = tmp_path / "bad.params"
     params.write_bytes(b"nonsense" * 4)
     cases = [
-        (empty, "not a safetensors file"),
-        (garbage, "not a safetensors file"),
+        (empty, "is not a readable safetensors file"),
+        (garbage, "is not a readable safetensors file"),
         (misnamed_pt, "holds a safetensors file, but its suffix '.pt' announces a PyTorch checkpoint"),
         (misnamed_st, "holds a PyTorch checkpoint, but its suffix '.safetensors' announces a safetensors file"),
         (pickled, "not a PyTorch weights-only checkpoint"),
@@ -92,11 +92,11 @@ def test_tampered_pruner_state(tmp_path, checkpoint, pruner_state):
 
     cases = {
         "json": (lambda s: "{not json", "is not a pruner state"),
-        "params": (lambda s: s["config"].__setitem__("params", 5), "lacks its table of parameters"),
-        "no_config": (lambda s: s.pop("config"), "lacks its table of parameters"),
-        "bank": (setting("bank_size", "x"), "spec['bank_size']='x'"),
-        "layout": (setting("layout", "bogus"), "spec['layout']='bogus'"),
-        "sparsity": (setting("sparsity", 7), "spec['sparsity']=7"),
+        "params": (lambda s: s["config"].__setitem__("params", 5), "must be dicts by parameter name"),
+        "no_config": (lambda s: s.pop("config"), "is not a pruner state"),
+        "bank": (setting("bank_size", "x"), "['0.weight']['bank_size']='x'"),
+        "layout": (setting("layout", "bogus"), "['0.weight']['layout']='bogus'"),
+        "sparsity": (setting("sparsity", 7), "['0.weight']['sparsity']=7"),
         "target": (lambda s: s.__setitem__("mask_targets", {"0.weight": "abc"}), "'0.weight'"),
     }
     model = tmp_path / "weights.safetensors"
@@ -106,6 +106,9 @@ def test_tampered_pruner_state(tmp_path, checkpoint, pruner_state):
         result = invoke("export", model, tmp_path / "out.safetensors", "--pruner-state", state)
         line = assert_one_line_error(result, message, exit_codes=(2,))
         assert "--pruner-state" in line, key
+    edited = tampered_state(pruner_state, tmp_path / "edited.safetensors", setting("bank_size", 32), resign=False)
+    result = invoke("export", model, tmp_path / "out.safetensors", "--pruner-state", edited)
+    assert_one_line_error(result, "does not match its checksum", exit_codes=(2,))
     flipped = tmp_path / "flipped.safetensors"
     raw = bytearray(pruner_state.read_bytes())
     raw[20:30] = b"##########"  # inside the JSON header
@@ -121,7 +124,7 @@ def test_sensitivity_weights_of_another_model(tmp_path, checkpoint, mnist_dir):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 3)
     result = invoke("sensitivity", "--data", mnist_dir, "--weights", garbage, "--out", tmp_path / "s")
-    assert_one_line_error(result, "not a safetensors file", exit_codes=(1,))
+    assert_one_line_error(result, "is not a readable safetensors file", exit_codes=(1,))
 
 
 def test_library_errors_are_one_line_without_control_characters():
