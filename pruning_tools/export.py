@@ -325,23 +325,42 @@ def save_packed(
 def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
     """Read a packed file without unpacking: ``{name: PackedTensor or dense Tensor}``, file order.
 
-    The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor)."""
+    The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor).
+    Errors are ``ValueError`` naming the file (and the tensor, when one is at fault).
+    """
     flat, raw = integrity.load_file(path, framework="pt")
+    return parse_packed(flat, raw, path)
+
+
+def parse_packed(
+    flat: Mapping[str, Tensor], raw: Mapping[str, str], path: str | Path = "packed file"
+) -> dict[str, PackedTensor | Tensor]:
+    """``read_packed`` of tensors and metadata already read from ``path`` (``integrity.load_file``)."""
     if METADATA_KEY not in raw:
         raise ValueError(f"{path} is not a packed file: its metadata has no {METADATA_KEY!r} entry")
-    meta = json.loads(raw[METADATA_KEY])
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}: expected {FORMAT!r}")
+    try:
+        meta = json.loads(raw[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: the {METADATA_KEY!r} metadata is not JSON ({error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"{path} has format {found!r}: expected {FORMAT!r}")
+    if not isinstance(meta.get("packed"), dict):
+        raise ValueError(f"{path}: the metadata has no 'packed' table of tensors")
     out: dict[str, PackedTensor | Tensor] = {}
     for key, t in flat.items():
         if SEP not in key:
             out[key] = t
     for name, m in meta["packed"].items():
-        parts = {part: flat[f"{name}{SEP}{part}"] for part in PARTS}
-        p = PackedTensor(
-            **parts, shape=tuple(m["shape"]), bank_size=m["bank_size"], layout=m["layout"], out_dim=m["out_dim"]
-        )
-        if p.k != m["k"] or p.tail_k != m["tail_k"] or str(p.values.dtype) != f"torch.{m['dtype']}":
+        try:
+            parts = {part: flat[f"{name}{SEP}{part}"] for part in PARTS}
+            p = PackedTensor(
+                **parts, shape=tuple(m["shape"]), bank_size=m["bank_size"], layout=m["layout"], out_dim=m["out_dim"]
+            )
+            consistent = p.k == m["k"] and p.tail_k == m["tail_k"] and str(p.values.dtype) == f"torch.{m['dtype']}"
+        except (KeyError, TypeError, IndexError) as error:
+            raise ValueError(f"{path}: packed tensor {name!r} is incomplete (missing {error})") from error
+        if not consistent:
             raise ValueError(f"{path}: tensor {name!r} does not match its metadata {m}")
         out[name] = p
     return out
@@ -349,7 +368,21 @@ def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
 
 def load_packed(path: str | Path) -> dict[str, Tensor]:
     """Dense state dict rebuilt from a packed file (non-zeros bit-exact, zeros ``+0.0``)."""
-    return {name: unpack(t) if isinstance(t, PackedTensor) else t for name, t in read_packed(path).items()}
+    return unpack_all(read_packed(path), path)
+
+
+def unpack_all(contents: Mapping[str, PackedTensor | Tensor], path: str | Path = "packed file") -> dict[str, Tensor]:
+    """``read_packed``'s result as dense tensors; an error names ``path`` and the tensor."""
+    out = {}
+    for name, t in contents.items():
+        if not isinstance(t, PackedTensor):
+            out[name] = t
+            continue
+        try:
+            out[name] = unpack(t)
+        except (RuntimeError, ValueError, IndexError) as error:
+            raise ValueError(f"{path}: packed tensor {name!r} cannot be rebuilt ({error})") from error
+    return out
 
 
 def __getattr__(name: str) -> Any:  # the ONNX helpers moved to pruning_tools.onnx
@@ -371,7 +404,9 @@ __all__ = [
     "pack_state_dict",
     "save_packed",
     "read_packed",
+    "parse_packed",
     "load_packed",
+    "unpack_all",
     "check_balanced",
     "worth_packing",
     "specs_from_pruner_state",

@@ -430,6 +430,10 @@ class Pruner:
         """One warning per parameter whose target its pattern cannot reach (``geometry.unreachable``:
         falling short by half a bank or more, e.g. rows of 1 or 3 at 2:4; overshooting is rounding)."""
         for name, spec in self.config.params.items():
+            if spec.numel == 0:  # e.g. a layer of zero width, matched by a glob
+                if spec.sparsity > 0:
+                    warnings.warn(f"{name} {list(spec.shape)} has no elements: nothing to prune", stacklevel=4)
+                continue
             if spec.balance == "global":
                 continue
             realised = G.unreachable(

@@ -142,6 +142,10 @@ class TorchBridge:
             )
         return p
 
+    def not_parameters(self) -> dict[str, str]:
+        """Buffers (e.g. BatchNorm running statistics): never pruned, and a prune_dict naming one is refused."""
+        return {name: "a buffer (e.g. a BatchNorm running statistic)" for name, _ in self.model.named_buffers()}
+
     def names(self) -> list[str]:
         return list(self._paths)
 
@@ -251,6 +255,7 @@ class Prune(Pruner):
             layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
             aliases=bridge.aliases(),
             dtypes=bridge.dtypes(),
+            not_parameters=bridge.not_parameters(),
         )
         for name in self.config.params:
             if not bridge.is_floating(name):
