@@ -273,7 +273,7 @@ class Prune(Pruner):
         # (``restore_sparsity``, ``load``) gets its masks moved once, not copied on every step
         for name, mask in self._masks.items():
             if mask is not None:
-                p = D.local(self._bridge.read(name))
+                p = D.local(self._bridge.parameter(name))
                 if mask.device != self._mask_device(p) or (
                     p.is_cuda and mask.device.type == "cpu" and not mask.is_pinned()
                 ):
