@@ -7,7 +7,12 @@ by the source, the flags, the compiler and the CPU, so a later process loads it 
 
 - ``mask_select`` (``mask_select.c``): bank-balanced selection, radix-select histograms and masked
   zeroing for the mask engine (wrapped by ``mask_kernels``).
-- ``bank_sparse`` (``bank_sparse.c``): ``y = x Wᵀ + b`` from packed banks (``pruning_tools.inference``).
+- ``bank_sparse`` (``bank_sparse.c``): ``y = x Wᵀ + b`` and k×k convolutions from packed banks
+  (``pruning_tools.inference``); every entry point checks its sizes once per call, and only runs on a
+  weight whose indices its own ``bank_check`` has read.
+
+``PRUNING_TOOLS_SANITIZE=address`` builds every kernel with AddressSanitizer (a separate cache entry;
+the process must preload the sanitizer's runtime, see ``scripts/test.sh``).
 
 The engine: ``auto`` (default: a kernel when it builds, else the pure-PyTorch path with one warning),
 ``native`` (a kernel or ``KernelUnavailableError``), ``torch`` (always the PyTorch path). It comes from
@@ -68,17 +73,38 @@ KERNELS = {
     "bank_sparse": Kernel(
         HERE / "bank_sparse.c",
         ("-O3", "-march=native", "-std=gnu99", "-fopenmp", "-shared", "-fPIC"),
-        {
-            # x, batch, in_features, y, values, idx, tail_values, tail_idx, bias, rows, banks, k, bank, tail_k
-            "bank_linear": ([_P, _I, _I, _P] + [_P] * 5 + [_I] * 5, ctypes.c_int),
+        {  # descriptors are pointers to pruning_tools.inference.native.BankWeight / ConvGeometry
+            "bank_check": ([_P, _P], ctypes.c_int),  # weight, int64 *where
+            "bank_linear": ([_P, _P, _I, _I, _P], ctypes.c_int),  # weight, x, batch, in_features, y
+            "bank_conv2d": ([_P, _P, _P, _P], ctypes.c_int),  # weight, geometry, x, y
             "bank_set_threads": ([ctypes.c_int], None),
         },
     ),
 }
 
+SANITIZERS = {"address": ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")}
+
+
+def flags_of(kernel: Kernel) -> tuple[str, ...]:
+    """The compiler flags of ``kernel``, plus a sanitizer's when ``PRUNING_TOOLS_SANITIZE`` names one
+    (``address``: AddressSanitizer, for tests; the process must preload the sanitizer's runtime)."""
+    sanitizer = os.environ.get("PRUNING_TOOLS_SANITIZE", "")
+    if not sanitizer:
+        return kernel.flags
+    if sanitizer not in SANITIZERS:
+        raise ValueError(f"PRUNING_TOOLS_SANITIZE={sanitizer!r} is not allowed: expected one of {sorted(SANITIZERS)}")
+    return (*kernel.flags, *SANITIZERS[sanitizer])
+
+
 _loaded: dict[str, ctypes.CDLL | None] = {}  # kernel name -> library, None once it failed (or engine "torch")
 _errors: dict[str, str] = {}  # kernel name -> why it is None
-_override = threading.local()  # .engine set by use_engine
+
+
+class _Override(threading.local):
+    engine: str | None = None  # set by use_engine, per thread
+
+
+_override = _Override()
 _lock = threading.Lock()
 
 
@@ -92,19 +118,25 @@ def _check_engine(argument: str, value: object) -> str:
     return value
 
 
+_from_environment: list[str] = []  # PRUNING_TOOLS_KERNEL as read at first use (reset() reads it again)
+
+
 def engine() -> str:
-    """The engine in force: the innermost ``use_engine`` block's, else ``PRUNING_TOOLS_KERNEL``, else ``auto``."""
-    chosen = getattr(_override, "engine", None)
+    """The engine in force: the innermost ``use_engine`` block's, else ``PRUNING_TOOLS_KERNEL`` (read
+    at first use), else ``auto``."""
+    chosen = _override.engine
     if chosen is not None:
         return chosen
-    return _check_engine("PRUNING_TOOLS_KERNEL", os.environ.get("PRUNING_TOOLS_KERNEL", "auto"))
+    if not _from_environment:
+        _from_environment.append(_check_engine("PRUNING_TOOLS_KERNEL", os.environ.get("PRUNING_TOOLS_KERNEL", "auto")))
+    return _from_environment[0]
 
 
 @contextlib.contextmanager
 def use_engine(name: str) -> Iterator[None]:
     """Compute with ``name`` (``"auto"``, ``"native"`` or ``"torch"``) inside the ``with`` block (this thread)."""
     _check_engine("engine", name)
-    previous = getattr(_override, "engine", None)
+    previous = _override.engine
     _override.engine = name
     try:
         yield
@@ -117,6 +149,7 @@ def reset() -> None:
     with _lock:
         _loaded.clear()
         _errors.clear()
+        _from_environment.clear()
 
 
 def cache_dir() -> Path:
@@ -177,7 +210,7 @@ def compiled(source: Path, flags: Sequence[str]) -> Path:
 
 
 def _load(kernel: Kernel) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(compiled(kernel.source, kernel.flags)))
+    lib = ctypes.CDLL(str(compiled(kernel.source, flags_of(kernel))))
     for name, (argtypes, restype) in kernel.signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
@@ -228,6 +261,7 @@ __all__ = [
     "cache_dir",
     "compiled",
     "engine",
+    "flags_of",
     "library",
     "library_path",
     "reset",

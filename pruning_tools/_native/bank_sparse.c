@@ -1,18 +1,28 @@
-/* Bank-sparse matrix product for CPUs: y = x W^T + b, W stored packed (pruning_tools/export.py).
+/* Bank-sparse products straight from packed banks (pruning_tools.export.pack, channels-last rows).
  *
- * Packed W, one row per output feature:
- *   values [rows, banks, k] float32, idx [rows, banks, k] uint8 (position inside the bank);
- *   tail_values [rows, tail_k], tail_idx [rows, tail_k] for the shorter last bank (tail_k may be 0).
- * Full bank j of a row covers input columns [j * bank, (j + 1) * bank); the tail bank starts at
- * banks * bank.
+ * A weight is described once by a bank_weight (below): rows of `in_features` weights, each row cut
+ * into `banks` full banks of `bank` weights plus a tail bank of in_features - banks * bank; every full
+ * bank stores k values and their uint8 positions inside the bank, every tail bank tail_k of them.
+ *   values [rows, banks, k] float32, idx [rows, banks, k] uint8;
+ *   tail_values [rows, tail_k], tail_idx [rows, tail_k] (tail_k may be 0).
+ * Full bank j of a row covers input columns [j * bank, (j + 1) * bank); the tail starts at banks * bank.
  *
- * bank_linear: x [batch, in] -> y [batch, rows], returns 0 (or -1 when scratch memory is short).
- *   batch 1 is a dot product per row; larger batches first copy x transposed into a per-thread
- *   scratch buffer xt [in, ldx] (ldx = batch rounded up to 8, padding zeroed; kept for later calls),
- *   then run tiles of 8 to 64 batch columns held in vector registers.
- * Rows are shared among OpenMP threads (one thread when the work is small). The team shrinks when
- * other processes keep the cores busy (team_size below): on a shared machine a thread that waits for
- * a busy core costs a scheduler time slice, far more than the product itself.
+ * Safety: bank_check() reads every index once and stamps the descriptor; the products refuse a
+ * descriptor whose stamp does not match its fields (changed pointers or sizes, never checked), and
+ * check every size they receive against it, once per call. So no index, size or stride from a file
+ * can make them read or write outside the buffers described.
+ *
+ * bank_linear: x [batch, in] -> y [batch, rows]. Batch 1 is a dot product per row; larger batches
+ *   copy x transposed into a scratch buffer xt [in, ldx] and run the tile core below.
+ * bank_conv2d: x [n, c, h, w] (NCHW) -> y [n, o, oh, ow] for a k x k convolution (any stride,
+ *   padding, dilation; groups 1) whose rows are (o, kh, kw), each along the input channels. Each image
+ *   is copied once into zero-padded, stride-phase planes (so that the input pixels an output row
+ *   reads at one kernel position are contiguous); then for each output channel and each run of output
+ *   positions, every stored weight (c, kh, kw) adds value * plane_c[shifted run] into vector
+ *   accumulators. The weight is never expanded and the input never unfolded.
+ *
+ * Threads: OpenMP, sharing torch's runtime (torch is loaded first): omp_get_max_threads() is
+ * torch.get_num_threads(). The team shrinks when other processes keep the cores busy (team_size).
  * GCC vector extensions keep the code portable: the compiler maps them to the widest SIMD it has.
  */
 #define _POSIX_C_SOURCE 200112L
@@ -23,23 +33,95 @@
 #include <string.h>
 #include <time.h>
 
-typedef float v8 __attribute__((vector_size(32)));
+#ifndef VL
+#define VL 16 /* floats per vector */
+#endif
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 
-static inline v8 load8(const float *p) {
-    v8 v;
+static inline vf loadv(const float *p) {
+    vf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
+enum { BANK_OK = 0, BANK_NO_MEMORY = -1, BANK_NOT_CHECKED = -2, BANK_BAD_SIZES = -3, BANK_BAD_INDEX = -4 };
+
+typedef struct {
+    const float *values;
+    const uint8_t *idx;
+    const float *tail_values;
+    const uint8_t *tail_idx;
+    const float *bias; /* [rows] (linear) or [rows / (kh * kw)] (conv), or NULL */
+    int64_t rows, in_features, banks, k, bank, tail_k;
+    uint64_t stamp; /* written by bank_check */
+} bank_weight;
+
+typedef struct {
+    int64_t n, c, h, w;                 /* input */
+    int64_t kh, kw, sh, sw, ph, pw, dh, dw; /* kernel, stride, top/left padding, dilation */
+    int64_t oh, ow;                     /* output */
+} bank_conv_geometry;
+
+#define LIMIT ((int64_t)1 << 31) /* every size below this: products of a few of them fit in int64 */
+
+static uint64_t stamp_of(const bank_weight *w) {
+    const uint64_t fields[] = {(uint64_t)(uintptr_t)w->values, (uint64_t)(uintptr_t)w->idx,
+                               (uint64_t)(uintptr_t)w->tail_values, (uint64_t)(uintptr_t)w->tail_idx,
+                               (uint64_t)w->rows, (uint64_t)w->in_features, (uint64_t)w->banks,
+                               (uint64_t)w->k, (uint64_t)w->bank, (uint64_t)w->tail_k};
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; ++i) h = (h ^ fields[i]) * 0x100000001b3ull + 0x5bd1e995u;
+    return h | 1u; /* never 0 (0: not checked) */
+}
+
+static int sizes_ok(const bank_weight *w) {
+    if (w->rows < 0 || w->rows >= LIMIT || w->in_features < 0 || w->in_features >= LIMIT) return 0;
+    if (w->bank < 1 || w->bank > 256 || w->banks < 0 || w->k < 0 || w->k > w->bank || w->tail_k < 0) return 0;
+    if (w->banks * w->bank > w->in_features) return 0;
+    const int64_t tail_len = w->in_features - w->banks * w->bank;
+    if (tail_len >= w->bank || w->tail_k > tail_len) return 0;
+    if (w->rows && w->banks && w->k && (!w->values || !w->idx)) return 0;
+    if (w->rows && w->tail_k && (!w->tail_values || !w->tail_idx)) return 0;
+    return 1;
+}
+
+/* Read every stored index once: each must lie inside its bank (full banks: < bank; tail: < tail_len).
+ * Returns BANK_OK and stamps the descriptor, or BANK_BAD_SIZES / BANK_BAD_INDEX (first bad flat
+ * position in *where: full banks, then tail). */
+int bank_check(bank_weight *w, int64_t *where) {
+    w->stamp = 0;
+    *where = -1;
+    if (!sizes_ok(w)) return BANK_BAD_SIZES;
+    const int64_t n = w->rows * w->banks * w->k;
+    const int64_t tail_len = w->in_features - w->banks * w->bank;
+    for (int64_t i = 0; i < n; ++i)
+        if (w->idx[i] >= w->bank) {
+            *where = i;
+            return BANK_BAD_INDEX;
+        }
+    const int64_t nt = w->rows * w->tail_k;
+    for (int64_t i = 0; i < nt; ++i)
+        if (w->tail_idx[i] >= tail_len) {
+            *where = n + i;
+            return BANK_BAD_INDEX;
+        }
+    w->stamp = stamp_of(w);
+    return BANK_OK;
+}
+
+static int usable(const bank_weight *w) { return w && w->stamp != 0 && w->stamp == stamp_of(w) && sizes_ok(w); }
+
+/* ---------------------------------------------------------------- threads */
+
 #define PARALLEL_WORK 65536 /* multiply-adds below which one thread is faster than a team */
 
-/* Threads for the next loop: omp_get_max_threads() (torch.set_num_threads), fewer when the kernel's
- * count of runnable threads (/proc/loadavg, read at most every 50 ms per calling thread) says other
- * processes occupy the cores. Our own team is counted as running (its threads spin between loops).
+/* Threads for the next loop: omp_get_max_threads() (torch.set_num_threads), fewer when the count of
+ * runnable threads (/proc/loadavg, read at most every 50 ms per calling thread) says other processes
+ * occupy the cores. Our own team is counted as running (its threads spin between loops).
  * bank_set_threads(n > 0) fixes the team size instead; bank_set_threads(0) restores the default. */
 static __thread double team_checked_at = -1.0;
 static __thread int team_cached = 1;
-static int team_forced = 0; /* > 0: always this many threads (bank_set_threads) */
+static int team_forced = 0;
 
 void bank_set_threads(int n) { team_forced = n > 0 ? n : 0; }
 
@@ -66,30 +148,28 @@ static int team_size(void) {
 
 /* ---------------------------------------------------------------- batch 1 */
 
-/* Dot product of one packed row with x; K stored weights per bank (a constant in the copies below). */
-#define ROW_DOT_BODY(K)                                                                         \
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                    \
-    int64_t j = 0;                                                                              \
-    for (; j + 4 <= banks; j += 4) {                                                            \
-        for (int u = 0; u < 4; ++u) {                                                           \
-            const float *xb = x + (j + u) * bank;                                               \
-            const float *vb = v + (j + u) * (K);                                                \
-            const uint8_t *ib = ix + (j + u) * (K);                                             \
-            float s = 0.0f;                                                                     \
-            for (int64_t t = 0; t < (K); ++t) s += vb[t] * xb[ib[t]];                           \
-            acc[u] += s;                                                                        \
-        }                                                                                       \
-    }                                                                                           \
-    for (; j < banks; ++j) {                                                                    \
-        const float *xb = x + j * bank;                                                         \
-        for (int64_t t = 0; t < (K); ++t) acc[0] += v[j * (K) + t] * xb[ix[j * (K) + t]];       \
-    }                                                                                           \
+#define ROW_DOT_BODY(K)                                                                   \
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                              \
+    int64_t j = 0;                                                                        \
+    for (; j + 4 <= banks; j += 4) {                                                      \
+        for (int u = 0; u < 4; ++u) {                                                     \
+            const float *xb = x + (j + u) * bank;                                         \
+            const float *vb = v + (j + u) * (K);                                          \
+            const uint8_t *ib = ix + (j + u) * (K);                                       \
+            float s = 0.0f;                                                               \
+            for (int64_t t = 0; t < (K); ++t) s += vb[t] * xb[ib[t]];                     \
+            acc[u] += s;                                                                  \
+        }                                                                                 \
+    }                                                                                     \
+    for (; j < banks; ++j) {                                                              \
+        const float *xb = x + j * bank;                                                   \
+        for (int64_t t = 0; t < (K); ++t) acc[0] += v[j * (K) + t] * xb[ix[j * (K) + t]]; \
+    }                                                                                     \
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 
-#define DEFINE_ROW_DOT(K)                                                                            \
-    static float row_dot_##K(const float *x, const float *v, const uint8_t *ix, int64_t banks,       \
-                             int64_t bank) {                                                         \
-        ROW_DOT_BODY(K)                                                                              \
+#define DEFINE_ROW_DOT(K)                                                                             \
+    static float row_dot_##K(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank) { \
+        ROW_DOT_BODY(K)                                                                               \
     }
 DEFINE_ROW_DOT(1)
 DEFINE_ROW_DOT(2)
@@ -100,14 +180,14 @@ DEFINE_ROW_DOT(6)
 DEFINE_ROW_DOT(7)
 DEFINE_ROW_DOT(8)
 
-static float row_dot_any(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank,
-                         int64_t k) {
+static float row_dot_any(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank, int64_t k) {
     ROW_DOT_BODY(k)
 }
 
-static inline float row_dot(const float *x, const float *v, const uint8_t *ix, int64_t banks,
-                            int64_t bank, int64_t k) {
+static inline float row_dot(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank,
+                            int64_t k) {
     switch (k) {
+        case 0: return 0.0f;
         case 1: return row_dot_1(x, v, ix, banks, bank);
         case 2: return row_dot_2(x, v, ix, banks, bank);
         case 3: return row_dot_3(x, v, ix, banks, bank);
@@ -120,145 +200,294 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
     }
 }
 
-static void bank_gemv(const float *x, const float *values, const uint8_t *idx, const float *tail_values,
-               const uint8_t *tail_idx, const float *bias, float *y, int64_t rows, int64_t banks,
-               int64_t k, int64_t bank, int64_t tail_k) {
+static void bank_gemv(const bank_weight *w, const float *x, float *y) {
+    const int64_t rows = w->rows, banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;
     const int64_t work = rows * (banks * k + tail_k);
     const int team = work > PARALLEL_WORK ? team_size() : 1;
 #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
     for (int64_t o = 0; o < rows; ++o) {
-        float acc = banks ? row_dot(x, values + o * banks * k, idx + o * banks * k, banks, bank, k) : 0.0f;
-        const float *tv = tail_values + o * tail_k;
-        const uint8_t *ti = tail_idx + o * tail_k;
+        float acc = banks ? row_dot(x, w->values + o * banks * k, w->idx + o * banks * k, banks, bank, k) : 0.0f;
+        const float *tv = w->tail_values + o * tail_k;
+        const uint8_t *ti = w->tail_idx + o * tail_k;
         const float *xt = x + banks * bank;
         for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
-        y[o] = acc + (bias ? bias[o] : 0.0f);
+        y[o] = acc + (w->bias ? w->bias[o] : 0.0f);
     }
 }
 
-/* ---------------------------------------------------------------- batch > 1 */
+/* ---------------------------------------------------------------- the tile core */
 
-/* acc[0:N] (N vectors of 8 batch columns) += w * xt[col, b0 : b0 + 8N] for each stored weight.
- * U independent copies of acc (stored weight t of a bank goes to copy t % U) hide the FMA latency. */
-#define GEMM_TILE(N, U)                                                                          \
-    static void gemm_tile_##N(const float *xt, int64_t ldx, int64_t b0, int64_t width,           \
-                              const float *v, const uint8_t *ix, int64_t banks, int64_t k,       \
-                              int64_t bank, const float *tv, const uint8_t *ti, int64_t tail_k,  \
-                              float b, float *dst) {                                             \
-        v8 acc[U][N];                                                                            \
-        for (int u = 0; u < U; ++u)                                                              \
-            for (int n = 0; n < N; ++n) acc[u][n] = (v8){0};                                     \
-        for (int64_t j = 0; j < banks; ++j) {                                                    \
-            const float *xb = xt + j * bank * ldx + b0;                                          \
-            int64_t t = 0;                                                                       \
-            for (; t + U <= k; t += U) {                                                         \
-                for (int u = 0; u < U; ++u) {                                                    \
-                    const float w = v[j * k + t + u];                                            \
-                    const float *xc = xb + ix[j * k + t + u] * ldx;                              \
-                    for (int n = 0; n < N; ++n) acc[u][n] += w * load8(xc + 8 * n);              \
-                }                                                                                \
-            }                                                                                    \
-            for (; t < k; ++t) {                                                                 \
-                const float w = v[j * k + t];                                                    \
-                const float *xc = xb + ix[j * k + t] * ldx;                                      \
-                for (int n = 0; n < N; ++n) acc[0][n] += w * load8(xc + 8 * n);                  \
-            }                                                                                    \
-        }                                                                                        \
-        const float *xtail = xt + banks * bank * ldx + b0;                                       \
-        for (int64_t t = 0; t < tail_k; ++t) {                                                   \
-            const float w = tv[t];                                                               \
-            const float *xc = xtail + ti[t] * ldx;                                               \
-            for (int n = 0; n < N; ++n) acc[0][n] += w * load8(xc + 8 * n);                      \
-        }                                                                                        \
-        for (int u = 1; u < U; ++u)                                                              \
-            for (int n = 0; n < N; ++n) acc[0][n] += acc[u][n];                                  \
-        float out[8 * N];                                                                        \
-        memcpy(out, acc[0], sizeof out);                                                         \
-        for (int64_t c = 0; c < width; ++c) dst[c] = out[c] + b;                                 \
+/* The products below read their input as *planes*: input channel c is the run planes[c * ldc + ...],
+ * and output position p of kernel position r reads planes[c * ldc + offs[r] + p] (linear: one
+ * kernel position, offset 0, positions = batch columns of x transposed).
+ *
+ * io[0 : NV * VL] (+)= sum over the kk rows r of output channel o (row o * kk + r), over its full
+ * banks [j0, j1) and (with_tail) its tail bank, of value * planes[c * ldc + offs[r] + p0 + 0 : NV * VL].
+ * Two sets of accumulators (stored weights alternate between them) hide the FMA latency. */
+#define TILE(NV)                                                                                        \
+    static void tile_##NV(const bank_weight *w, int64_t o, int64_t kk, const float *xq, int64_t ldc,    \
+                          const int64_t *offs, int64_t p0, int64_t j0, int64_t j1, int with_tail,       \
+                          int first, float *io) {                                                       \
+        const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;                   \
+        vf a[NV], b[NV];                                                                                \
+        for (int n = 0; n < NV; ++n) {                                                                  \
+            a[n] = first ? (vf){0} : loadv(io + n * VL);                                                \
+            b[n] = (vf){0};                                                                             \
+        }                                                                                               \
+        for (int64_t r = 0; r < kk; ++r) {                                                              \
+            const int64_t row = o * kk + r;                                                             \
+            const float *v = w->values + (row * banks + j0) * k;                                        \
+            const uint8_t *ix = w->idx + (row * banks + j0) * k;                                        \
+            const float *base = xq + offs[r] + p0;                                                      \
+            for (int64_t j = j0; j < j1; ++j) {                                                         \
+                const float *xb = base + j * bank * ldc;                                                \
+                int64_t t = 0;                                                                          \
+                for (; t + 2 <= k; t += 2) {                                                            \
+                    const float w0 = v[t], w1 = v[t + 1];                                               \
+                    const float *s0 = xb + ix[t] * ldc, *s1 = xb + ix[t + 1] * ldc;                     \
+                    for (int n = 0; n < NV; ++n) {                                                      \
+                        a[n] += w0 * loadv(s0 + n * VL);                                                \
+                        b[n] += w1 * loadv(s1 + n * VL);                                                \
+                    }                                                                                   \
+                }                                                                                       \
+                if (t < k) {                                                                            \
+                    const float w0 = v[t];                                                              \
+                    const float *s0 = xb + ix[t] * ldc;                                                 \
+                    for (int n = 0; n < NV; ++n) a[n] += w0 * loadv(s0 + n * VL);                       \
+                }                                                                                       \
+                v += k;                                                                                 \
+                ix += k;                                                                                \
+            }                                                                                           \
+            if (with_tail) {                                                                            \
+                const float *tv = w->tail_values + row * tail_k;                                        \
+                const uint8_t *ti = w->tail_idx + row * tail_k;                                         \
+                const float *xt = base + banks * bank * ldc;                                            \
+                for (int64_t t = 0; t < tail_k; ++t) {                                                  \
+                    const float w0 = tv[t];                                                             \
+                    const float *s0 = xt + ti[t] * ldc;                                                 \
+                    for (int n = 0; n < NV; ++n) a[n] += w0 * loadv(s0 + n * VL);                       \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+        for (int n = 0; n < NV; ++n) {                                                                  \
+            const vf sum = a[n] + b[n];                                                                 \
+            memcpy(io + n * VL, &sum, sizeof sum);                                                      \
+        }                                                                                               \
     }
-GEMM_TILE(1, 4)
-GEMM_TILE(2, 2)
-GEMM_TILE(4, 1)
-GEMM_TILE(8, 1)
+TILE(1)
+TILE(2)
+TILE(4)
 
-/* Row o of y for batch columns [c0, c0 + width), width <= 64, into dst[0:width]: widest tiles first;
- * the last 8-wide tile may read columns up to ldx. */
-static void gemm_row(const float *xt, int64_t ldx, int64_t c0, int64_t width, const float *v, const uint8_t *ix,
-                     int64_t banks, int64_t k, int64_t bank, const float *tv, const uint8_t *ti, int64_t tail_k,
-                     float b, float *dst) {
-    int64_t c = 0;
-    if (width == 64) {
-        gemm_tile_8(xt, ldx, c0, 64, v, ix, banks, k, bank, tv, ti, tail_k, b, dst);
-        return;
-    }
-    if (width - c >= 32) {
-        gemm_tile_4(xt, ldx, c0 + c, 32, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
-        c += 32;
-    }
-    if (width - c >= 16) {
-        gemm_tile_2(xt, ldx, c0 + c, 16, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
-        c += 16;
-    }
-    for (; c < width; c += 8) {
-        const int64_t left = width - c;
-        gemm_tile_1(xt, ldx, c0 + c, left < 8 ? left : 8, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
-    }
+#define TILE_POSITIONS (4 * VL) /* output positions per tile */
+#define CHUNK_O 32              /* output channels per work item */
+#define L1_TARGET (32 * 1024)   /* bytes of input a block of banks may read per tile */
+
+static void tile(const bank_weight *w, int64_t o, int64_t kk, const float *xq, int64_t ldc, const int64_t *offs,
+                 int64_t p0, int64_t width, int64_t j0, int64_t j1, int with_tail, int first, float *io) {
+    if (width > 2 * VL) tile_4(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
+    else if (width > VL) tile_2(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
+    else tile_1(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
 }
 
-#define ROW_BLOCK 16 /* rows computed into a local buffer, then written as contiguous runs of y */
-#define BATCH_TILE 64
+/* Where results go: conv y[o * out_plane + oh * out_w + ow] for p = oh * wq_len + ow, ow < out_w
+ * (other columns dropped), or linear y[p * rows + o]; plus bias[o]. */
+typedef struct {
+    float *y;
+    int linear;
+    int64_t out_plane, wq_len, out_w;
+} sink;
 
-static void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values, const uint8_t *idx,
-               const float *tail_values, const uint8_t *tail_idx, const float *bias, float *y,
-               int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
-    const int64_t work = rows * (banks * k + tail_k) * batch;
-    const int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
-    const int team = work > PARALLEL_WORK ? team_size() : 1;
-#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t o0 = blk * ROW_BLOCK;
-        const int64_t n_rows = rows - o0 < ROW_BLOCK ? rows - o0 : ROW_BLOCK;
-        float buf[ROW_BLOCK][BATCH_TILE];
-        for (int64_t c0 = 0; c0 < batch; c0 += BATCH_TILE) {
-            const int64_t width = batch - c0 < BATCH_TILE ? batch - c0 : BATCH_TILE;
-            for (int64_t r = 0; r < n_rows; ++r) {
-                const int64_t o = o0 + r;
-                gemm_row(xt, ldx, c0, width, values + o * banks * k, idx + o * banks * k, banks, k, bank,
-                         tail_values + o * tail_k, tail_idx + o * tail_k, tail_k, bias ? bias[o] : 0.0f, buf[r]);
+/* The whole product, called by every thread of a parallel region: work items (tile of positions,
+ * chunk of output channels) are split into one contiguous range per thread. Input channels are taken
+ * in blocks of banks that keep a tile's input in L1 (span_bytes: input bytes one channel reads per
+ * tile); partial sums stay in a per-thread buffer of CHUNK_O x TILE_POSITIONS. */
+static void product(const bank_weight *w, int64_t kk, const float *planes, int64_t ldc, const int64_t *offs,
+                    int64_t positions, int64_t span_bytes, const sink *out) {
+    const int64_t out_c = w->rows / kk, banks = w->banks;
+    const int64_t tiles = (positions + TILE_POSITIONS - 1) / TILE_POSITIONS;
+    const int64_t chunks = (out_c + CHUNK_O - 1) / CHUNK_O;
+    const int64_t per_bank = w->bank * span_bytes;
+    int64_t block = L1_TARGET / (per_bank > 0 ? per_bank : 1);
+    block = block < 1 ? 1 : block;
+    const int64_t items = tiles * chunks, nth = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t first = items * me / nth, last = items * (me + 1) / nth;
+    float buf[CHUNK_O][TILE_POSITIONS] __attribute__((aligned(64)));
+    for (int64_t item = first; item < last; ++item) {
+        const int64_t tb = item / chunks, o0 = (item % chunks) * CHUNK_O;
+        const int64_t p0 = tb * TILE_POSITIONS;
+        const int64_t width = positions - p0 < TILE_POSITIONS ? positions - p0 : TILE_POSITIONS;
+        const int64_t n_o = out_c - o0 < CHUNK_O ? out_c - o0 : CHUNK_O;
+        for (int64_t j0 = 0;; j0 += block) {
+            const int64_t j1 = j0 + block < banks ? j0 + block : banks;
+            const int tail = j1 == banks;
+            for (int64_t i = 0; i < n_o; ++i) tile(w, o0 + i, kk, planes, ldc, offs, p0, width, j0, j1, tail, j0 == 0, buf[i]);
+            if (tail) break;
+        }
+        if (out->linear) { /* y[p0 + q, o0 : o0 + n_o] */
+            for (int64_t q = 0; q < width; ++q) {
+                float *dst = out->y + (p0 + q) * w->rows + o0;
+                for (int64_t i = 0; i < n_o; ++i) dst[i] = buf[i][q] + (w->bias ? w->bias[o0 + i] : 0.0f);
             }
-            for (int64_t c = 0; c < width; ++c)  /* y[c0 + c, o0 : o0 + n_rows] */
-                for (int64_t r = 0; r < n_rows; ++r) y[(c0 + c) * rows + o0 + r] = buf[r][c];
+            continue;
+        }
+        for (int64_t i = 0; i < n_o; ++i) {
+            const float b = w->bias ? w->bias[o0 + i] : 0.0f;
+            float *yo = out->y + (o0 + i) * out->out_plane;
+            if (out->wq_len == out->out_w) { /* no dropped columns: one run */
+                for (int64_t q = 0; q < width; ++q) yo[p0 + q] = buf[i][q] + b;
+                continue;
+            }
+            int64_t oh = p0 / out->wq_len, ow = p0 % out->wq_len;
+            for (int64_t t = 0; t < width;) { /* runs of one output row */
+                const int64_t run = out->wq_len - ow < width - t ? out->wq_len - ow : width - t;
+                const int64_t valid = ow < out->out_w ? (out->out_w - ow < run ? out->out_w - ow : run) : 0;
+                for (int64_t q = 0; q < valid; ++q) yo[oh * out->out_w + ow + q] = buf[i][t + q] + b;
+                t += run;
+                ow = 0;
+                ++oh;
+            }
         }
     }
 }
 
-/* ---------------------------------------------------------------- entry point */
+/* ---------------------------------------------------------------- linear */
 
-static __thread float *scratch = NULL; /* xt of the calling thread, grown on demand */
+static __thread float *scratch = NULL; /* of the calling thread, grown on demand, kept for later calls */
 static __thread size_t scratch_floats = 0;
 
-int bank_linear(const float *x, int64_t batch, int64_t in_features, float *y, const float *values,
-                const uint8_t *idx, const float *tail_values, const uint8_t *tail_idx, const float *bias,
-                int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
-    if (batch <= 0) return 0;
-    if (batch == 1) {
-        bank_gemv(x, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k);
-        return 0;
-    }
-    const int64_t ldx = (batch + 7) / 8 * 8;
-    const size_t need = (size_t)in_features * (size_t)ldx;
-    if (need > scratch_floats) {
+static float *scratch_of(size_t floats) {
+    if (floats > scratch_floats) {
         void *grown = NULL;
-        if (posix_memalign(&grown, 64, need * sizeof(float))) return -1;
+        if (posix_memalign(&grown, 64, floats * sizeof(float))) return NULL;
         free(scratch);
         scratch = grown;
-        scratch_floats = need;
+        scratch_floats = floats;
     }
-    for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c], in blocks of 16 columns */
-        const int64_t c1 = c0 + 16 < in_features ? c0 + 16 : in_features;
-        for (int64_t b = 0; b < ldx; ++b)
-            for (int64_t c = c0; c < c1; ++c) scratch[c * ldx + b] = b < batch ? x[b * in_features + c] : 0.0f;
+    return scratch;
+}
+
+int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_features, float *y) {
+    if (!usable(w)) return BANK_NOT_CHECKED;
+    if (batch < 0 || batch >= LIMIT || in_features != w->in_features) return BANK_BAD_SIZES;
+    if (batch == 0 || w->rows == 0) return BANK_OK;
+    if (batch == 1) {
+        bank_gemv(w, x, y);
+        return BANK_OK;
     }
-    bank_gemm(scratch, ldx, batch, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k);
-    return 0;
+    const int64_t ldx = (batch + VL - 1) / VL * VL;
+    float *xt = scratch_of((size_t)in_features * (size_t)ldx);
+    if (!xt) return BANK_NO_MEMORY;
+    const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * batch;
+    const int team = work > PARALLEL_WORK ? team_size() : 1;
+    const int64_t zero = 0;
+    const sink out = {y, 1, 0, 0, 0};
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+#pragma omp for schedule(static)
+        for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c], 16 columns at a time */
+            const int64_t c1 = c0 + 16 < in_features ? c0 + 16 : in_features;
+            for (int64_t b = 0; b < ldx; ++b)
+                for (int64_t c = c0; c < c1; ++c) xt[c * ldx + b] = b < batch ? x[b * in_features + c] : 0.0f;
+        }
+        product(w, 1, xt, ldx, &zero, batch, (int64_t)(TILE_POSITIONS * sizeof(float)), &out);
+    }
+    return BANK_OK;
+}
+
+/* ---------------------------------------------------------------- convolution */
+
+/* Planes of one image: channel c, phase slot s (one per (row phase rh, column phase rw) that some
+ * kernel position reads), then hq, wq:  xq[(c * slots + s) * plane + hq * wq_len + wq]
+ *   = x[c, hq * sh + rh - ph, wq * sw + rw - pw] (zero outside the image).
+ * Output position p = oh * wq_len + ow reads, at kernel position (kh, kw), p + offs[kh * kw_n + kw]
+ * (its slot and shift); columns ow >= out_w of each row are computed and dropped. */
+int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *x, float *y) {
+    if (!usable(w)) return BANK_NOT_CHECKED;
+    const int64_t sizes[] = {g->n, g->c, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->dh, g->dw, g->oh, g->ow};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i)
+        if (sizes[i] < 0 || sizes[i] >= LIMIT) return BANK_BAD_SIZES;
+    if (g->kh < 1 || g->kw < 1 || g->sh < 1 || g->sw < 1 || g->dh < 1 || g->dw < 1) return BANK_BAD_SIZES;
+    if (g->sh > 8 || g->sw > 8) return BANK_BAD_SIZES; /* phase slots: strides up to 8 */
+    const int64_t kk = g->kh * g->kw;
+    if (kk >= LIMIT || g->c != w->in_features || w->rows % kk) return BANK_BAD_SIZES;
+    const int64_t out_c = w->rows / kk;
+    if (g->n == 0 || out_c == 0 || g->oh == 0 || g->ow == 0) return BANK_OK;
+
+    int used_h[8] = {0}, used_w[8] = {0};
+    for (int64_t i = 0; i < g->kh; ++i) used_h[(i * g->dh) % g->sh] = 1;
+    for (int64_t i = 0; i < g->kw; ++i) used_w[(i * g->dw) % g->sw] = 1;
+    int64_t slot_of_h[8], slot_of_w[8], nh = 0, nw = 0;
+    for (int r = 0; r < 8; ++r) slot_of_h[r] = used_h[r] ? nh++ : -1;
+    for (int r = 0; r < 8; ++r) slot_of_w[r] = used_w[r] ? nw++ : -1;
+    const int64_t wq_len = g->ow + ((g->kw - 1) * g->dw) / g->sw;
+    const int64_t hq_len = g->oh + ((g->kh - 1) * g->dh) / g->sh;
+    if ((double)wq_len * (double)hq_len >= (double)LIMIT) return BANK_BAD_SIZES;
+    const int64_t slack = (wq_len - g->ow) + VL; /* reads of dropped columns and of whole vectors */
+    const int64_t plane = (hq_len * wq_len + slack + VL - 1) / VL * VL;
+    const int64_t slots = nh * nw, ldc = slots * plane;
+    const int64_t in_plane = g->h * g->w, out_plane = g->oh * g->ow;
+    if ((double)ldc * (double)g->c >= (double)LIMIT * (double)LIMIT) return BANK_BAD_SIZES;
+    /* a 1x1 convolution with stride 1 and no padding reads the image itself when its plane is whole vectors */
+    const int direct = kk == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 && g->oh == g->h &&
+                       g->ow == g->w && in_plane % VL == 0;
+
+    int64_t *offs = malloc(sizeof(int64_t) * (size_t)kk);
+    float *xq = direct ? NULL : scratch_of((size_t)ldc * (size_t)g->c);
+    if (!offs || (!direct && !xq)) {
+        free(offs);
+        return BANK_NO_MEMORY;
+    }
+    int64_t max_shift = 0;
+    for (int64_t i = 0; i < g->kh; ++i)
+        for (int64_t j = 0; j < g->kw; ++j) {
+            const int64_t s = slot_of_h[(i * g->dh) % g->sh] * nw + slot_of_w[(j * g->dw) % g->sw];
+            const int64_t shift = ((i * g->dh) / g->sh) * wq_len + (j * g->dw) / g->sw;
+            offs[i * g->kw + j] = s * plane + shift;
+            max_shift = shift > max_shift ? shift : max_shift;
+        }
+    const int64_t positions = g->oh * wq_len;
+    const int64_t span = slots * (TILE_POSITIONS + max_shift) * (int64_t)sizeof(float);
+    const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * positions;
+    const int team = work > PARALLEL_WORK ? team_size() : 1;
+
+    for (int64_t img = 0; img < g->n; ++img) {
+        const float *xi = x + img * g->c * in_plane;
+        const sink out = {y + img * out_c * out_plane, 0, out_plane, wq_len, g->ow};
+#pragma omp parallel num_threads(team) if (team > 1)
+        {
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < (direct ? 0 : g->c); ++c) {
+                for (int rh = 0; rh < g->sh; ++rh) {
+                    if (slot_of_h[rh] < 0) continue;
+                    for (int rw = 0; rw < g->sw; ++rw) {
+                        if (slot_of_w[rw] < 0) continue;
+                        float *dst = xq + c * ldc + (slot_of_h[rh] * nw + slot_of_w[rw]) * plane;
+                        /* columns wq in [w0, w1) read the image (iw = wq * sw + rw - pw), the rest is padding */
+                        int64_t w0 = 0, w1 = wq_len;
+                        while (w0 < wq_len && w0 * g->sw + rw - g->pw < 0) ++w0;
+                        while (w1 > w0 && (w1 - 1) * g->sw + rw - g->pw >= g->w) --w1;
+                        for (int64_t hq = 0; hq < hq_len; ++hq) {
+                            const int64_t ih = hq * g->sh + rh - g->ph;
+                            float *row = dst + hq * wq_len;
+                            if (ih < 0 || ih >= g->h || w1 <= w0) {
+                                memset(row, 0, sizeof(float) * (size_t)wq_len);
+                                continue;
+                            }
+                            const float *src = xi + c * in_plane + ih * g->w + w0 * g->sw + rw - g->pw;
+                            memset(row, 0, sizeof(float) * (size_t)w0);
+                            if (g->sw == 1) memcpy(row + w0, src, sizeof(float) * (size_t)(w1 - w0));
+                            else
+                                for (int64_t q = 0; q < w1 - w0; ++q) row[w0 + q] = src[q * g->sw];
+                            memset(row + w1, 0, sizeof(float) * (size_t)(wq_len - w1));
+                        }
+                        memset(dst + hq_len * wq_len, 0, sizeof(float) * (size_t)(plane - hq_len * wq_len));
+                    }
+                }
+            }
+            if (direct) product(w, kk, xi, in_plane, offs, positions, (int64_t)(TILE_POSITIONS * sizeof(float)), &out);
+            else product(w, kk, xq, ldc, offs, positions, span, &out);
+        }
+    }
+    free(offs);
+    return BANK_OK;
 }
