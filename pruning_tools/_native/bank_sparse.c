@@ -276,6 +276,7 @@ static void bank_gemv(const bank_weight *w, const float *x, float *y) {
     }
 TILE(1)
 TILE(2)
+TILE(3)
 TILE(4)
 
 #define TILE_POSITIONS (4 * VL) /* output positions per tile */
@@ -284,7 +285,9 @@ TILE(4)
 
 static void tile(const bank_weight *w, int64_t o, int64_t kk, const float *xq, int64_t ldc, const int64_t *offs,
                  int64_t p0, int64_t width, int64_t j0, int64_t j1, int with_tail, int first, float *io) {
-    if (width > 2 * VL) tile_4(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
+    /* exactly the whole vectors covering [p0, p0 + width): what the callers' buffers hold */
+    if (width > 3 * VL) tile_4(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
+    else if (width > 2 * VL) tile_3(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
     else if (width > VL) tile_2(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
     else tile_1(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
 }
