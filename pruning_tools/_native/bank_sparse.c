@@ -36,12 +36,45 @@
 #ifndef VL
 #define VL 16 /* floats per vector */
 #endif
+#ifndef TILE_VECTORS
+#define TILE_VECTORS 4 /* vectors of output positions per tile (4 or 8) */
+#endif
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 
 static inline vf loadv(const float *p) {
     vf v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+/* 16 x 16 blocks transposed in registers (4 rounds of two-vector shuffles: vpermt2ps on AVX-512). */
+typedef float f16v __attribute__((vector_size(16 * sizeof(float))));
+typedef int32_t i16v __attribute__((vector_size(16 * sizeof(int32_t))));
+
+static inline f16v load16(const float *p) {
+    f16v v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store16(float *p, f16v v) { memcpy(p, &v, sizeof v); }
+
+static inline void transpose16(f16v a[16]) {
+#pragma GCC unroll 4
+    for (int m = 8; m >= 1; m >>= 1) {
+        i16v lo, hi; /* rows r, r + m (bit m of r clear) swap their off-diagonal m-blocks */
+        for (int c = 0; c < 16; ++c) {
+            lo[c] = (c & m) ? 16 + c - m : c;
+            hi[c] = (c & m) ? 16 + c : c + m;
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < 16; ++r) {
+            if (r & m) continue;
+            const f16v x = a[r], y = a[r + m];
+            a[r] = __builtin_shuffle(x, y, lo);
+            a[r + m] = __builtin_shuffle(x, y, hi);
+        }
+    }
 }
 
 enum { BANK_OK = 0, BANK_NO_MEMORY = -1, BANK_NOT_CHECKED = -2, BANK_BAD_SIZES = -3, BANK_BAD_INDEX = -4 };
@@ -221,75 +254,92 @@ static void bank_gemv(const bank_weight *w, const float *x, float *y) {
  * and output position p of kernel position r reads planes[c * ldc + offs[r] + p] (linear: one
  * kernel position, offset 0, positions = batch columns of x transposed).
  *
- * io[0 : NV * VL] (+)= sum over the kk rows r of output channel o (row o * kk + r), over its full
- * banks [j0, j1) and (with_tail) its tail bank, of value * planes[c * ldc + offs[r] + p0 + 0 : NV * VL].
- * Two sets of accumulators (stored weights alternate between them) hide the FMA latency. */
+ * For each of n_o output channels o0 + i: io[i][0 : NV * VL] (+)= sum over its kk rows r (row
+ * (o0 + i) * kk + r), over their full banks [j0, j1) and (with_tail) tail bank, of
+ * value * planes[c * ldc + offs[r] + p0 + 0 : NV * VL]. Two sets of accumulators (stored weights
+ * alternate between them) hide the FMA latency. */
 #define TILE(NV)                                                                                        \
-    static void tile_##NV(const bank_weight *w, int64_t o, int64_t kk, const float *xq, int64_t ldc,    \
-                          const int64_t *offs, int64_t p0, int64_t j0, int64_t j1, int with_tail,       \
-                          int first, float *io) {                                                       \
+    static void tile_##NV(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, const float *xq,   \
+                          int64_t ldc, const int64_t *offs, int64_t p0, int64_t j0, int64_t j1,          \
+                          int with_tail, int first, float (*io)[TILE_POSITIONS]) {                      \
         const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;                   \
-        vf a[NV], b[NV];                                                                                \
-        for (int n = 0; n < NV; ++n) {                                                                  \
-            a[n] = first ? (vf){0} : loadv(io + n * VL);                                                \
-            b[n] = (vf){0};                                                                             \
-        }                                                                                               \
-        for (int64_t r = 0; r < kk; ++r) {                                                              \
-            const int64_t row = o * kk + r;                                                             \
-            const float *v = w->values + (row * banks + j0) * k;                                        \
-            const uint8_t *ix = w->idx + (row * banks + j0) * k;                                        \
-            const float *base = xq + offs[r] + p0;                                                      \
-            for (int64_t j = j0; j < j1; ++j) {                                                         \
-                const float *xb = base + j * bank * ldc;                                                \
-                int64_t t = 0;                                                                          \
-                for (; t + 2 <= k; t += 2) {                                                            \
-                    const float w0 = v[t], w1 = v[t + 1];                                               \
-                    const float *s0 = xb + ix[t] * ldc, *s1 = xb + ix[t + 1] * ldc;                     \
-                    for (int n = 0; n < NV; ++n) {                                                      \
-                        a[n] += w0 * loadv(s0 + n * VL);                                                \
-                        b[n] += w1 * loadv(s1 + n * VL);                                                \
+        for (int64_t i = 0; i < n_o; ++i) {                                                             \
+            vf a[NV], b[NV];                                                                            \
+            for (int n = 0; n < NV; ++n) {                                                              \
+                a[n] = first ? (vf){0} : loadv(io[i] + n * VL);                                         \
+                b[n] = (vf){0};                                                                         \
+            }                                                                                           \
+            for (int64_t r = 0; r < kk; ++r) {                                                          \
+                const int64_t row = (o0 + i) * kk + r;                                                  \
+                const float *v = w->values + (row * banks + j0) * k;                                    \
+                const uint8_t *ix = w->idx + (row * banks + j0) * k;                                    \
+                const float *xb = xq + offs[r] + p0 + j0 * bank * ldc;                                  \
+                for (int64_t j = j0; j < j1; ++j, v += k, ix += k, xb += bank * ldc) {                  \
+                    int64_t t = 0;                                                                      \
+                    for (; t + 2 <= k; t += 2) {                                                        \
+                        const float w0 = v[t], w1 = v[t + 1];                                           \
+                        const float *s0 = xb + ix[t] * ldc, *s1 = xb + ix[t + 1] * ldc;                 \
+                        for (int n = 0; n < NV; ++n) {                                                  \
+                            a[n] += w0 * loadv(s0 + n * VL);                                            \
+                            b[n] += w1 * loadv(s1 + n * VL);                                            \
+                        }                                                                               \
+                    }                                                                                   \
+                    if (t < k) {                                                                        \
+                        const float w0 = v[t];                                                          \
+                        const float *s0 = xb + ix[t] * ldc;                                             \
+                        for (int n = 0; n < NV; ++n) a[n] += w0 * loadv(s0 + n * VL);                   \
                     }                                                                                   \
                 }                                                                                       \
-                if (t < k) {                                                                            \
-                    const float w0 = v[t];                                                              \
-                    const float *s0 = xb + ix[t] * ldc;                                                 \
-                    for (int n = 0; n < NV; ++n) a[n] += w0 * loadv(s0 + n * VL);                       \
-                }                                                                                       \
-                v += k;                                                                                 \
-                ix += k;                                                                                \
-            }                                                                                           \
-            if (with_tail) {                                                                            \
-                const float *tv = w->tail_values + row * tail_k;                                        \
-                const uint8_t *ti = w->tail_idx + row * tail_k;                                         \
-                const float *xt = base + banks * bank * ldc;                                            \
-                for (int64_t t = 0; t < tail_k; ++t) {                                                  \
-                    const float w0 = tv[t];                                                             \
-                    const float *s0 = xt + ti[t] * ldc;                                                 \
-                    for (int n = 0; n < NV; ++n) a[n] += w0 * loadv(s0 + n * VL);                       \
+                if (with_tail) {                                                                        \
+                    const float *tv = w->tail_values + row * tail_k;                                    \
+                    const uint8_t *ti = w->tail_idx + row * tail_k;                                     \
+                    const float *xt = xq + offs[r] + p0 + banks * bank * ldc;                           \
+                    for (int64_t t = 0; t < tail_k; ++t) {                                              \
+                        const float w0 = tv[t];                                                         \
+                        const float *s0 = xt + ti[t] * ldc;                                             \
+                        for (int n = 0; n < NV; ++n) a[n] += w0 * loadv(s0 + n * VL);                   \
+                    }                                                                                   \
                 }                                                                                       \
             }                                                                                           \
-        }                                                                                               \
-        for (int n = 0; n < NV; ++n) {                                                                  \
-            const vf sum = a[n] + b[n];                                                                 \
-            memcpy(io + n * VL, &sum, sizeof sum);                                                      \
+            for (int n = 0; n < NV; ++n) {                                                              \
+                const vf sum = a[n] + b[n];                                                             \
+                memcpy(io[i] + n * VL, &sum, sizeof sum);                                               \
+            }                                                                                           \
         }                                                                                               \
     }
+#define TILE_POSITIONS (TILE_VECTORS * VL) /* output positions per tile */
 TILE(1)
 TILE(2)
 TILE(3)
 TILE(4)
+#if TILE_VECTORS > 4
+TILE(5)
+TILE(6)
+TILE(7)
+TILE(8)
+#endif
 
-#define TILE_POSITIONS (4 * VL) /* output positions per tile */
-#define CHUNK_O 32              /* output channels per work item */
-#define L1_TARGET (32 * 1024)   /* bytes of input a block of banks may read per tile */
+#define CHUNK_O 32 /* output channels per work item */
+#ifndef L1_TARGET
+#define L1_TARGET (32 * 1024) /* bytes of input a block of banks may read per tile */
+#endif
 
-static void tile(const bank_weight *w, int64_t o, int64_t kk, const float *xq, int64_t ldc, const int64_t *offs,
-                 int64_t p0, int64_t width, int64_t j0, int64_t j1, int with_tail, int first, float *io) {
+static void tile(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, const float *xq, int64_t ldc,
+                 const int64_t *offs, int64_t p0, int64_t width, int64_t j0, int64_t j1, int with_tail, int first,
+                 float (*io)[TILE_POSITIONS]) {
     /* exactly the whole vectors covering [p0, p0 + width): what the callers' buffers hold */
-    if (width > 3 * VL) tile_4(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
-    else if (width > 2 * VL) tile_3(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
-    else if (width > VL) tile_2(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
-    else tile_1(w, o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
+    switch ((width + VL - 1) / VL) {
+#if TILE_VECTORS > 4
+        case 8: tile_8(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 7: tile_7(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 6: tile_6(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 5: tile_5(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+#endif
+        case 4: tile_4(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 3: tile_3(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 2: tile_2(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        default: tile_1(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+    }
 }
 
 /* Where results go: conv y[o * out_plane + oh * out_w + ow] for p = oh * wq_len + ow, ow < out_w
@@ -323,13 +373,24 @@ static void product(const bank_weight *w, int64_t kk, const float *planes, int64
         for (int64_t j0 = 0;; j0 += block) {
             const int64_t j1 = j0 + block < banks ? j0 + block : banks;
             const int tail = j1 == banks;
-            for (int64_t i = 0; i < n_o; ++i) tile(w, o0 + i, kk, planes, ldc, offs, p0, width, j0, j1, tail, j0 == 0, buf[i]);
+            tile(w, o0, n_o, kk, planes, ldc, offs, p0, width, j0, j1, tail, j0 == 0, buf);
             if (tail) break;
         }
-        if (out->linear) { /* y[p0 + q, o0 : o0 + n_o] */
-            for (int64_t q = 0; q < width; ++q) {
-                float *dst = out->y + (p0 + q) * w->rows + o0;
-                for (int64_t i = 0; i < n_o; ++i) dst[i] = buf[i][q] + (w->bias ? w->bias[o0 + i] : 0.0f);
+        if (out->linear) { /* y[p0 + q, o0 + i] = buf[i][q] + bias, in 16 x 16 blocks */
+            for (int64_t i0 = 0; i0 < n_o; i0 += 16) {
+                for (int64_t q0 = 0; q0 < width; q0 += 16) {
+                    if (i0 + 16 <= n_o && q0 + 16 <= width) {
+                        f16v a[16];
+                        for (int i = 0; i < 16; ++i) a[i] = load16(buf[i0 + i] + q0) + (w->bias ? w->bias[o0 + i0 + i] : 0.0f);
+                        transpose16(a);
+                        for (int q = 0; q < 16; ++q) store16(out->y + (p0 + q0 + q) * w->rows + o0 + i0, a[q]);
+                        continue;
+                    }
+                    const int64_t i1 = i0 + 16 < n_o ? i0 + 16 : n_o, q1 = q0 + 16 < width ? q0 + 16 : width;
+                    for (int64_t q = q0; q < q1; ++q)
+                        for (int64_t i = i0; i < i1; ++i)
+                            out->y[(p0 + q) * w->rows + o0 + i] = buf[i][q] + (w->bias ? w->bias[o0 + i] : 0.0f);
+                }
             }
             continue;
         }
@@ -358,6 +419,15 @@ static void product(const bank_weight *w, int64_t kk, const float *planes, int64
 static __thread float *scratch = NULL; /* of the calling thread, grown on demand, kept for later calls */
 static __thread size_t scratch_floats = 0;
 
+/* A stride of n floats (a multiple of 16) made an odd number of 64-byte lines: rows of channels
+ * then fall into different cache sets (a power-of-two stride maps them onto a few and they evict
+ * each other). */
+#ifdef NO_ODD_LINES
+static int64_t odd_lines(int64_t n) { return n; }
+#else
+static int64_t odd_lines(int64_t n) { return (n / 16) % 2 ? n : n + 16; }
+#endif
+
 static float *scratch_of(size_t floats) {
     if (floats > scratch_floats) {
         void *grown = NULL;
@@ -377,7 +447,7 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
         bank_gemv(w, x, y);
         return BANK_OK;
     }
-    const int64_t ldx = (batch + VL - 1) / VL * VL;
+    const int64_t ldx = odd_lines((batch + 15) / 16 * 16); /* whole 16 x 16 blocks (and whole vectors) */
     float *xt = scratch_of((size_t)in_features * (size_t)ldx);
     if (!xt) return BANK_NO_MEMORY;
     const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * batch;
@@ -387,10 +457,18 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
 #pragma omp parallel num_threads(team) if (team > 1)
     {
 #pragma omp for schedule(static)
-        for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c], 16 columns at a time */
-            const int64_t c1 = c0 + 16 < in_features ? c0 + 16 : in_features;
-            for (int64_t b = 0; b < ldx; ++b)
-                for (int64_t c = c0; c < c1; ++c) xt[c * ldx + b] = b < batch ? x[b * in_features + c] : 0.0f;
+        for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c] (0 for b >= batch) */
+            for (int64_t b0 = 0; b0 < ldx; b0 += 16) {
+                if (c0 + 16 <= in_features) { /* a 16 x 16 block */
+                    f16v a[16];
+                    for (int i = 0; i < 16; ++i) a[i] = b0 + i < batch ? load16(x + (b0 + i) * in_features + c0) : (f16v){0};
+                    transpose16(a);
+                    for (int c = 0; c < 16; ++c) store16(xt + (c0 + c) * ldx + b0, a[c]);
+                    continue;
+                }
+                for (int64_t c = c0; c < in_features; ++c)
+                    for (int64_t b = b0; b < b0 + 16; ++b) xt[c * ldx + b] = b < batch ? x[b * in_features + c] : 0.0f;
+            }
         }
         product(w, 1, xt, ldx, &zero, batch, (int64_t)(TILE_POSITIONS * sizeof(float)), &out);
     }
@@ -427,7 +505,7 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
     if ((double)wq_len * (double)hq_len >= (double)LIMIT) return BANK_BAD_SIZES;
     const int64_t slack = (wq_len - g->ow) + VL; /* reads of dropped columns and of whole vectors */
     const int64_t plane = (hq_len * wq_len + slack + VL - 1) / VL * VL;
-    const int64_t slots = nh * nw, ldc = slots * plane;
+    const int64_t slots = nh * nw, ldc = odd_lines(slots * plane);
     const int64_t in_plane = g->h * g->w, out_plane = g->oh * g->ow;
     if ((double)ldc * (double)g->c >= (double)LIMIT * (double)LIMIT) return BANK_BAD_SIZES;
     /* a 1x1 convolution with stride 1 and no padding reads the image itself when its plane is whole vectors */

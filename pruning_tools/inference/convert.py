@@ -271,7 +271,10 @@ def _spec_source(pruner: Any, model: nn.Module) -> dict[str, ParamSpec] | None:
             )
         bridge = getattr(pruner, "_bridge", None)
         if bridge is not None and bridge.read(name) is not params[name]:
-            raise ValueError(f"pruner does not belong to this model: its {name!r} is another tensor than the model's")
+            raise ValueError(
+                f"pruner does not belong to this model: its {name!r} is another tensor than the model's "
+                "(to convert a copy of the pruned model, pass prune.state_dict())"
+            )
     return specs
 
 
