@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -390,8 +389,11 @@ def met(value: float | None, goal: float | None) -> str:
 def to_markdown(result: dict, title: str) -> str:
     lines = [title, ""]
     for run in result["runs"]:
-        lines.append(f"- {run['threads']} thread(s): {run['rounds']} rounds, load average {run['load average']['start']} "
-                     f"at the start, {run['load average']['end']} at the end, {run['seconds']:.0f} s")  # fmt: skip
+        load = run["load average"]
+        lines.append(
+            f"- {run['threads']} thread(s): {run['rounds']} rounds, load average {load['start']} at the start, "
+            f"{load['end']} at the end, {run['seconds']:.0f} s"
+        )
     lines += [
         "",
         "| model | shape | threads | sparsity | dense ms | onnxruntime ms | bank-sparse ms | vs eager | goal | "
