@@ -133,6 +133,7 @@ def test_damaged_metadata_entries(packed_file, tmp_path):
         safetensors.torch.save_file(flat, str(bad), metadata={METADATA_KEY: json.dumps(meta)})
         with pytest.raises(ValueError, match=str(bad)):
             read_packed(bad)
+        assert label
 
 
 def good_packed() -> PackedTensor:
