@@ -121,19 +121,16 @@ def test_every_corruption_is_a_value_error_naming_file_and_tensor(packed_file, t
             load_bank_sparse(model(), bad)
 
 
-def test_damaged_metadata_entries(packed_file, tmp_path):
+@pytest.mark.parametrize(
+    "packed", [[1, 2], {"0.weight": 5}, {"0.weight": {}}], ids=["not an object", "entry not an object", "no keys"]
+)
+def test_damaged_metadata_entries(packed_file, tmp_path, packed):
     flat = safetensors.torch.load_file(str(packed_file))
-    for label, packed in [
-        ("not an object", [1, 2]),
-        ("entry not an object", {"0.weight": 5}),
-        ("keys", {"0.weight": {}}),
-    ]:
-        bad = tmp_path / "bad.safetensors"
-        meta = {"format": "pruning_tools.packed/1", "packed": packed}
-        safetensors.torch.save_file(flat, str(bad), metadata={METADATA_KEY: json.dumps(meta)})
-        with pytest.raises(ValueError, match=str(bad)):
-            read_packed(bad)
-        assert label
+    bad = tmp_path / "bad.safetensors"
+    meta = {"format": "pruning_tools.packed/1", "packed": packed}
+    safetensors.torch.save_file(flat, str(bad), metadata={METADATA_KEY: json.dumps(meta)})
+    with pytest.raises(ValueError, match=str(bad)):
+        read_packed(bad)
 
 
 def good_packed() -> PackedTensor:
