@@ -309,7 +309,7 @@ def build_cases(quick: bool, models: set[str], tmp: Path) -> list[Case]:
         cases.append(gpt_case(tmp, quick))
     for batch in (1, 32):
         if f"resnet{batch}" in models:
-            width, blocks, size = (16, (1, 1, 1, 1), 64) if quick else (64, (3, 4, 6, 3), 224)
+            width, blocks, size = (8, (1, 1, 1, 1), 32) if quick else (64, (3, 4, 6, 3), 224)
             build = resnet(width, blocks, 10 if quick else 1000)
             x = torch.randn(batch if not quick else min(batch, 2), 3, size, size)
             cases.append(feed_forward_case(f"ResNet-50 b{batch}", f"batch {x.shape[0]}, {size}²", build, x, tmp))

@@ -342,12 +342,13 @@ static void tile(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, cons
     }
 }
 
-/* Where results go: conv y[o * out_plane + oh * out_w + ow] for p = oh * wq_len + ow, ow < out_w
- * (other columns dropped), or linear y[p * rows + o]; plus bias[o]. */
+/* Where results go: conv y[(n * out_c + o) * out_plane + oh * out_w + ow] for position
+ * p = n * img_stride + oh * wq_len + ow with oh < out_h and ow < out_w (other positions dropped),
+ * or linear y[p * rows + o]; plus bias[o]. */
 typedef struct {
     float *y;
     int linear;
-    int64_t out_plane, wq_len, out_w;
+    int64_t out_plane, wq_len, out_w, out_h, img_stride;
 } sink;
 
 /* The whole product, called by every thread of a parallel region: work items (tile of positions,
@@ -394,21 +395,26 @@ static void product(const bank_weight *w, int64_t kk, const float *planes, int64
             }
             continue;
         }
+        const int64_t out_c = w->rows / kk;
         for (int64_t i = 0; i < n_o; ++i) {
             const float b = w->bias ? w->bias[o0 + i] : 0.0f;
-            float *yo = out->y + (o0 + i) * out->out_plane;
-            if (out->wq_len == out->out_w) { /* no dropped columns: one run */
-                for (int64_t q = 0; q < width; ++q) yo[p0 + q] = buf[i][q] + b;
-                continue;
-            }
-            int64_t oh = p0 / out->wq_len, ow = p0 % out->wq_len;
-            for (int64_t t = 0; t < width;) { /* runs of one output row */
+            int64_t n = p0 / out->img_stride, r = p0 % out->img_stride;
+            int64_t oh = r / out->wq_len, ow = r % out->wq_len;
+            for (int64_t t = 0; t < width;) { /* runs of one row of one image */
                 const int64_t run = out->wq_len - ow < width - t ? out->wq_len - ow : width - t;
-                const int64_t valid = ow < out->out_w ? (out->out_w - ow < run ? out->out_w - ow : run) : 0;
-                for (int64_t q = 0; q < valid; ++q) yo[oh * out->out_w + ow + q] = buf[i][t + q] + b;
+                const int64_t valid =
+                    oh < out->out_h && ow < out->out_w ? (out->out_w - ow < run ? out->out_w - ow : run) : 0;
+                float *dst = out->y + (n * out_c + o0 + i) * out->out_plane + oh * out->out_w + ow;
+                for (int64_t q = 0; q < valid; ++q) dst[q] = buf[i][t + q] + b;
                 t += run;
-                ow = 0;
-                ++oh;
+                ow += run;
+                if (ow == out->wq_len) {
+                    ow = 0;
+                    if (++oh * out->wq_len == out->img_stride) {
+                        oh = 0;
+                        ++n;
+                    }
+                }
             }
         }
     }
@@ -453,7 +459,7 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
     const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * batch;
     const int team = work > PARALLEL_WORK ? team_size() : 1;
     const int64_t zero = 0;
-    const sink out = {y, 1, 0, 0, 0};
+    const sink out = {y, 1, 0, 0, 0, 0, 0};
 #pragma omp parallel num_threads(team) if (team > 1)
     {
 #pragma omp for schedule(static)
@@ -477,11 +483,14 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
 
 /* ---------------------------------------------------------------- convolution */
 
-/* Planes of one image: channel c, phase slot s (one per (row phase rh, column phase rw) that some
- * kernel position reads), then hq, wq:  xq[(c * slots + s) * plane + hq * wq_len + wq]
- *   = x[c, hq * sh + rh - ph, wq * sw + rw - pw] (zero outside the image).
- * Output position p = oh * wq_len + ow reads, at kernel position (kh, kw), p + offs[kh * kw_n + kw]
- * (its slot and shift); columns ow >= out_w of each row are computed and dropped. */
+/* Planes: input channel c, phase slot s (one per (row phase rh, column phase rw) that some kernel
+ * position reads), image n, then hq, wq:
+ *   xq[c * ldc + s * slot_len + n * img_stride + hq * wq_len + wq] = x[n, c, hq * sh + rh - ph, wq * sw + rw - pw]
+ * (zero outside the image). Output position p = n * img_stride + oh * wq_len + ow reads, at kernel
+ * position (kh, kw), p + offs[kh * kw_n + kw] (its slot and shift): the images follow each other along
+ * the positions, so one product covers the whole batch; rows oh >= out_h and columns ow >= out_w are
+ * computed and dropped. A 1x1 convolution with stride 1 and no padding on planes of whole vectors reads
+ * each image in place instead (no copy). */
 int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *x, float *y) {
     if (!usable(w)) return BANK_NOT_CHECKED;
     const int64_t sizes[] = {g->n, g->c, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->dh, g->dw, g->oh, g->ow};
@@ -502,72 +511,81 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
     for (int r = 0; r < 8; ++r) slot_of_w[r] = used_w[r] ? nw++ : -1;
     const int64_t wq_len = g->ow + ((g->kw - 1) * g->dw) / g->sw;
     const int64_t hq_len = g->oh + ((g->kh - 1) * g->dh) / g->sh;
-    if ((double)wq_len * (double)hq_len >= (double)LIMIT) return BANK_BAD_SIZES;
+    const int64_t img_stride = hq_len * wq_len;
+    if ((double)img_stride * (double)g->n >= (double)LIMIT * 64.0) return BANK_BAD_SIZES;
     const int64_t slack = (wq_len - g->ow) + VL; /* reads of dropped columns and of whole vectors */
-    const int64_t plane = (hq_len * wq_len + slack + VL - 1) / VL * VL;
-    const int64_t slots = nh * nw, ldc = odd_lines(slots * plane);
+    const int64_t slot_len = (g->n * img_stride + slack + 15) / 16 * 16;
+    const int64_t slots = nh * nw, ldc = odd_lines(slots * slot_len);
     const int64_t in_plane = g->h * g->w, out_plane = g->oh * g->ow;
     if ((double)ldc * (double)g->c >= (double)LIMIT * (double)LIMIT) return BANK_BAD_SIZES;
-    /* a 1x1 convolution with stride 1 and no padding reads the image itself when its plane is whole vectors */
     const int direct = kk == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 && g->oh == g->h &&
-                       g->ow == g->w && in_plane % VL == 0;
+                       g->ow == g->w && in_plane % VL == 0 && in_plane >= 4 * TILE_POSITIONS;
 
     int64_t *offs = malloc(sizeof(int64_t) * (size_t)kk);
-    float *xq = direct ? NULL : scratch_of((size_t)ldc * (size_t)g->c);
-    if (!offs || (!direct && !xq)) {
-        free(offs);
-        return BANK_NO_MEMORY;
-    }
+    if (!offs) return BANK_NO_MEMORY;
     int64_t max_shift = 0;
     for (int64_t i = 0; i < g->kh; ++i)
         for (int64_t j = 0; j < g->kw; ++j) {
             const int64_t s = slot_of_h[(i * g->dh) % g->sh] * nw + slot_of_w[(j * g->dw) % g->sw];
             const int64_t shift = ((i * g->dh) / g->sh) * wq_len + (j * g->dw) / g->sw;
-            offs[i * g->kw + j] = s * plane + shift;
+            offs[i * g->kw + j] = (direct ? 0 : s * slot_len) + shift;
             max_shift = shift > max_shift ? shift : max_shift;
         }
-    const int64_t positions = g->oh * wq_len;
-    const int64_t span = slots * (TILE_POSITIONS + max_shift) * (int64_t)sizeof(float);
-    const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * positions;
+    const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * g->n * img_stride;
     const int team = work > PARALLEL_WORK ? team_size() : 1;
 
-    for (int64_t img = 0; img < g->n; ++img) {
-        const float *xi = x + img * g->c * in_plane;
-        const sink out = {y + img * out_c * out_plane, 0, out_plane, wq_len, g->ow};
+    if (direct) { /* each image in place: channel c of image n is x[(n * c_n + c) * in_plane ...] */
+        for (int64_t img = 0; img < g->n; ++img) {
+            const sink out = {y + img * out_c * out_plane, 0, out_plane, wq_len, g->ow, g->oh, img_stride};
 #pragma omp parallel num_threads(team) if (team > 1)
-        {
+            product(w, kk, x + img * g->c * in_plane, in_plane, offs, img_stride,
+                    (int64_t)(TILE_POSITIONS * sizeof(float)), &out);
+        }
+        free(offs);
+        return BANK_OK;
+    }
+    float *xq = scratch_of((size_t)ldc * (size_t)g->c);
+    if (!xq) {
+        free(offs);
+        return BANK_NO_MEMORY;
+    }
+    const int64_t span = slots * (TILE_POSITIONS + max_shift) * (int64_t)sizeof(float);
+    const sink out = {y, 0, out_plane, wq_len, g->ow, g->oh, img_stride};
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
 #pragma omp for schedule(static)
-            for (int64_t c = 0; c < (direct ? 0 : g->c); ++c) {
-                for (int rh = 0; rh < g->sh; ++rh) {
-                    if (slot_of_h[rh] < 0) continue;
-                    for (int rw = 0; rw < g->sw; ++rw) {
-                        if (slot_of_w[rw] < 0) continue;
-                        float *dst = xq + c * ldc + (slot_of_h[rh] * nw + slot_of_w[rw]) * plane;
-                        /* columns wq in [w0, w1) read the image (iw = wq * sw + rw - pw), the rest is padding */
-                        int64_t w0 = 0, w1 = wq_len;
-                        while (w0 < wq_len && w0 * g->sw + rw - g->pw < 0) ++w0;
-                        while (w1 > w0 && (w1 - 1) * g->sw + rw - g->pw >= g->w) --w1;
+        for (int64_t c = 0; c < g->c; ++c) {
+            for (int rh = 0; rh < g->sh; ++rh) {
+                if (slot_of_h[rh] < 0) continue;
+                for (int rw = 0; rw < g->sw; ++rw) {
+                    if (slot_of_w[rw] < 0) continue;
+                    float *slot = xq + c * ldc + (slot_of_h[rh] * nw + slot_of_w[rw]) * slot_len;
+                    /* columns wq in [w0, w1) read the image (iw = wq * sw + rw - pw), the rest is padding */
+                    int64_t w0 = 0, w1 = wq_len;
+                    while (w0 < wq_len && w0 * g->sw + rw - g->pw < 0) ++w0;
+                    while (w1 > w0 && (w1 - 1) * g->sw + rw - g->pw >= g->w) --w1;
+                    for (int64_t img = 0; img < g->n; ++img) {
+                        const float *xi = x + (img * g->c + c) * in_plane;
                         for (int64_t hq = 0; hq < hq_len; ++hq) {
                             const int64_t ih = hq * g->sh + rh - g->ph;
-                            float *row = dst + hq * wq_len;
+                            float *row = slot + img * img_stride + hq * wq_len;
                             if (ih < 0 || ih >= g->h || w1 <= w0) {
                                 memset(row, 0, sizeof(float) * (size_t)wq_len);
                                 continue;
                             }
-                            const float *src = xi + c * in_plane + ih * g->w + w0 * g->sw + rw - g->pw;
+                            const float *src = xi + ih * g->w + w0 * g->sw + rw - g->pw;
                             memset(row, 0, sizeof(float) * (size_t)w0);
                             if (g->sw == 1) memcpy(row + w0, src, sizeof(float) * (size_t)(w1 - w0));
                             else
                                 for (int64_t q = 0; q < w1 - w0; ++q) row[w0 + q] = src[q * g->sw];
                             memset(row + w1, 0, sizeof(float) * (size_t)(wq_len - w1));
                         }
-                        memset(dst + hq_len * wq_len, 0, sizeof(float) * (size_t)(plane - hq_len * wq_len));
                     }
+                    memset(slot + g->n * img_stride, 0, sizeof(float) * (size_t)(slot_len - g->n * img_stride));
                 }
             }
-            if (direct) product(w, kk, xi, in_plane, offs, positions, (int64_t)(TILE_POSITIONS * sizeof(float)), &out);
-            else product(w, kk, xq, ldc, offs, positions, span, &out);
         }
+        product(w, kk, xq, ldc, offs, g->n * img_stride, span, &out);
     }
     free(offs);
     return BANK_OK;

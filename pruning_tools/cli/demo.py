@@ -196,6 +196,8 @@ def demo(
             "[bold red]warning:[/] the pruner's check() failed: some bank or tensor holds more "
             "non-zeros than its budget (see `pruning-tools inspect`)"
         )
+    if framework == "pytorch" and result.get("pruner_state") is not None:
+        result["deployment"] = _deploy(result, data_dir, limit, threads)
     started = time.perf_counter()
     files, notes = write_outputs(result, Path(out))
     for note in notes:
@@ -206,3 +208,24 @@ def demo(
         highlight=False,
     )
     out_console.print("wrote " + ", ".join(str(p) for p in files.values()), markup=False, highlight=False)
+    if "deployment" in result:
+        d = result["deployment"]
+        out_console.print(
+            f"bank-sparse model ({', '.join(d['converted']) or 'no layer'} converted): test accuracy {d['accuracy']:.2%} "
+            f"(masked model {d['masked_accuracy']:.2%}), {d['speedup']:.2f}x the masked model's speed on test batches",
+            highlight=False,
+        )
+
+
+def _deploy(result: dict, data_dir, limit, threads: int) -> dict:
+    """The converted model's accuracy and speedup (``demo.deploy``), at the training's thread count."""
+    import torch
+
+    from ..demo.deploy import deploy
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return deploy(result, data_dir, limit)
+    finally:
+        torch.set_num_threads(previous)
