@@ -316,6 +316,45 @@ def build_cases(quick: bool, models: set[str], tmp: Path) -> list[Case]:
     return cases
 
 
+# ---------------------------------------------------------------- per-call overhead
+
+
+def overhead(rounds: int, calls: int = 2000) -> dict[str, float]:
+    """Microseconds per call of a product too small to take time (an 8 x 64 weight, batch 1): what a
+    call costs besides its arithmetic. Dense ``nn.Linear`` for reference; ours through the module (eager:
+    the kernel called directly), its ``forward`` alone (without ``nn.Module.__call__``), and the
+    ``torch.ops`` operator (what compiled, traced and exported models call)."""
+    from pruning_tools.inference import BankSparseLinear
+    from pruning_tools.inference import ops as bank_ops
+    from pruning_tools.masks import bank_mask
+
+    torch.manual_seed(0)
+    dense = nn.Linear(64, 8)
+    with torch.no_grad():
+        dense.weight.mul_(bank_mask(dense.weight, None, 0.9375))
+    sparse = BankSparseLinear.from_linear(dense)
+    x = torch.randn(1, 64)
+    b = sparse._buffers
+    parts = (b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], 64)
+
+    def repeat(f):
+        def run():
+            for _ in range(calls):
+                f()
+
+        return run
+
+    with torch.no_grad():
+        tasks = {
+            "nn.Linear (dense)": repeat(lambda: dense(x)),
+            "BankSparseLinear": repeat(lambda: sparse(x)),
+            "BankSparseLinear.forward": repeat(lambda: sparse.forward(x)),
+            "torch.ops.pruning_tools.bank_linear": repeat(lambda: bank_ops.bank_linear(x, *parts)),
+        }
+        timings = interleaved(tasks, rounds, warmup=1, rotate=True)
+    return {name: t.median / calls * 1e6 for name, t in timings.items()}
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -370,6 +409,8 @@ def run_benchmark(quick: bool, threads: tuple[int, ...], models: set[str], round
         started = time.perf_counter()
         cases = build_cases(quick, models, Path(tmp))
         result["build_seconds"] = time.perf_counter() - started
+        torch.set_num_threads(1)
+        result["overhead_us"] = overhead(rounds)
         for t in threads:
             started = time.perf_counter()
             rows, loads = run_cases(cases, t, rounds)
@@ -388,6 +429,8 @@ def met(value: float | None, goal: float | None) -> str:
 
 def to_markdown(result: dict, title: str) -> str:
     lines = [title, ""]
+    calls = ", ".join(f"{name} {us:.1f} µs" for name, us in result["overhead_us"].items())
+    lines += [f"- per call of a trivial product (8 x 64, batch 1; 1 thread): {calls}"]
     for run in result["runs"]:
         load = run["load average"]
         lines.append(
@@ -443,6 +486,9 @@ def print_result(result: dict, title: str) -> None:
     console.print(table)
     for run in result["runs"]:
         console.print(f"{run['threads']} thread(s): load average {run['load average']}, {run['seconds']:.0f} s")
+    console.print(
+        "per call (8 x 64, batch 1): " + ", ".join(f"{k} {v:.1f} µs" for k, v in result["overhead_us"].items())
+    )
 
 
 MODELS = ("linear", "bert", "gpt", "resnet1", "resnet32")

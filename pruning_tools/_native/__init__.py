@@ -29,9 +29,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import importlib.util
 import os
 import platform
 import subprocess
+import sysconfig
 import tempfile
 import threading
 import warnings
@@ -54,6 +56,7 @@ class Kernel:
     source: Path
     flags: tuple[str, ...]  # -fopenmp is dropped (one thread) when the compiler lacks OpenMP
     signatures: dict[str, tuple[list, object]]  # function -> (argtypes, restype)
+    python_module: str | None = None  # also built as this CPython extension where Python.h is found
 
 
 def _mask_select_signatures() -> dict[str, tuple[list, object]]:
@@ -79,24 +82,35 @@ KERNELS = {
             "bank_conv2d": ([_P, _P, _P, _P], ctypes.c_int),  # weight, geometry, x, y
             "bank_set_threads": ([ctypes.c_int], None),
         },
+        python_module="_bank_sparse",  # linear / conv2d without ctypes' per-call conversions (module())
     ),
 }
 
 SANITIZERS = {"address": ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")}
 
 
-def flags_of(kernel: Kernel) -> tuple[str, ...]:
-    """The compiler flags of ``kernel``, plus a sanitizer's when ``PRUNING_TOOLS_SANITIZE`` names one
-    (``address``: AddressSanitizer, for tests; the process must preload the sanitizer's runtime)."""
+def flags_of(kernel: Kernel, python: bool = True) -> tuple[str, ...]:
+    """The compiler flags of ``kernel``: plus a sanitizer's when ``PRUNING_TOOLS_SANITIZE`` names one
+    (``address``: AddressSanitizer, for tests; the process must preload the sanitizer's runtime), plus
+    (``python``) those building its CPython extension module where Python.h is found."""
     sanitizer = os.environ.get("PRUNING_TOOLS_SANITIZE", "")
-    if not sanitizer:
-        return kernel.flags
-    if sanitizer not in SANITIZERS:
+    if sanitizer and sanitizer not in SANITIZERS:
         raise ValueError(f"PRUNING_TOOLS_SANITIZE={sanitizer!r} is not allowed: expected one of {sorted(SANITIZERS)}")
-    return (*kernel.flags, *SANITIZERS[sanitizer])
+    flags = (*kernel.flags, *SANITIZERS.get(sanitizer, ()))
+    extension = _python_flags() if python and kernel.python_module else None
+    return (*flags, *extension) if extension else flags
+
+
+def _python_flags() -> tuple[str, ...] | None:
+    """Flags that build a kernel as a CPython extension too, or None where Python.h is missing."""
+    include = sysconfig.get_paths().get("include")
+    if not include or not Path(include, "Python.h").is_file():
+        return None
+    return (f"-I{include}", "-DBANK_PYTHON_MODULE")
 
 
 _loaded: dict[str, ctypes.CDLL | None] = {}  # kernel name -> library, None once it failed (or engine "torch")
+_modules: dict[str, object | None] = {}  # kernel name -> its extension module (None: ctypes only)
 _errors: dict[str, str] = {}  # kernel name -> why it is None
 
 
@@ -148,6 +162,7 @@ def reset() -> None:
     """Forget every loaded kernel and failure: the next ``library()`` call reads the engine and tries again."""
     with _lock:
         _loaded.clear()
+        _modules.clear()
         _errors.clear()
         _from_environment.clear()
 
@@ -209,12 +224,29 @@ def compiled(source: Path, flags: Sequence[str]) -> Path:
     return path
 
 
-def _load(kernel: Kernel) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(compiled(kernel.source, flags_of(kernel))))
+def _load(kernel: Kernel) -> tuple[ctypes.CDLL, object | None]:
+    """The library (ctypes) and, for a kernel with a ``python_module``, the same file imported as that
+    extension module (None where it cannot be built: the library alone, through ctypes)."""
+    module, path = None, None
+    full, plain = flags_of(kernel), flags_of(kernel, python=False)
+    if full != plain:
+        try:
+            path = compiled(kernel.source, full)
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            path = None  # no Python headers that work: the plain library
+    if path is not None:
+        spec = importlib.util.spec_from_file_location(str(kernel.python_module), path)
+        if spec is not None and spec.loader is not None:
+            try:
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            except ImportError:
+                module = None  # the library still loads through ctypes
+    lib = ctypes.CDLL(str(path if path is not None else compiled(kernel.source, plain)))
     for name, (argtypes, restype) in kernel.signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
-    return lib
+    return lib, module
 
 
 def library(name: str) -> ctypes.CDLL | None:
@@ -229,7 +261,7 @@ def library(name: str) -> ctypes.CDLL | None:
         with _lock:
             if name not in _loaded:
                 try:
-                    _loaded[name] = _load(KERNELS[name])
+                    _loaded[name], _modules[name] = _load(KERNELS[name])
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no compiler, build or load error
                     _loaded[name], _errors[name] = None, f"{type(e).__name__}: {e}"
                     if chosen == "auto":
@@ -241,6 +273,12 @@ def library(name: str) -> ctypes.CDLL | None:
     if _loaded[name] is None and chosen == "native":
         raise KernelUnavailableError(f"engine 'native' but the {name} kernel is unavailable: {_errors.get(name)}")
     return _loaded[name]
+
+
+def module(name: str) -> object | None:
+    """The extension module of kernel ``name`` (same code as ``library(name)``, called without ctypes),
+    or None where it is not built (no Python headers) or the library is unavailable."""
+    return _modules.get(name) if library(name) is not None else None
 
 
 def set_threads(n: int) -> None:
@@ -264,6 +302,7 @@ __all__ = [
     "flags_of",
     "library",
     "library_path",
+    "module",
     "reset",
     "set_threads",
     "use_engine",

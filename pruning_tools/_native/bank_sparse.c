@@ -25,7 +25,12 @@
  * torch.get_num_threads(). The team shrinks when other processes keep the cores busy (team_size).
  * GCC vector extensions keep the code portable: the compiler maps them to the widest SIMD it has.
  */
+#ifdef BANK_PYTHON_MODULE /* also a CPython extension module (see the end): Python.h comes first */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#else
 #define _POSIX_C_SOURCE 200112L
+#endif
 #include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -233,18 +238,29 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
     }
 }
 
-static void bank_gemv(const bank_weight *w, const float *x, float *y) {
-    const int64_t rows = w->rows, banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;
-    const int64_t work = rows * (banks * k + tail_k);
-    const int team = work > PARALLEL_WORK ? team_size() : 1;
-#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
-    for (int64_t o = 0; o < rows; ++o) {
+static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1) {
+    const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;
+    for (int64_t o = o0; o < o1; ++o) {
         float acc = banks ? row_dot(x, w->values + o * banks * k, w->idx + o * banks * k, banks, bank, k) : 0.0f;
         const float *tv = w->tail_values + o * tail_k;
         const uint8_t *ti = w->tail_idx + o * tail_k;
         const float *xt = x + banks * bank;
         for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
         y[o] = acc + (w->bias ? w->bias[o] : 0.0f);
+    }
+}
+
+static void bank_gemv(const bank_weight *w, const float *x, float *y) {
+    const int64_t rows = w->rows;
+    const int team = rows * (w->banks * w->k + w->tail_k) > PARALLEL_WORK ? team_size() : 1;
+    if (team == 1) { /* no OpenMP region at all: small products are over in a few microseconds */
+        gemv_rows(w, x, y, 0, rows);
+        return;
+    }
+#pragma omp parallel num_threads(team)
+    {
+        const int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
+        gemv_rows(w, x, y, rows * me / nth, rows * (me + 1) / nth);
     }
 }
 
@@ -590,3 +606,52 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
     free(offs);
     return BANK_OK;
 }
+
+/* ---------------------------------------------------------------- as a Python module */
+
+#ifdef BANK_PYTHON_MODULE
+/* The same entry points for Python without ctypes' argument conversion (a call costs ~0.2 µs instead
+ * of ~2.5): linear(weight, x, batch, in_features, y) and conv2d(weight, geometry, x, y), addresses and
+ * sizes as ints, returning the entry point's code. The GIL is released while they run. */
+static int args_ok(Py_ssize_t n, Py_ssize_t want, const char *signature) {
+    if (n == want) return 1;
+    PyErr_SetString(PyExc_TypeError, signature);
+    return 0;
+}
+
+static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    (void)self;
+    if (!args_ok(n, 5, "linear(weight, x, batch, in_features, y)")) return NULL;
+    const bank_weight *w = PyLong_AsVoidPtr(args[0]);
+    const float *x = PyLong_AsVoidPtr(args[1]);
+    const long long batch = PyLong_AsLongLong(args[2]), in_features = PyLong_AsLongLong(args[3]);
+    float *y = PyLong_AsVoidPtr(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    int code;
+    Py_BEGIN_ALLOW_THREADS code = bank_linear(w, x, batch, in_features, y);
+    Py_END_ALLOW_THREADS return PyLong_FromLong(code);
+}
+
+static PyObject *py_conv2d(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    (void)self;
+    if (!args_ok(n, 4, "conv2d(weight, geometry, x, y)")) return NULL;
+    const bank_weight *w = PyLong_AsVoidPtr(args[0]);
+    const bank_conv_geometry *g = PyLong_AsVoidPtr(args[1]);
+    const float *x = PyLong_AsVoidPtr(args[2]);
+    float *y = PyLong_AsVoidPtr(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    int code;
+    Py_BEGIN_ALLOW_THREADS code = bank_conv2d(w, g, x, y);
+    Py_END_ALLOW_THREADS return PyLong_FromLong(code);
+}
+
+static PyMethodDef methods[] = {
+    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "bank_linear"},
+    {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_FASTCALL, "bank_conv2d"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bank_sparse", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__bank_sparse(void) { return PyModule_Create(&module); }
+#endif

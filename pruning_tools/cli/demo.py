@@ -210,9 +210,11 @@ def demo(
     out_console.print("wrote " + ", ".join(str(p) for p in files.values()), markup=False, highlight=False)
     if "deployment" in result:
         d = result["deployment"]
+        rule = ", ".join(d["rule_converted"]) or "none: measured slower"
         out_console.print(
-            f"bank-sparse model ({', '.join(d['converted']) or 'no layer'} converted): test accuracy {d['accuracy']:.2%} "
-            f"(masked model {d['masked_accuracy']:.2%}), {d['speedup']:.2f}x the masked model's speed on test batches",
+            f"bank-sparse ({', '.join(d['converted'])}): test accuracy {d['accuracy']:.2%} (masked model "
+            f"{d['masked_accuracy']:.2%}); {d['speedup']:.2f}x the masked model's speed on test images in "
+            f"batches of 1000, {d['speedup_one']:.2f}x on one; to_bank_sparse's rule at batch 1000 converts: {rule}",
             highlight=False,
         )
 

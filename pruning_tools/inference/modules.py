@@ -58,11 +58,13 @@ class _Fast(NamedTuple):
     tail_values: Tensor
     tail_indices: Tensor
     bias: Tensor | None
-    versions: tuple[int, int]
+    versions: tuple[int, int]  # of indices and tail_indices (-1: inference tensors, never changed in place)
 
 
-def _version(t: Tensor) -> int:
-    return -1 if t.is_inference() else t._version
+def _versions(indices: Tensor, tail_indices: Tensor) -> tuple[int, int]:
+    if indices.is_inference() or tail_indices.is_inference():
+        return (-1, -1)
+    return (indices._version, tail_indices._version)
 
 
 def _eager(x: Tensor) -> bool:
@@ -75,6 +77,10 @@ def _eager(x: Tensor) -> bool:
         and x.is_cpu
         and not (x.requires_grad and torch.is_grad_enabled())
     )
+
+
+def _needs_grad(x: Tensor, bias: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
 
 class _BankSparse(nn.Module):
@@ -119,7 +125,10 @@ class _BankSparse(nn.Module):
             and b["tail_values"] is fast.tail_values
             and b["tail_indices"] is fast.tail_indices
             and b["bias"] is fast.bias
-            and fast.versions == (_version(fast.indices), _version(fast.tail_indices))
+            and (
+                fast.versions[0] < 0  # inference tensors: no in-place change outside inference mode
+                or (fast.indices._version == fast.versions[0] and fast.tail_indices._version == fast.versions[1])
+            )
         ):
             return fast
         if lib is None:
@@ -128,7 +137,7 @@ class _BankSparse(nn.Module):
         described = ops.checked(*parts, b["bias"], self.bank_size, self.row_len, self.kernel_positions, "packed weight")
         if described is None:
             return None
-        self._fast = _Fast(described, lib, *parts, b["bias"], (_version(parts[1]), _version(parts[3])))
+        self._fast = _Fast(described, lib, *parts, b["bias"], _versions(parts[1], parts[3]))
         return self._fast
 
     # ------------------------------------------------------------ state
@@ -223,8 +232,8 @@ class BankSparseLinear(_BankSparse):
             y = native.linear(fast.described, x2 if x2.is_contiguous() else x2.contiguous())
         else:
             b = self._buffers
-            y = ops.bank_linear(x2, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"],
-                                self.bank_size)  # fmt: skip
+            op = ops.BankLinearFunction.apply if _needs_grad(x2, b["bias"]) else ops.bank_linear
+            y = op(x2, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], self.bank_size)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def forward_rows(self, x: Tensor, start: int, stop: int) -> Tensor:
@@ -242,7 +251,8 @@ class BankSparseLinear(_BankSparse):
         if described is not None:
             y = native.linear(described, x2 if x2.is_contiguous() else x2.contiguous())
         else:
-            y = ops.bank_linear(x2, *parts, bias, self.bank_size)
+            op = ops.BankLinearFunction.apply if _needs_grad(x2, bias) else ops.bank_linear
+            y = op(x2, *parts, bias, self.bank_size)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], stop - start)
 
 
@@ -348,8 +358,9 @@ class BankSparseConv(_BankSparse):
             if min(size) >= 1:
                 return native.conv2d(fast.described, x.contiguous(), kernel, stride, padding, dilation, size)
         b = self._buffers
-        return ops.bank_conv2d(x, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"],
-                               self.bank_size, list(kernel), list(stride), list(padding), list(dilation))  # fmt: skip
+        op = ops.BankConv2dFunction.apply if _needs_grad(x, b["bias"]) else ops.bank_conv2d
+        return op(x, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], self.bank_size,
+                  list(kernel), list(stride), list(padding), list(dilation))  # fmt: skip
 
 
 class BankSparseConv1x1(BankSparseConv):

@@ -13,7 +13,7 @@ not float32 / uint8 indices on the CPU, banks longer than 256); callers then tak
 from __future__ import annotations
 
 import ctypes
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -56,11 +56,14 @@ class ConvGeometry(ctypes.Structure):
 
 
 class Described(NamedTuple):
-    """A weight the kernel accepted: its descriptor, the library, and the tensors it points into (kept
-    alive with it)."""
+    """A weight the kernel accepted: its descriptor (and its address), the entry points, and the tensors
+    it points into (kept alive with it)."""
 
     weight: BankWeight
-    lib: ctypes.CDLL
+    address: int
+    rows: int
+    linear: Any  # (weight, x, batch, in_features, y) -> code: the extension module's, else ctypes'
+    conv2d: Any  # (weight, geometry, x, y) -> code
     tensors: tuple[Tensor | None, ...]
 
 
@@ -112,13 +115,16 @@ def describe(
     code = lib.bank_check(ctypes.byref(weight), ctypes.byref(where))
     if code:
         _raise(code, f"a weight [{rows}, {banks}, {k}] (bank {bank_size}, flat position {where.value})")
-    return Described(weight, lib, (values, indices, tail_values, tail_indices, bias))
+    module: Any = _native.module("bank_sparse")
+    calls = (module.linear, module.conv2d) if module is not None else (lib.bank_linear, lib.bank_conv2d)
+    tensors = (values, indices, tail_values, tail_indices, bias)
+    return Described(weight, ctypes.addressof(weight), rows, *calls, tensors)
 
 
 def linear(d: Described, x: Tensor) -> Tensor:
     """``x [batch, in]`` (float32, CPU, contiguous) -> ``[batch, rows]``."""
-    y = torch.empty(x.shape[0], d.weight.rows, dtype=torch.float32)
-    code = d.lib.bank_linear(ctypes.addressof(d.weight), x.data_ptr(), x.shape[0], x.shape[1], y.data_ptr())
+    y = torch.empty(x.shape[0], d.rows, dtype=torch.float32)
+    code = d.linear(d.address, x.data_ptr(), x.shape[0], x.shape[1], y.data_ptr())
     if code:
         _raise(code, f"an input {list(x.shape)} for a weight of {d.weight.in_features} inputs")
     return y
@@ -136,10 +142,10 @@ def conv2d(
     """``x [n, c, h, w]`` (float32, CPU, contiguous NCHW) -> ``[n, rows / (kh * kw), oh, ow]``.
     ``padding``: (top, bottom, left, right); the bottom/right ones are implied by ``out_size``."""
     n, c, h, w = x.shape
-    out_c = d.weight.rows // (kernel[0] * kernel[1])
+    out_c = d.rows // (kernel[0] * kernel[1])
     y = torch.empty(n, out_c, *out_size, dtype=torch.float32)
     geometry = ConvGeometry(n, c, h, w, *kernel, *stride, padding[0], padding[2], *dilation, *out_size)
-    code = d.lib.bank_conv2d(ctypes.addressof(d.weight), ctypes.addressof(geometry), x.data_ptr(), y.data_ptr())
+    code = d.conv2d(d.address, ctypes.addressof(geometry), x.data_ptr(), y.data_ptr())
     if code:
         _raise(code, f"an input {list(x.shape)} with kernel {kernel} for a weight of {d.weight.in_features} inputs")
     return y
