@@ -238,7 +238,43 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
     }
 }
 
-static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1) {
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* 16 stored weights at a time: their values, their columns (bank start from `base` + in-bank index)
+ * gathered from x. `base[f]` = (f / k) * bank for the flat position f of a row's full banks. */
+static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1, const int32_t *base) {
+    const int64_t n = w->banks * w->k, tail_k = w->tail_k;
+    const float *xt = x + w->banks * w->bank;
+    for (int64_t o = o0; o < o1; ++o) {
+        const float *v = w->values + o * n;
+        const uint8_t *ix = w->idx + o * n;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        int64_t f = 0;
+        for (; f + 32 <= n; f += 32) {
+            const __m512i c0 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ix + f))),
+                                                _mm512_loadu_si512(base + f));
+            const __m512i c1 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ix + f + 16))),
+                                                _mm512_loadu_si512(base + f + 16));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + f), _mm512_i32gather_ps(c0, x, 4), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + f + 16), _mm512_i32gather_ps(c1, x, 4), a1);
+        }
+        for (; f + 16 <= n; f += 16) {
+            const __m512i c0 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ix + f))),
+                                                _mm512_loadu_si512(base + f));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + f), _mm512_i32gather_ps(c0, x, 4), a0);
+        }
+        float acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        for (; f < n; ++f) acc += v[f] * x[base[f] + ix[f]];
+        const float *tv = w->tail_values + o * tail_k;
+        const uint8_t *ti = w->tail_idx + o * tail_k;
+        for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
+        y[o] = acc + (w->bias ? w->bias[o] : 0.0f);
+    }
+}
+#define GEMV_BASE 1
+#else
+static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1, const int32_t *base) {
+    (void)base;
     const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;
     for (int64_t o = o0; o < o1; ++o) {
         float acc = banks ? row_dot(x, w->values + o * banks * k, w->idx + o * banks * k, banks, bank, k) : 0.0f;
@@ -249,19 +285,26 @@ static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0
         y[o] = acc + (w->bias ? w->bias[o] : 0.0f);
     }
 }
+#define GEMV_BASE 0
+#endif
 
-static void bank_gemv(const bank_weight *w, const float *x, float *y) {
-    const int64_t rows = w->rows;
-    const int team = rows * (w->banks * w->k + w->tail_k) > PARALLEL_WORK ? team_size() : 1;
-    if (team == 1) { /* no OpenMP region at all: small products are over in a few microseconds */
-        gemv_rows(w, x, y, 0, rows);
-        return;
-    }
+static int bank_gemv(const bank_weight *w, const float *x, float *y) {
+    const int64_t rows = w->rows, n = w->banks * w->k;
+    int32_t local[1024], *base = local;
+    if (GEMV_BASE && n > 1024 && !(base = malloc(sizeof(int32_t) * (size_t)n))) return BANK_NO_MEMORY;
+    for (int64_t f = 0; GEMV_BASE && f < n; ++f) base[f] = (int32_t)((f / w->k) * w->bank);
+    const int team = rows * (n + w->tail_k) > PARALLEL_WORK ? team_size() : 1;
+    if (team == 1) /* no OpenMP region at all: small products are over in a few microseconds */
+        gemv_rows(w, x, y, 0, rows, base);
+    else {
 #pragma omp parallel num_threads(team)
-    {
-        const int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
-        gemv_rows(w, x, y, rows * me / nth, rows * (me + 1) / nth);
+        {
+            const int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
+            gemv_rows(w, x, y, rows * me / nth, rows * (me + 1) / nth, base);
+        }
     }
+    if (base != local) free(base);
+    return BANK_OK;
 }
 
 /* ---------------------------------------------------------------- the tile core */
@@ -412,6 +455,16 @@ static void product(const bank_weight *w, int64_t kk, const float *planes, int64
             continue;
         }
         const int64_t out_c = w->rows / kk;
+        const int64_t first_img = p0 / out->img_stride, last_img = (p0 + width - 1) / out->img_stride;
+        if (out->img_stride == out->out_plane && first_img == last_img) { /* no dropped positions: one run */
+            const int64_t r0 = p0 - first_img * out->img_stride;
+            for (int64_t i = 0; i < n_o; ++i) {
+                const float b = w->bias ? w->bias[o0 + i] : 0.0f;
+                float *dst = out->y + (first_img * out_c + o0 + i) * out->out_plane + r0;
+                for (int64_t q = 0; q < width; ++q) dst[q] = buf[i][q] + b;
+            }
+            continue;
+        }
         for (int64_t i = 0; i < n_o; ++i) {
             const float b = w->bias ? w->bias[o0 + i] : 0.0f;
             int64_t n = p0 / out->img_stride, r = p0 % out->img_stride;
@@ -465,10 +518,7 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
     if (!usable(w)) return BANK_NOT_CHECKED;
     if (batch < 0 || batch >= LIMIT || in_features != w->in_features) return BANK_BAD_SIZES;
     if (batch == 0 || w->rows == 0) return BANK_OK;
-    if (batch == 1) {
-        bank_gemv(w, x, y);
-        return BANK_OK;
-    }
+    if (batch == 1) return bank_gemv(w, x, y);
     const int64_t ldx = odd_lines((batch + 15) / 16 * 16); /* whole 16 x 16 blocks (and whole vectors) */
     float *xt = scratch_of((size_t)in_features * (size_t)ldx);
     if (!xt) return BANK_NO_MEMORY;
