@@ -389,9 +389,10 @@ def is_pointwise_conv(module: nn.Module) -> bool:
 
 def is_conv1d(module: nn.Module) -> bool:
     """transformers' ``Conv1D`` (GPT-2's projections: weight ``[in, out]``, ``y = x @ W + b``), found by
-    its class name and module, without importing transformers."""
-    kind = type(module)
-    return kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers")
+    class as the pruner finds it (transformers is never imported for it)."""
+    from ..pytorch_pruning import _is_transposed_linear
+
+    return _is_transposed_linear(module)
 
 
 def conv_unsupported(conv: nn.Module) -> str | None:

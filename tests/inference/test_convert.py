@@ -193,26 +193,23 @@ def test_transformers_conv1d_with_an_out_dim_1_spec():
     torch.manual_seed(3)
     model = nn.Sequential(Conv1D(192, 256), nn.GELU(), Conv1D(256, 192))
     prune = pytorch_pruning.Prune(model, 0, 0, 1, {"0.weight": 0.9375, "2.weight": 0.9375})
-    state = prune.state_dict()
-    for name in ("0.weight", "2.weight"):  # what the pruner's Conv1D support writes: banks along the input dim
-        state["config"]["params"][name]["out_dim"] = 1
-        state["mask_targets"][name] = 0.9375
-        layer = model[int(name[0])]
-        with torch.no_grad():
-            layer.weight.mul_(bank_mask(layer.weight, None, 0.9375, 64, out_dim=1))
-    assert all(spec.out_dim == 1 for spec in pruned_specs(state).values())
+    prune.prune()  # the pruner banks Conv1D weights [in, out] along the input dim: out_dim=1
+    assert all(spec.out_dim == 1 for spec in pruned_specs(prune).values())
     x = torch.randn(2, 5, 256)
     with torch.no_grad():
         expected = model(x)
-    report = to_bank_sparse(model, state)
+    state = prune.state_dict()
+    masked = copy.deepcopy(model)
+    report = to_bank_sparse(copy.deepcopy(model), state)
+    assert report.converted == ["0", "2"]
+    report = to_bank_sparse(model, prune)
     assert report.converted == ["0", "2"] and isinstance(model[0], BankSparseLinear)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, **TOL)
-    other = nn.Sequential(Conv1D(192, 256))
-    other_prune = pytorch_pruning.Prune(other, 0, 0, 1, {"0.weight": 0.9375})
-    other_prune.prune()
-    report = to_bank_sparse(other, other_prune)
-    assert report.converted == [] and "out_dim=0, expected 1" in report.layers[0].reason
+    wrong = copy.deepcopy(state)  # a spec that banks the weight along its output dim does not convert
+    wrong["config"]["params"]["0.weight"]["out_dim"] = 0
+    report = to_bank_sparse(masked, wrong)
+    assert report.converted == ["2"] and "out_dim=0, expected 1" in report.layers[0].reason
 
 
 def test_load_bank_sparse_from_an_exported_file(tmp_path):
