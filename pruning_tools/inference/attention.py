@@ -219,23 +219,28 @@ def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     return layer
 
 
-def disable_fused_path(model: nn.Module, converted: set[str]) -> list[str]:
+def disable_fused_path(model: nn.Module, converted: set[str]) -> list[tuple[nn.Module, str, object]]:
     """Turn PyTorch's fused transformer path off for the encoder layers (and encoders) of ``model``
     holding a converted module (names in ``converted``): that path reads dense weights directly.
-    Returns the names changed."""
-    changed = []
+    Returns ``(module, attribute, previous value)`` of each change (``restore`` undoes them)."""
+    changed: list[tuple[nn.Module, str, object]] = []
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        holds = any(c == name or c.startswith(prefix) for c in converted)
-        if not holds:
+        if not any(c == name or c.startswith(prefix) for c in converted):
             continue
         if isinstance(module, nn.TransformerEncoderLayer) and module.activation_relu_or_gelu:
+            changed.append((module, "activation_relu_or_gelu", module.activation_relu_or_gelu))
             module.activation_relu_or_gelu = 0  # the fused path's condition; the regular path uses .activation
-            changed.append(name)
         elif isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor", False):
+            changed.append((module, "use_nested_tensor", True))
             module.use_nested_tensor = False
-            changed.append(name)
     return changed
 
 
-__all__ = ["BankSparseMultiheadAttention", "attention_unsupported", "disable_fused_path"]
+def restore(changed: list[tuple[nn.Module, str, object]]) -> None:
+    """Undo ``disable_fused_path``."""
+    for module, attribute, value in changed:
+        setattr(module, attribute, value)
+
+
+__all__ = ["BankSparseMultiheadAttention", "attention_unsupported", "disable_fused_path", "restore"]

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..config import ParamSpec
 from ..export import NotBankBalancedError, PackedTensor, read_packed, unpack, worth_packing
-from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path
+from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path, restore
 from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported, is_conv1d
 
 MIN_WEIGHTS = 16384  # below: the ~5 µs of a call rivals the dense product
@@ -344,32 +344,36 @@ def _decide(
         layer.reason = parts
         chosen[c.name] = (c, new)
 
-    for name, (_, new) in chosen.items():
-        _set(model, name, new)
     if example_inputs is not None and chosen:
         report.measured_speedup = _whole_model(model, chosen, example_inputs)
         if report.measured_speedup < 1.0:
-            for name, (c, _) in chosen.items():
-                _set(model, name, c.module)
             for layer in report.layers:
                 if layer.converted:
                     layer.converted, layer.reason = False, "the whole model was slower converted: undone"
             report.notes.append(f"the converted model measured {report.measured_speedup:.2f}x: every conversion undone")
             return report
+    for name, (_, new) in chosen.items():
+        _set(model, name, new)
     changed = disable_fused_path(model, set(chosen))
     if changed:
-        report.notes.append(f"PyTorch's fused transformer path turned off in {changed} (it reads dense weights)")
+        names = sorted({name for name, m in model.named_modules() for module, _, _ in changed if m is module})
+        report.notes.append(f"PyTorch's fused transformer path turned off in {names} (it reads dense weights)")
     return report
 
 
 def _whole_model(model: nn.Module, chosen: dict[str, tuple[_Candidate, nn.Module]], example_inputs: Any) -> float:
-    """Dense / converted time of the whole model, interleaved (the modules are swapped in and out)."""
+    """Dense / converted time of the whole model, interleaved: the modules are swapped in and out (and
+    PyTorch's fused transformer path allowed for the dense runs only). The model is left dense."""
 
     def with_modules(sparse: bool) -> Callable[[], object]:
         def run() -> object:
             for name, (c, new) in chosen.items():
                 _set(model, name, new if sparse else c.module)
-            return _call(model, example_inputs)
+            changed = disable_fused_path(model, set(chosen)) if sparse else []
+            try:
+                return _call(model, example_inputs)
+            finally:
+                restore(changed)
 
         return run
 
@@ -377,8 +381,8 @@ def _whole_model(model: nn.Module, chosen: dict[str, tuple[_Candidate, nn.Module
         try:
             return _median_ratio(with_modules(False), with_modules(True), 1.0)
         finally:
-            for name, (_, new) in chosen.items():
-                _set(model, name, new)
+            for name, (c, _) in chosen.items():
+                _set(model, name, c.module)
 
 
 def to_bank_sparse(

@@ -134,3 +134,20 @@ def test_cross_attention_projection_rows(path):
     x = torch.randn(4, 64)
     with torch.no_grad():
         torch.testing.assert_close(sparse.forward_rows(x, 64, 192), linear(x)[:, 64:], **TOL)
+
+
+def test_measured_rule_on_an_encoder(monkeypatch):
+    """Timing the converted encoder must not take PyTorch's fused path (it reads dense weights)."""
+    from pruning_tools.inference import convert
+
+    monkeypatch.setattr(convert, "_median_ratio", lambda dense, sparse, budget: (dense(), sparse(), 2.0)[-1])
+    model, prune = transformer_pair("encoder")
+    model.eval()
+    x = torch.randn(1, 9, 64)
+    with torch.no_grad():
+        expected = model(x)
+    report = to_bank_sparse(model, prune, example_inputs=x, min_speedup=0.01)
+    assert report.measured_speedup == 2.0 and len(report.converted) == 6
+    assert model.layers[0].activation_relu_or_gelu == 0 and "fused transformer path" in report.notes[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, **TOL)
