@@ -1,9 +1,11 @@
 """The compiled kernels: one loader, one cache, one engine switch. The C sources lie beside this file.
 
-Each kernel is plain C99 (+ OpenMP where it helps) with no Python or torch headers, built by the
-system C compiler (``$CC`` or ``cc``) in about a second at first use and loaded with ``ctypes``. The
-shared library is cached under ``$PRUNING_TOOLS_CACHE`` (default ``~/.cache/pruning_tools``), keyed
-by the source, the flags, the compiler and the CPU, so a later process loads it without compiling.
+Each kernel is plain C99 (+ OpenMP where it helps) with no torch headers, built by the system C
+compiler (``$CC`` or ``cc``) in about a second at first use and loaded with ``ctypes``. The shared
+library is cached under ``$PRUNING_TOOLS_CACHE`` (default ``~/.cache/pruning_tools``), keyed by the
+source, the flags, the compiler and the CPU, so a later process loads it without compiling. A kernel
+with a ``python_module`` is also built as that CPython extension where Python's headers are found
+(``module(name)``: the same code, called without ctypes' per-call argument conversion).
 
 - ``mask_select`` (``mask_select.c``): bank-balanced selection, radix-select histograms and masked
   zeroing for the mask engine (wrapped by ``mask_kernels``).
