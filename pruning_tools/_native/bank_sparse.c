@@ -315,18 +315,18 @@ static int bank_gemv(const bank_weight *w, const float *x, float *y) {
  *
  * For each of n_o output channels o0 + i: io[i][0 : NV * VL] (+)= sum over its kk rows r (row
  * (o0 + i) * kk + r), over their full banks [j0, j1) and (with_tail) tail bank, of
- * value * planes[c * ldc + offs[r] + p0 + 0 : NV * VL]. Two sets of accumulators (stored weights
- * alternate between them) hide the FMA latency. */
-#define TILE(NV)                                                                                        \
-    static void tile_##NV(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, const float *xq,   \
+ * value * planes[c * ldc + offs[r] + p0 + 0 : NV * VL]. Sets of accumulators (stored weights take
+ * turns: four for one vector, two for more) hide the FMA latency. */
+#define TILE_OF(NAME, VT, VLEN, LOAD, NV)                                                                \
+    static void NAME(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, const float *xq,        \
                           int64_t ldc, const int64_t *offs, int64_t p0, int64_t j0, int64_t j1,          \
                           int with_tail, int first, float (*io)[TILE_POSITIONS]) {                      \
         const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;                   \
         for (int64_t i = 0; i < n_o; ++i) {                                                             \
-            vf a[NV], b[NV];                                                                            \
+            VT a[NV], b[NV], c[NV], d[NV];                                                                            \
             for (int n = 0; n < NV; ++n) {                                                              \
-                a[n] = first ? (vf){0} : loadv(io[i] + n * VL);                                         \
-                b[n] = (vf){0};                                                                         \
+                a[n] = first ? (VT){0} : LOAD(io[i] + n * VLEN);                                         \
+                b[n] = c[n] = d[n] = (VT){0};                                                           \
             }                                                                                           \
             for (int64_t r = 0; r < kk; ++r) {                                                          \
                 const int64_t row = (o0 + i) * kk + r;                                                  \
@@ -335,18 +335,29 @@ static int bank_gemv(const bank_weight *w, const float *x, float *y) {
                 const float *xb = xq + offs[r] + p0 + j0 * bank * ldc;                                  \
                 for (int64_t j = j0; j < j1; ++j, v += k, ix += k, xb += bank * ldc) {                  \
                     int64_t t = 0;                                                                      \
+                    for (; (NV) <= 1 && t + 4 <= k; t += 4) { /* one vector: four chains */            \
+                        const float w0 = v[t], w1 = v[t + 1], w2 = v[t + 2], w3 = v[t + 3];             \
+                        const float *s0 = xb + ix[t] * ldc, *s1 = xb + ix[t + 1] * ldc;                 \
+                        const float *s2 = xb + ix[t + 2] * ldc, *s3 = xb + ix[t + 3] * ldc;             \
+                        for (int n = 0; n < NV; ++n) {                                                  \
+                            a[n] += w0 * LOAD(s0 + n * VLEN);                                           \
+                            b[n] += w1 * LOAD(s1 + n * VLEN);                                           \
+                            c[n] += w2 * LOAD(s2 + n * VLEN);                                           \
+                            d[n] += w3 * LOAD(s3 + n * VLEN);                                           \
+                        }                                                                               \
+                    }                                                                                   \
                     for (; t + 2 <= k; t += 2) {                                                        \
                         const float w0 = v[t], w1 = v[t + 1];                                           \
                         const float *s0 = xb + ix[t] * ldc, *s1 = xb + ix[t + 1] * ldc;                 \
                         for (int n = 0; n < NV; ++n) {                                                  \
-                            a[n] += w0 * loadv(s0 + n * VL);                                            \
-                            b[n] += w1 * loadv(s1 + n * VL);                                            \
+                            a[n] += w0 * LOAD(s0 + n * VLEN);                                           \
+                            b[n] += w1 * LOAD(s1 + n * VLEN);                                           \
                         }                                                                               \
                     }                                                                                   \
                     if (t < k) {                                                                        \
                         const float w0 = v[t];                                                          \
                         const float *s0 = xb + ix[t] * ldc;                                             \
-                        for (int n = 0; n < NV; ++n) a[n] += w0 * loadv(s0 + n * VL);                   \
+                        for (int n = 0; n < NV; ++n) a[n] += w0 * LOAD(s0 + n * VLEN);                   \
                     }                                                                                   \
                 }                                                                                       \
                 if (with_tail) {                                                                        \
@@ -356,17 +367,18 @@ static int bank_gemv(const bank_weight *w, const float *x, float *y) {
                     for (int64_t t = 0; t < tail_k; ++t) {                                              \
                         const float w0 = tv[t];                                                         \
                         const float *s0 = xt + ti[t] * ldc;                                             \
-                        for (int n = 0; n < NV; ++n) a[n] += w0 * loadv(s0 + n * VL);                   \
+                        for (int n = 0; n < NV; ++n) a[n] += w0 * LOAD(s0 + n * VLEN);                   \
                     }                                                                                   \
                 }                                                                                       \
             }                                                                                           \
             for (int n = 0; n < NV; ++n) {                                                              \
-                const vf sum = a[n] + b[n];                                                             \
-                memcpy(io[i] + n * VL, &sum, sizeof sum);                                               \
+                const VT sum = (a[n] + b[n]) + (c[n] + d[n]);                                                             \
+                memcpy(io[i] + n * VLEN, &sum, sizeof sum);                                               \
             }                                                                                           \
         }                                                                                               \
     }
 #define TILE_POSITIONS (TILE_VECTORS * VL) /* output positions per tile */
+#define TILE(NV) TILE_OF(tile_##NV, vf, VL, loadv, NV)
 TILE(1)
 TILE(2)
 TILE(3)
@@ -377,6 +389,14 @@ TILE(6)
 TILE(7)
 TILE(8)
 #endif
+/* 8 positions (small batches): half vectors, so that no lane is computed for nothing */
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+TILE_OF(tile_half, v8, 8, load8, 1)
 
 #define CHUNK_O 32 /* output channels per work item */
 #ifndef L1_TARGET
@@ -387,6 +407,10 @@ static void tile(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, cons
                  const int64_t *offs, int64_t p0, int64_t width, int64_t j0, int64_t j1, int with_tail, int first,
                  float (*io)[TILE_POSITIONS]) {
     /* exactly the whole vectors covering [p0, p0 + width): what the callers' buffers hold */
+    if (VL > 8 && width <= 8) {
+        tile_half(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
+        return;
+    }
     switch ((width + VL - 1) / VL) {
 #if TILE_VECTORS > 4
         case 8: tile_8(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
@@ -519,7 +543,8 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
     if (batch < 0 || batch >= LIMIT || in_features != w->in_features) return BANK_BAD_SIZES;
     if (batch == 0 || w->rows == 0) return BANK_OK;
     if (batch == 1) return bank_gemv(w, x, y);
-    const int64_t ldx = odd_lines((batch + 15) / 16 * 16); /* whole 16 x 16 blocks (and whole vectors) */
+    /* up to 8 columns: rows of 8 floats (half vectors); more: whole 16 x 16 blocks and vectors */
+    const int64_t ldx = batch <= 8 ? 8 : odd_lines((batch + 15) / 16 * 16);
     float *xt = scratch_of((size_t)in_features * (size_t)ldx);
     if (!xt) return BANK_NO_MEMORY;
     const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * batch;
@@ -530,6 +555,12 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
     {
 #pragma omp for schedule(static)
         for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c] (0 for b >= batch) */
+            if (ldx == 8) {
+                const int64_t c1 = c0 + 16 < in_features ? c0 + 16 : in_features;
+                for (int64_t c = c0; c < c1; ++c)
+                    for (int64_t b = 0; b < 8; ++b) xt[c * 8 + b] = b < batch ? x[b * in_features + c] : 0.0f;
+                continue;
+            }
             for (int64_t b0 = 0; b0 < ldx; b0 += 16) {
                 if (c0 + 16 <= in_features) { /* a 16 x 16 block */
                     f16v a[16];
@@ -542,7 +573,7 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
                     for (int64_t b = b0; b < b0 + 16; ++b) xt[c * ldx + b] = b < batch ? x[b * in_features + c] : 0.0f;
             }
         }
-        product(w, 1, xt, ldx, &zero, batch, (int64_t)(TILE_POSITIONS * sizeof(float)), &out);
+        product(w, 1, xt, ldx, &zero, batch, (int64_t)((ldx == 8 ? 8 : TILE_POSITIONS) * sizeof(float)), &out);
     }
     return BANK_OK;
 }
