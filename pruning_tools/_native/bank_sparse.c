@@ -98,6 +98,7 @@ typedef struct {
     int64_t n, c, h, w;                 /* input */
     int64_t kh, kw, sh, sw, ph, pw, dh, dw; /* kernel, stride, top/left padding, dilation */
     int64_t oh, ow;                     /* output */
+    int64_t xs_n, xs_c, xs_h, xs_w;     /* the input's strides, in floats (NCHW or channels-last) */
 } bank_conv_geometry;
 
 #define LIMIT ((int64_t)1 << 31) /* every size below this: products of a few of them fit in int64 */
@@ -590,7 +591,8 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
  * each image in place instead (no copy). */
 int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *x, float *y) {
     if (!usable(w)) return BANK_NOT_CHECKED;
-    const int64_t sizes[] = {g->n, g->c, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->dh, g->dw, g->oh, g->ow};
+    const int64_t sizes[] = {g->n,  g->c,  g->h,  g->w,  g->kh, g->kw, g->sh,   g->sw,   g->ph,
+                             g->pw, g->dh, g->dw, g->oh, g->ow, g->xs_n, g->xs_c, g->xs_h, g->xs_w};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i)
         if (sizes[i] < 0 || sizes[i] >= LIMIT) return BANK_BAD_SIZES;
     if (g->kh < 1 || g->kw < 1 || g->sh < 1 || g->sw < 1 || g->dh < 1 || g->dw < 1) return BANK_BAD_SIZES;
@@ -615,8 +617,10 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
     const int64_t slots = nh * nw, ldc = odd_lines(slots * slot_len);
     const int64_t in_plane = g->h * g->w, out_plane = g->oh * g->ow;
     if ((double)ldc * (double)g->c >= (double)LIMIT * (double)LIMIT) return BANK_BAD_SIZES;
-    const int direct = kk == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 && g->oh == g->h &&
+    const int nchw = g->xs_w == 1 && g->xs_h == g->w && g->xs_c == in_plane && g->xs_n == g->c * in_plane;
+    const int direct = nchw && kk == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 && g->oh == g->h &&
                        g->ow == g->w && in_plane % VL == 0 && in_plane >= 4 * TILE_POSITIONS;
+    const int pixel_major = g->xs_c == 1 && g->c > 1; /* channels-last input: read each pixel's channels at once */
 
     int64_t *offs = malloc(sizeof(int64_t) * (size_t)kk);
     if (!offs) return BANK_NO_MEMORY;
@@ -631,7 +635,7 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
     const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * g->n * img_stride;
     const int team = work > PARALLEL_WORK ? team_size() : 1;
 
-    if (direct) { /* each image in place: channel c of image n is x[(n * c_n + c) * in_plane ...] */
+    if (direct) { /* each image in place (NCHW): channel c of image n is x[(n * c_n + c) * in_plane ...] */
         for (int64_t img = 0; img < g->n; ++img) {
             const sink out = {y + img * out_c * out_plane, 0, out_plane, wq_len, g->ow, g->oh, img_stride};
 #pragma omp parallel num_threads(team) if (team > 1)
@@ -650,35 +654,56 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
     const sink out = {y, 0, out_plane, wq_len, g->ow, g->oh, img_stride};
 #pragma omp parallel num_threads(team) if (team > 1)
     {
+        if (!pixel_major) {
 #pragma omp for schedule(static)
-        for (int64_t c = 0; c < g->c; ++c) {
-            for (int rh = 0; rh < g->sh; ++rh) {
-                if (slot_of_h[rh] < 0) continue;
-                for (int rw = 0; rw < g->sw; ++rw) {
-                    if (slot_of_w[rw] < 0) continue;
-                    float *slot = xq + c * ldc + (slot_of_h[rh] * nw + slot_of_w[rw]) * slot_len;
-                    /* columns wq in [w0, w1) read the image (iw = wq * sw + rw - pw), the rest is padding */
-                    int64_t w0 = 0, w1 = wq_len;
-                    while (w0 < wq_len && w0 * g->sw + rw - g->pw < 0) ++w0;
-                    while (w1 > w0 && (w1 - 1) * g->sw + rw - g->pw >= g->w) --w1;
-                    for (int64_t img = 0; img < g->n; ++img) {
-                        const float *xi = x + (img * g->c + c) * in_plane;
-                        for (int64_t hq = 0; hq < hq_len; ++hq) {
-                            const int64_t ih = hq * g->sh + rh - g->ph;
-                            float *row = slot + img * img_stride + hq * wq_len;
-                            if (ih < 0 || ih >= g->h || w1 <= w0) {
-                                memset(row, 0, sizeof(float) * (size_t)wq_len);
-                                continue;
+            for (int64_t c = 0; c < g->c; ++c) {
+                for (int rh = 0; rh < g->sh; ++rh) {
+                    if (slot_of_h[rh] < 0) continue;
+                    for (int rw = 0; rw < g->sw; ++rw) {
+                        if (slot_of_w[rw] < 0) continue;
+                        float *slot = xq + c * ldc + (slot_of_h[rh] * nw + slot_of_w[rw]) * slot_len;
+                        /* columns wq in [w0, w1) read the image (iw = wq * sw + rw - pw), the rest is padding */
+                        int64_t w0 = 0, w1 = wq_len;
+                        while (w0 < wq_len && w0 * g->sw + rw - g->pw < 0) ++w0;
+                        while (w1 > w0 && (w1 - 1) * g->sw + rw - g->pw >= g->w) --w1;
+                        const int64_t step = g->sw * g->xs_w;
+                        for (int64_t img = 0; img < g->n; ++img) {
+                            for (int64_t hq = 0; hq < hq_len; ++hq) {
+                                const int64_t ih = hq * g->sh + rh - g->ph;
+                                float *row = slot + img * img_stride + hq * wq_len;
+                                if (ih < 0 || ih >= g->h || w1 <= w0) {
+                                    memset(row, 0, sizeof(float) * (size_t)wq_len);
+                                    continue;
+                                }
+                                const float *src = x + img * g->xs_n + c * g->xs_c + ih * g->xs_h +
+                                                   (w0 * g->sw + rw - g->pw) * g->xs_w;
+                                memset(row, 0, sizeof(float) * (size_t)w0);
+                                if (step == 1) memcpy(row + w0, src, sizeof(float) * (size_t)(w1 - w0));
+                                else
+                                    for (int64_t q = 0; q < w1 - w0; ++q) row[w0 + q] = src[q * step];
+                                memset(row + w1, 0, sizeof(float) * (size_t)(wq_len - w1));
                             }
-                            const float *src = xi + ih * g->w + w0 * g->sw + rw - g->pw;
-                            memset(row, 0, sizeof(float) * (size_t)w0);
-                            if (g->sw == 1) memcpy(row + w0, src, sizeof(float) * (size_t)(w1 - w0));
-                            else
-                                for (int64_t q = 0; q < w1 - w0; ++q) row[w0 + q] = src[q * g->sw];
-                            memset(row + w1, 0, sizeof(float) * (size_t)(wq_len - w1));
                         }
+                        memset(slot + g->n * img_stride, 0, sizeof(float) * (size_t)(slot_len - g->n * img_stride));
                     }
-                    memset(slot + g->n * img_stride, 0, sizeof(float) * (size_t)(slot_len - g->n * img_stride));
+                }
+            }
+        } else { /* channels-last: zero the planes, then each pixel's channels go to their planes */
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < g->c; ++c) memset(xq + c * ldc, 0, sizeof(float) * (size_t)(slots * slot_len));
+#pragma omp for schedule(static) collapse(2)
+            for (int64_t img = 0; img < g->n; ++img) {
+                for (int64_t ih = 0; ih < g->h; ++ih) {
+                    const int64_t hp = ih + g->ph, rh = hp % g->sh, hq = hp / g->sh;
+                    if (slot_of_h[rh] < 0 || hq >= hq_len) continue;
+                    for (int64_t iw = 0; iw < g->w; ++iw) {
+                        const int64_t wp = iw + g->pw, rw = wp % g->sw, wq = wp / g->sw;
+                        if (slot_of_w[rw] < 0 || wq >= wq_len) continue;
+                        const float *src = x + img * g->xs_n + ih * g->xs_h + iw * g->xs_w;
+                        float *dst = xq + (slot_of_h[rh] * nw + slot_of_w[rw]) * slot_len + img * img_stride +
+                                     hq * wq_len + wq;
+                        for (int64_t c = 0; c < g->c; ++c) dst[c * ldc] = src[c];
+                    }
                 }
             }
         }

@@ -79,6 +79,11 @@ def _eager(x: Tensor) -> bool:
     )
 
 
+def _planar(x: Tensor) -> Tensor:
+    """``x`` itself when NCHW or channels-last (the kernel reads either), else an NCHW copy."""
+    return x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
+
+
 def _needs_grad(x: Tensor, bias: Tensor | None) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
@@ -356,7 +361,7 @@ class BankSparseConv(_BankSparse):
         if fast is not None:
             size = ops.out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)
             if min(size) >= 1:
-                return native.conv2d(fast.described, x.contiguous(), kernel, stride, padding, dilation, size)
+                return native.conv2d(fast.described, _planar(x), kernel, stride, padding, dilation, size)
         b = self._buffers
         op = ops.BankConv2dFunction.apply if _needs_grad(x, b["bias"]) else ops.bank_conv2d
         return op(x, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], self.bank_size,

@@ -150,7 +150,8 @@ def _bank_conv2d(x, values, indices, tail_values, tail_indices, bias, bank_size,
     described = checked(values, indices, tail_values, tail_indices, bias, bank_size, x.shape[1], kernel[0] * kernel[1])
     if _native_input(x, described):
         size = out_size(tuple(x.shape[2:]), kernel, stride, padding, dilation)
-        return native.conv2d(described, x.contiguous(), kernel, stride, padding, dilation, size)
+        planar = x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
+        return native.conv2d(described, planar, kernel, stride, padding, dilation, size)
     return reference.conv2d(
         x, values, indices, tail_values, tail_indices, bias, bank_size, kernel, stride, padding, dilation
     )

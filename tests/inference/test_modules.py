@@ -107,6 +107,21 @@ def test_conv_equals_masked_dense_conv(path, conv, shape, sparsity):
         torch.testing.assert_close(sparse(x), conv(x), **TOL)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_conv_inputs_in_any_memory_layout(path, layout):
+    conv = pruned(nn.Conv2d(64, 24, 3, stride=2, padding=1), 0.9)
+    sparse = BankSparseConv.from_conv(conv)
+    x = torch.randn(3, 64, 9, 11)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(3, 128, 9, 22)[:, ::2, :, ::2]  # a view with strides of its own
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), conv(x), **TOL)
+        pointwise = pruned(nn.Conv2d(64, 16, 1), 0.9)
+        torch.testing.assert_close(BankSparseConv.from_conv(pointwise)(x), pointwise(x), **TOL)
+
+
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_resnet_like_convs_at_batch_sizes(path, batch):
     for conv, hw in [
