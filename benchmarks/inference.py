@@ -47,6 +47,7 @@ from torch import nn
 from benchmarks.harness import Task, header, interleaved, load_average
 from benchmarks.models import bert_encoder, generate, gpt_decoder, resnet50
 from pruning_tools import pytorch_pruning, to_bank_sparse
+from pruning_tools.atomic import atomic_open
 
 SPARSITIES = (0.9375, 0.9)
 REDUCTION = {0.9375: 12.8, 0.9: 64 * 4 / (6 * 5)}  # the smaller of MAC and weight-byte reductions
@@ -522,10 +523,12 @@ def run(quick, threads, models, rounds, json_path, md_path) -> dict:
         torch.set_num_threads(previous)
     result["header"] = title
     print_result(result, title)
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=1))
-    if md_path:
-        Path(md_path).write_text(to_markdown(result, title))
+    outputs = ((json_path, lambda: json.dumps(result, indent=1)), (md_path, lambda: to_markdown(result, title)))
+    for path, text in outputs:
+        if path:
+            with atomic_open(path, "w") as f:
+                f.write(text())
+            print(f"wrote {path}")
     return result
 
 

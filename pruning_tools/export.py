@@ -407,21 +407,33 @@ def save_packed(
 def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
     """Read a packed file without unpacking: ``{name: PackedTensor or dense Tensor}``, file order.
 
-    The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor)."""
+    The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor).
+    Errors are ``ValueError`` naming the file (and the tensor, when one is at fault).
+    """
     flat, raw = integrity.load_file(path, framework="pt")
+    return parse_packed(flat, raw, path)
+
+
+def parse_packed(
+    flat: Mapping[str, Tensor], raw: Mapping[str, str], path: str | Path = "packed file"
+) -> dict[str, PackedTensor | Tensor]:
+    """``read_packed`` of tensors and metadata already read from ``path`` (``integrity.load_file``)."""
     if METADATA_KEY not in raw:
         raise ValueError(f"{path} is not a packed file: its metadata has no {METADATA_KEY!r} entry")
-    meta = json.loads(raw[METADATA_KEY])
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}: expected {FORMAT!r}")
+    try:
+        meta = json.loads(raw[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: the {METADATA_KEY!r} metadata is not JSON ({error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"{path} has format {found!r}: expected {FORMAT!r}")
+    if not isinstance(meta.get("packed"), dict):
+        raise ValueError(f"{path}: the metadata has no 'packed' table of tensors")
     out: dict[str, PackedTensor | Tensor] = {}
     for key, t in flat.items():
         if SEP not in key:
             out[key] = t
-    packed = meta.get("packed")
-    if not isinstance(packed, dict):
-        raise ValueError(f"{path}: metadata entry 'packed' is {type(packed).__name__}: expected an object")
-    for name, m in packed.items():
+    for name, m in meta["packed"].items():
         out[name] = _packed_from_file(path, name, m, flat)
     return out
 
@@ -432,10 +444,11 @@ def _packed_from_file(path: str | Path, name: str, m: Any, flat: Mapping[str, Te
     where = f"{path}: tensor {name!r}"
     keys = ("shape", "dtype", "bank_size", "layout", "out_dim", "k", "tail_k")
     if not isinstance(m, dict) or any(key not in m for key in keys):
-        raise ValueError(f"{where}: metadata {m!r} is not allowed: expected an object with keys {keys}")
+        raise ValueError(f"{where} is incomplete: metadata {m!r} is not allowed: expected an object with keys {keys}")
     missing = [part for part in PARTS if f"{name}{SEP}{part}" not in flat]
     if missing:
-        raise ValueError(f"{where}: the file has no tensor(s) {[f'{name}{SEP}{part}' for part in missing]}")
+        absent = [f"{name}{SEP}{part}" for part in missing]
+        raise ValueError(f"{where} is incomplete: the file has no tensor(s) {absent}")
     if not isinstance(m["shape"], list):
         raise ValueError(f"{where}: metadata shape {m['shape']!r} is not allowed: expected a list of sizes")
     parts = {part: flat[f"{name}{SEP}{part}"] for part in PARTS}
@@ -450,7 +463,21 @@ def _packed_from_file(path: str | Path, name: str, m: Any, flat: Mapping[str, Te
 
 def load_packed(path: str | Path) -> dict[str, Tensor]:
     """Dense state dict rebuilt from a packed file (non-zeros bit-exact, zeros ``+0.0``)."""
-    return {name: unpack(t) if isinstance(t, PackedTensor) else t for name, t in read_packed(path).items()}
+    return unpack_all(read_packed(path), path)
+
+
+def unpack_all(contents: Mapping[str, PackedTensor | Tensor], path: str | Path = "packed file") -> dict[str, Tensor]:
+    """``read_packed``'s result as dense tensors; an error names ``path`` and the tensor."""
+    out = {}
+    for name, t in contents.items():
+        if not isinstance(t, PackedTensor):
+            out[name] = t
+            continue
+        try:
+            out[name] = unpack(t)
+        except (RuntimeError, ValueError, IndexError) as error:
+            raise ValueError(f"{path}: packed tensor {name!r} cannot be rebuilt ({error})") from error
+    return out
 
 
 def __getattr__(name: str) -> Any:  # the ONNX helpers moved to pruning_tools.onnx
@@ -472,7 +499,9 @@ __all__ = [
     "pack_state_dict",
     "save_packed",
     "read_packed",
+    "parse_packed",
     "load_packed",
+    "unpack_all",
     "check_balanced",
     "check_packed",
     "worth_packing",

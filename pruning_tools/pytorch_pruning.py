@@ -142,6 +142,10 @@ class TorchBridge:
             )
         return p
 
+    def not_parameters(self) -> dict[str, str]:
+        """Buffers (e.g. BatchNorm running statistics): never pruned, and a prune_dict naming one is refused."""
+        return {name: "a buffer (e.g. a BatchNorm running statistic)" for name, _ in self.model.named_buffers()}
+
     def names(self) -> list[str]:
         return list(self._paths)
 
@@ -251,6 +255,7 @@ class Prune(Pruner):
             layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
             aliases=bridge.aliases(),
             dtypes=bridge.dtypes(),
+            not_parameters=bridge.not_parameters(),
         )
         for name in self.config.params:
             if not bridge.is_floating(name):
@@ -262,6 +267,18 @@ class Prune(Pruner):
         self._bridge = bridge
         self.model = model
         self._init_state()
+
+    def _apply(self) -> None:
+        # masks follow their parameters: a model moved (``model.cuda()``) after its masks were made
+        # (``restore_sparsity``, ``load``) gets its masks moved once, not copied on every step
+        for name, mask in self._masks.items():
+            if mask is not None:
+                p = D.local(self._bridge.read(name))
+                if mask.device != self._mask_device(p) or (
+                    p.is_cuda and mask.device.type == "cpu" and not mask.is_pinned()
+                ):
+                    self._masks[name] = self._place(mask, p)
+        super()._apply()
 
     def prepare(self) -> Prune:
         """No-op kept for API parity with the MXNet class (whose parameters initialise lazily)."""
