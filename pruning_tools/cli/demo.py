@@ -228,6 +228,8 @@ def demo(
             "[bold red]warning:[/] the pruner's check() failed: some bank or tensor holds more "
             "non-zeros than its budget (see `pruning-tools inspect`)"
         )
+    if framework == "pytorch" and result.get("pruner_state") is not None:
+        result["deployment"] = _deploy(result, data_dir, limit, threads)
     started = time.perf_counter()
     files, notes = write_outputs(result, out)
     for note in notes:
@@ -246,3 +248,26 @@ def demo(
     if stale:
         left = shown(", ".join(stale))
         out_console.print(f"[yellow]note:[/] left from an earlier run, not rewritten by this one: {left}")
+    if "deployment" in result:
+        d = result["deployment"]
+        rule = ", ".join(d["rule_converted"]) or "none: measured slower"
+        out_console.print(
+            f"bank-sparse ({', '.join(d['converted'])}): test accuracy {d['accuracy']:.2%} (masked model "
+            f"{d['masked_accuracy']:.2%}); {d['speedup']:.2f}x the masked model's speed on test images in "
+            f"batches of 1000, {d['speedup_one']:.2f}x on one; to_bank_sparse's rule at batch 1000 converts: {rule}",
+            highlight=False,
+        )
+
+
+def _deploy(result: dict, data_dir, limit, threads: int) -> dict:
+    """The converted model's accuracy and speedup (``demo.deploy``), at the training's thread count."""
+    import torch
+
+    from ..demo.deploy import deploy
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return deploy(result, data_dir, limit)
+    finally:
+        torch.set_num_threads(previous)

@@ -143,6 +143,16 @@ def test_demo_prune_dict_option(tmp_path):
     assert unknown.exit_code == 1 and "conv9.weight" in unknown.output
 
 
+def test_demo_ends_with_the_converted_model(demo_run):
+    out, output = demo_run
+    assert "bank-sparse (conv2, conv3, fc): test accuracy" in " ".join(output.split())
+    deployment = json.loads((out / "results.json").read_text())["deployment"]
+    assert deployment["converted"] == ["conv2", "conv3", "fc"]
+    assert deployment["accuracy"] == deployment["masked_accuracy"]
+    assert deployment["speedup"] > 0 and deployment["speedup_one"] > 0
+    assert "conv1" in deployment["report"]  # the rule's report: conv1 cannot be banked
+
+
 def test_one_total_for_one_model(demo_run):
     """The demo's total, ``inspect`` with the README's selection and the README agree: all count the
     four conv / dense weights the demo prunes (``*.weight`` also matches the BatchNorm gains)."""
