@@ -264,7 +264,7 @@ class Prune(Pruner):
                     "expected a floating-point parameter"
                 )
         self._strategy = D.strategy_for({name: bridge.read(name) for name in self.config.params}, self.config.params)
-        self._bridge = bridge
+        self._bridge = self._torch_bridge = bridge
         self.model = model
         self._init_state()
 
@@ -273,7 +273,7 @@ class Prune(Pruner):
         # (``restore_sparsity``, ``load``) gets its masks moved once, not copied on every step
         for name, mask in self._masks.items():
             if mask is not None:
-                p = D.local(self._bridge.parameter(name))
+                p = D.local(self._torch_bridge.parameter(name))
                 if mask.device != self._mask_device(p) or (
                     p.is_cuda and mask.device.type == "cpu" and not mask.is_pinned()
                 ):
