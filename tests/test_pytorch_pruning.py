@@ -348,10 +348,14 @@ def test_bank_sparse_conversion_takes_the_geometry_from_the_pruner(tmp_path):
         expected = model(x)
         layer = BankSparseLinear.from_linear(model[0], pruned_specs(prune)["0.weight"])
         assert layer.bank_size == 16 and layer.values.shape[-1] == 4  # 4 of every 16 kept
-        for source in (prune.state_dict(), tmp_path / "state.safetensors", prune):
+        for source in (prune.state_dict(), tmp_path / "state.safetensors"):  # a Prune holds model's own tensors
             converted = copy.deepcopy(model)
-            assert to_bank_sparse(converted, source) == ["0"]  # the unstructured layer stays dense
+            report = to_bank_sparse(converted, source, min_speedup=0.01, min_weights=0)  # convert whatever is banked
+            assert report.converted == ["0"] and "unstructured" in report.layers[1].reason
             torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
+        report = to_bank_sparse(model, prune, min_speedup=0.01, min_weights=0)
+        assert report.converted == ["0"] and isinstance(model[0], BankSparseLinear)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="pruner=int"):
         to_bank_sparse(model, 16)
 
