@@ -16,6 +16,7 @@ from typing import Any
 BALANCES = ("fix", "none", "global")
 LAYOUTS = ("channels_last", "flat")
 PRUNE_DEVICES = ("default", "cpu")
+CRITERIA = ("magnitude", "movement")  # what a training-time refresh ranks by (pruning_tools.criteria)
 PARAM_OPTION_KEYS = ("sparsity", "balance", "bank_size", "layout")
 
 
@@ -103,6 +104,7 @@ class PruneConfig:
     bank_size: int
     layout: str
     params: dict[str, ParamSpec] = field(default_factory=dict)
+    criterion: str = "magnitude"
 
     def to_dict(self) -> dict:
         """Plain data (for state_dict and results files)."""
@@ -199,6 +201,7 @@ def make_config(
     layout: Any,
     shapes: Mapping[str, tuple[int, ...]],
     out_dims: Mapping[str, int] | None = None,
+    criterion: Any = "magnitude",
 ) -> PruneConfig:
     """Validate every constructor argument and resolve prune_dict against ``shapes``."""
     defaults: dict[str, Any] = {
@@ -216,5 +219,6 @@ def make_config(
         prune_device=check_choice("prune_device", prune_device, PRUNE_DEVICES),
         bank_size=defaults["bank_size"],
         layout=defaults["layout"],
+        criterion=check_choice("criterion", criterion, CRITERIA),
         params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims),
     )

@@ -230,10 +230,14 @@ def _sharded_keep(
     names: Sequence[str],
     devices: Sequence[torch.device | None],
     pooled: bool,
+    criterion_scores: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     info = _common_info(weights, names)
     split = [shard_info(w, n).split for w, n in zip(weights, names)]
-    scores = [M.magnitude_scores(_on(local(w), d), m) for w, m, d in zip(weights, masks, devices)]
+    if criterion_scores is None:
+        scores = [M.magnitude_scores(_on(local(w), d), m) for w, m, d in zip(weights, masks, devices)]
+    else:  # a criterion's scores of the local shards; -inf where already pruned
+        scores = [M.selection_scores(_on(sc, d), m) for sc, m, d in zip(criterion_scores, masks, devices)]
     if pooled:  # one threshold over several tensors compares in float32, as masks.global_masks does
         scores = [s.float() for s in scores]
     total = sum(w.numel() for w in weights)  # global sizes
@@ -257,12 +261,16 @@ def compute_mask(
     out_dim: int = 0,
     name: str = "tensor",
     device: torch.device | None = None,
+    scores: Tensor | None = None,
 ) -> Tensor:
     """``masks.compute_mask`` for a plain tensor or a DTensor sharded on dim 0 (mask of the local
     shard). Bank-balanced: shard-local, no communication; unstructured: exact k-th selection.
-    ``device``: where the mask is computed and kept (default: beside the weight or its shard)."""
+    ``device``: where the mask is computed and kept (default: beside the weight or its shard).
+    ``scores``: a criterion's scores shaped like the local shard (None: ``|w|``)."""
+    if scores is not None:
+        scores = _on(scores, device)
     if not is_sharded(w):
-        return M.compute_mask(_on(w, device), mask, sparsity, balance, bank_size, layout, out_dim)
+        return M.compute_mask(_on(w, device), mask, sparsity, balance, bank_size, layout, out_dim, scores)
     info = shard_info(w, name)
     if balance == "fix" and w.dim() >= 2:
         if info.split and out_dim != 0:
@@ -273,8 +281,10 @@ def compute_mask(
         shard = _on(local(w), device)
         if shard.numel() == 0:  # a rank past the last row (uneven split)
             return torch.zeros_like(shard, dtype=torch.bool)
-        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim)
-    return _sharded_keep([w], [mask], sparsity, [name], [device], pooled=False)[0]
+        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim, scores)
+    return _sharded_keep(
+        [w], [mask], sparsity, [name], [device], pooled=False, criterion_scores=None if scores is None else [scores]
+    )[0]
 
 
 def global_masks(
@@ -283,14 +293,17 @@ def global_masks(
     sparsity: float,
     names: Sequence[str] | None = None,
     devices: Sequence[torch.device | None] | None = None,
+    scores: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     """``masks.global_masks`` over plain tensors and/or DTensors (masks of the local shards).
-    ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight)."""
+    ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight); ``scores``:
+    a criterion's scores, one per weight, shaped like its local shard (None: ``|w|``)."""
     devices = list(devices) if devices is not None else [None] * len(weights)
+    placed = None if scores is None else [_on(sc, d) for sc, d in zip(scores, devices)]
     if not any(is_sharded(w) for w in weights):
-        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity)
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, placed)
     names = list(names) if names is not None else [f"tensor {i}" for i in range(len(weights))]
-    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True)
+    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True, criterion_scores=placed)
 
 
 # ---------------------------------------------------------------- counting over shards
@@ -327,10 +340,27 @@ class LocalMasks:
         return t
 
     def compute_mask(
-        self, w: Tensor, mask: Tensor | None, sparsity: float, spec: Any, name: str, device: torch.device
+        self,
+        w: Tensor,
+        mask: Tensor | None,
+        sparsity: float,
+        spec: Any,
+        name: str,
+        device: torch.device,
+        scores: Tensor | None = None,
     ) -> Tensor:
-        """Keep-mask of ``w`` (``spec``: a ``config.ParamSpec``), computed and kept on ``device``."""
-        return M.compute_mask(_on(w, device), mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim)
+        """Keep-mask of ``w`` (``spec``: a ``config.ParamSpec``), computed and kept on ``device``;
+        ranked by ``scores`` (a criterion's, ``w``'s shape) when given, else by ``|w|``."""
+        return M.compute_mask(
+            _on(w, device),
+            mask,
+            sparsity,
+            spec.balance,
+            spec.bank_size,
+            spec.layout,
+            spec.out_dim,
+            None if scores is None else _on(scores, device),
+        )
 
     def global_masks(
         self,
@@ -339,8 +369,10 @@ class LocalMasks:
         sparsity: float,
         names: Sequence[str],
         devices: Sequence[torch.device],
+        scores: Sequence[Tensor] | None = None,
     ) -> list[Tensor]:
-        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity)
+        placed = None if scores is None else [_on(sc, d) for sc, d in zip(scores, devices)]
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, placed)
 
     def count_nonzero(self, w: Tensor) -> int:
         return int(torch.count_nonzero(w.detach()))
@@ -369,9 +401,18 @@ class ShardedMasks(LocalMasks):
         return local(t)
 
     def compute_mask(
-        self, w: Tensor, mask: Tensor | None, sparsity: float, spec: Any, name: str, device: torch.device
+        self,
+        w: Tensor,
+        mask: Tensor | None,
+        sparsity: float,
+        spec: Any,
+        name: str,
+        device: torch.device,
+        scores: Tensor | None = None,
     ) -> Tensor:
-        return compute_mask(w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device)
+        return compute_mask(
+            w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device, scores
+        )
 
     def global_masks(
         self,
@@ -380,8 +421,9 @@ class ShardedMasks(LocalMasks):
         sparsity: float,
         names: Sequence[str],
         devices: Sequence[torch.device],
+        scores: Sequence[Tensor] | None = None,
     ) -> list[Tensor]:
-        return global_masks(weights, masks, sparsity, names, devices)
+        return global_masks(weights, masks, sparsity, names, devices, scores)
 
     def count_nonzero(self, w: Tensor) -> int:
         return count_nonzero(w)

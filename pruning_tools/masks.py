@@ -3,11 +3,14 @@
 No model and no state here: every function takes tensors and numbers and returns tensors. Rows,
 banks and budgets are those of ``pruning_tools.geometry``.
 
-Selection keeps the largest ``|w|`` among the weights still alive; ties go to the lower index,
-so the same input gives the same mask on every machine.
+Selection keeps the largest ``|w|`` among the weights still alive, or, when a ``scores`` tensor of
+the weight's shape is given (a pruning criterion: movement, Wanda's ``|w| * ||x||``, ...), the largest
+score; same budgets either way. Ties go to the lower index, so the same input gives the same mask on
+every machine.
 
-Plain CPU tensors are served by compiled kernels (``pruning_tools._native``, ``mask_select.c``); the
-PyTorch code below serves everything else and defines the same masks (tests compare both).
+Plain CPU tensors are served by compiled kernels (``pruning_tools._native``, ``mask_select.c``), for
+``|w|`` and for non-negative scores (which the kernels' magnitude order ranks as they are); the PyTorch
+code below serves everything else and defines the same masks (tests compare both).
 """
 
 from __future__ import annotations
@@ -37,6 +40,37 @@ def magnitude_scores(w: Tensor, mask: Tensor | None) -> Tensor:
     return scores
 
 
+def selection_scores(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """A criterion's ``scores`` (any sign) ready for ranking: float32 (float64 kept), ``-inf`` where
+    ``mask`` is False, and a live ``-inf`` raised to the lowest finite value so that every live weight
+    ranks above every dead one. Same shape as ``scores``; the input is not modified."""
+    ranked = scores.detach().to(torch.float64 if scores.dtype == torch.float64 else torch.float32, copy=True)
+    ranked.clamp_(min=torch.finfo(ranked.dtype).min)  # -inf -> lowest finite; NaN stays NaN
+    if mask is not None:
+        ranked.masked_fill_(~mask.to(ranked.device), -math.inf)
+    return ranked
+
+
+def _check_scores(w: Tensor, scores: Tensor) -> None:
+    if not isinstance(scores, Tensor) or tuple(scores.shape) != tuple(w.shape):
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"scores of shape {shape} is not allowed: expected a tensor of the weight's shape {tuple(w.shape)}"
+        )
+
+
+def _kernel_scores(scores: Tensor) -> Tensor | None:
+    """``scores`` as the compiled kernels can rank them (they rank ``|x|``): a float32/float64 CPU
+    tensor whose entries are all >= 0 (so ``|x| == x``), else ``None``. NaN anywhere gives ``None``."""
+    if scores.device.type != "cpu" or not scores.is_floating_point():
+        return None
+    ranked = scores.detach()
+    if ranked.dtype not in (torch.float32, torch.float64):
+        ranked = ranked.float()
+    ranked = ranked.contiguous()
+    return ranked if bool((ranked >= 0).all()) else None
+
+
 def keep_largest(scores: Tensor, k: int) -> Tensor:
     """Bool mask of the ``k`` largest scores along the last dim, ties to the lower index.
 
@@ -57,13 +91,23 @@ def keep_largest(scores: Tensor, k: int) -> Tensor:
     return keep | ties
 
 
-def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float) -> Tensor:
-    """Keep the ``round(numel * (1 - sparsity))`` largest ``|w|`` still alive. Bool, shape of ``w``."""
-    fast = native.largest_masks([w.detach()], [mask], G.keep_count(w.numel(), sparsity))
-    if fast is not None:
-        return fast[0]
-    scores = magnitude_scores(w, mask).reshape(-1)
-    return keep_largest(scores, G.keep_count(scores.numel(), sparsity)).reshape(w.shape)
+def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float, scores: Tensor | None = None) -> Tensor:
+    """Keep the ``round(numel * (1 - sparsity))`` largest ``|w|`` still alive (or largest ``scores``,
+    a tensor of ``w``'s shape). Bool, shape of ``w``."""
+    k = G.keep_count(w.numel(), sparsity)
+    if scores is None:
+        fast = native.largest_masks([w.detach()], [mask], k)
+        if fast is not None:
+            return fast[0]
+        ranked = magnitude_scores(w, mask)
+    else:
+        _check_scores(w, scores)
+        kernel_scores = _kernel_scores(scores)
+        fast = None if kernel_scores is None else native.largest_masks([kernel_scores], [mask], k)
+        if fast is not None:
+            return fast[0]
+        ranked = selection_scores(scores, mask)
+    return keep_largest(ranked.reshape(-1), k).reshape(w.shape)
 
 
 def bank_mask(
@@ -73,16 +117,23 @@ def bank_mask(
     bank_size: int = 64,
     layout: str = "channels_last",
     out_dim: int = 0,
+    scores: Tensor | None = None,
 ) -> Tensor:
-    """Bank-balanced keep-mask of ``w`` (bool, shape of ``w``); see the module docstring."""
+    """Bank-balanced keep-mask of ``w`` (bool, shape of ``w``); see the module docstring.
+
+    ``scores`` (optional, ``w``'s shape): rank by these instead of ``|w|``; same budgets."""
     if w.numel() == 0:
         return torch.ones_like(w, dtype=torch.bool)
     budget = G.bank_budget(G.row_length(w.shape, layout, out_dim), bank_size, sparsity)
-    if native.library() is not None:  # compiled single pass over the banks, when it serves this tensor
-        fast = native.bank_mask(w.detach(), mask, budget.keep, budget.tail_keep, bank_size, layout, out_dim)
+    if scores is not None:
+        _check_scores(w, scores)
+    ranked_by = w.detach() if scores is None else _kernel_scores(scores)
+    if ranked_by is not None and native.library() is not None:  # compiled single pass over the banks
+        fast = native.bank_mask(ranked_by, mask, budget.keep, budget.tail_keep, bank_size, layout, out_dim)
         if fast is not None:
             return fast
-    rows = G.to_rows(magnitude_scores(w, mask), layout, out_dim)  # [rows, row_len]
+    ranked = magnitude_scores(w, mask) if scores is None else selection_scores(scores, mask)
+    rows = G.to_rows(ranked, layout, out_dim)  # [rows, row_len]
     banks, tail = G.split_banks(rows, bank_size)  # [rows, banks, B], [rows, tail_len]
     parts = []
     if budget.full_banks:
@@ -93,16 +144,33 @@ def bank_mask(
     return G.from_rows(keep_rows, w.shape, layout, out_dim)
 
 
-def global_masks(weights: Sequence[Tensor], masks: Sequence[Tensor | None], sparsity: float) -> list[Tensor]:
-    """One magnitude threshold across all ``weights``, keeping ``round(N * (1 - sparsity))`` of
-    their ``N`` weights in total; ties go to the earlier tensor, then the lower index."""
-    fast = native.largest_masks(
-        [w.detach() for w in weights], list(masks), G.keep_count(sum(w.numel() for w in weights), sparsity)
-    )
-    if fast is not None:
-        return fast
-    scores = torch.cat([magnitude_scores(w, m).reshape(-1).float() for w, m in zip(weights, masks)])
-    keep = keep_largest(scores, G.keep_count(scores.numel(), sparsity))
+def global_masks(
+    weights: Sequence[Tensor],
+    masks: Sequence[Tensor | None],
+    sparsity: float,
+    scores: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """One magnitude threshold across all ``weights`` (or one threshold on ``scores``, one tensor of
+    each weight's shape), keeping ``round(N * (1 - sparsity))`` of their ``N`` weights in total; ties
+    go to the earlier tensor, then the lower index."""
+    k = G.keep_count(sum(w.numel() for w in weights), sparsity)
+    if scores is None:
+        fast = native.largest_masks([w.detach() for w in weights], list(masks), k)
+        if fast is not None:
+            return fast
+        ranked = [magnitude_scores(w, m).reshape(-1).float() for w, m in zip(weights, masks)]
+    else:
+        if len(scores) != len(weights):
+            raise ValueError(f"scores holds {len(scores)} tensors: expected one per weight ({len(weights)})")
+        for w, sc in zip(weights, scores):
+            _check_scores(w, sc)
+        kernel_scores = [_kernel_scores(sc.float()) for sc in scores]
+        if all(sc is not None for sc in kernel_scores):
+            fast = native.largest_masks(kernel_scores, list(masks), k)  # type: ignore[arg-type]
+            if fast is not None:
+                return fast
+        ranked = [selection_scores(sc.float(), m).reshape(-1) for sc, m in zip(scores, masks)]
+    keep = keep_largest(torch.cat(ranked), k)
     return [part.reshape(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
 
 
@@ -114,11 +182,12 @@ def compute_mask(
     bank_size: int = 64,
     layout: str = "channels_last",
     out_dim: int = 0,
+    scores: Tensor | None = None,
 ) -> Tensor:
-    """Keep-mask of one tensor for ``balance`` in ``("fix", "none")``."""
+    """Keep-mask of one tensor for ``balance`` in ``("fix", "none")``, by ``|w|`` or by ``scores``."""
     if balance == "fix" and w.dim() >= 2:
-        return bank_mask(w, mask, sparsity, bank_size, layout, out_dim)
-    return unstructured_mask(w, mask, sparsity)
+        return bank_mask(w, mask, sparsity, bank_size, layout, out_dim, scores)
+    return unstructured_mask(w, mask, sparsity, scores)
 
 
 def apply_mask_(w: Tensor, mask: Tensor) -> None:

@@ -129,6 +129,10 @@ class MxnetBridge:
         for data, (keep, zeros) in zip(self._params[name].list_data(), self._mask_ndarrays(name, mask)):
             mx.nd.where(keep, data, zeros, out=data)
 
+    def grad(self, name: str) -> Tensor | None:
+        """None: the MXNet pruner ranks by magnitude only (``criterion="movement"`` is refused)."""
+        return None
+
     def _mask_ndarrays(self, name: str, mask: Tensor) -> list[tuple[mx.nd.NDArray, mx.nd.NDArray]]:
         """``(mask, zeros)`` as NDArrays per context (dtype of the parameter), rebuilt when the mask,
         the contexts or the dtype change."""
@@ -175,7 +179,13 @@ class Prune(Pruner):
         *,
         bank_size: int = 64,
         layout: str = "channels_last",
+        criterion: str = "magnitude",
     ) -> None:
+        if criterion == "movement":
+            raise ValueError(
+                "criterion='movement' is not allowed with MXNet: expected 'magnitude' (movement pruning reads "
+                "gradients and is available for PyTorch only: pruning_tools.pytorch_pruning.Prune)"
+            )
         bridge = MxnetBridge(net)
         self.config: PruneConfig = make_config(
             pretrain_step,
@@ -190,6 +200,7 @@ class Prune(Pruner):
             layout,
             shapes=bridge.shapes(),  # 0: not inferred yet
             out_dims=bridge.out_dims(),
+            criterion=criterion,
         )
         for name in self.config.params:
             if not bridge.is_floating(name):

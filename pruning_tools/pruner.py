@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -28,10 +28,13 @@ from . import distributed as D
 from . import geometry as G
 from . import masks as M
 from .config import ParamSpec, PruneConfig
-from .schedule import is_refresh_step, target_sparsity
+from .criteria import Magnitude, Movement, make_criterion
+from .schedule import is_refresh_step, last_step, target_sparsity
 
 STATE_FORMAT = "pruning_tools.Prune/1"
 _MASK_PREFIX = "masks/"
+_SCORE_PREFIX = "scores/"
+_SETTING_DEFAULTS = {"criterion": "magnitude"}  # settings a state written before they existed holds implicitly
 
 
 class FrameworkBridge(Protocol):
@@ -46,6 +49,10 @@ class FrameworkBridge(Protocol):
         """Zero parameter ``name`` where ``mask`` is False: exactly ``+0.0``, a NaN there cleared too."""
         ...
 
+    def grad(self, name: str) -> Tensor | None:
+        """The gradient of parameter ``name`` (of this rank's shard), or None: read by ``criterion="movement"``."""
+        ...
+
 
 # ---------------------------------------------------------------- state files
 
@@ -53,8 +60,9 @@ class FrameworkBridge(Protocol):
 def write_state_file(state: Mapping[str, Any], path: str | Path) -> None:
     """Write a pruner ``state_dict()`` to a safetensors file, without pickle.
 
-    The bit-packed masks become uint8 tensors ``masks/<name>``; everything else (plain ints,
-    floats, strings) goes into the file's metadata as JSON, which round-trips floats exactly.
+    The bit-packed masks become uint8 tensors ``masks/<name>``, movement scores (``criterion="movement"``)
+    float32 tensors ``scores/<name>``; everything else (plain ints, floats, strings) goes into the
+    file's metadata as JSON, which round-trips floats exactly.
     """
     from safetensors.numpy import save_file
 
@@ -62,12 +70,15 @@ def write_state_file(state: Mapping[str, Any], path: str | Path) -> None:
         _MASK_PREFIX + name: np.ascontiguousarray(np.asarray(packed, dtype=np.uint8))
         for name, packed in state["masks"].items()
     }
-    plain = {key: value for key, value in state.items() if key != "masks"}
+    for name, scores in state.get("scores", {}).items():
+        tensors[_SCORE_PREFIX + name] = np.ascontiguousarray(np.asarray(scores, dtype=np.float32))
+    plain = {key: value for key, value in state.items() if key not in ("masks", "scores")}
     save_file(tensors, str(path), metadata={"format": STATE_FORMAT, "state": json.dumps(plain)})
 
 
 def read_state_file(path: str | Path) -> dict:
-    """Inverse of ``write_state_file``: the state dict, masks as uint8 numpy arrays."""
+    """Inverse of ``write_state_file``: the state dict, masks as uint8 numpy arrays (movement scores
+    as float32 numpy arrays under ``"scores"``, when the file holds any)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -79,7 +90,11 @@ def read_state_file(path: str | Path) -> dict:
         if metadata.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a pruner state file of format {STATE_FORMAT!r}")
         state = json.loads(metadata["state"])
-        state["masks"] = {key[len(_MASK_PREFIX) :]: f.get_tensor(key) for key in f.keys()}
+        keys = list(f.keys())
+        state["masks"] = {key[len(_MASK_PREFIX) :]: f.get_tensor(key) for key in keys if key.startswith(_MASK_PREFIX)}
+        scores = {key[len(_SCORE_PREFIX) :]: f.get_tensor(key) for key in keys if key.startswith(_SCORE_PREFIX)}
+        if scores:
+            state["scores"] = scores
     return state
 
 
@@ -132,6 +147,7 @@ class Pruner:
     _masks: dict[str, Tensor | None]  # None: nothing pruned yet
     _initial: dict[str, float]
     _mask_targets: dict[str, float]
+    _criterion: Magnitude | Movement
 
     # ------------------------------------------------------------ adapter hooks
 
@@ -164,6 +180,8 @@ class Pruner:
         self._check_ready()
         self._step += 1
         c = self.config
+        if not c.fix_sparsity and self._step <= last_step(c.pretrain_step, c.sparse_step):
+            self._accumulate_scores()
         if not c.fix_sparsity and is_refresh_step(self._step, c.pretrain_step, c.sparse_step, c.frequency):
             self._refresh()
         self._apply()
@@ -214,10 +232,12 @@ class Pruner:
         return out
 
     def state_dict(self) -> dict:
-        """Plain data (ints, floats, strings, uint8 tensors): loads with ``weights_only=True``."""
+        """Plain data (ints, floats, strings, uint8 tensors; with ``criterion="movement"`` also the
+        float32 scores accumulated since the last refresh, and their step counts): loads with
+        ``weights_only=True``."""
         self._check_ready()
         packed = {name: M.pack_bits(m.cpu()) for name, m in self._masks.items() if m is not None}
-        return {
+        state = {
             "format": STATE_FORMAT,
             "step": self._step,
             "config": self.config.to_dict(),
@@ -225,6 +245,10 @@ class Pruner:
             "mask_targets": dict(self._mask_targets),
             "masks": packed,
         }
+        scores, steps = self._criterion.state()
+        if isinstance(self._criterion, Movement):
+            state["scores"], state["score_steps"] = scores, steps
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from ``state_dict()``; the settings must match this pruner's."""
@@ -243,6 +267,7 @@ class Pruner:
                 local = self._strategy.local(self._bridge.read(name))
                 packed = torch.as_tensor(packed, dtype=torch.uint8)
                 masks[name] = M.unpack_bits(packed, local.shape).to(self._mask_device(local))
+        self._criterion.load_state(state.get("scores", {}), state.get("score_steps", {}))
         self._masks = masks
         self._step = int(state["step"])
         self._initial = {name: float(v) for name, v in state["initial_sparsity"].items()}
@@ -277,6 +302,8 @@ class Pruner:
         """``state_dict()`` with numpy masks (what ``write_state_file`` stores)."""
         state = Pruner.state_dict(self)
         state["masks"] = {name: np.asarray(packed) for name, packed in state["masks"].items()}
+        if "scores" in state:
+            state["scores"] = {name: s.numpy() for name, s in state["scores"].items()}
         return state
 
     def _apply(self) -> None:
@@ -297,6 +324,9 @@ class Pruner:
                 (spec.numel - self._strategy.count_nonzero(w)) / max(1, spec.numel) if restore else 0.0
             )
         self._mask_targets = dict(self._initial)  # target each current mask was made for
+        local = {name: self._strategy.local(self._bridge.read(name)) for name in self.config.params}
+        shapes = {name: tuple(t.shape) for name, t in local.items()}
+        self._criterion = make_criterion(self.config.criterion, shapes, {name: t.device for name, t in local.items()})
         self._warn_unreachable()
 
     def _mask_device(self, p: Tensor) -> torch.device:
@@ -317,8 +347,17 @@ class Pruner:
             return self._pooled(self._initial)
         return self._initial[name]
 
+    def _accumulate_scores(self) -> None:
+        """Add this step's term to the criterion's scores (nothing for magnitude)."""
+        if isinstance(self._criterion, Magnitude):
+            return
+        for name in self.config.params:
+            w = self._strategy.local(self._bridge.read(name))
+            self._criterion.accumulate(name, w, self._bridge.grad(name))
+
     def _refresh(self) -> None:
         pool = []
+        scores = {name: self._criterion.scores(name) for name in self.config.params}  # raises before any change
         for name, spec in self.config.params.items():
             target = self.target(name)
             self._mask_targets[name] = target
@@ -327,14 +366,22 @@ class Pruner:
                 continue
             w = self._bridge.read(name).detach()
             device = self._mask_device(self._strategy.local(w))
-            self._masks[name] = self._strategy.compute_mask(w, self._masks[name], target, spec, name, device)
+            self._masks[name] = self._strategy.compute_mask(
+                w, self._masks[name], target, spec, name, device, scores=scores[name]
+            )
         if pool:
             weights = [self._bridge.read(n).detach() for n in pool]
             devices = [self._mask_device(self._strategy.local(w)) for w in weights]
             target = self._pooled({n: self._mask_targets[n] for n in pool})
-            masks = self._strategy.global_masks(weights, [self._masks[n] for n in pool], target, pool, devices)
+            pooled = [scores[n] for n in pool]
+            pooled_scores = None if any(sc is None for sc in pooled) else cast(list[Tensor], pooled)
+            masks = self._strategy.global_masks(
+                weights, [self._masks[n] for n in pool], target, pool, devices, scores=pooled_scores
+            )
             for name, mask in zip(pool, masks):
                 self._masks[name] = mask
+        for name in self.config.params:
+            self._criterion.reset(name)
 
     def _warn_unreachable(self) -> None:
         for name, spec in self.config.params.items():
@@ -361,7 +408,7 @@ class Pruner:
 def _differing_settings(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
     """Settings that differ between two ``config.to_dict()``; per-parameter keys a state written by an
     older release lacks (``shape``) are not counted as differing."""
-    differing = [key for key in mine if key != "params" and mine[key] != theirs.get(key)]
+    differing = [key for key in mine if key != "params" and mine[key] != theirs.get(key, _SETTING_DEFAULTS.get(key))]
     their_params = theirs.get("params", {})
     if set(mine["params"]) != set(their_params):
         differing.append("params")

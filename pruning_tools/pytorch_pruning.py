@@ -77,9 +77,14 @@ class TorchBridge:
         """Zero the pruned weights in place (of the local shard of a DTensor): exactly ``+0.0``."""
         M.apply_mask_(D.local(self._params[name]), mask)
 
+    def grad(self, name: str) -> Tensor | None:
+        """The parameter's ``.grad`` (its local shard for a DTensor), or None."""
+        grad = self._params[name].grad
+        return None if grad is None else D.local(grad)
+
 
 class Prune(Pruner):
-    """Gradual magnitude pruning of a PyTorch model, unstructured or bank-balanced.
+    """Gradual pruning of a PyTorch model, unstructured or bank-balanced, by magnitude or movement.
 
     Call ``prune()`` after every ``optimizer.step()``. Arguments (see ``docs/pytorch_parameters.md``):
 
@@ -97,6 +102,10 @@ class Prune(Pruner):
       threshold across all listed parameters).
     - ``prune_device``: ``"default"`` (masks beside each parameter) or ``"cpu"``.
     - ``bank_size``, ``layout``: bank geometry (keyword only).
+    - ``criterion``: what a refresh ranks the live weights by (keyword only): ``"magnitude"`` (``|w|``)
+      or ``"movement"`` (``-sum w * grad`` since the last refresh; ``pruning_tools.criteria``), which
+      needs ``prune()`` called while the gradients are still there (after ``optimizer.step()``,
+      before ``zero_grad()``).
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class Prune(Pruner):
         *,
         bank_size: int = 64,
         layout: str = "channels_last",
+        criterion: str = "magnitude",
     ) -> None:
         bridge = TorchBridge(model)
         self.config: PruneConfig = make_config(
@@ -128,12 +138,18 @@ class Prune(Pruner):
             layout,
             shapes=bridge.shapes(),
             out_dims=bridge.out_dims(),
+            criterion=criterion,
         )
         for name in self.config.params:
             if not bridge.is_floating(name):
                 raise TypeError(
                     f"prune_dict entry {name!r} has dtype {bridge.read(name).dtype}: "
                     "expected a floating-point parameter"
+                )
+            if self.config.criterion == "movement" and not bridge.read(name).requires_grad:
+                raise ValueError(
+                    f"criterion='movement' is not allowed for {name!r}: it does not require grad, so it has "
+                    "no gradient to score it by (use criterion='magnitude', or leave it out of prune_dict)"
                 )
         self._strategy = D.strategy_for({name: bridge.read(name) for name in self.config.params}, self.config.params)
         self._bridge = bridge
