@@ -8,9 +8,10 @@
 Stages: the dense model (saved to runs/lm/dense.safetensors, reused by the others), one-shot pruning
 (magnitude / Wanda / SparseGPT x 5 patterns), gradual pruning during continued training (bank-64 and
 unstructured x 75 / 90 / 93.75 % x magnitude / movement, plus dense continued training as the
-baseline), one-shot SparseGPT then a short fine-tune with restore_sparsity. Every run holds the
-machine-wide lock /tmp/pt-heavy.lock while it computes (flock(2), as the `flock` command) and records
-the load average. One seed per cell.
+baseline), one-shot SparseGPT then a short fine-tune with restore_sparsity, SparseGPT's time with 1
+and 2 threads. Every job (the dense run, the one-shot sweep, each gradual run, the fine-tunes) holds
+the machine-wide lock /tmp/pt-heavy.lock while it computes (flock(2), as the `flock` command) and
+releases it between jobs; each result records the load average. One seed per cell.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def write(path: Path, result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["dense", "oneshot", "gradual", "finetune"], action="append")
+    parser.add_argument("--only", choices=["dense", "oneshot", "gradual", "finetune", "timing"], action="append")
     parser.add_argument("--force", action="store_true", help="rerun runs whose JSON exists")
     parser.add_argument("--table", action="store_true", help="only print the table")
     parser.add_argument("--threads", type=int, default=1)
@@ -82,7 +83,7 @@ def main() -> None:
         print(table(args.results))
         return
     torch.set_num_threads(args.threads)
-    stages = args.only or ["dense", "oneshot", "gradual", "finetune"]
+    stages = args.only or ["dense", "oneshot", "gradual", "finetune", "timing"]
     corpus = load_corpus(args.data)
     config = GPTConfig()
     dense_path = args.runs / "dense.safetensors"
@@ -104,13 +105,13 @@ def main() -> None:
         write(out / "lm_dense.json", result)
     dense = load_file(str(dense_path))
     if "oneshot" in stages:
-        for pattern in X.PATTERNS:
-            for method in METHODS:
-                path = todo(f"oneshot_{method}_{slug(pattern)}")
-                if path:
+        cells = [(m, p, todo(f"oneshot_{m}_{slug(p)}")) for p in X.PATTERNS for m in METHODS]
+        cells = [cell for cell in cells if cell[2]]
+        if cells:
+            with heavy_lock():  # the 15 cells are one job of a few minutes
+                for method, pattern, path in cells:
                     print(f"one-shot {method} {pattern}", flush=True)
-                    with heavy_lock():
-                        write(path, X.run_oneshot(corpus, config, dense, method, pattern)[0])
+                    write(path, X.run_oneshot(corpus, config, dense, method, pattern)[0])
     if "gradual" in stages:
         path = todo("gradual_dense_continued")
         if path:
@@ -124,12 +125,31 @@ def main() -> None:
                 with heavy_lock():
                     write(path, X.run_gradual(corpus, config, dense, balance, sparsity, criterion, on_log=log)[0])
     if "finetune" in stages:
-        for pattern in FINETUNED:
-            path = todo(f"oneshot_finetune_sparsegpt_{slug(pattern)}")
-            if path:
-                print(f"one-shot SparseGPT {pattern} + fine-tune", flush=True)
-                with heavy_lock():
+        cells = [(p, todo(f"oneshot_finetune_sparsegpt_{slug(p)}")) for p in FINETUNED]
+        cells = [cell for cell in cells if cell[1]]
+        if cells:
+            with heavy_lock():
+                for pattern, path in cells:
+                    print(f"one-shot SparseGPT {pattern} + fine-tune", flush=True)
                     write(path, X.run_oneshot_finetune(corpus, config, dense, pattern, on_log=log)[0])
+    path = todo("sparsegpt_timing") if "timing" in stages else None
+    if path:
+        print("SparseGPT timing, 1 and 2 threads", flush=True)
+        runs = {}
+        with heavy_lock():
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                result = X.run_oneshot(corpus, config, dense, "sparsegpt", "2:4")[0]
+                runs[threads] = {"load": result["load"], **result["oneshot"], "test": result["test"]}
+                runs[threads].pop("layers")
+        torch.set_num_threads(args.threads)
+        path.write_text(
+            json.dumps({"pattern": "2:4", "calibration_sequences": X.CALIBRATION, "threads": runs}, indent=1) + "\n"
+        )
+        print(
+            f"  -> {path.relative_to(ROOT)}: "
+            + ", ".join(f"{t} thread(s) {r['seconds']:.1f} s" for t, r in runs.items())
+        )
     print(table(out))
 
 
@@ -160,8 +180,49 @@ def table(results: Path) -> str:
     for pattern in FINETUNED:
         result = read(f"oneshot_finetune_sparsegpt_{slug(pattern)}")
         before = {"test": result["before_finetune"]["test"]} if result else None
-        lines.append(f"| {slug(pattern) if isinstance(pattern, tuple) else pattern} | {ppl(before)} | {ppl(result)} |")
-    return "\n".join(lines)
+        label = f"bank-{pattern[1]} {pattern[2] * 100:g}%" if isinstance(pattern, tuple) else pattern
+        lines.append(f"| {label} | {ppl(before)} | {ppl(result)} |")
+    return "\n".join(lines + ["", *goals(read)])
+
+
+def goals(read) -> list[str]:
+    """The issue's goals, measured: one line each, 'met' or 'MISSED'."""
+
+    def test(name: str) -> float | None:
+        result = read(name)
+        return result["test"]["perplexity"] if result else None
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    out = []
+    dense = test("dense")
+    magnitude = test("oneshot_magnitude_2of4")
+    if dense and magnitude:
+        for method in ("wanda", "sparsegpt"):
+            value = test(f"oneshot_{method}_2of4")
+            if value:
+                share = (value - dense) / (magnitude - dense)
+                out.append(f"- 2:4 one-shot, {method}: raises perplexity by {share:.2f} of magnitude's raise "
+                           f"(goal <= 0.25): {verdict(share <= 0.25)}")  # fmt: skip
+    for criterion in ("magnitude", "movement"):
+        value = test(f"gradual_bank64_90_{criterion}")
+        if dense and value:
+            ratio = value / dense - 1
+            out.append(
+                f"- gradual bank-64 90 %, {criterion}: {ratio:+.1%} vs dense "
+                f"(goal within 10 %): {verdict(ratio <= 0.10)}"
+            )
+    pairs = [(f"gradual_bank64_{s:g}_{c}", f"gradual_unstructured_{s:g}_{c}", f"gradual {s:g} %, {c}")
+             for s in (75, 90, 93.75) for c in ("magnitude", "movement")]  # fmt: skip
+    pairs += [(f"oneshot_{m}_bank64_50", f"oneshot_{m}_unstructured_50", f"one-shot 50 %, {m}") for m in METHODS]
+    for bank, free, label in pairs:
+        a, b = test(bank), test(free)
+        if a and b:
+            out.append(
+                f"- bank-64 vs unstructured, {label}: {a / b - 1:+.2%} (goal within 2 %): {verdict(a / b - 1 <= 0.02)}"
+            )
+    return out
 
 
 if __name__ == "__main__":

@@ -156,7 +156,8 @@ def demo(
 ) -> None:
     """Train the simple CNN on MNIST with gradual pruning; write weights, state, results.json, plots.
 
-    With --task lm: train a small GPT on the Python documentation, prune it one-shot, fine-tune it."""
+    With --task lm: train a small GPT on the Python documentation (data/python-docs/), prune it one-shot
+    to --sparsity/--balance/--bank-size, fine-tune it; files in runs/demo-lm unless --out is given."""
     if task == "lm":
         from .demo_lm import run_lm
 
