@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pruning_tools import Prune
+from pruning_tools.atomic import save_torch
 
 # ---------------------------------------------------------------- model (torchvision layout)
 
@@ -256,11 +257,9 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, prune, step: int, ar
         "step": step,
         "args": vars(args),
     }
-    tmp = out / "last.tmp"
-    torch.save(state, tmp)
+    save_torch(state, out / "last.pt")  # temp file + fsync + rename: a failed save keeps the old one
     if args.keep_checkpoints:
-        shutil.copyfile(tmp, out / f"step{step}.pt")
-    os.replace(tmp, out / "last.pt")
+        shutil.copyfile(out / "last.pt", out / f"step{step}.pt")
 
 
 @torch.no_grad()

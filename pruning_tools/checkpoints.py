@@ -1,9 +1,10 @@
 """Reading any checkpoint, and what the one bank checker says of each of its tensors.
 
 Reads a PyTorch state_dict (``.pt`` / ``.pth`` / ``.bin``, ``torch.load(..., weights_only=True)``:
-no pickle code runs; nested dicts are flattened with dotted names), a safetensors file or an MXNet
-``.params`` file. Tensors with >= 2 dims are checked with ``masks.check_banks``; the budget of each
-bank comes from ``sparsity`` or, by default, from the tensor's measured sparsity. Errors are library
+no pickle code runs; nested dicts are flattened with dotted names), a safetensors file (its checksums
+verified when it carries ours: ``integrity``) or an MXNet ``.params`` file. Tensors with >= 2 dims
+are checked with ``masks.check_banks``; the budget of each bank comes from ``sparsity`` or, by
+default, from the tensor's measured sparsity. Errors are library
 errors (``ValueError`` naming the file); the command line turns them into messages.
 """
 
@@ -47,13 +48,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # pickle errors come in many types
             raise ValueError(f"{path}: not a PyTorch weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
     if kind == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from .integrity import load_file
 
-        try:
-            tensors = load_file(str(path))  # stored by dtype and size: list them by name
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(f"{path}: not a safetensors file ({exc})") from exc
+        tensors, _ = load_file(path)  # checksums verified where the file has them (files we wrote)
         return {name: tensors[name] for name in sorted(tensors)}
     try:
         import mxnet as mx
@@ -67,8 +64,11 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(array.asnumpy()) for name, array in loaded.items()}
 
 
-def inspect_tensor(name: str, w: torch.Tensor, bank_size: int, layout: str, sparsity: float | None) -> dict:
-    """One row of the report: shape, non-zeros, sparsity and (for >= 2 dims) the bank check."""
+def inspect_tensor(
+    name: str, w: torch.Tensor, bank_size: int, layout: str, sparsity: float | None, out_dim: int = 0
+) -> dict:
+    """One row of the report: shape, non-zeros, sparsity and (for >= 2 dims) the bank check, its rows
+    read with ``layout`` and ``out_dim`` (1: a transposed weight ``[in, out, ...]``)."""
     nonzeros = int((w != 0).sum())
     row = {
         "name": name,
@@ -77,6 +77,7 @@ def inspect_tensor(name: str, w: torch.Tensor, bank_size: int, layout: str, spar
         "numel": w.numel(),
         "nonzeros": nonzeros,
         "sparsity": 1 - nonzeros / max(1, w.numel()),
+        "out_dim": out_dim,
         "balanced": None,
         "budget": None,
         "over_budget": None,
@@ -85,8 +86,8 @@ def inspect_tensor(name: str, w: torch.Tensor, bank_size: int, layout: str, spar
         "worst_budget": None,
     }
     if w.dim() >= 2 and w.numel():
-        check = check_banks(w, bank_size, layout, sparsity=sparsity)
-        full_banks = G.row_length(w.shape, layout) // bank_size
+        check = check_banks(w, bank_size, layout, out_dim, sparsity=sparsity)
+        full_banks = G.row_length(w.shape, layout, out_dim) // bank_size
         worst_is_tail = check.worst_bank[1] >= full_banks
         row.update(
             balanced=check.balanced,
@@ -105,11 +106,17 @@ def inspect_file(
     layout: str = "channels_last",
     sparsity: float | None = None,
     match: tuple[str, ...] = (),
+    transposed: tuple[str, ...] = (),
 ) -> dict:
-    """Report of every tensor of ``path`` (or those whose name matches one of the globs ``match``)."""
+    """Report of every tensor of ``path`` (or those whose name matches one of the globs ``match``).
+
+    Tensors whose name matches one of the globs ``transposed`` are weights stored ``[in, out]``
+    (``out_dim=1``, e.g. GPT-2's ``Conv1D``: ``'*.c_attn.weight'``): their banks run along dim 0.
+    """
     tensors = load_tensors(path)
     names = [n for n in tensors if not match or any(fnmatch.fnmatchcase(n, m) for m in match)]
-    rows = [inspect_tensor(n, tensors[n], bank_size, layout, sparsity) for n in names]
+    out_dims = {n: 1 for n in names if any(fnmatch.fnmatchcase(n, t) for t in transposed) and tensors[n].dim() >= 2}
+    rows = [inspect_tensor(n, tensors[n], bank_size, layout, sparsity, out_dims.get(n, 0)) for n in names]
     numel = sum(r["numel"] for r in rows)
     nonzeros = sum(r["nonzeros"] for r in rows)
     unbalanced = [r["name"] for r in rows if r["balanced"] is False]
@@ -118,6 +125,7 @@ def inspect_file(
         "bank_size": bank_size,
         "layout": layout,
         "sparsity": sparsity,
+        "transposed": list(transposed),
         "tensors": rows,
         "totals": {
             "tensors": len(rows),

@@ -9,15 +9,17 @@ import difflib
 import fnmatch
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 BALANCES = ("fix", "none", "global")
-LAYOUTS = ("channels_last", "flat")
+LAYOUTS = ("channels_last", "flat", "last_dim")  # rows of a weight: pruning_tools.geometry
 PRUNE_DEVICES = ("default", "cpu")
 CRITERIA = ("magnitude", "movement")  # what a training-time refresh ranks by (pruning_tools.criteria)
-PARAM_OPTION_KEYS = ("sparsity", "balance", "bank_size", "layout")
+PARAM_OPTION_KEYS = ("sparsity", "balance", "bank_size", "layout", "out_dim")
+OUT_DIMS = (0, 1)
 
 
 def _fail(argument: str, value: Any, allowed: str) -> None:
@@ -25,7 +27,12 @@ def _fail(argument: str, value: Any, allowed: str) -> None:
 
 
 def check_step(argument: str, value: Any, minimum: int = 0) -> int:
-    """An integer >= ``minimum`` (bools are refused: they are almost always a misplaced argument)."""
+    """An integer >= ``minimum``; an integral float (``47.0``, what ``steps / n`` gives) is that integer.
+    Bools are refused (they are almost always a misplaced argument), and so is ``46.8``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        if not math.isfinite(value) or not float(value).is_integer():
+            _fail(argument, value, f"an integer >= {minimum} (a float only when integral, e.g. 47.0)")
+        value = int(float(value))
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         _fail(argument, value, f"an integer >= {minimum}")
     if value < minimum:
@@ -63,9 +70,13 @@ def check_bank_size(argument: str, value: Any) -> int:
 class ParamSpec:
     """Resolved pruning settings of one parameter.
 
-    ``out_dim`` is the dimension holding output channels (1 for ConvTranspose weights, else 0).
+    ``out_dim`` is the dimension holding output channels: 1 for ConvTranspose weights and transposed
+    linear weights ``[in, out]`` (transformers' ``Conv1D``, or any parameter given ``"out_dim": 1``), else 0.
+    ``layout`` is how its rows are read (``pruning_tools.geometry``): the pruner's ``layout`` for conv
+    weights, ``"last_dim"`` for other parameters with more than 2 dims, unless ``prune_dict`` says.
     ``balance`` is the pattern actually used: 1-D parameters asked for ``"fix"`` fall back to
-    ``"none"``. ``shape`` is the parameter's shape (so nothing has to re-read a weight to size it).
+    ``"none"``. ``shape`` is the parameter's shape (so nothing has to re-read a weight to size it) and
+    ``dtype`` its element type by name (``"float32"``, ``"bfloat16"``...; ``""``: not recorded).
     """
 
     sparsity: float
@@ -74,6 +85,7 @@ class ParamSpec:
     layout: str
     out_dim: int = 0
     shape: tuple[int, ...] = ()
+    dtype: str = ""
 
     @property
     def numel(self) -> int:
@@ -84,10 +96,35 @@ class ParamSpec:
         return {**asdict(self), "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParamSpec:
-        """Inverse of ``to_dict`` (states written before ``shape`` existed read as shape ``()``)."""
-        known = {key: data[key] for key in ("sparsity", "balance", "bank_size", "layout", "out_dim") if key in data}
-        return cls(**known, shape=tuple(int(n) for n in data.get("shape", ())))
+    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> ParamSpec:
+        """Inverse of ``to_dict``, every field validated (it may come from a file; ``where`` names it in
+        errors). States written before ``shape`` / ``dtype`` existed read as ``()`` / ``""``."""
+        if not isinstance(data, Mapping):
+            _fail(where, data, "a dict of parameter settings")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            _fail(where, dict(data), f"a dict with keys among {[f.name for f in fields(cls)]} (unknown: {unknown})")
+        missing = [key for key in ("sparsity", "balance", "bank_size", "layout") if key not in data]
+        if missing:
+            _fail(where, dict(data), f"a dict with the keys {missing}")
+        out_dim = data.get("out_dim", 0)
+        if isinstance(out_dim, bool) or out_dim not in OUT_DIMS:
+            _fail(f"{where}['out_dim']", out_dim, "0 or 1")
+        shape = data.get("shape", ())
+        if not isinstance(shape, (list, tuple)):
+            _fail(f"{where}['shape']", shape, "a list of integers >= 0")
+        dtype = data.get("dtype", "")
+        if not isinstance(dtype, str):
+            _fail(f"{where}['dtype']", dtype, "a dtype name such as 'float32'")
+        return cls(
+            sparsity=check_sparsity(f"{where}['sparsity']", data["sparsity"]),
+            balance=check_choice(f"{where}['balance']", data["balance"], BALANCES),
+            bank_size=check_bank_size(f"{where}['bank_size']", data["bank_size"]),
+            layout=check_choice(f"{where}['layout']", data["layout"], LAYOUTS),
+            out_dim=int(out_dim),
+            shape=tuple(check_step(f"{where}['shape']", n) for n in shape),
+            dtype=dtype,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,9 +155,15 @@ class PruneConfig:
         params = {name: replace(spec, shape=tuple(shapes[name])) for name, spec in self.params.items()}
         return replace(self, params=params)
 
+    def with_dtypes(self, dtypes: Mapping[str, str]) -> PruneConfig:
+        """The same settings with the parameters' dtypes (names such as ``"float32"``) filled in."""
+        params = {name: replace(spec, dtype=str(dtypes[name])) for name, spec in self.params.items()}
+        return replace(self, params=params)
 
-def _param_options(key: str, value: Any, defaults: dict) -> dict:
-    """The settings one prune_dict entry asks for: a sparsity, or a dict of overrides."""
+
+def _param_options(key: str, value: Any, defaults: dict) -> tuple[dict, set[str]]:
+    """The settings one prune_dict entry asks for (a sparsity, or a dict of overrides), and the keys it
+    set explicitly."""
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(PARAM_OPTION_KEYS))
         if unknown:
@@ -129,16 +172,22 @@ def _param_options(key: str, value: Any, defaults: dict) -> dict:
             )
         if "sparsity" not in value:
             _fail(f"prune_dict[{key!r}]", dict(value), "a dict with a 'sparsity' entry")
-        options = dict(defaults, **value)
+        options, explicit = dict(defaults, **value), set(value)
     else:
-        options = dict(defaults, sparsity=value)
+        options, explicit = dict(defaults, sparsity=value), {"sparsity"}
     where = f"prune_dict[{key!r}]"
-    return {
+    checked = {
         "sparsity": check_sparsity(where, options["sparsity"]),
         "balance": check_choice(f"{where}['balance']", options["balance"], BALANCES),
         "bank_size": check_bank_size(f"{where}['bank_size']", options["bank_size"]),
         "layout": check_choice(f"{where}['layout']", options["layout"], LAYOUTS),
     }
+    if "out_dim" in explicit:
+        out_dim = options["out_dim"]
+        if isinstance(out_dim, bool) or out_dim not in OUT_DIMS:
+            _fail(f"{where}['out_dim']", out_dim, "0 or 1 (the dim of the output channels; 1 for weights [in, out])")
+        checked["out_dim"] = int(out_dim)
+    return checked, explicit
 
 
 def resolve_prune_dict(
@@ -146,12 +195,23 @@ def resolve_prune_dict(
     shapes: Mapping[str, tuple[int, ...]],
     defaults: dict,
     out_dims: Mapping[str, int] | None = None,
+    layouts: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    dtypes: Mapping[str, str] | None = None,
 ) -> dict[str, ParamSpec]:
     """Match prune_dict keys (exact names or glob patterns) to parameter names.
 
     Keys are applied in the dict's order, so a later key overrides an earlier one for the names
     both match; an exact name always wins over a pattern. ``shapes`` maps every parameter name,
     in model order, to its shape; the result follows that order. The caller's dict is only read.
+
+    What the framework adapter knows of the model: ``out_dims`` (name -> 1 where output channels
+    are on dim 1), ``layouts`` (name -> the layout to read it with when ``prune_dict`` does not say:
+    ``"last_dim"`` for N-D parameters no convolution owns) and ``aliases`` (other spellings of a
+    name -> the name: without a wrapper's prefix, with ``torch.compile``'s ``_orig_mod.``, a tied
+    weight's second name); keys and globs may use either; ``dtypes`` (name -> dtype name) is recorded
+    in the specs. Globs that catch parameters with fewer
+    than 2 dims (biases, norm gains) still prune them, unstructured, and say so in one warning.
     """
     if prune_dict is None:
         raise ValueError(
@@ -163,28 +223,50 @@ def resolve_prune_dict(
     if not prune_dict:
         _fail("prune_dict", dict(prune_dict), "a non-empty dict, e.g. {'*.weight': 0.9}")
     names = list(shapes)
-    chosen: dict[str, tuple[bool, dict]] = {}
+    aliases = {alias: name for alias, name in (aliases or {}).items() if alias not in shapes}
+    spellings = [(name, name) for name in names] + list(aliases.items())  # (spelling, name)
+    chosen: dict[str, tuple[bool, str, dict, set[str]]] = {}  # name -> (exact, key, options, explicit)
     for key, value in prune_dict.items():
         if not isinstance(key, str):
             _fail("prune_dict key", key, "a parameter name or glob pattern (str)")
-        options = _param_options(key, value, defaults)
-        exact = key in shapes
-        matches = [key] if exact else fnmatch.filter(names, key)
+        options, explicit = _param_options(key, value, defaults)
+        exact = key in shapes or key in aliases
+        if exact:
+            matches = [aliases.get(key, key)]
+        else:
+            hits = {name for spelling, name in spellings if fnmatch.fnmatch(spelling, key)}
+            matches = [name for name in names if name in hits]
         if not matches:
-            close = difflib.get_close_matches(key, names, n=3, cutoff=0.4) or names[:3]
+            close = difflib.get_close_matches(key, [s for s, _ in spellings], n=3, cutoff=0.4) or names[:3]
             raise ValueError(f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}")
         for name in matches:
-            if exact or not chosen.get(name, (False, None))[0]:
-                chosen[name] = (exact, options)
-    out_dims = out_dims or {}
-    resolved = {}
+            if exact or not chosen.get(name, (False,))[0]:
+                chosen[name] = (exact, key, options, explicit)
+    out_dims, layouts, dtypes = out_dims or {}, layouts or {}, dtypes or {}
+    resolved, caught_low_dim = {}, []
     for name in names:
         if name not in chosen:
             continue
-        options = dict(chosen[name][1])
-        if options["balance"] == "fix" and len(shapes[name]) < 2:
+        exact, key, options, explicit = chosen[name]
+        options, shape = dict(options), tuple(shapes[name])
+        out_dim = options.pop("out_dim", out_dims.get(name, 0))
+        if out_dim and len(shape) < 2:
+            _fail(f"prune_dict[{key!r}]['out_dim']", out_dim, f"0 for {name} of shape {list(shape)} (< 2 dims)")
+        if "layout" not in explicit:
+            options["layout"] = layouts.get(name, options["layout"])
+        if options["balance"] == "fix" and len(shape) < 2:
             options["balance"] = "none"
-        resolved[name] = ParamSpec(**options, out_dim=out_dims.get(name, 0), shape=tuple(shapes[name]))
+        if not exact and len(shape) < 2 and options["sparsity"] > 0:
+            caught_low_dim.append(name)
+        resolved[name] = ParamSpec(**options, out_dim=out_dim, shape=shape, dtype=str(dtypes.get(name, "")))
+    if caught_low_dim:
+        warnings.warn(
+            f"prune_dict patterns also match {len(caught_low_dim)} parameter{'s' * (len(caught_low_dim) != 1)} "
+            f"with fewer than 2 dims (biases, norm gains), pruned unstructured: {caught_low_dim}; to keep them "
+            "dense, list only parameters "
+            "with p.dim() > 1, e.g. {n: 0.9 for n, p in model.named_parameters() if p.dim() > 1}",
+            stacklevel=4,
+        )
     return resolved
 
 
@@ -201,9 +283,13 @@ def make_config(
     layout: Any,
     shapes: Mapping[str, tuple[int, ...]],
     out_dims: Mapping[str, int] | None = None,
+    layouts: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    dtypes: Mapping[str, str] | None = None,
     criterion: Any = "magnitude",
 ) -> PruneConfig:
-    """Validate every constructor argument and resolve prune_dict against ``shapes``."""
+    """Validate every constructor argument and resolve prune_dict against ``shapes`` (the other
+    mappings as in ``resolve_prune_dict``)."""
     defaults: dict[str, Any] = {
         "balance": check_choice("balance", balance, BALANCES),
         "bank_size": check_bank_size("bank_size", bank_size),
@@ -220,5 +306,5 @@ def make_config(
         bank_size=defaults["bank_size"],
         layout=defaults["layout"],
         criterion=check_choice("criterion", criterion, CRITERIA),
-        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims),
+        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, layouts, aliases, dtypes),
     )

@@ -15,7 +15,6 @@ The pruner owns one criterion object; it asks ``scores(name)`` at a refresh (``N
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,10 +37,10 @@ class Magnitude:
     def reset(self, name: str) -> None:
         pass
 
-    def state(self) -> tuple[dict[str, Tensor], dict[str, int]]:
-        return {}, {}
+    def state(self) -> dict[str, Tensor]:
+        return {}
 
-    def load_state(self, scores: Mapping[str, Any], steps: Mapping[str, Any]) -> None:
+    def load_state(self, scores: Mapping[str, Tensor]) -> None:
         pass
 
 
@@ -83,33 +82,23 @@ class Movement:
         self._scores[name].zero_()
         self._seen[name] = 0
 
-    def state(self) -> tuple[dict[str, Tensor], dict[str, int]]:
-        """``(scores as CPU float32 tensors, steps accumulated into each since the last refresh)``."""
-        return {name: s.detach().cpu().clone() for name, s in self._scores.items()}, dict(self._seen)
+    def state(self) -> dict[str, Tensor]:
+        """The scores as CPU float32 tensors (copies), by parameter name."""
+        return {name: s.detach().cpu().clone() for name, s in self._scores.items()}
 
-    def load_state(self, scores: Mapping[str, Any], steps: Mapping[str, Any]) -> None:
-        """Inverse of ``state()`` (tensors or numpy arrays); a parameter missing from ``scores``
-        starts from zero. A score of the wrong shape or dtype is a ``ValueError`` naming it, raised
-        before anything is changed."""
-        loaded = {}
+    def load_state(self, scores: Mapping[str, Tensor]) -> None:
+        """Inverse of ``state()``: validated float32 tensors of the right shapes
+        (``pruner_state.validate_state``). A parameter missing from ``scores`` starts from zero; the
+        gradient check of the next refresh counts the steps behind a loaded score as seen when it is
+        not all zero (a state saved right after a refresh holds zeros)."""
         for name, current in self._scores.items():
             saved = scores.get(name)
             if saved is None:
-                continue
-            saved = torch.as_tensor(saved)
-            if tuple(saved.shape) != tuple(current.shape) or saved.dtype != torch.float32:
-                raise ValueError(
-                    f"state scores of {name} have shape {tuple(saved.shape)} and dtype {saved.dtype}: "
-                    f"expected {tuple(current.shape)} and torch.float32"
-                )
-            loaded[name] = saved
-        for name, current in self._scores.items():
-            if name in loaded:
-                current.copy_(loaded[name])
-                self._seen[name] = int(steps.get(name, 1))
-            else:
                 current.zero_()
                 self._seen[name] = 0
+            else:
+                current.copy_(saved)
+                self._seen[name] = int(bool(saved.any()))
 
 
 def make_criterion(

@@ -22,7 +22,7 @@ model or writes a weight. The functions accept plain tensors too and then do exa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,14 +31,13 @@ from torch import Tensor
 
 from . import geometry as G
 from . import masks as M
+from .radix import RADIX_BITS, ReduceSum, kth_largest_key, sortable_keys  # noqa: F401  (names of this module too)
 
 try:  # torch builds without distributed support have no DTensor
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Replicate, Shard
 except ImportError:  # pragma: no cover - such builds cannot hold DTensors either
     dist, DTensor, Replicate, Shard = None, None, None, None  # type: ignore[assignment,misc]
-
-ReduceSum = Callable[[Tensor], Tensor]  # sums an int64 tensor over the ranks, returns the sum
 
 
 # ---------------------------------------------------------------- DTensor plumbing
@@ -121,49 +120,6 @@ def _common_info(tensors: Sequence[Tensor], names: Sequence[str]) -> ShardInfo:
 # ---------------------------------------------------------------- exact k-th selection
 
 
-RADIX_BITS = 16  # bits resolved per all-reduce: a histogram of 2**16 counts (512 KiB)
-
-
-def sortable_keys(scores: Tensor) -> tuple[Tensor, int]:
-    """Integer keys ordered exactly like the float ``scores``: ``(keys [n], bits)``.
-
-    Float16/bfloat16/float32 scores become int32 keys (float32 holds them exactly), float64
-    int64 keys. ``scores`` of any shape is flattened to ``[n]``.
-    """
-    if scores.dtype == torch.float64:
-        raw, bits, low = scores.reshape(-1).contiguous().view(torch.int64), 64, 0x7FFFFFFFFFFFFFFF
-    else:
-        raw, bits, low = scores.reshape(-1).float().contiguous().view(torch.int32), 32, 0x7FFFFFFF
-    # negative floats: their raw bits grow with the magnitude; flipping those bits makes them grow
-    # with the value, below every non-negative float (raw >> (bits - 1) is -1 exactly for those)
-    return raw ^ ((raw >> (bits - 1)) & low), bits
-
-
-def kth_largest_key(keys: Sequence[Tensor], k: int, bits: int, reduce_sum: ReduceSum, device: torch.device) -> int:
-    """The key of the ``k``-th largest (1-based) among all ranks' ``keys`` (signed integers,
-    ``bits`` wide). Radix selection, most significant digits first: one all-reduce of a
-    ``2**RADIX_BITS``-bin histogram per digit (2 for 32-bit keys); each round only looks at the
-    keys that still share the chosen prefix."""
-    bins, prefix, need = 1 << RADIX_BITS, None, k
-    candidates = list(keys)
-    for shift in range(bits - RADIX_BITS, -1, -RADIX_BITS):
-        hist = torch.zeros(bins, dtype=torch.int64, device=device)
-        for i, key in enumerate(candidates):
-            if prefix is None:
-                digits = (key >> shift) + bins // 2  # signed top digit -> 0..bins-1, order kept
-            else:
-                key = candidates[i] = key[(key >> (shift + RADIX_BITS)) == (prefix >> (shift + RADIX_BITS))]
-                digits = (key >> shift) & (bins - 1)
-            hist += torch.bincount(digits, minlength=bins).to(device)
-        above = reduce_sum(hist).flip(0).cumsum(0)  # above[j]: keys in buckets >= bins - 1 - j
-        j = int(torch.searchsorted(above, torch.tensor([need], device=above.device)))
-        need -= int(above[j - 1]) if j else 0
-        digit = bins - 1 - j
-        prefix = (digit - bins // 2) << shift if prefix is None else prefix | (digit << shift)
-    assert prefix is not None  # at least one round ran: bits >= RADIX_BITS
-    return prefix
-
-
 def keep_largest_sharded(
     scores: Sequence[Tensor],
     k: int,
@@ -230,14 +186,18 @@ def _sharded_keep(
     names: Sequence[str],
     devices: Sequence[torch.device | None],
     pooled: bool,
+    on_nan: Sequence[M.NanReport | None] | None = None,
     criterion_scores: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     info = _common_info(weights, names)
     split = [shard_info(w, n).split for w, n in zip(weights, names)]
+    reports = list(on_nan) if on_nan is not None else [None] * len(weights)
     if criterion_scores is None:
-        scores = [M.magnitude_scores(_on(local(w), d), m) for w, m, d in zip(weights, masks, devices)]
-    else:  # a criterion's scores of the local shards; -inf where already pruned
-        scores = [M.selection_scores(_on(sc, d), m) for sc, m, d in zip(criterion_scores, masks, devices)]
+        scores = [M.magnitude_scores(_on(local(w), d), m, r) for w, m, d, r in zip(weights, masks, devices, reports)]
+    else:  # a criterion's scores of the local shards; -inf where already pruned (or NaN)
+        scores = [
+            M.selection_scores(_on(sc, d), m, r) for sc, m, d, r in zip(criterion_scores, masks, devices, reports)
+        ]
     if pooled:  # one threshold over several tensors compares in float32, as masks.global_masks does
         scores = [s.float() for s in scores]
     total = sum(w.numel() for w in weights)  # global sizes
@@ -261,16 +221,20 @@ def compute_mask(
     out_dim: int = 0,
     name: str = "tensor",
     device: torch.device | None = None,
+    on_nan: M.NanReport | None = None,
     scores: Tensor | None = None,
 ) -> Tensor:
     """``masks.compute_mask`` for a plain tensor or a DTensor sharded on dim 0 (mask of the local
     shard). Bank-balanced: shard-local, no communication; unstructured: exact k-th selection.
-    ``device``: where the mask is computed and kept (default: beside the weight or its shard).
+    ``device``: where the mask is computed and kept (default: beside the weight or its shard);
+    ``on_nan``: hears of NaN weights in this rank's shard (pruned first, as everywhere);
     ``scores``: a criterion's scores shaped like the local shard (None: ``|w|``)."""
     if scores is not None:
         scores = _on(scores, device)
     if not is_sharded(w):
-        return M.compute_mask(_on(w, device), mask, sparsity, balance, bank_size, layout, out_dim, scores)
+        return M.compute_mask(
+            _on(w, device), mask, sparsity, balance, bank_size, layout, out_dim, scores, on_nan=on_nan
+        )
     info = shard_info(w, name)
     if balance == "fix" and w.dim() >= 2:
         if info.split and out_dim != 0:
@@ -281,10 +245,11 @@ def compute_mask(
         shard = _on(local(w), device)
         if shard.numel() == 0:  # a rank past the last row (uneven split)
             return torch.zeros_like(shard, dtype=torch.bool)
-        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim, scores)
+        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim, scores, on_nan=on_nan)
     return _sharded_keep(
-        [w], [mask], sparsity, [name], [device], pooled=False, criterion_scores=None if scores is None else [scores]
-    )[0]
+        [w], [mask], sparsity, [name], [device], pooled=False, on_nan=[on_nan],
+        criterion_scores=None if scores is None else [scores],
+    )[0]  # fmt: skip
 
 
 def global_masks(
@@ -293,17 +258,19 @@ def global_masks(
     sparsity: float,
     names: Sequence[str] | None = None,
     devices: Sequence[torch.device | None] | None = None,
+    on_nan: Sequence[M.NanReport | None] | None = None,
     scores: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     """``masks.global_masks`` over plain tensors and/or DTensors (masks of the local shards).
-    ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight); ``scores``:
-    a criterion's scores, one per weight, shaped like its local shard (None: ``|w|``)."""
+    ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight); ``on_nan[i]``
+    hears of NaN weights in tensor ``i``; ``scores``: a criterion's scores, one per weight, shaped
+    like its local shard (None: ``|w|``)."""
     devices = list(devices) if devices is not None else [None] * len(weights)
     placed = None if scores is None else [_on(sc, d) for sc, d in zip(scores, devices)]
     if not any(is_sharded(w) for w in weights):
-        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, placed)
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, placed, on_nan=on_nan)
     names = list(names) if names is not None else [f"tensor {i}" for i in range(len(weights))]
-    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True, criterion_scores=placed)
+    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True, on_nan=on_nan, criterion_scores=placed)
 
 
 # ---------------------------------------------------------------- counting over shards
@@ -339,6 +306,10 @@ class LocalMasks:
         """The part of ``t`` this rank holds (all of it here)."""
         return t
 
+    def local_shape(self, w: Tensor) -> tuple[int, ...]:
+        """Shape of the part of ``w`` this rank holds."""
+        return tuple(w.shape)
+
     def compute_mask(
         self,
         w: Tensor,
@@ -347,10 +318,12 @@ class LocalMasks:
         spec: Any,
         name: str,
         device: torch.device,
+        on_nan: M.NanReport | None = None,
         scores: Tensor | None = None,
     ) -> Tensor:
         """Keep-mask of ``w`` (``spec``: a ``config.ParamSpec``), computed and kept on ``device``;
-        ranked by ``scores`` (a criterion's, ``w``'s shape) when given, else by ``|w|``."""
+        ``on_nan(count)`` hears of NaN weights (pruned first); ranked by ``scores`` (a criterion's,
+        ``w``'s shape) when given, else by ``|w|``."""
         return M.compute_mask(
             _on(w, device),
             mask,
@@ -360,6 +333,7 @@ class LocalMasks:
             spec.layout,
             spec.out_dim,
             None if scores is None else _on(scores, device),
+            on_nan=on_nan,
         )
 
     def global_masks(
@@ -369,10 +343,11 @@ class LocalMasks:
         sparsity: float,
         names: Sequence[str],
         devices: Sequence[torch.device],
+        on_nan: Sequence[M.NanReport | None] | None = None,
         scores: Sequence[Tensor] | None = None,
     ) -> list[Tensor]:
         placed = None if scores is None else [_on(sc, d) for sc, d in zip(scores, devices)]
-        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, placed)
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, placed, on_nan=on_nan)
 
     def count_nonzero(self, w: Tensor) -> int:
         return int(torch.count_nonzero(w.detach()))
@@ -400,6 +375,9 @@ class ShardedMasks(LocalMasks):
     def local(self, t: Tensor) -> Tensor:
         return local(t)
 
+    def local_shape(self, w: Tensor) -> tuple[int, ...]:
+        return tuple(local(w).shape)
+
     def compute_mask(
         self,
         w: Tensor,
@@ -408,10 +386,11 @@ class ShardedMasks(LocalMasks):
         spec: Any,
         name: str,
         device: torch.device,
+        on_nan: M.NanReport | None = None,
         scores: Tensor | None = None,
     ) -> Tensor:
         return compute_mask(
-            w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device, scores
+            w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device, on_nan, scores
         )
 
     def global_masks(
@@ -421,9 +400,10 @@ class ShardedMasks(LocalMasks):
         sparsity: float,
         names: Sequence[str],
         devices: Sequence[torch.device],
+        on_nan: Sequence[M.NanReport | None] | None = None,
         scores: Sequence[Tensor] | None = None,
     ) -> list[Tensor]:
-        return global_masks(weights, masks, sparsity, names, devices, scores)
+        return global_masks(weights, masks, sparsity, names, devices, on_nan, scores)
 
     def count_nonzero(self, w: Tensor) -> int:
         return count_nonzero(w)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from . import geometry as G
+from . import integrity
 from . import masks as M
 from .config import LAYOUTS, ParamSpec, check_bank_size, check_choice
 
@@ -315,22 +316,22 @@ def save_packed(
         flat.update({f"{name}{SEP}{part}": t for part, t in p.tensors().items()})
     meta = {"format": FORMAT, "packed": {name: p.meta() for name, p in packed.items()}}
     path = Path(path)
-    safetensors.torch.save_file(flat, str(path), metadata={METADATA_KEY: json.dumps(meta)})
+    integrity.save_file(flat, path, metadata={METADATA_KEY: json.dumps(meta)})  # atomic, checksummed
     dense_all = {name: t.detach().cpu().clone() for name, t in tensors.items()}
     dense_bytes = len(safetensors.torch.save(dense_all))
     return ExportReport(str(path), dense_bytes, path.stat().st_size, packed, sorted(dense), fallback)
 
 
 def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
-    """Read a packed file without unpacking: ``{name: PackedTensor or dense Tensor}``, file order."""
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-        if METADATA_KEY not in raw:
-            raise ValueError(f"{path} is not a packed file: its metadata has no {METADATA_KEY!r} entry")
-        meta = json.loads(raw[METADATA_KEY])
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {meta.get('format')!r}: expected {FORMAT!r}")
-        flat = {key: f.get_tensor(key) for key in f.keys()}
+    """Read a packed file without unpacking: ``{name: PackedTensor or dense Tensor}``, file order.
+
+    The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor)."""
+    flat, raw = integrity.load_file(path, framework="pt")
+    if METADATA_KEY not in raw:
+        raise ValueError(f"{path} is not a packed file: its metadata has no {METADATA_KEY!r} entry")
+    meta = json.loads(raw[METADATA_KEY])
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {meta.get('format')!r}: expected {FORMAT!r}")
     out: dict[str, PackedTensor | Tensor] = {}
     for key, t in flat.items():
         if SEP not in key:

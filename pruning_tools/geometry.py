@@ -11,7 +11,11 @@ Rows (``layout``, ``out_dim``):
 - a 2-D weight ``[out, in]``: ``out`` rows of length ``in``;
 - a conv weight ``[out, in, *kernel]``, ``"channels_last"``: one row per (out, kernel position),
   along the input channels, ``[out * prod(kernel), in]``; ``"flat"``: ``W[o].flatten()``;
-- ``out_dim = 1`` (ConvTranspose ``[in, out, *kernel]``): the same after swapping dims 0 and 1;
+- ``"last_dim"``: rows along the last dim, ``[prod(shape[:-1]), shape[-1]]``: how an N-D parameter
+  that no convolution owns is read (ViT's ``pos_embedding`` ``[1, S, D]``: ``S`` rows of ``D``), so
+  its banks never run along a sequence or batch axis. For 2-D weights all three layouts agree;
+- ``out_dim = 1`` (ConvTranspose ``[in, out, *kernel]``, a transposed linear ``[in, out]`` such as
+  GPT-2's ``Conv1D``): the same after swapping dims 0 and 1, so rows run along the input dim;
 - fewer than 2 dims: one row.
 
 Pure shape arithmetic, plus the two views ``to_rows`` / ``from_rows``: used by the masks, the checker,
@@ -21,6 +25,8 @@ the packed format, the kernels' callers and the inspection of checkpoints.
 BankBudget(full_banks=1, keep=4, tail_len=36, tail_keep=2)
 >>> row_length((256, 127, 3, 3), "channels_last"), row_length((256, 127, 3, 3), "flat")
 (127, 1143)
+>>> row_length((1, 197, 768), "last_dim"), row_length((768, 2304), out_dim=1)  # ViT pos_embedding, GPT-2 c_attn
+(768, 768)
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from torch import Tensor
 
 # ---------------------------------------------------------------- rows
 
+LAST_DIM = "last_dim"  # the layout of N-D parameters that no convolution owns
+
 
 def to_rows(x: Tensor, layout: str = "channels_last", out_dim: int = 0) -> Tensor:
     """View a weight as bank rows: ``[rows, row_len]`` (see the module docstring).
@@ -44,6 +52,8 @@ def to_rows(x: Tensor, layout: str = "channels_last", out_dim: int = 0) -> Tenso
         return x.reshape(1, -1)
     if out_dim == 1:
         x = x.transpose(0, 1)  # [out, in, *kernel]
+    if layout == LAST_DIM:
+        return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # [prod(shape[:-1]), shape[-1]]
     if layout == "flat" or x.dim() == 2:
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # [out, in * prod(kernel)]
     channels_last = (0, *range(2, x.dim()), 1)
@@ -56,7 +66,7 @@ def from_rows(rows: Tensor, shape: Sequence[int], layout: str = "channels_last",
     if len(shape) < 2:
         return rows.reshape(shape)
     oshape = (shape[1], shape[0], *shape[2:]) if out_dim == 1 else shape  # [out, in, *kernel]
-    if layout == "flat" or len(oshape) == 2:
+    if layout in ("flat", LAST_DIM) or len(oshape) == 2:
         x = rows.reshape(oshape)
     else:
         kernel = oshape[2:]
@@ -71,6 +81,8 @@ def row_length(shape: Sequence[int], layout: str = "channels_last", out_dim: int
     """Length of one bank row of a tensor of ``shape``."""
     if len(shape) < 2:
         return math.prod(shape)
+    if layout == LAST_DIM:
+        return shape[0] if out_dim == 1 and len(shape) == 2 else shape[-1]
     if layout == "flat" or len(shape) == 2:
         return math.prod(n for dim, n in enumerate(shape) if dim != out_dim)
     return shape[1 - out_dim]
@@ -80,6 +92,8 @@ def row_count(shape: Sequence[int], layout: str = "channels_last", out_dim: int 
     """Number of bank rows of a tensor of ``shape``."""
     if len(shape) < 2:
         return 1
+    if layout == LAST_DIM and len(shape) > 2:
+        return math.prod(shape[:-1])
     if layout == "flat" or len(shape) == 2:
         return shape[out_dim]
     return math.prod(shape) // shape[1 - out_dim] if shape[1 - out_dim] else 0
@@ -90,6 +104,25 @@ def split_banks(rows: Tensor, bank_size: int) -> tuple[Tensor, Tensor]:
     full_banks = rows.shape[1] // bank_size
     split = full_banks * bank_size
     return rows[:, :split].reshape(rows.shape[0], full_banks, bank_size), rows[:, split:]
+
+
+def row_blocks(shape: Sequence[int], out_dim: int = 0, max_elements: int = 1 << 22) -> list[slice]:
+    """Slices of the output-channel dim (``out_dim``) holding about ``max_elements`` weights each
+    (at least one channel): the rows of ``to_rows`` of each slice are consecutive rows of the whole,
+    so bank computations can run block by block in bounded memory. Fewer than 2 dims: one block."""
+    if len(shape) < 2 or not shape[out_dim]:
+        return [slice(None)]
+    channels = shape[out_dim]
+    per_channel = max(1, math.prod(shape) // channels)
+    step = max(1, max_elements // per_channel)
+    return [slice(start, min(channels, start + step)) for start in range(0, channels, step)]
+
+
+def block(x: Tensor, rows: slice, out_dim: int = 0) -> Tensor:
+    """The part of ``x`` (a view) holding the output channels ``rows`` (a slice from ``row_blocks``)."""
+    if x.dim() < 2:
+        return x
+    return x[rows] if out_dim == 0 else x[:, rows]
 
 
 class RowStrides(NamedTuple):
@@ -110,6 +143,10 @@ def row_strides(shape: Sequence[int], layout: str = "channels_last", out_dim: in
     if len(shape) < 2:
         return RowStrides(1, numel, 1, numel, 1)
     kernel = math.prod(shape[2:])
+    if layout == LAST_DIM and len(shape) > 2:
+        if out_dim:
+            return None
+        return RowStrides(numel // max(1, shape[-1]), shape[-1], 1, shape[-1], 1)  # [prod(shape[:-1]), last]
     if out_dim == 0:
         if layout == "flat" or len(shape) == 2:
             row_len = math.prod(shape[1:])
@@ -146,6 +183,23 @@ def bank_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
     return BankBudget(full_banks, keep, tail_len, tail_keep)
 
 
+def measured_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget:
+    """The budgets a checker applies when only a tensor's measured sparsity is known.
+
+    A full bank gets ``bank_budget``'s budget at that sparsity. A tail bank gets the largest budget
+    that any target sparsity giving the same full-bank budget would give it: rounding a short tail
+    can go either way, so a tensor pruned at its target is never called unbalanced for its tail.
+
+    >>> measured_budget(222, 64, 1 - 11 / 222)  # pruned at 0.95: 3 per full bank, 2 in the tail of 30
+    BankBudget(full_banks=3, keep=3, tail_len=30, tail_keep=2)
+    """
+    budget = bank_budget(row_len, bank_size, sparsity)
+    if not budget.tail_len:
+        return budget
+    loosest = math.ceil(budget.tail_len * (budget.keep + 0.5) / bank_size - 0.5)
+    return budget._replace(tail_keep=min(budget.keep, max(1, budget.tail_keep, loosest)))
+
+
 def realised_sparsity(
     shape: Sequence[int],
     balance: str,
@@ -166,16 +220,63 @@ def realised_sparsity(
     return 1.0 - kept_per_row * (numel // row_len) / numel
 
 
+def unreachable(
+    shape: Sequence[int],
+    balance: str,
+    sparsity: float,
+    bank_size: int = 64,
+    layout: str = "channels_last",
+    out_dim: int = 0,
+) -> float | None:
+    """The sparsity a dense tensor of ``shape`` will reach when the pattern cannot reach ``sparsity``,
+    else ``None``.
+
+    Unreachable means *falling short* of the target by more than rounding to whole weights allows:
+    half a weight per bank (``0.5 / bank_size``), or per row when rows are shorter than a bank
+    (``0.5 / row_len``); in such a row a shortfall of exactly half a weight counts too, since the row
+    is one bank and that is half of it (a row of 3 at 2:4 keeps 2 of 3, sparsity 0.333; a row of 1
+    stays dense). Unstructured: half a weight of the whole tensor. Overshooting (sparser than asked,
+    e.g. a 1x1 conv with rows of 11 at 0.9 keeping 1 of 11, 0.909) is rounding, never unreachable.
+
+    >>> round(unreachable((8, 3, 3, 3), "fix", 0.5, bank_size=4), 4), unreachable((8, 11, 1, 1), "fix", 0.9)
+    (0.3333, None)
+    """
+    if math.prod(shape) == 0:
+        return None
+    realised = realised_sparsity(shape, balance, sparsity, bank_size, layout, out_dim)
+    shortfall = sparsity - realised
+    if balance == "fix" and len(shape) >= 2:
+        row_len = row_length(shape, layout, out_dim)
+        if row_len < bank_size:
+            far = shortfall >= 0.5 / max(1, row_len) - 1e-9  # half a weight of a one-bank row: half the bank
+        else:
+            far = shortfall > 0.5 / bank_size + 1e-9
+    else:
+        far = shortfall > 0.5 / math.prod(shape) + 1e-9
+    return realised if far else None
+
+
+def param_layout(shape: Sequence[int], conv_owned: bool, layout: str) -> str:
+    """The layout a pruner reads a parameter with by default: ``layout`` for conv weights and for
+    tensors of at most 2 dims (where the layouts agree), ``"last_dim"`` for any other N-D parameter."""
+    return layout if conv_owned or len(shape) <= 2 else LAST_DIM
+
+
 __all__ = [
+    "LAST_DIM",
     "BankBudget",
     "RowStrides",
     "bank_budget",
+    "block",
     "from_rows",
     "keep_count",
+    "param_layout",
     "realised_sparsity",
+    "row_blocks",
     "row_count",
     "row_length",
     "row_strides",
     "split_banks",
     "to_rows",
+    "unreachable",
 ]

@@ -36,6 +36,7 @@ except ImportError as error:  # pragma: no cover - exercised with a monkeypatche
 torch.set_num_threads(_torch_threads)  # importing mxnet resets the OpenMP thread count torch uses
 
 from . import distributed as D  # noqa: E402
+from . import geometry as G  # noqa: E402
 from .config import PruneConfig, make_config  # noqa: E402
 from .pruner import Pruner  # noqa: E402
 
@@ -43,8 +44,10 @@ _TRANSPOSED = (gluon.nn.Conv1DTranspose, gluon.nn.Conv2DTranspose, gluon.nn.Conv
 _CHANNELS_FIRST = ("NCW", "NCHW", "NCDHW")
 
 
-def _conv_geometry(net: gluon.Block, params: Mapping[str, gluon.Parameter]) -> tuple[dict[str, int], dict[str, str]]:
-    """``(name -> dim of output channels, name -> channels-last layout)`` of the conv weights.
+def _conv_geometry(
+    net: gluon.Block, params: Mapping[str, gluon.Parameter]
+) -> tuple[dict[str, int], dict[str, str], set[str]]:
+    """``(name -> dim of output channels, name -> channels-last layout, conv weight names)``.
 
     ConvTranspose weights have their output channels on dim 1, like PyTorch's. Channels-last conv
     layouts (weights ``[out, *kernel, in]``) are reported so that a pruner can refuse them when listed:
@@ -53,12 +56,14 @@ def _conv_geometry(net: gluon.Block, params: Mapping[str, gluon.Parameter]) -> t
     names = {id(p): name for name, p in params.items()}
     out_dims: dict[str, int] = {}
     channels_last: dict[str, str] = {}
+    conv_weights: set[str] = set()
 
     def visit(block: gluon.Block) -> None:
         weight = getattr(block, "weight", None)
         name = names.get(id(weight))
         if name is None or not isinstance(block, gluon.nn.conv_layers._Conv):
             return
+        conv_weights.add(name)
         layout = block._kwargs.get("layout", "NCHW")
         if layout not in _CHANNELS_FIRST:
             channels_last[name] = layout
@@ -66,7 +71,7 @@ def _conv_geometry(net: gluon.Block, params: Mapping[str, gluon.Parameter]) -> t
             out_dims[name] = 1
 
     net.apply(visit)
-    return out_dims, channels_last
+    return out_dims, channels_last, conv_weights
 
 
 def _initialised(p: gluon.Parameter) -> bool:
@@ -87,7 +92,7 @@ class MxnetBridge:
             raise TypeError(f"net={type(net).__name__} is not allowed: expected a mxnet.gluon.Block")
         self.net = net
         self._params: dict[str, gluon.Parameter] = dict(net.collect_params().items())
-        self._out_dims, self.channels_last = _conv_geometry(net, self._params)
+        self._out_dims, self.channels_last, self._conv_weights = _conv_geometry(net, self._params)
         self._mask_arrays: dict[str, tuple[Tensor, list[tuple[mx.nd.NDArray, mx.nd.NDArray]]]] = {}
 
     def names(self) -> list[str]:
@@ -100,11 +105,25 @@ class MxnetBridge:
     def out_dims(self) -> dict[str, int]:
         return dict(self._out_dims)
 
+    def layouts(self, layout: str = "channels_last") -> dict[str, str]:
+        """Parameters read with another layout than ``layout`` by default: those with more than 2 dims
+        that no convolution owns are rows along their last dim (``geometry.param_layout``)."""
+        out = {n: G.param_layout(p.shape, n in self._conv_weights, layout) for n, p in self._params.items()}
+        return {name: chosen for name, chosen in out.items() if chosen != layout}
+
+    def aliases(self) -> dict[str, str]:
+        """Other spellings of parameter names (none in Gluon: ``collect_params()`` names are unique)."""
+        return {}
+
     def is_floating(self, name: str) -> bool:
         return np.dtype(self._params[name].dtype).kind == "f"
 
     def dtype(self, name: str) -> np.dtype:
         return np.dtype(self._params[name].dtype)
+
+    def dtypes(self) -> dict[str, str]:
+        """Every parameter's dtype name (``"float32"``...), as ``pytorch_pruning.TorchBridge`` names them."""
+        return {name: self.dtype(name).name for name in self._params}
 
     def prunable(self) -> list[str]:
         """Floating-point parameters with >= 2 dims (the default of a sensitivity sweep)."""
@@ -163,11 +182,12 @@ class Prune(Pruner):
     idempotent, so calling it every iteration after ``backward()`` is fine; the constructor calls it
     when the parameters are already initialised), then ``prune()`` after every ``trainer.step()``.
     Masks are computed on the CPU from the first context's copy and applied on every context.
+    The block may also be passed as ``model=`` (the keyword of the original tool's documentation).
     """
 
     def __init__(
         self,
-        net: gluon.Block,
+        net: gluon.Block | None = None,
         pretrain_step: int = 0,
         sparse_step: int = 0,
         frequency: int = 100,
@@ -179,6 +199,7 @@ class Prune(Pruner):
         *,
         bank_size: int = 64,
         layout: str = "channels_last",
+        model: gluon.Block | None = None,
         criterion: str = "magnitude",
     ) -> None:
         if criterion == "movement":
@@ -186,6 +207,10 @@ class Prune(Pruner):
                 "criterion='movement' is not allowed with MXNet: expected 'magnitude' (movement pruning reads "
                 "gradients and is available for PyTorch only: pruning_tools.pytorch_pruning.Prune)"
             )
+        if (net is None) == (model is None):
+            given = "both net= and model=" if net is not None else "neither"
+            raise TypeError(f"Prune() takes the Gluon block once, as net (or model=): got {given}")
+        net = net if net is not None else model
         bridge = MxnetBridge(net)
         self.config: PruneConfig = make_config(
             pretrain_step,
@@ -200,6 +225,8 @@ class Prune(Pruner):
             layout,
             shapes=bridge.shapes(),  # 0: not inferred yet
             out_dims=bridge.out_dims(),
+            layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
+            dtypes=bridge.dtypes(),
             criterion=criterion,
         )
         for name in self.config.params:
@@ -233,7 +260,7 @@ class Prune(Pruner):
                     f"prepare(): parameters not initialised yet: {missing}; call net.initialize() and "
                     "run one forward pass first (deferred initialisation)"
                 )
-            self.config = self.config.with_shapes(self._bridge.shapes())
+            self.config = self.config.with_shapes(self._bridge.shapes()).with_dtypes(self._bridge.dtypes())
             self._init_state()
             self._prepared = True
         return self

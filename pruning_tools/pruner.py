@@ -13,7 +13,6 @@ Data flows one way: config -> schedule -> masks -> the bridge writes the weights
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import replace
@@ -26,15 +25,13 @@ from torch import Tensor
 
 from . import distributed as D
 from . import geometry as G
+from . import integrity
 from . import masks as M
-from .config import ParamSpec, PruneConfig
+from . import pruner_state as S
+from .config import ParamSpec, PruneConfig, check_sparsity
 from .criteria import Magnitude, Movement, make_criterion
+from .pruner_state import STATE_FORMAT
 from .schedule import is_refresh_step, last_step, target_sparsity
-
-STATE_FORMAT = "pruning_tools.Prune/1"
-_MASK_PREFIX = "masks/"
-_SCORE_PREFIX = "scores/"
-_SETTING_DEFAULTS = {"criterion": "magnitude"}  # settings a state written before they existed holds implicitly
 
 
 class FrameworkBridge(Protocol):
@@ -58,43 +55,56 @@ class FrameworkBridge(Protocol):
 
 
 def write_state_file(state: Mapping[str, Any], path: str | Path) -> None:
-    """Write a pruner ``state_dict()`` to a safetensors file, without pickle.
+    """Write a pruner ``state_dict()`` to a safetensors file, without pickle, atomically, checksummed.
 
-    The bit-packed masks become uint8 tensors ``masks/<name>``, movement scores (``criterion="movement"``)
-    float32 tensors ``scores/<name>``; everything else (plain ints, floats, strings) goes into the
-    file's metadata as JSON, which round-trips floats exactly.
+    Per-parameter tensors (the bit-packed masks and, with ``criterion="movement"``, the float32
+    movement scores: ``pruner_state.PER_PARAMETER_TENSORS``) become tensors ``<entry>/<name>``
+    (``masks/<name>`` uint8, ``scores/<name>`` float32); everything else (plain ints, floats, strings)
+    goes into the file's metadata as JSON, which round-trips floats exactly. A failed write leaves
+    the previous file intact (``pruning_tools.atomic``).
     """
-    from safetensors.numpy import save_file
-
+    tensor_keys = [entry.key for entry in S.PER_PARAMETER_TENSORS]
     tensors = {
-        _MASK_PREFIX + name: np.ascontiguousarray(np.asarray(packed, dtype=np.uint8))
-        for name, packed in state["masks"].items()
+        f"{key}/{name}": np.ascontiguousarray(t.numpy() if isinstance(t, Tensor) else np.asarray(t))
+        for key in tensor_keys
+        for name, t in state.get(key, {}).items()
     }
-    for name, scores in state.get("scores", {}).items():
-        tensors[_SCORE_PREFIX + name] = np.ascontiguousarray(np.asarray(scores, dtype=np.float32))
-    plain = {key: value for key, value in state.items() if key not in ("masks", "scores")}
-    save_file(tensors, str(path), metadata={"format": STATE_FORMAT, "state": json.dumps(plain)})
+    plain = {key: value for key, value in state.items() if key not in tensor_keys}
+    integrity.save_file(tensors, path, metadata={"format": STATE_FORMAT, "state": json.dumps(plain)})
 
 
 def read_state_file(path: str | Path) -> dict:
     """Inverse of ``write_state_file``: the state dict, masks as uint8 numpy arrays (movement scores
-    as float32 numpy arrays under ``"scores"``, when the file holds any)."""
-    from safetensors import SafetensorError, safe_open
+    as float32 numpy arrays).
 
+    The file's checksums are verified (``integrity.IntegrityError`` names a damaged tensor); the
+    content itself is validated by ``load_state_dict`` against the pruner it is loaded into.
+    """
+    not_state = f"{path} is not a pruner state file of format {STATE_FORMAT!r}"
     try:
-        f = safe_open(str(path), framework="numpy")
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a pruner state file of format {STATE_FORMAT!r}: {error}") from error
-    with f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path} is not a pruner state file of format {STATE_FORMAT!r}")
+        tensors, metadata = integrity.load_file(path, framework="numpy")
+    except integrity.IntegrityError as error:
+        raise integrity.IntegrityError(f"{not_state}, or it is damaged: {error}") from error
+    except OSError as error:
+        raise ValueError(f"{not_state}: {error}") from error
+    if metadata.get("format") != STATE_FORMAT:
+        raise ValueError(not_state)
+    try:
         state = json.loads(metadata["state"])
-        keys = list(f.keys())
-        state["masks"] = {key[len(_MASK_PREFIX) :]: f.get_tensor(key) for key in keys if key.startswith(_MASK_PREFIX)}
-        scores = {key[len(_SCORE_PREFIX) :]: f.get_tensor(key) for key in keys if key.startswith(_SCORE_PREFIX)}
-        if scores:
-            state["scores"] = scores
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"{not_state}: its 'state' metadata is missing or not JSON ({error})") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{not_state}: its 'state' metadata is a {type(state).__name__}, expected a dict")
+    tensor_keys = {entry.key for entry in S.PER_PARAMETER_TENSORS}
+    for key in tensor_keys:
+        state[key] = {}
+    for full, t in tensors.items():
+        key, _, name = full.partition("/")
+        if key not in tensor_keys or not name:
+            raise ValueError(f"{path}: tensor {full!r} is not an entry of a pruner state ({sorted(tensor_keys)})")
+        state[key][name] = t
+    if not state["scores"]:  # a magnitude pruner's state has none
+        del state["scores"]
     return state
 
 
@@ -108,7 +118,7 @@ def read_state(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
         raise ValueError(f"{path} is not a pruner state ({type(error).__name__}: {error})") from error
-    if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+    if not S.is_state(state):
         raise ValueError(f"{path} is not a pruner state of format {STATE_FORMAT!r}")
     return dict(state)
 
@@ -118,18 +128,22 @@ def pruned_specs(source: Pruner | Mapping[str, Any] | str | Path) -> dict[str, P
     ``sparsity`` set to the target its current mask was made for (the budget a checker applies).
 
     This is what the packed export and the bank-sparse conversion read geometry from (bank size,
-    layout, output dim), so nobody restates it.
+    layout, output dim), so nobody restates it. A state's specs are validated as they are read.
     """
     if isinstance(source, Pruner):
         return {name: replace(spec, sparsity=source.mask_target(name)) for name, spec in source.config.params.items()}
     state = read_state(source) if isinstance(source, (str, Path)) else source
-    if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+    if not S.is_state(state):
         raise ValueError(f"state is not a pruner state of format {STATE_FORMAT!r}")
-    targets = state.get("mask_targets", {})
+    config, targets = state.get("config"), state.get("mask_targets", {})
+    params = config.get("params") if isinstance(config, Mapping) else None
+    if not isinstance(params, Mapping) or not isinstance(targets, Mapping):
+        raise ValueError("state['config']['params'] and state['mask_targets'] must be dicts by parameter name")
     specs = {}
-    for name, data in state["config"]["params"].items():
-        spec = ParamSpec.from_dict(data)
-        specs[name] = replace(spec, sparsity=float(targets.get(name, spec.sparsity)))
+    for name, data in params.items():
+        spec = ParamSpec.from_dict(data, where=f"state['config']['params'][{name!r}]")
+        target = check_sparsity(f"state['mask_targets'][{name!r}]", targets.get(name, spec.sparsity))
+        specs[name] = replace(spec, sparsity=target)
     return specs
 
 
@@ -147,6 +161,8 @@ class Pruner:
     _masks: dict[str, Tensor | None]  # None: nothing pruned yet
     _initial: dict[str, float]
     _mask_targets: dict[str, float]
+    _pooled_initial: float | None  # size-weighted initial sparsity of the global pool, computed once
+    _nan_warned: set[str]  # parameters whose NaN weights were reported
     _criterion: Magnitude | Movement
 
     # ------------------------------------------------------------ adapter hooks
@@ -190,7 +206,7 @@ class Pruner:
     def sparsity(self) -> tuple[dict[str, float], float]:
         """``(per-parameter fraction of zeros, overall fraction)``, counted in the weights."""
         self._check_ready()
-        zeros = {name: spec.numel - self._strategy.count_nonzero(self._bridge.read(name))
+        zeros = {name: spec.numel - self._strategy.count_nonzero(self._read(name))
                  for name, spec in self.config.params.items()}  # fmt: skip
         total = sum(spec.numel for spec in self.config.params.values())
         per_layer = {name: zeros[name] / max(1, spec.numel) for name, spec in self.config.params.items()}
@@ -204,7 +220,7 @@ class Pruner:
         ok = {}
         pooled_nonzeros, pooled_size = 0, 0
         for name, spec in self.config.params.items():
-            w, target = self._bridge.read(name), self._mask_targets[name]
+            w, target = self._read(name), self._mask_targets[name]
             if spec.balance == "fix" and len(spec.shape) >= 2:
                 ok[name] = self._strategy.banks_balanced(w, spec, target)
                 continue
@@ -227,51 +243,50 @@ class Pruner:
         out = {}
         for name, m in self._masks.items():
             if m is None:
-                m = torch.ones_like(self._strategy.local(self._bridge.read(name)), dtype=torch.bool)
+                m = torch.ones_like(self._strategy.local(self._read(name)), dtype=torch.bool)
             out[name] = m
         return out
 
     def state_dict(self) -> dict:
         """Plain data (ints, floats, strings, uint8 tensors; with ``criterion="movement"`` also the
-        float32 scores accumulated since the last refresh, and their step counts): loads with
-        ``weights_only=True``."""
+        float32 scores accumulated since the last refresh): loads with ``weights_only=True``.
+
+        Every parameter has a mask (all kept where nothing is pruned yet), so a state that lost one
+        is refused on load. Layout: ``pruning_tools.pruner_state``."""
         self._check_ready()
-        packed = {name: M.pack_bits(m.cpu()) for name, m in self._masks.items() if m is not None}
         state = {
             "format": STATE_FORMAT,
             "step": self._step,
             "config": self.config.to_dict(),
             "initial_sparsity": dict(self._initial),
             "mask_targets": dict(self._mask_targets),
-            "masks": packed,
+            "masks": {name: M.pack_bits(m.cpu()) for name, m in self.masks().items()},
         }
-        scores, steps = self._criterion.state()
         if isinstance(self._criterion, Movement):
-            state["scores"], state["score_steps"] = scores, steps
+            state["scores"] = self._criterion.state()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from ``state_dict()``; the settings must match this pruner's."""
+        """Resume from ``state_dict()``; the settings (shapes and dtypes included) must match this
+        pruner's. The whole state is validated first (``pruner_state.validate_state``), then applied
+        at once: a bad state raises ``ValueError`` and changes nothing."""
         self._check_ready()
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"state is not a pruner state of format {STATE_FORMAT!r}")
-        differing = _differing_settings(self.config.to_dict(), dict(state["config"]))
-        if differing:
-            raise ValueError(f"state was saved with different settings: {differing}")
+        local_shapes = {name: self._local_shape(name) for name in self.config.params}
+        valid = S.validate_state(state, self.config, local_shapes)
         masks: dict[str, Tensor | None] = {}
         for name in self.config.params:
-            packed = state["masks"].get(name)
+            packed = valid.tensors["masks"].get(name)
             if packed is None:
                 masks[name] = None
             else:
-                local = self._strategy.local(self._bridge.read(name))
-                packed = torch.as_tensor(packed, dtype=torch.uint8)
-                masks[name] = M.unpack_bits(packed, local.shape).to(self._mask_device(local))
-        self._criterion.load_state(state.get("scores", {}), state.get("score_steps", {}))
+                device = self._mask_device(self._strategy.local(self._read(name)))
+                masks[name] = M.unpack_bits(packed, local_shapes[name]).to(device)
+        self._criterion.load_state(valid.tensors.get("scores", {}))
         self._masks = masks
-        self._step = int(state["step"])
-        self._initial = {name: float(v) for name, v in state["initial_sparsity"].items()}
-        self._mask_targets = {name: float(v) for name, v in state["mask_targets"].items()}
+        self._step = valid.step
+        self._initial = valid.numbers["initial_sparsity"]
+        self._mask_targets = valid.numbers["mask_targets"]
+        self._pooled_initial = None
 
     def save(self, path: str | Path) -> None:
         """Write ``state_dict()`` to a safetensors file (no pickle); ``load(path)`` resumes from it."""
@@ -290,7 +305,7 @@ class Pruner:
         """
         self._check_ready()
         for name, mask in self.masks().items():
-            if D.is_sharded(self._bridge.read(name)):
+            if D.is_sharded(self._read(name)):
                 continue
             received = D.broadcast_mask(mask, src, group)
             self._masks[name] = None if bool(received.all()) else received
@@ -306,6 +321,24 @@ class Pruner:
             state["scores"] = {name: s.numpy() for name, s in state["scores"].items()}
         return state
 
+    def _read(self, name: str) -> Tensor:
+        """Parameter ``name`` as the model holds it now, checked against the shape the pruner was built for."""
+        w = self._bridge.read(name)
+        expected = self.config.params[name].shape
+        if tuple(w.shape) != expected:
+            raise RuntimeError(
+                f"parameter {name!r} now has shape {list(w.shape)}, but this pruner was built for "
+                f"{list(expected)}: the model's parameter was replaced by one of another shape; build a new "
+                "Prune for the changed model"
+            )
+        return w
+
+    def _local_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of this rank's part of parameter ``name`` (what its mask has); no read unless sharded."""
+        if isinstance(self._strategy, D.ShardedMasks):
+            return self._strategy.local_shape(self._read(name))
+        return self.config.params[name].shape
+
     def _apply(self) -> None:
         for name, mask in self._masks.items():
             if mask is not None:
@@ -317,8 +350,10 @@ class Pruner:
         restore = self.config.restore_sparsity or self.config.fix_sparsity
         self._masks = {}
         self._initial = {}
+        self._pooled_initial = None
+        self._nan_warned = set()
         for name, spec in self.config.params.items():
-            w = self._bridge.read(name)
+            w = self._read(name)
             self._masks[name] = self._existing_zeros(w) if restore else None
             self._initial[name] = (
                 (spec.numel - self._strategy.count_nonzero(w)) / max(1, spec.numel) if restore else 0.0
@@ -344,7 +379,9 @@ class Pruner:
 
     def _initial_of(self, name: str) -> float:
         if self.config.params[name].balance == "global":
-            return self._pooled(self._initial)
+            if self._pooled_initial is None:  # once, not once per parameter: refreshes stay linear
+                self._pooled_initial = self._pooled(self._initial)
+            return self._pooled_initial
         return self._initial[name]
 
     def _accumulate_scores(self) -> None:
@@ -352,8 +389,23 @@ class Pruner:
         if isinstance(self._criterion, Magnitude):
             return
         for name in self.config.params:
-            w = self._strategy.local(self._bridge.read(name))
+            w = self._strategy.local(self._read(name))
             self._criterion.accumulate(name, w, self._bridge.grad(name))
+
+    def _nan_report(self, name: str) -> M.NanReport:
+        """What the mask functions call when ``name`` holds NaN weights: one warning per parameter."""
+
+        def report(count: int) -> None:
+            if name not in self._nan_warned:
+                self._nan_warned.add(name)
+                warnings.warn(
+                    f"{name}: {count} NaN weight(s) at step {self._step}; a NaN ranks below every weight, so "
+                    "they are pruned first (the training may have diverged; reported once per parameter)",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+
+        return report
 
     def _refresh(self) -> None:
         pool = []
@@ -364,19 +416,25 @@ class Pruner:
             if spec.balance == "global":
                 pool.append(name)
                 continue
-            w = self._bridge.read(name).detach()
+            w = self._read(name).detach()
             device = self._mask_device(self._strategy.local(w))
             self._masks[name] = self._strategy.compute_mask(
-                w, self._masks[name], target, spec, name, device, scores=scores[name]
+                w, self._masks[name], target, spec, name, device, self._nan_report(name), scores=scores[name]
             )
         if pool:
-            weights = [self._bridge.read(n).detach() for n in pool]
+            weights = [self._read(n).detach() for n in pool]  # one read (host copy for MXNet) per weight
             devices = [self._mask_device(self._strategy.local(w)) for w in weights]
-            target = self._pooled({n: self._mask_targets[n] for n in pool})
+            target = self._pooled(self._mask_targets)
             pooled = [scores[n] for n in pool]
             pooled_scores = None if any(sc is None for sc in pooled) else cast(list[Tensor], pooled)
             masks = self._strategy.global_masks(
-                weights, [self._masks[n] for n in pool], target, pool, devices, scores=pooled_scores
+                weights,
+                [self._masks[n] for n in pool],
+                target,
+                pool,
+                devices,
+                [self._nan_report(n) for n in pool],
+                scores=pooled_scores,
             )
             for name, mask in zip(pool, masks):
                 self._masks[name] = mask
@@ -384,40 +442,23 @@ class Pruner:
             self._criterion.reset(name)
 
     def _warn_unreachable(self) -> None:
+        """One warning per parameter whose target its pattern cannot reach (``geometry.unreachable``:
+        falling short by half a bank or more, e.g. rows of 1 or 3 at 2:4; overshooting is rounding)."""
         for name, spec in self.config.params.items():
-            shape = spec.shape
             if spec.balance == "global":
                 continue
-            realised = G.realised_sparsity(
-                shape, spec.balance, spec.sparsity, spec.bank_size, spec.layout, spec.out_dim
-            )
-            # rounding to whole weights per bank (or per tensor) is not "unreachable"
-            if spec.balance == "fix":
-                granularity = 0.5 / max(1, min(spec.bank_size, G.row_length(shape, spec.layout, spec.out_dim)))
-            else:
-                granularity = 0.5 / max(1, math.prod(shape))
-            if abs(realised - spec.sparsity) > granularity + 1e-9:
+            realised = G.unreachable(
+                spec.shape, spec.balance, spec.sparsity, spec.bank_size, spec.layout, spec.out_dim
+            )  # fmt: skip
+            if realised is not None:
+                rows = G.row_length(spec.shape, spec.layout, spec.out_dim)
+                where = f", rows of {rows}" if spec.balance == "fix" else ""
                 warnings.warn(
-                    f"{name} {list(shape)}: target sparsity {spec.sparsity} cannot be reached with "
-                    f"balance={spec.balance!r}, bank_size={spec.bank_size}, layout={spec.layout!r}; "
+                    f"{name} {list(spec.shape)}: target sparsity {spec.sparsity} cannot be reached with "
+                    f"balance={spec.balance!r}, bank_size={spec.bank_size}, layout={spec.layout!r}{where}; "
                     f"it will reach {realised:.4f}",
                     stacklevel=4,
                 )
-
-
-def _differing_settings(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
-    """Settings that differ between two ``config.to_dict()``; per-parameter keys a state written by an
-    older release lacks (``shape``) are not counted as differing."""
-    differing = [key for key in mine if key != "params" and mine[key] != theirs.get(key, _SETTING_DEFAULTS.get(key))]
-    their_params = theirs.get("params", {})
-    if set(mine["params"]) != set(their_params):
-        differing.append("params")
-    else:
-        for name, spec in mine["params"].items():
-            other = their_params[name]
-            if any(spec[k] != other[k] for k in spec if k in other) or not set(other) <= set(spec):
-                differing.append(f"params[{name!r}]")
-    return sorted(differing)
 
 
 PrunerBase = Pruner  # the name of earlier releases

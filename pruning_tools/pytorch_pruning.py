@@ -1,4 +1,4 @@
-"""PyTorch adapter: finds the parameters and applies their masks (state in ``pruner_base``).
+"""PyTorch adapter: finds the parameters, how each is banked, and applies their masks (state in ``pruner``).
 
 >>> import torch
 >>> from pruning_tools import pytorch_pruning
@@ -12,74 +12,192 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import distributed as D
+from . import geometry as G
 from . import masks as M
 from .config import PruneConfig, make_config
 from .pruner import STATE_FORMAT, Pruner  # noqa: F401  (STATE_FORMAT re-exported)
 
+_CONV_CLASS_ENDINGS = ("Conv1d", "Conv2d", "Conv3d")  # third-party convs, e.g. torchvision's DeformConv2d
+
+
+def _is_transposed_linear(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (weight ``[in, out]``, ``y = x @ W + b``: GPT-2 and kin), found by
+    class so that transformers is never imported for it."""
+    return any(c.__name__ == "Conv1D" and c.__module__.split(".")[0] == "transformers" for c in type(module).__mro__)
+
+
+def _is_conv(module: nn.Module) -> bool:
+    """A convolution: ``torch.nn``'s, or a module whose class name ends in ``Conv1d/2d/3d``."""
+    return isinstance(module, nn.modules.conv._ConvNd) or type(module).__name__.endswith(_CONV_CLASS_ENDINGS)
+
+
+def _owned_weights(model: nn.Module, owner: Callable[[nn.Module], bool]) -> set[str]:
+    """Names (as ``named_parameters(remove_duplicate=False)`` spells them) of the ``weight`` of every
+    module for which ``owner(module)``."""
+    return {
+        f"{prefix}.weight" if prefix else "weight"
+        for prefix, module in model.named_modules(remove_duplicate=False)
+        if owner(module) and isinstance(module._parameters.get("weight"), nn.Parameter)
+    }
+
 
 def _out_dims(model: nn.Module) -> dict[str, int]:
-    """Parameter name -> dim of output channels (1 for ConvTranspose weights)."""
-    out = {}
-    for prefix, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvTransposeNd):
-            out[f"{prefix}.weight" if prefix else "weight"] = 1
-    return out
+    """Parameter name -> dim of output channels, where it is 1: ConvTranspose weights ``[in, out, *kernel]``
+    and transformers' ``Conv1D`` weights ``[in, out]`` (names as the model spells them)."""
+    transposed = lambda m: isinstance(m, nn.modules.conv._ConvTransposeNd) or _is_transposed_linear(m)  # noqa: E731
+    return dict.fromkeys(_owned_weights(model, transposed), 1)
+
+
+def _wrapper_children(model: nn.Module) -> tuple[set[str], set[str]]:
+    """Module paths of the model inside a wrapper: ``(torch.compile's "_orig_mod" children,
+    DistributedDataParallel / DataParallel "module" children)``."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # imported by torch.compile, else nothing is compiled
+    compiled = getattr(eval_frame, "OptimizedModule", ())
+    parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    compile_children, parallel_children = set(), set()
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        if compiled and isinstance(module, compiled):
+            compile_children.add(f"{prefix}._orig_mod" if prefix else "_orig_mod")
+        elif isinstance(module, parallel):
+            parallel_children.add(f"{prefix}.module" if prefix else "module")
+    return compile_children, parallel_children
+
+
+def _spellings(name: str, compile_children: set[str], parallel_children: set[str]) -> tuple[str, str]:
+    """``(name without torch.compile's "_orig_mod.", that without DDP's "module." too)``."""
+    canonical, plain, path = [], [], ""
+    for part in name.split("."):
+        path = f"{path}.{part}" if path else part
+        if path in compile_children:
+            continue
+        canonical.append(part)
+        if path not in parallel_children:
+            plain.append(part)
+    return ".".join(canonical), ".".join(plain)
 
 
 class TorchBridge:
-    """The pruner's view of a ``torch.nn.Module``: parameters by dotted name (as
-    ``named_parameters()`` reports them), their shapes and output dims, read and written in place.
-    Also used by ``sensitivity`` and the parity tests."""
+    """The pruner's view of a ``torch.nn.Module``: parameters by dotted name, their shapes, output
+    dims and row layouts, read and written in place. Also used by ``sensitivity`` and the parity tests.
+
+    Names are those ``named_parameters()`` reports, except that a ``torch.compile`` wrapper is
+    transparent (``0.weight``, not ``_orig_mod.0.weight``). Other spellings of a parameter are
+    *aliases* that ``prune_dict`` may use: the wrapped name under ``torch.compile``, the name without
+    DDP's ``module.`` prefix (what ``Accelerator.prepare`` users know), and the second name of a
+    tied weight (``lm_head.weight`` for GPT-2's ``transformer.wte.weight``).
+
+    Every access looks the parameter up by its path in the model as it is now (a few dict lookups),
+    so a parameter replaced after construction (``model.load_state_dict(sd, assign=True)``, a new
+    submodule) is the one read, masked and counted; never an orphaned tensor. A path that no longer
+    leads to a parameter raises ``RuntimeError``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
         self.model = model
-        self._params: dict[str, nn.Parameter] = dict(model.named_parameters())
-        self._out_dims = _out_dims(model)
+        compile_children, parallel_children = _wrapper_children(model)
+        self._paths: dict[str, tuple[tuple[str, ...], str]] = {}  # name -> (submodule path, attribute)
+        self._aliases: dict[str, str] = {}  # other spelling -> name
+        self.spelled: dict[str, str] = {}  # name -> how named_parameters() spells it
+        name_of: dict[int, str] = {}  # id(parameter) -> name
+        canonical_of: dict[str, str] = {}  # every spelling -> name
+        for spelled, p in model.named_parameters(remove_duplicate=False):
+            canonical, plain = _spellings(spelled, compile_children, parallel_children)
+            if id(p) not in name_of:
+                name_of[id(p)] = canonical
+                *modules, attribute = spelled.split(".")
+                self._paths[canonical] = (tuple(modules), attribute)
+                self.spelled[canonical] = spelled
+            name = name_of[id(p)]
+            for alias in (spelled, canonical, plain):
+                canonical_of[alias] = name
+                if alias != name:
+                    self._aliases.setdefault(alias, name)
+        self._out_dims = {canonical_of[n]: dim for n, dim in _out_dims(model).items() if n in canonical_of}
+        self._conv_weights = {canonical_of[n] for n in _owned_weights(model, _is_conv) if n in canonical_of}
+
+    def parameter(self, name: str) -> nn.Parameter:
+        """The parameter the model holds under ``name`` now."""
+        modules, attribute = self._paths[name]
+        module: Any = self.model
+        try:
+            for part in modules:
+                module = module._modules[part]
+            p = module._parameters[attribute]
+        except (KeyError, AttributeError, TypeError):
+            p = None
+        if p is None:
+            raise RuntimeError(
+                f"parameter {name!r} is no longer in the model (its module or the parameter was removed): "
+                "build a new Prune for the changed model"
+            )
+        return p
 
     def names(self) -> list[str]:
-        return list(self._params)
+        return list(self._paths)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's shape, in model order."""
-        return {name: tuple(p.shape) for name, p in self._params.items()}
+        return {name: tuple(self.parameter(name).shape) for name in self._paths}
+
+    def dtypes(self) -> dict[str, str]:
+        """Every parameter's dtype name (``"float32"``, ``"bfloat16"``...)."""
+        return {name: str(self.parameter(name).dtype).replace("torch.", "") for name in self._paths}
 
     def out_dims(self) -> dict[str, int]:
-        """Parameters whose output channels are not on dim 0 (ConvTranspose weights: 1)."""
+        """Parameters whose output channels are not on dim 0 (ConvTranspose and ``Conv1D`` weights: 1)."""
         return dict(self._out_dims)
 
+    def layouts(self, layout: str = "channels_last") -> dict[str, str]:
+        """Parameters read with another layout than ``layout`` by default: those with more than 2 dims
+        that no convolution owns are rows along their last dim (``geometry.param_layout``)."""
+        out = {n: G.param_layout(self.parameter(n).shape, n in self._conv_weights, layout) for n in self._paths}
+        return {name: chosen for name, chosen in out.items() if chosen != layout}
+
+    def aliases(self) -> dict[str, str]:
+        """Other spellings of parameter names -> the name (see the class docstring)."""
+        return dict(self._aliases)
+
     def is_floating(self, name: str) -> bool:
-        return self._params[name].is_floating_point()
+        return self.parameter(name).is_floating_point()
 
     def prunable(self) -> list[str]:
         """Floating-point parameters with >= 2 dims (the default of a sensitivity sweep)."""
-        return [n for n, p in self._params.items() if p.dim() >= 2 and p.is_floating_point()]
+        params = {n: self.parameter(n) for n in self._paths}
+        return [n for n, p in params.items() if p.dim() >= 2 and p.is_floating_point()]
 
     def read(self, name: str) -> Tensor:
         """The parameter itself (no copy)."""
-        return self._params[name]
+        return self.parameter(name)
 
     @torch.no_grad()
     def write(self, name: str, value: Tensor) -> None:
         """Overwrite the parameter (bit-exact copy of ``value``)."""
-        self._params[name].copy_(value)
+        self.parameter(name).copy_(value)
 
     @torch.no_grad()
     def apply_mask(self, name: str, mask: Tensor) -> None:
         """Zero the pruned weights in place (of the local shard of a DTensor): exactly ``+0.0``."""
-        M.apply_mask_(D.local(self._params[name]), mask)
+        w = D.local(self.parameter(name))
+        if w.shape != mask.shape:
+            raise RuntimeError(
+                f"parameter {name!r} has shape {list(w.shape)} but its mask {list(mask.shape)}: the model's "
+                "parameter was replaced by one of another shape; build a new Prune for the changed model"
+            )
+        M.apply_mask_(w, mask)
 
     def grad(self, name: str) -> Tensor | None:
         """The parameter's ``.grad`` (its local shard for a DTensor), or None."""
-        grad = self._params[name].grad
+        grad = self.parameter(name).grad
         return None if grad is None else D.local(grad)
 
 
@@ -95,7 +213,9 @@ class Prune(Pruner):
       (0: one-shot at ``pretrain_step + 1``).
     - ``frequency``: masks are refreshed every ``frequency`` steps of the ramp, and at its end.
     - ``prune_dict``: ``{name or glob: sparsity}`` or ``{name or glob: {"sparsity": s, "balance":
-      ..., "bank_size": ..., "layout": ...}}``; sparsities in [0, 1).
+      ..., "bank_size": ..., "layout": ..., "out_dim": 0 or 1}}``; sparsities in [0, 1). Names as
+      ``TorchBridge`` spells them (a compiled model's plain names; DDP's without ``module.`` and tied
+      aliases accepted too).
     - ``restore_sparsity``: start from the zeros already in the weights (fine-tuning a sparse model).
     - ``fix_sparsity``: keep the existing zeros as the masks forever (implies ``restore_sparsity``).
     - ``balance``: ``"fix"`` (bank-balanced), ``"none"`` (per tensor) or ``"global"`` (one
@@ -138,6 +258,9 @@ class Prune(Pruner):
             layout,
             shapes=bridge.shapes(),
             out_dims=bridge.out_dims(),
+            layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
+            aliases=bridge.aliases(),
+            dtypes=bridge.dtypes(),
             criterion=criterion,
         )
         for name in self.config.params:

@@ -37,6 +37,7 @@ import torch
 
 from . import geometry as G
 from . import masks as M
+from .atomic import atomic_open, write_text
 from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity, check_step, resolve_prune_dict
 
 DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -88,8 +89,9 @@ class SensitivityTable:
 
     ``scores[i][j]`` is the score with parameter ``names[i]`` alone pruned one-shot at
     ``levels[j]`` (shape ``[len(names), len(levels)]``); ``baseline`` is the unpruned score.
-    ``shapes`` and the pattern (``balance``, ``bank_size``, ``layout``, ``out_dims``) let the
-    table compute the sparsity each parameter really reaches at any level.
+    ``shapes`` and the pattern (``balance``, ``bank_size``, ``layout``, ``out_dims``, and ``layouts``:
+    the parameters read with another layout, N-D parameters no convolution owns) let the table
+    compute the sparsity each parameter really reaches at any level.
     """
 
     names: list[str]
@@ -102,6 +104,7 @@ class SensitivityTable:
     layout: str = "channels_last"
     out_dims: dict[str, int] = field(default_factory=dict)
     higher_is_better: bool = True
+    layouts: dict[str, str] = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         """Number of weights of each parameter."""
@@ -109,7 +112,8 @@ class SensitivityTable:
 
     def realised(self, name: str, level: float) -> float:
         """Fraction of zeros parameter ``name`` reaches at ``level`` with this table's pattern."""
-        return realised(self.shapes[name], level, self.balance, self.bank_size, self.layout, self.out_dims.get(name, 0))
+        layout = self.layouts.get(name, self.layout)
+        return realised(self.shapes[name], level, self.balance, self.bank_size, layout, self.out_dims.get(name, 0))
 
     def drops(self) -> list[list[float]]:
         """Score lost against ``baseline`` (positive = worse), ``[len(names), len(levels)]``."""
@@ -130,6 +134,7 @@ class SensitivityTable:
             "layout": self.layout,
             "out_dims": dict(self.out_dims),
             "higher_is_better": self.higher_is_better,
+            "layouts": dict(self.layouts),
         }
 
     @classmethod
@@ -150,11 +155,13 @@ class SensitivityTable:
                 "higher_is_better",
             )
         }
-        return cls(shapes={n: tuple(s) for n, s in data["shapes"].items()}, **fields)
+        layouts = dict(data.get("layouts", {}))  # tables written before it existed have none
+        return cls(shapes={n: tuple(s) for n, s in data["shapes"].items()}, layouts=layouts, **fields)
 
     def save_json(self, path: str | Path) -> Path:
+        """Write ``to_dict()`` as JSON (atomically: a failed write leaves the old file intact)."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod
@@ -162,10 +169,11 @@ class SensitivityTable:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save_csv(self, path: str | Path) -> Path:
-        """One row per (parameter, level): parameter, size, level, realised sparsity, score, drop."""
+        """One row per (parameter, level): parameter, size, level, realised sparsity, score, drop
+        (written atomically)."""
         path = Path(path)
         sizes, drops = self.sizes(), self.drops()
-        with path.open("w", newline="") as f:
+        with atomic_open(path, "w", newline="") as f:
             out = csv.writer(f)
             out.writerow(["parameter", "size", "level", "realised_sparsity", "score", "drop"])
             for i, name in enumerate(self.names):
@@ -250,7 +258,9 @@ def sweep(
     if not params:
         raise ValueError(f"params={params!r} is not allowed: expected parameter names or glob patterns")
     defaults = {"balance": balance, "bank_size": bank_size, "layout": layout}
-    specs = resolve_prune_dict({key: 0.0 for key in params}, shapes, defaults, weights.out_dims())
+    specs = resolve_prune_dict(
+        {key: 0.0 for key in params}, shapes, defaults, weights.out_dims(), weights.layouts(layout), weights.aliases()
+    )
     names = list(specs)
 
     report = _text_progress if progress is True else (progress or None)
@@ -283,6 +293,7 @@ def sweep(
         layout=layout,
         out_dims={n: specs[n].out_dim for n in names if specs[n].out_dim},
         higher_is_better=higher_is_better,
+        layouts={n: specs[n].layout for n in names if specs[n].layout != layout},
     )
 
 

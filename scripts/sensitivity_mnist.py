@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+from pruning_tools.atomic import write_text
 from pruning_tools.demo.data import load_mnist
 from pruning_tools.demo.sensitivity_plots import plot_curves, plot_targets
 from pruning_tools.demo.torch_backend import SimpleCNN, evaluate, to_tensor
 from pruning_tools.demo.trainer import train_mnist
+from pruning_tools.integrity import load_file, save_file
 from pruning_tools.sensitivity import overall_sparsity, predicted_drop, suggest_prune_dict, sweep
 
 LEVELS = (0.5, 0.75, 0.8125, 0.875, 0.90625, 0.9375, 0.96875, 0.984375)
@@ -62,14 +63,14 @@ def dense_model(args) -> tuple[torch.nn.Module, dict | None]:
     """The dense CNN: loaded from ``args.dense_weights`` when it exists, else trained and saved there."""
     if args.dense_weights.exists():
         model = SimpleCNN()
-        model.load_state_dict(load_file(str(args.dense_weights)))
+        model.load_state_dict(load_file(args.dense_weights)[0])
         log(f"dense weights from {args.dense_weights}")
         return model, None
     result = train(
         "dense", data_dir=args.data_dir, sparsity=0.0, epochs=args.dense_epochs, limit=args.limit, seed=args.seed
     )
     args.dense_weights.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result["model"].state_dict().items()}, str(args.dense_weights))
+    save_file({k: v.contiguous() for k, v in result["model"].state_dict().items()}, args.dense_weights)
     return result["model"], summary(result)
 
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if dense is not None:
         report["dense"] = dense
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_text(path, json.dumps(report, indent=1) + "\n")
     common = dict(
         data_dir=args.data_dir,
         balance="fix",
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in [r for r in args.runs.split(",") if r]:
         run = summary(train(label, prune_dict=dicts[label], **common))
         report["runs"][label] = {**run, "prune_dict": dicts[label]}
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        write_text(path, json.dumps(report, indent=1) + "\n")
     for label, run in report["runs"].items():
         log(f"{label}: test accuracy {run['test_accuracy']:.4f} at total sparsity {run['total_sparsity']:.4f}")
     log(f"done in {time.perf_counter() - started:.0f} s")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers models are built from configs: nothing to download
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
 

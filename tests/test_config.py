@@ -68,6 +68,8 @@ def test_callers_dict_not_mutated():
         ({"prune_dict": {"fc.weight": {"sparsity": 0.5, "bank_size": 1}}}, ["bank_size", "1", ">= 2"]),
         ({"pretrain_step": -1}, ["pretrain_step", "-1", "integer >= 0"]),
         ({"sparse_step": 2.5}, ["sparse_step", "2.5", "integer"]),
+        ({"frequency": 46.8}, ["frequency", "46.8", "integral"]),
+        ({"frequency": float("nan")}, ["frequency", "nan", "integer"]),
         ({"frequency": 0}, ["frequency", "0", ">= 1"]),
         ({"balance": "bank"}, ["balance", "'bank'", "'fix'", "'none'"]),
         ({"layout": "nhwc"}, ["layout", "'nhwc'", "'channels_last'"]),
@@ -84,7 +86,7 @@ def test_bad_input_names_argument_value_and_allowed(overrides, words):
 
 
 def test_to_dict_is_plain_data():
-    d = config().to_dict()
+    d = config(dtypes={name: "float32" for name in SHAPES}).to_dict()
     assert d["params"]["fc.weight"] == {
         "sparsity": 0.9,
         "balance": "fix",
@@ -92,4 +94,31 @@ def test_to_dict_is_plain_data():
         "layout": "channels_last",
         "out_dim": 0,
         "shape": [10, 72],
+        "dtype": "float32",
     }
+    assert config().to_dict()["params"]["fc.weight"]["dtype"] == ""  # not recorded
+
+
+def test_integral_float_steps_are_the_integers():  # the original tool computes frequency = steps / n
+    c = config(pretrain_step=10.0, sparse_step=200.0, frequency=47.0)
+    assert (c.pretrain_step, c.sparse_step, c.frequency) == (10, 200, 47)
+    assert all(type(v) is int for v in (c.pretrain_step, c.sparse_step, c.frequency))
+
+
+def test_aliases_and_layouts_from_the_adapter():
+    shapes = {"pos": (1, 5, 64), "fc.weight": (10, 72), "fc.bias": (10,)}
+    aliases = {"_orig_mod.fc.weight": "fc.weight", "head.weight": "fc.weight"}
+    specs = resolve_prune_dict(
+        {"head.weight": 0.5, "_orig_mod.*": 0.75, "pos": 0.5},
+        shapes,
+        DEFAULTS,
+        layouts={"pos": "last_dim"},
+        aliases=aliases,
+    )
+    assert list(specs) == ["pos", "fc.weight"]  # model order, one entry per parameter
+    assert specs["fc.weight"].sparsity == 0.5  # an exact name (an alias is one) beats a glob
+    assert specs["pos"].layout == "last_dim" and specs["fc.weight"].layout == "channels_last"
+    explicit = resolve_prune_dict(
+        {"pos": {"sparsity": 0.5, "layout": "flat"}}, shapes, DEFAULTS, layouts={"pos": "last_dim"}
+    )
+    assert explicit["pos"].layout == "flat"

@@ -106,7 +106,6 @@ def test_resume_is_bit_identical_with_movement_scores(tmp_path):
             assert torch.equal(mask, prune.masks()[name])
     state = read_state_file(tmp_path / "state.safetensors")
     assert set(state["scores"]) == set(PRUNE_DICT) and state["scores"]["0.weight"].dtype.name == "float32"
-    assert state["score_steps"] == {"0.weight": 1, "2.weight": 1}  # refreshes at 4, 7, 9: step 5 since
     pt = torch.load(tmp_path / "state.pt", weights_only=True)
     assert torch.equal(pt["scores"]["0.weight"], torch.as_tensor(state["scores"]["0.weight"]))
 
@@ -140,8 +139,13 @@ def test_magnitude_state_is_unchanged_and_old_states_load():
     del old["config"]["criterion"]  # written before criteria existed
     prune.load_state_dict(old)
     moving = Prune(make_model(), 0, 0, 1, {"0.weight": 0.5}, criterion="movement")
-    with pytest.raises(ValueError, match="different settings: \\['criterion'\\]"):
+    with pytest.raises(
+        ValueError, match="different settings: \\[\"criterion: 'magnitude' in the state, 'movement' here"
+    ):
         moving.load_state_dict(old)
+    with_scores = dict(state, scores={"0.weight": torch.zeros(32, 16)})
+    with pytest.raises(ValueError, match=r"holds movement scores, but this pruner has criterion='magnitude'"):
+        prune.load_state_dict(with_scores)
 
 
 def test_movement_state_with_a_wrong_score_is_refused_before_any_change():
@@ -152,7 +156,13 @@ def test_movement_state_with_a_wrong_score_is_refused_before_any_change():
     state = prune.state_dict()
     before = {k: v.clone() for k, v in state["scores"].items()}
     state["scores"]["2.weight"] = torch.zeros(3)
-    with pytest.raises(ValueError, match=r"scores of 2.weight have shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"state\['scores'\]\['2.weight'\] has shape \[3\]: expected \[4, 32\]"):
+        prune.load_state_dict(state)
+    state["scores"]["2.weight"] = torch.full((4, 32), float("nan"))
+    with pytest.raises(ValueError, match=r"state\['scores'\]\['2.weight'\] is not valid: it holds non-finite"):
+        prune.load_state_dict(state)
+    del state["scores"]["2.weight"]
+    with pytest.raises(ValueError, match=r"state\['scores'\] lacks the parameters \['2.weight'\]"):
         prune.load_state_dict(state)
     after = prune.state_dict()["scores"]
     assert all(torch.equal(before[k], after[k]) for k in before)

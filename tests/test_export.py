@@ -42,6 +42,8 @@ def assert_bit_exact(a: torch.Tensor, b: torch.Tensor) -> None:
         ((32, 48), 4, "channels_last", 0),  # 2:4
         ((4, 600), 300, "channels_last", 0),  # indices need int16
         ((3, 5, 40), 8, "flat", 0),  # 1-D conv
+        ((1, 5, 64), 16, "last_dim", 0),  # an N-D parameter no conv owns: rows along the last dim
+        ((128, 384), 64, "channels_last", 1),  # GPT-2 Conv1D [in, out]: rows along the input dim
     ],
 )
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.9375])
@@ -311,3 +313,19 @@ def test_export_command_takes_the_pruner_settings(tmp_path):
         ["export", str(tmp_path / "m.pt"), str(tmp_path / "p.safetensors"), "--pruner-state", str(tmp_path / "m.pt")],
     )
     assert result.exit_code == 2 and "not a pruner state" in result.output
+
+
+def test_export_command_reads_transposed_weights(tmp_path):
+    from click.testing import CliRunner
+
+    from pruning_tools.cli import main
+
+    c_attn = bank_sparse((128, 384), 0.9375, 64, "channels_last", 1)  # Conv1D [in, out], banked along in
+    safetensors.torch.save_file({"h.0.attn.c_attn.weight": c_attn}, str(tmp_path / "gpt2.safetensors"))
+    args = ["export", str(tmp_path / "gpt2.safetensors"), str(tmp_path / "o.safetensors"), "--sparsity", "0.9375"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "not bank-balanced" in refused.output
+    result = CliRunner().invoke(main, [*args, "--transposed", "*.c_attn.weight"])
+    assert result.exit_code == 0, result.output
+    packed = E.load_packed(tmp_path / "o.safetensors")
+    assert_bit_exact(packed["h.0.attn.c_attn.weight"], c_attn)

@@ -13,7 +13,7 @@ SHAPES = [(5,), (7, 9), (4, 3, 3, 3), (6, 5, 2), (3, 4, 2, 2, 2), (1, 64), (65, 
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("layout", ["channels_last", "flat"])
+@pytest.mark.parametrize("layout", ["channels_last", "flat", "last_dim"])
 @pytest.mark.parametrize("out_dim", [0, 1])
 def test_strides_walk_exactly_the_row_view(shape, layout, out_dim):
     if out_dim == 1 and len(shape) < 2:
@@ -21,8 +21,8 @@ def test_strides_walk_exactly_the_row_view(shape, layout, out_dim):
     x = torch.arange(math.prod(shape)).reshape(shape)  # each element holds its flat index
     rows = G.to_rows(x, layout, out_dim)  # [rows, row_len]
     strides = G.row_strides(shape, layout, out_dim)
-    if strides is None:  # flat ConvTranspose: the kernels do not walk it (the PyTorch path serves it)
-        assert out_dim == 1 and layout == "flat" and len(shape) > 2
+    if strides is None:  # flat / last-dim ConvTranspose: the kernels do not walk it (the PyTorch path serves it)
+        assert out_dim == 1 and layout in ("flat", "last_dim") and len(shape) > 2
         return
     assert (strides.rows, strides.row_len) == tuple(rows.shape)
     assert (G.row_count(shape, layout, out_dim), G.row_length(shape, layout, out_dim)) == tuple(rows.shape)
@@ -58,3 +58,27 @@ def test_empty_tensors_have_no_rows_and_no_division_by_zero():
     assert G.row_length((0, 4)) == 4 and G.row_count((0, 4)) == 0
     assert G.row_length((4, 0)) == 0 and G.row_count((4, 0)) == 4  # four empty rows
     assert G.realised_sparsity((0, 4), "fix", 0.5) == 0.0
+
+
+def test_nd_parameters_outside_convs_are_rows_along_the_last_dim():
+    assert G.param_layout((1, 197, 768), conv_owned=False, layout="channels_last") == "last_dim"
+    assert G.param_layout((64, 3, 7, 7), conv_owned=True, layout="channels_last") == "channels_last"
+    assert G.param_layout((768, 768), conv_owned=False, layout="flat") == "flat"  # 2-D: every layout agrees
+    x = torch.arange(2 * 3 * 4).reshape(2, 3, 4)
+    assert torch.equal(G.to_rows(x, "last_dim"), x.reshape(6, 4))
+    for layout in ("channels_last", "flat", "last_dim"):  # 2-D weights read the same in every layout
+        assert torch.equal(G.to_rows(x[0], layout), x[0]) and torch.equal(G.to_rows(x[0], layout, 1), x[0].T)
+
+
+@pytest.mark.parametrize("row_len", [1, 3, 30, 63, 100, 127, 222, 1000])
+@pytest.mark.parametrize("bank_size", [4, 16, 64])
+@pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.75, 0.9, 0.9375, 0.95, 0.98])
+def test_a_tensor_pruned_at_its_target_is_balanced_by_its_measured_sparsity(row_len, bank_size, sparsity):
+    """The checker without a target must accept what the pruner made with one (tails round either way)."""
+    target = G.bank_budget(row_len, bank_size, sparsity)
+    kept = target.full_banks * target.keep + target.tail_keep  # per row, what the pruner keeps
+    measured = G.measured_budget(row_len, bank_size, 1 - kept / row_len)
+    assert measured.tail_keep >= target.tail_keep
+    if target.full_banks:
+        assert measured.keep >= target.keep
+    assert measured.tail_keep <= measured.keep  # never looser than a full bank

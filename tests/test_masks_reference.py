@@ -54,6 +54,19 @@ def ref_row_positions(shape: tuple[int, ...], layout: str, out_dim: int) -> list
     """Bank rows as lists of multi-indices into a tensor of ``shape``, by the definition."""
     if len(shape) < 2:
         return [[(i,) for i in range(shape[0])]] if shape else [[()]]
+    if layout == "last_dim" and len(shape) > 2:  # rows along the last dim (of the [out, in, ...] view)
+        perm = [1, 0, *range(2, len(shape))] if out_dim else list(range(len(shape)))
+        prefixes = [()]
+        for size in [shape[d] for d in perm[:-1]]:
+            prefixes = [(*p, j) for p in prefixes for j in range(size)]
+
+        def original(viewed):
+            index = [0] * len(shape)
+            for view_dim, dim in enumerate(perm):
+                index[dim] = viewed[view_dim]
+            return tuple(index)
+
+        return [[original((*p, j)) for j in range(shape[perm[-1]])] for p in prefixes]
     out, inp, kernel = shape[out_dim], shape[1 - out_dim], shape[2:]
 
     def index(o, i, kpos):
@@ -150,7 +163,7 @@ sparsities = st.one_of(st.sampled_from([0.0, 0.5, 0.75, 0.9, 0.9375, 0.99]), st.
     wm=weights(min_dims=2),
     sparsity=sparsities,
     bank_size=st.sampled_from([2, 3, 4, 5, 8, 16, 64]),
-    layout=st.sampled_from(["channels_last", "flat"]),
+    layout=st.sampled_from(["channels_last", "flat", "last_dim"]),
     transposed=st.booleans(),
 )
 def test_bank_mask_equals_reference(engine_name, wm, sparsity, bank_size, layout, transposed):

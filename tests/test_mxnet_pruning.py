@@ -260,3 +260,50 @@ def test_an_unlisted_channels_last_conv_is_no_reason_to_refuse_the_network():
     assert quiet(net, 0, 0, 1, {"*dense0_weight": 0.5}).config.params
     with pytest.raises(ValueError, match="layout='NHWC' is not supported"):
         quiet(net, 0, 0, 1, {"*conv0_weight": 0.5})
+
+
+def test_the_block_may_be_passed_as_model():  # the keyword of the original tool's MXNet documentation
+    net = make_net(in_channels=8)
+    net.initialize()
+    net(mx.nd.ones((1, 8, 9, 9)))  # the dense layer's input size is inferred here
+    prune = Prune(model=net, pretrain_step=0, sparse_step=0, frequency=47.0, prune_dict={"*dense0_weight": 0.5})
+    assert prune.config.frequency == 47
+    prune.prune()
+    assert prune.sparsity()[0]["net_dense0_weight"] == 0.5
+    with pytest.raises(TypeError, match="both net= and model="):
+        Prune(net, model=net, prune_dict={"*dense0_weight": 0.5})
+    with pytest.raises(TypeError, match="neither"):
+        Prune(prune_dict={"*dense0_weight": 0.5})
+    with pytest.raises(ValueError, match="frequency=46.8"):
+        Prune(net, 0, 0, 46.8, {"*dense0_weight": 0.5})
+
+
+def test_depthwise_conv_warns_at_two_four():
+    net = nn.HybridSequential(prefix="mb_")
+    with net.name_scope():
+        net.add(nn.Conv2D(16, 3, groups=16, in_channels=16), nn.Conv2D(32, 1, in_channels=11))
+    net.initialize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Prune(net, 0, 0, 1, {"mb_conv0_weight": 0.5}, bank_size=4)
+        Prune(net, 0, 0, 1, {"mb_conv1_weight": 0.9})  # rows of 11 keep 1 (0.9091): an overshoot, no warning
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "mb_conv0_weight" in messages[0] and "rows of 1" in messages[0]
+
+
+def test_nd_parameter_outside_a_conv_is_rows_along_its_last_dim():
+    class Embedding(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.pos = self.params.get("pos", shape=(1, 5, 64))
+
+        def hybrid_forward(self, F, x, pos):
+            return F.broadcast_add(x, pos)
+
+    block = Embedding(prefix="vit_")
+    block.initialize()
+    prune = Prune(block, 0, 0, 1, {"vit_pos": 0.5}, bank_size=4)
+    prune.prune()
+    assert prune.config.params["vit_pos"].layout == "last_dim"
+    assert (block.pos.data().asnumpy() != 0).reshape(5, 16, 4).sum(axis=-1).tolist() == [[2] * 16] * 5

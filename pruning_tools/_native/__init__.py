@@ -54,9 +54,10 @@ class Kernel:
 def _mask_select_signatures() -> dict[str, tuple[list, object]]:
     out: dict[str, tuple[list, object]] = {}
     for bits in (16, 32, 64):
-        out[f"bank_select_{bits}"] = ([_P, _P, _P] + [_I] * 9, None)
-        out[f"histogram_{bits}"] = ([_P, _P, _I, ctypes.c_int, ctypes.c_uint64, _P, _I], None)
-        out[f"keep_above_{bits}"] = ([_P, _P, _P, _I, ctypes.c_uint64, _P, _I], None)
+        out[f"bank_select_{bits}"] = ([_P, _P, _P] + [_I] * 9 + [ctypes.c_uint64, _P], None)
+        out[f"histogram_{bits}"] = ([_P, _P, _I, ctypes.c_int, ctypes.c_uint64, _P, _I, ctypes.c_uint64], None)
+        out[f"keep_above_{bits}"] = ([_P, _P, _P, _I, ctypes.c_uint64, _P, _I, ctypes.c_uint64, _P], None)
+        out[f"keep_largest_{bits}"] = ([_P, _P, _P, _I, _I, ctypes.c_uint64, _P], None)
         out[f"zero_pruned_{bits}"] = ([_P, _P, _I, _I], None)
     return out
 

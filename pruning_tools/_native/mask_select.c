@@ -2,7 +2,9 @@
  *
  * Weights are read as unsigned integers of their width (16: fp16/bf16, 32: fp32, 64: fp64): for IEEE
  * formats `bits & ~sign` orders exactly like |w|, so no float math is needed. A weight whose `alive`
- * byte is 0 scores below every live weight (key -1); `alive` may be NULL (all live). Ties go to the
+ * byte is 0 scores below every live weight (key -1); `alive` may be NULL (all live). A NaN (magnitude
+ * bits above `inf`, the bits of +infinity of the format) scores like a dead weight: pruned first, the
+ * rule of the PyTorch path too; `*nans` receives the number of live NaN weights. Ties go to the
  * lower index. `keep` may be the `alive` buffer itself (masks updated in place). No allocation.
  *
  * Bank rows (see masks.to_rows) are described by strides into the weight buffer:
@@ -114,31 +116,34 @@ static inline __attribute__((always_inline)) void select_bank(const int64_t *key
     /* Bank-balanced keep-mask: full banks keep k, the tail bank keeps tail_k. */                          \
     void bank_select_##BITS(const T *w, const uint8_t *alive, uint8_t *keep, int64_t rows, int64_t row_len, \
                             int64_t bank, int64_t k, int64_t tail_k, int64_t group, int64_t group_stride,   \
-                            int64_t step, int64_t threads) {                                               \
-        _Pragma("omp parallel for schedule(static) num_threads(threads) if(rows * row_len >= PARALLEL_MIN)") \
+                            int64_t step, int64_t threads, uint64_t inf, int64_t *nans) {                  \
+        int64_t found = 0;                                                                                 \
+        _Pragma("omp parallel for schedule(static) num_threads(threads) if(rows * row_len >= PARALLEL_MIN) reduction(+:found)") \
         for (int64_t r = 0; r < rows; ++r) {                                                               \
             int64_t key[MAX_BANK], sel[MAX_BANK + 1];                                                      \
             const int64_t base = (r / group) * group_stride + (r % group);                                 \
             for (int64_t start = 0; start < row_len; start += bank) {                                      \
                 const int64_t len = row_len - start < bank ? row_len - start : bank;                       \
                 const int64_t off = base + start * step;                                                   \
-                if (alive) {                                                                               \
-                    for (int64_t j = 0; j < len; ++j) {                                                    \
-                        const int64_t at = off + j * step, v = (int64_t)(w[at] & (MAGNITUDE));             \
-                        key[j] = v | ((int64_t)alive[at] - 1); /* -1 when dead, no branch */              \
-                    }                                                                                      \
-                } else {                                                                                   \
-                    for (int64_t j = 0; j < len; ++j) key[j] = (int64_t)(w[off + j * step] & (MAGNITUDE)); \
+                int64_t nan_here = 0;                                                                      \
+                for (int64_t j = 0; j < len; ++j) { /* -1 when dead or NaN, no branch */                  \
+                    const int64_t at = off + j * step;                                                     \
+                    const uint64_t v = (uint64_t)(w[at] & (MAGNITUDE));                                    \
+                    const int64_t live = alive ? (int64_t)alive[at] : 1, nan = (int64_t)(v > inf);        \
+                    key[j] = (int64_t)v | (live - 1) | -nan;                                               \
+                    nan_here += nan & live;                                                                \
                 }                                                                                          \
+                found += nan_here;                                                                         \
                 select_bank(key, len, len == bank ? k : tail_k, sel, keep, off, step);                     \
             }                                                                                              \
         }                                                                                                  \
+        *nans = found;                                                                                     \
     }                                                                                                      \
                                                                                                            \
-    /* hist[thread][b] += live keys whose bits [shift, shift + 16) equal b and whose bits above equal      \
-     * prefix; hist holds `threads` histograms of BINS counts (the caller sums them). */                   \
+    /* hist[thread][b] += live keys (not NaN) whose bits [shift, shift + 16) equal b and whose bits above  \
+     * equal prefix; hist holds `threads` histograms of BINS counts (the caller sums them). */             \
     void histogram_##BITS(const T *w, const uint8_t *alive, int64_t n, int shift, uint64_t prefix,          \
-                          int64_t *hist, int64_t threads) {                                                \
+                          int64_t *hist, int64_t threads, uint64_t inf) {                                  \
         const int top = shift + 16;                                                                        \
         _Pragma("omp parallel num_threads(threads) if(n >= PARALLEL_MIN)")                                  \
         {                                                                                                  \
@@ -147,36 +152,78 @@ static inline __attribute__((always_inline)) void select_bank(const int64_t *key
             int64_t *h = hist + id * BINS;                                                                 \
             const int64_t lo = n * id / count, hi = n * (id + 1) / count;                                  \
             if (top >= BITS) { /* first level: every key counts, branch-free */                           \
-                for (int64_t i = lo; i < hi; ++i)                                                          \
-                    h[((uint64_t)(w[i] & (MAGNITUDE)) >> shift) & 0xFFFF] += alive ? alive[i] : 1;         \
+                for (int64_t i = lo; i < hi; ++i) {                                                        \
+                    const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                   \
+                    h[(key >> shift) & 0xFFFF] += (alive ? alive[i] : 1) & (key <= inf);                   \
+                }                                                                                          \
             } else { /* later levels: few keys match the prefix */                                         \
                 for (int64_t i = lo; i < hi; ++i) {                                                        \
                     const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                   \
-                    if ((key >> top) == prefix && (!alive || alive[i])) h[(key >> shift) & 0xFFFF] += 1;   \
+                    if ((key >> top) == prefix && key <= inf && (!alive || alive[i])) h[(key >> shift) & 0xFFFF] += 1; \
                 }                                                                                          \
             }                                                                                              \
         }                                                                                                  \
     }                                                                                                      \
                                                                                                            \
-    /* keep = live and (key > t, or key == t for the first *ties such ones); *ties carries across calls.   \
-     * *ties < 0: every live key equal to t is kept (no order to respect, so any thread may do any part). */ \
+    /* keep = live, not NaN, and (key > t, or key == t for the first *ties such ones); *ties carries     \
+     * across calls. *ties < 0: every live key equal to t is kept (no order to respect, so any thread may   \
+     * do any part). t <= inf always. *nans = live NaN weights. */                                          \
     void keep_above_##BITS(const T *w, const uint8_t *alive, uint8_t *keep, int64_t n, uint64_t t,         \
-                           int64_t *ties, int64_t threads) {                                               \
-        int64_t left = *ties;                                                                              \
+                           int64_t *ties, int64_t threads, uint64_t inf, int64_t *nans) {                  \
+        int64_t left = *ties, found = 0;                                                                   \
         if (left < 0) {                                                                                    \
-            _Pragma("omp parallel for schedule(static) num_threads(threads) if(n >= PARALLEL_MIN)")        \
-            for (int64_t i = 0; i < n; ++i)                                                                \
-                keep[i] = (alive ? alive[i] : 1) & ((uint64_t)(w[i] & (MAGNITUDE)) >= t);                  \
+            _Pragma("omp parallel for schedule(static) num_threads(threads) if(n >= PARALLEL_MIN) reduction(+:found)") \
+            for (int64_t i = 0; i < n; ++i) {                                                              \
+                const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                       \
+                const uint8_t live = alive ? alive[i] : 1, nan = key > inf;                                \
+                keep[i] = live & !nan & (key >= t);                                                        \
+                found += live & nan;                                                                       \
+            }                                                                                              \
+            *nans = found;                                                                                 \
             return;                                                                                        \
         }                                                                                                  \
         for (int64_t i = 0; i < n; ++i) {                                                                  \
             const uint64_t key = (uint64_t)(w[i] & (MAGNITUDE));                                           \
-            const uint8_t live = alive ? alive[i] : 1;                                                     \
-            uint8_t kept = live & (key > t);                                                               \
+            const uint8_t live = alive ? alive[i] : 1, nan = key > inf;                                    \
+            uint8_t kept = live & !nan & (key > t);                                                        \
             if (key == t) { kept = live & (left > 0); left -= kept; } /* rare: no misprediction */         \
             keep[i] = kept;                                                                                \
+            found += live & nan;                                                                           \
         }                                                                                                  \
         *ties = left;                                                                                      \
+        *nans = found;                                                                                     \
+    }                                                                                                      \
+                                                                                                           \
+    /* One tensor, one thread, no Python in between: keep the k largest keys (dead and NaN weights count    \
+     * as the smallest, ties to the lower index) by a radix select on 8-bit digits (BITS / 8 passes, a     \
+     * 256-bin histogram on the stack), then one pass to write keep. For small tensors, where the          \
+     * 16-bit histograms of histogram_##BITS cost more than the tensor. 0 < k <= n. */                     \
+    void keep_largest_##BITS(const T *w, const uint8_t *alive, uint8_t *keep, int64_t n, int64_t k,        \
+                             uint64_t inf, int64_t *nans) {                                                \
+        uint64_t prefix = 0;                                                                               \
+        int64_t remaining = k, found = 0;                                                                  \
+        for (int shift = BITS - 8; shift >= 0; shift -= 8) {                                               \
+            int64_t hist[256] = {0};                                                                       \
+            const int top = shift + 8 >= BITS; /* first digit: every key counts */                        \
+            for (int64_t i = 0; i < n; ++i) {                                                              \
+                const uint64_t v = (uint64_t)(w[i] & (MAGNITUDE));                                         \
+                const uint64_t live = (alive ? alive[i] : 1) & (v <= inf);                                 \
+                const uint64_t u = live * (v + 1); /* dead or NaN: 0, below every live key */              \
+                if (top) { hist[u >> shift] += 1; found += (alive ? alive[i] : 1) & (v > inf); }          \
+                else if ((u >> (shift + 8)) == prefix) hist[(u >> shift) & 0xFF] += 1;                     \
+            }                                                                                              \
+            int b = 255;                                                                                   \
+            while (b > 0 && hist[b] < remaining) remaining -= hist[b--];                                   \
+            prefix = (prefix << 8) | (uint64_t)b;                                                          \
+        }                                                                                                  \
+        for (int64_t i = 0; i < n; ++i) { /* prefix: the k-th largest key; keep `remaining` equal ones */  \
+            const uint64_t v = (uint64_t)(w[i] & (MAGNITUDE));                                             \
+            const uint64_t u = (uint64_t)((alive ? alive[i] : 1) & (v <= inf)) * (v + 1);                  \
+            uint8_t kept = u > prefix;                                                                     \
+            if (u == prefix) { kept = remaining > 0; remaining -= kept; }                                  \
+            keep[i] = kept;                                                                                \
+        }                                                                                                  \
+        *nans = found;                                                                                     \
     }                                                                                                      \
                                                                                                            \
     /* w = 0 where keep is 0 (keep holds 0 or 1). */                                                      \

@@ -60,12 +60,14 @@ def bench(
     from benchmarks import masks
     from benchmarks.harness import header
 
+    from ..atomic import atomic_open
+
     title = header(f"pruning-tools bench{' --quick' if quick else ''}", threads)
     rows, info = masks.run_benchmark(quick, rounds, train_rounds, threads)
     masks.print_rows(rows, info, title)
     if json_path:
-        with open(json_path, "w") as f:
+        with atomic_open(json_path, "w") as f:
             json.dump({"header": title, "rows": [asdict(r) for r in rows], "info": info}, f, indent=1, default=float)
     if md_path:
-        with open(md_path, "w") as f:
+        with atomic_open(md_path, "w") as f:
             f.write(masks.to_markdown(rows, info, title))

@@ -8,7 +8,7 @@ import click
 
 from ._common import console, library_errors
 
-LAYOUTS = ("channels_last", "flat")  # pruning_tools.config.LAYOUTS (kept here: no torch import for --help)
+LAYOUTS = ("channels_last", "flat", "last_dim")  # pruning_tools.config.LAYOUTS (kept here: no torch import for --help)
 
 
 def _same_bits(a, b) -> bool:
@@ -55,7 +55,13 @@ def _size(n: int) -> str:
     default="channels_last",
     show_default=True,
     type=click.Choice(LAYOUTS),
-    help="How conv weights are read as bank rows.",
+    help="How N-D weights are read as bank rows (conv: channels_last or flat; other N-D: last_dim).",
+)
+@click.option(
+    "--transposed",
+    multiple=True,
+    metavar="GLOB",
+    help="Tensors stored [in, out] (output dim 1, e.g. GPT-2 Conv1D: '*.c_attn.weight'); repeatable.",
 )
 @click.option(
     "--sparsity",
@@ -89,6 +95,7 @@ def export(
     out: Path,
     bank_size: int,
     layout: str,
+    transposed: tuple[str, ...],
     sparsity: float | None,
     prefix: str,
     pruner_state: Path | None,
@@ -111,11 +118,14 @@ def export(
         tensors = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
     if not tensors:
         raise click.BadParameter(f"no tensor in {checkpoint} starts with {prefix!r}", param_hint="--prefix")
+    import fnmatch
+
+    out_dims = {n: 1 for n, t in tensors.items() if t.dim() >= 2 and any(fnmatch.fnmatchcase(n, g) for g in transposed)}
     specs = {name: {"sparsity": sparsity} for name in tensors} if sparsity is not None else {}
     if pruner_state is not None:
         specs.update(_pruner_specs(pruner_state, tensors))
     try:
-        report = save_packed(tensors, out, bank_size, layout, dense_fallback=dense_fallback, specs=specs)
+        report = save_packed(tensors, out, bank_size, layout, out_dims, dense_fallback=dense_fallback, specs=specs)
     except NotBankBalancedError as e:
         raise click.ClickException(
             f"{e}. Pass the pruner's settings with --pruner-state, check --bank-size/--layout, "

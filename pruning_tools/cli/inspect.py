@@ -56,10 +56,11 @@ def report_table(report: dict) -> Table:
 @click.option("--bank-size", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option(
     "--layout",
-    type=click.Choice(["channels_last", "flat"]),
+    type=click.Choice(["channels_last", "flat", "last_dim"]),
     default="channels_last",
     show_default=True,
-    help="How conv weights are read into rows (see the README).",
+    help="How N-D weights are read into rows: conv rows along input channels, W[o].flatten(), or rows "
+    "along the last dim (N-D parameters that are not conv weights); see the README.",
 )
 @click.option(
     "--sparsity",
@@ -68,10 +69,16 @@ def report_table(report: dict) -> Table:
     help="Budget every bank for this sparsity (default: each tensor's measured sparsity).",
 )
 @click.option("--match", multiple=True, metavar="GLOB", help="List only tensors whose name matches (repeatable).")
+@click.option(
+    "--transposed",
+    multiple=True,
+    metavar="GLOB",
+    help="Tensors stored [in, out] (output dim 1, e.g. GPT-2 Conv1D: '*.c_attn.weight'); repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--require-balanced", is_flag=True, help="Exit with code 1 when a listed tensor is not bank-balanced.")
 @library_errors
-def inspect(path, bank_size, layout, sparsity, match, as_json, require_balanced) -> None:
+def inspect(path, bank_size, layout, sparsity, match, transposed, as_json, require_balanced) -> None:
     """Table of every tensor in PATH (.pt/.pth, .safetensors, MXNet .params): shape, sparsity,
     non-zeros, bank balance with the worst bank, and totals."""
     from ..checkpoints import SUFFIXES, inspect_file
@@ -81,7 +88,7 @@ def inspect(path, bank_size, layout, sparsity, match, as_json, require_balanced)
         raise click.BadParameter(
             f"{path!r} has suffix {suffix!r}: expected one of " + ", ".join(sorted(SUFFIXES)), param_hint="PATH"
         )
-    report = inspect_file(path, bank_size, layout, sparsity, match)
+    report = inspect_file(path, bank_size, layout, sparsity, match, transposed)
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:

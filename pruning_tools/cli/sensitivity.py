@@ -49,15 +49,15 @@ def mnist_model(
     cross-entropy (``score="loss"``) or by accuracy."""
     import torch
     import torch.nn.functional as F
-    from safetensors.torch import load_file, save_file
 
     from ..demo.data import load_mnist
     from ..demo.torch_backend import SimpleCNN, evaluate, to_tensor
     from ..demo.trainer import train_mnist
+    from ..integrity import load_file, save_file
 
     if weights is not None:
         model = SimpleCNN()
-        model.load_state_dict(load_file(weights))
+        model.load_state_dict(load_file(weights)[0])  # checksums verified
     else:
         click.echo(f"training the dense CNN for {epochs} epoch(s) ...", err=True)
         result = train_mnist(data_dir, sparsity=0.0, epochs=epochs, limit=limit, seed=seed)
@@ -65,7 +65,7 @@ def mnist_model(
         click.echo(
             f"dense test accuracy {result['test_accuracy']:.4f}; weights -> {out / 'dense.safetensors'}", err=True
         )
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "dense.safetensors"))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "dense.safetensors")
     data = load_mnist(data_dir).head(limit)
     images = to_tensor(data.train_images[-score_images:])
     labels = torch.from_numpy(data.train_labels[-score_images:].astype("int64"))
@@ -202,6 +202,7 @@ def sensitivity(
     progress,
 ) -> None:
     """Prune one parameter at a time, one-shot; score; restore; suggest a prune_dict."""
+    from ..atomic import write_text
     from ..config import check_sparsity
     from ..sensitivity import overall_sparsity, predicted_drop, snap_levels, suggest_prune_dict, sweep
 
@@ -272,6 +273,6 @@ def sensitivity(
     if uniform is not None:
         bars[f"uniform {uniform}"] = {name: uniform for name in table.names}
         report["uniform"] = uniform
-    (out / "suggestion.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_text(out / "suggestion.json", json.dumps(report, indent=1) + "\n")
     plot_targets(table, bars, out / "targets.png")
     click.echo(json.dumps(report, indent=1))

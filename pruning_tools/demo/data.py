@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_open, atomic_path
+
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
@@ -90,7 +92,7 @@ def write_idx_dir(directory: str | Path, data: MnistData) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for field, filename in FILES.items():
-        with gzip.open(directory / filename, "wb") as f:
+        with atomic_open(directory / filename, "wb") as raw, gzip.GzipFile(filename, "wb", fileobj=raw) as f:
             f.write(idx_bytes(getattr(data, field)))
     return directory
 
@@ -147,6 +149,10 @@ def _read_idx_dir(directory: Path, stamp: tuple) -> MnistData:
     return MnistData(**arrays, source=str(directory))
 
 
+class _Mismatch(Exception):
+    """A downloaded file whose MD5 is not the canonical one."""
+
+
 def download(directory: str | Path, mirrors: tuple[str, ...] = MIRRORS) -> Path:
     """Fetch the four files from the first mirror that answers; each must match its canonical MD5."""
     directory = Path(directory)
@@ -157,17 +163,17 @@ def download(directory: str | Path, mirrors: tuple[str, ...] = MIRRORS) -> Path:
             continue
         errors = []
         for mirror in mirrors:
-            partial = target.with_suffix(".part")
             try:
-                urllib.request.urlretrieve(mirror + name, partial)
+                with atomic_path(target) as partial:  # the file appears complete and checked, or not at all
+                    urllib.request.urlretrieve(mirror + name, partial)
+                    if _digest(partial, "md5") != md5:
+                        raise _Mismatch
             except OSError as exc:
                 errors.append(f"{mirror}: {exc}")
                 continue
-            if _digest(partial, "md5") != md5:
-                partial.unlink()
+            except _Mismatch:
                 errors.append(f"{mirror}: MD5 mismatch")
                 continue
-            partial.replace(target)
             break
         else:
             raise RuntimeError(f"could not download {name}: " + "; ".join(errors))

@@ -14,20 +14,21 @@ PLOTS_HINT = "no plots: matplotlib is not installed (pip install 'pruning-tools[
 
 def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[str]]:
     """Write a ``train_mnist`` result into ``out``: ``weights.safetensors`` (every parameter and
-    buffer), ``pruner_state.safetensors`` (``Prune.save``'s format: no pickle), ``results.json``
-    (everything else) and the PNG figures when matplotlib is installed.
+    buffer, checksummed), ``pruner_state.safetensors`` (``Prune.save``'s format: no pickle),
+    ``results.json`` (everything else) and the PNG figures when matplotlib is installed. Every file is
+    written atomically (``pruning_tools.atomic``): a failed run never leaves a half-written file.
 
     Returns ``(files written by kind, notes for the user)``.
     """
-    from safetensors.numpy import save_file
-
+    from ..atomic import write_text
+    from ..integrity import save_file
     from ..pruner import write_state_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"weights": out / "weights.safetensors", "results": out / "results.json"}
     notes = []
-    save_file({name: np.array(w, order="C") for name, w in result["weights"].items()}, str(files["weights"]))
+    save_file({name: np.array(w, order="C") for name, w in result["weights"].items()}, files["weights"])
     if result.get("pruner_state") is not None:
         files["pruner_state"] = out / "pruner_state.safetensors"
         state = dict(result["pruner_state"])
@@ -48,5 +49,5 @@ def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[
         )
     summary = {k: v for k, v in result.items() if k not in NOT_IN_JSON}
     summary["files"] = {k: p.name for k, p in files.items()}
-    files["results"].write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    write_text(files["results"], json.dumps(summary, indent=1, default=str) + "\n")
     return files, notes

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..masks import bank_nonzeros
+
+
+def save_figure(fig: Any, path: str | Path, dpi: float | None = None) -> None:
+    """``fig.savefig`` written atomically (``pruning_tools.atomic``); the format follows the suffix."""
+    from ..atomic import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
 
 
 def _pyplot():
@@ -31,7 +40,7 @@ def plot_sparsity_curve(steps: Sequence[Mapping[str, float]], path: str | Path) 
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return Path(path)
 
@@ -46,7 +55,7 @@ def plot_layer_sparsity(layer_sparsity: Mapping[str, float], path: str | Path) -
     ax.set(xlabel="sparsity", xlim=(0, 1.15), title="Sparsity per layer")
     ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return Path(path)
 
@@ -83,6 +92,6 @@ def plot_bank_histogram(
         title="Non-zeros per bank",
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return Path(path)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..sensitivity import SensitivityTable
+from .plots import save_figure
 
 
 def _figure(width: float, height: float):
@@ -33,7 +34,7 @@ def plot_curves(table: SensitivityTable, path: str | Path, title: str | None = N
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path)
+    save_figure(fig, path)
     return Path(path)
 
 
@@ -57,5 +58,5 @@ def plot_targets(
     ax.set_ylabel("sparsity (fraction of zeros)")
     ax.set_title(title or "Per-parameter sparsity", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", ncols=max(1, len(prune_dicts)))
-    fig.savefig(path)
+    save_figure(fig, path)
     return Path(path)

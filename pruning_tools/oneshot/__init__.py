@@ -57,6 +57,7 @@ from .. import distributed as D
 from .. import geometry as G
 from .. import masks as M
 from ..config import BALANCES, LAYOUTS, ParamSpec, check_bank_size, check_choice, check_step, resolve_prune_dict
+from ..pytorch_pruning import TorchBridge
 from . import capture as C
 from . import layers as L
 from . import sparsegpt as S
@@ -161,8 +162,12 @@ def oneshot(
     for argument, value in (("forward", forward), ("progress", progress)):
         if value is not None and not callable(value):
             raise TypeError(f"{argument}={value!r} is not allowed: expected a callable or None")
-    params = dict(model.named_parameters())
-    specs = resolve_prune_dict(prune_dict, {n: tuple(p.shape) for n, p in params.items()}, defaults, L.out_dims(model))
+    bridge = TorchBridge(model)  # names, shapes, out dims and layouts exactly as Prune reads them
+    layouts = bridge.layouts(defaults["layout"])
+    specs = resolve_prune_dict(
+        prune_dict, bridge.shapes(), defaults, bridge.out_dims(), layouts, bridge.aliases(), bridge.dtypes()
+    )
+    params = {name: bridge.parameter(name) for name in specs}
     for name in specs:
         if not params[name].is_floating_point():
             raise TypeError(
@@ -179,7 +184,9 @@ def oneshot(
                 "use balance='none' (per tensor) or method='magnitude'"
             )
     modules = dict(model.named_modules())
-    described = {name: L.describe(model, name, spec, modules) for name, spec in specs.items()}
+    described = {
+        name: L.describe(name, bridge.spelled[name], spec, params[name], modules) for name, spec in specs.items()
+    }
     unsupported = {name: d for name, d in described.items() if isinstance(d, str)}
     if method != "magnitude" and unsupported:
         raise ValueError(
@@ -194,7 +201,8 @@ def oneshot(
     model.eval()
     try:
         with torch.no_grad():
-            job = _Pruning(model, specs, described, method, batches, run_forward, blocks, damp, block_size, progress)
+            job = _Pruning(model, params, specs, described, method, batches, run_forward, blocks, damp, block_size)
+            job.progress = progress
             try:
                 job.run()
             except (ValueError, TypeError, RuntimeError) as error:
@@ -241,6 +249,7 @@ class _Pruning:
     def __init__(
         self,
         model: nn.Module,
+        params: dict[str, nn.Parameter],
         specs: dict[str, ParamSpec],
         described: dict[str, tuple[L.Target, list[L.Source]] | str],
         method: str,
@@ -249,11 +258,11 @@ class _Pruning:
         blocks: str | Sequence[str] | None,
         damp: float,
         block_size: int,
-        progress: Progress | None,
     ) -> None:
-        self.model, self.specs, self.method = model, specs, method
+        self.model, self.params, self.specs, self.method = model, params, specs, method
         self.batches, self.forward = batches, forward
-        self.damp, self.block_size, self.progress = damp, block_size, progress
+        self.damp, self.block_size = damp, block_size
+        self.progress: Progress | None = None
         self.report = OneShotReport(method)
         self.modules = dict(model.named_modules())
         self.targets = {n: d[0] for n, d in described.items() if not isinstance(d, str)}
@@ -280,7 +289,7 @@ class _Pruning:
         return names
 
     def _magnitude_masks(self) -> dict[str, Tensor]:
-        params = dict(self.model.named_parameters())
+        params = self.params
         masks = {}
         pooled = [n for n, s in self.specs.items() if s.balance == "global"]
         if pooled:
@@ -453,7 +462,7 @@ class _Pruning:
         return target.unmatrix(pruned).to(w.dtype).masked_fill(~keep, 0.0), keep, max(dampings)
 
     def _magnitude(self, name: str) -> tuple[Tensor, Tensor]:
-        w = dict(self.model.named_parameters())[name].detach()
+        w = self.params[name].detach()
         keep = self.masks[name].to(w.device)
         return w.masked_fill(~keep, 0.0), keep
 
@@ -469,7 +478,7 @@ class _Pruning:
         started: float | None = None,
     ) -> None:
         spec = self.specs[name]
-        param = dict(self.model.named_parameters())[name]
+        param = self.params[name]
         before = after = None
         rows = 0
         target = self.targets.get(name)

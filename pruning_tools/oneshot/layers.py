@@ -3,9 +3,10 @@ layer's inputs as feature rows in the same column order.
 
 A weight's matrix is its bank rows (``geometry.to_rows``) regrouped per output: ``[O, D]`` with
 ``O = shape[out_dim]``. For ``nn.Linear`` and transformers' ``Conv1D`` (weight ``[in, out]``, read
-with ``out_dim=1``) that is ``[out, in]``; for a convolution ``[out, in, *kernel]`` it is everything an
-output channel reads, ``D = in * prod(kernel)``, with the columns in the order of the bank rows:
-``channels_last`` = (kernel position, input channel), ``flat`` = (input channel, kernel position). So
+with ``out_dim=1``, detected as ``Prune`` detects it) that is ``[out, in]``; for a convolution
+``[out, in, *kernel]`` it is everything an output channel reads, ``D = in * prod(kernel)``, with the
+columns in the order of the bank rows: ``channels_last`` = (kernel position, input channel), ``flat``
+and ``last_dim`` = (input channel, kernel position). So
 every bank is a run of consecutive columns and a Hessian over the ``D`` inputs (``X^T X`` of the
 feature rows) sees exactly the weights one output combines.
 
@@ -28,30 +29,16 @@ from torch.nn import functional as F
 
 from .. import geometry as G
 from ..config import ParamSpec
+from ..pytorch_pruning import _is_transposed_linear
 
 # a source: (module whose forward is hooked, which of its inputs) -> feature rows [n, D]
 Features = Callable[[tuple, dict, Any], Tensor]
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
-    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is ``[in, out]``. Detected by class
-    name and shape, without importing transformers."""
-    weight = getattr(module, "weight", None)
-    return (
-        type(module).__name__ == "Conv1D"
-        and isinstance(weight, Tensor)
-        and weight.dim() == 2
-        and getattr(module, "nf", weight.shape[1]) == weight.shape[1]
-    )
-
-
-def out_dims(model: nn.Module) -> dict[str, int]:
-    """Parameter name -> dim of the outputs where it is not 0: ConvTranspose and ``Conv1D`` weights."""
-    found = {}
-    for prefix, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvTransposeNd) or is_hf_conv1d(module):
-            found[f"{prefix}.weight" if prefix else "weight"] = 1
-    return found
+    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is ``[in, out]``; the detection of
+    ``pytorch_pruning`` (by class, transformers never imported)."""
+    return _is_transposed_linear(module)
 
 
 @dataclass
@@ -135,12 +122,12 @@ def _attention_output(mha: nn.MultiheadAttention) -> Features:
 
 
 def describe(
-    model: nn.Module, name: str, spec: ParamSpec, modules: Mapping[str, nn.Module]
+    name: str, spelled: str, spec: ParamSpec, param: nn.Parameter, modules: Mapping[str, nn.Module]
 ) -> tuple[Target, list[Source]] | str:
-    """The target and sources of parameter ``name``, or the reason why it has no calibration inputs."""
-    module_name, _, attr = name.rpartition(".")
+    """The target and sources of parameter ``name`` (``spelled`` as ``named_parameters()`` spells it,
+    the path of ``modules``, the model's ``named_modules()``), or why it has no calibration inputs."""
+    module_name, _, attr = spelled.rpartition(".")
     module = modules.get(module_name)
-    param = dict(model.named_parameters())[name]
     parent_name, _, child = module_name.rpartition(".")
     parent = modules.get(parent_name) if module_name else None
     what = type(module).__name__ if module is not None else "model"
@@ -201,4 +188,4 @@ def _input_rows(index: int, which: str, width: int) -> Features:
     return features
 
 
-__all__ = ["Source", "Target", "conv_patches", "describe", "is_hf_conv1d", "out_dims"]
+__all__ = ["Source", "Target", "conv_patches", "describe", "is_hf_conv1d"]

@@ -119,3 +119,22 @@ def test_bad_suffix_and_bad_file(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     result = run(broken)
     assert result.exit_code == 1 and "not a PyTorch weights-only checkpoint" in result.output
+
+
+def test_transposed_weights_and_last_dim_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    from pruning_tools.checkpoints import inspect_file
+
+    g = torch.Generator().manual_seed(0)
+    conv1d = torch.randn(128, 64, generator=g)  # GPT-2 Conv1D [in, out]
+    conv1d = conv1d * bank_mask(conv1d, None, 0.9375, out_dim=1)  # 4 of every 64 inputs
+    pos = torch.randn(1, 5, 128, generator=g)
+    pos = pos * bank_mask(pos, None, 0.9375, layout="last_dim")
+    path = tmp_path / "m.safetensors"
+    save_file({"c_attn.weight": conv1d, "pos": pos}, str(path))
+    assert run(path, "--match", "c_attn.weight", "--require-balanced").exit_code == 1  # read along outputs
+    rep = report(path, "--match", "c_attn.weight", "--require-balanced", "--transposed", "c_*.weight")
+    assert by_name(rep)["c_attn.weight"]["balanced"] and by_name(rep)["c_attn.weight"]["out_dim"] == 1
+    assert report(path, "--match", "pos", "--layout", "last_dim")["balanced"]
+    assert inspect_file(path, sparsity=0.9375, transposed=("c_attn.weight",), layout="last_dim")["balanced"]

@@ -11,6 +11,7 @@ from pruning_tools import geometry as G
 from pruning_tools import masks as M
 from pruning_tools.oneshot import layers as L
 from pruning_tools.oneshot import sparsegpt as S
+from pruning_tools.pytorch_pruning import TorchBridge
 
 from .reference import ref_banks, ref_error, ref_sparsegpt, ref_wanda_mask
 
@@ -135,7 +136,8 @@ def test_share_sums_exactly():
 
 
 class Conv1D(nn.Module):
-    """Behaves like transformers' GPT-2 ``Conv1D``: weight ``[in, out]``, ``y = x @ W + b``."""
+    """Behaves like transformers' GPT-2 ``Conv1D``: weight ``[in, out]``, ``y = x @ W + b`` (its module
+    path says transformers, which is how ``Prune`` and ``oneshot`` recognise the class; not imported)."""
 
     def __init__(self, nf: int, nx: int) -> None:
         super().__init__()
@@ -148,6 +150,9 @@ class Conv1D(nn.Module):
         return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(shape)
 
 
+Conv1D.__module__ = "transformers.pytorch_utils"
+
+
 def test_conv1d_of_transformers_is_banked_along_its_inputs():
     torch.manual_seed(0)
     layer = Conv1D(12, 40).double()  # weight [40 in, 12 out]
@@ -156,7 +161,7 @@ def test_conv1d_of_transformers_is_banked_along_its_inputs():
         reference[0].weight.copy_(layer.weight.T)
         reference[0].bias.copy_(layer.bias)
     x = correlated_inputs(96, 40).reshape(3, 32, 40)
-    assert L.out_dims(nn.Sequential(layer)) == {"0.weight": 1}
+    assert TorchBridge(nn.Sequential(layer)).out_dims() == {"0.weight": 1}
     for method in ("wanda", "sparsegpt"):
         a, b = nn.Sequential(Conv1D(12, 40).double()), linear(40, 12)
         a.load_state_dict(nn.Sequential(layer).state_dict())
@@ -178,7 +183,7 @@ def test_conv_patches_reproduce_the_convolution(layout):
     ):
         x = torch.randn(shape)
         spec = pruning_tools.config.ParamSpec(0.5, "fix", 4, layout, 0, tuple(conv.weight.shape))
-        target, _ = L.describe(nn.Sequential(conv), "0.weight", spec, dict(nn.Sequential(conv).named_modules()))
+        target, _ = L.describe("0.weight", "0.weight", spec, conv.weight, dict(nn.Sequential(conv).named_modules()))
         patches = L.conv_patches(conv, x, layout)  # [N * positions, D]
         y = conv(x) - conv.bias.reshape(1, -1, *[1] * (x.dim() - 2))  # [N, O, *L]
         expected = y.movedim(1, -1).reshape(-1, conv.out_channels)
@@ -219,7 +224,10 @@ def test_multihead_attention_projections():
     x = torch.randn(3, 5, 16)
     mha = model.attn
     spec = pruning_tools.config.ParamSpec(0.5, "fix", 4, "channels_last", 0, (16, 16))
-    target, sources = L.describe(model, "attn.out_proj.weight", spec, dict(model.named_modules()))
+    weight = model.attn.out_proj.weight
+    target, sources = L.describe(
+        "attn.out_proj.weight", "attn.out_proj.weight", spec, weight, dict(model.named_modules())
+    )
     attended = sources[0].features((x, x, x), {"need_weights": False}, None)  # [15, 16]
     y = attended @ mha.out_proj.weight.T + mha.out_proj.bias
     assert torch.allclose(y, model(x).reshape(-1, 16), atol=1e-6)
@@ -230,3 +238,24 @@ def test_multihead_attention_projections():
         w = dict(model.named_parameters())[name]
         assert M.check_banks(w, 4, sparsity=0.5).balanced and report.layers[name].error_after < 1
     assert not mha._forward_hooks and not mha._forward_pre_hooks
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_a_real_tiny_gpt2(method):
+    from tests.tiny_transformers import tiny_gpt2
+
+    model = tiny_gpt2(hidden=64).eval()
+    g = torch.Generator().manual_seed(0)
+    calibration = [{"input_ids": torch.randint(0, 100, (4, 16), generator=g)} for _ in range(4)]
+    conv1d = {"transformer.h.*.attn.c_attn.weight": 0.5, "transformer.h.*.mlp.c_*.weight": 0.5}
+    with torch.no_grad():
+        dense = model(**calibration[0]).logits
+    report = pruning_tools.oneshot(model, calibration, conv1d, method=method, bank_size=4)
+    assert report.mode == "chained blocks" and len(report.layers) == 6
+    for name, layer in report.layers.items():
+        w = model.get_parameter(name)
+        assert layer.pattern == "2:4" and layer.balanced and M.check_banks(w, 4, out_dim=1, sparsity=0.5).balanced
+        assert not M.check_banks(w, 4, sparsity=0.5).balanced  # banked along the inputs, not the outputs
+    with torch.no_grad():
+        assert bool(torch.isfinite(model(**calibration[0]).logits).all())
+        assert not torch.equal(model(**calibration[0]).logits, dense)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -156,12 +157,16 @@ def test_then_fine_tune_with_restore_sparsity_keeps_the_masks():
 def test_magnitude_needs_no_calibration_and_handles_any_parameter():
     model = tiny(dtype=torch.float32)
     expected = M.bank_mask(model.blocks[0].up.weight, None, 0.5, 4)
-    report = pruning_tools.oneshot(model, None, {"*.weight": 0.5, "emb.weight": 0.5}, method="magnitude", bank_size=4)
+    with pytest.warns(UserWarning, match="fewer than 2 dims"):  # the LayerNorm gains: unstructured
+        report = pruning_tools.oneshot(
+            model, None, {"*.weight": 0.5, "emb.weight": 0.5}, method="magnitude", bank_size=4
+        )
     assert report.mode == "no calibration" and report.layers["blocks.0.up.weight"].error_after is None
     assert torch.equal(model.blocks[0].up.weight != 0, expected)
     assert report.layers["emb.weight"].sparsity == 0.5 and report.layers["blocks.0.ln.weight"].sparsity == 0.5
     model = tiny(dtype=torch.float32)
-    report = pruning_tools.oneshot(model, calibration(), {"*.weight": 0.5}, method="magnitude", balance="global")
+    with pytest.warns(UserWarning, match="fewer than 2 dims"):
+        report = pruning_tools.oneshot(model, calibration(), {"*.weight": 0.5}, method="magnitude", balance="global")
     assert report.layers["emb.weight"].error_after is None and report.layers["head.weight"].error_after is not None
     assert report.sparsity == pytest.approx(0.5, abs=1e-3)
 
@@ -211,7 +216,8 @@ def test_bad_input_is_a_clear_error_and_the_model_is_untouched(change, error, me
     before = snapshot(model)
     arguments = dict(calibration=calibration(), prune_dict=LINEARS, method="sparsegpt", bank_size=4)
     arguments.update(change)
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "*.bias" also draws the warning about 1-D parameters
         pruning_tools.oneshot(model, arguments.pop("calibration"), arguments.pop("prune_dict"), **arguments)
     assert untouched(model, before) and model.training
 
