@@ -71,7 +71,9 @@ def write(path: Path, result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["dense", "oneshot", "gradual", "finetune", "timing"], action="append")
+    parser.add_argument(
+        "--only", choices=["dense", "oneshot", "gradual", "finetune", "timing", "norms"], action="append"
+    )
     parser.add_argument("--force", action="store_true", help="rerun runs whose JSON exists")
     parser.add_argument("--table", action="store_true", help="only print the table")
     parser.add_argument("--threads", type=int, default=1)
@@ -83,7 +85,7 @@ def main() -> None:
         print(table(args.results))
         return
     torch.set_num_threads(args.threads)
-    stages = args.only or ["dense", "oneshot", "gradual", "finetune", "timing"]
+    stages = args.only or ["dense", "oneshot", "gradual", "finetune", "timing", "norms"]
     corpus = load_corpus(args.data)
     config = GPTConfig()
     dense_path = args.runs / "dense.safetensors"
@@ -150,6 +152,13 @@ def main() -> None:
             f"  -> {path.relative_to(ROOT)}: "
             + ", ".join(f"{t} thread(s) {r['seconds']:.1f} s" for t, r in runs.items())
         )
+    path = todo("feature_norms") if "norms" in stages else None
+    if path:
+        with heavy_lock():
+            spread = X.feature_norm_spread(corpus, config, dense)
+        path.write_text(json.dumps(spread, indent=1) + "\n")
+        worst = max(v["max_over_median"] for v in spread.values())
+        print(f"  -> {path.relative_to(ROOT)}: input feature norms, max / median up to {worst:.1f}")
     print(table(out))
 
 

@@ -82,6 +82,8 @@ def test_the_runs_of_the_table_on_a_tiny_model(corpus):
     )
     assert result["sparsity"] == pytest.approx(0.75) and result["balanced"]
     json.dumps(result)
+    spread = X.feature_norm_spread(small, TINY, state, sequences=2)
+    assert set(spread) == set(block_weights(GPT(TINY))) and all(v["max_over_median"] >= 1 for v in spread.values())
 
 
 def test_run_lm_demo_tiny(corpus, tmp_path):

@@ -211,6 +211,38 @@ def run_oneshot_finetune(
     return _finish("oneshot+finetune", model, corpus, settings, started, load, **extra), model
 
 
+@torch.no_grad()
+def feature_norm_spread(corpus: Corpus, config: GPTConfig, dense: Mapping[str, Tensor], sequences: int = 32) -> dict:
+    """How uneven the inputs of each block projection are: per layer, the max and the 99th percentile
+    of the input features' norms ``||x_j||`` (over the calibration tokens) divided by their median.
+    Wanda's advantage over magnitude rests on a few large features (LLMs have 100x outliers)."""
+    model = from_state(config, dense)
+    norms: dict[str, Tensor] = {}
+
+    def hook(name: str) -> Callable:
+        def record(module: torch.nn.Module, args: tuple, output: Tensor) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1]).double()  # [tokens, in]
+            norms[name] = norms.get(name, torch.zeros(x.shape[1], dtype=torch.float64)) + x.square().sum(0)
+
+        return record
+
+    handles = [
+        module.register_forward_hook(hook(f"{name}.weight"))
+        for name, module in model.named_modules()
+        if f"{name}.weight" in block_weights(model)
+    ]
+    for batch in calibration(corpus.train, sequences, config.context):
+        model(batch)
+    for handle in handles:
+        handle.remove()
+    out = {}
+    for name, squares in norms.items():
+        n = squares.sqrt()
+        median = float(n.median())
+        out[name] = {"max_over_median": float(n.max()) / median, "p99_over_median": float(n.quantile(0.99)) / median}
+    return out
+
+
 def with_steps(recipe: Recipe, steps: int) -> Recipe:
     """``recipe`` shortened or lengthened to ``steps`` (warm-up capped at a tenth)."""
     return replace(recipe, steps=steps, warmup=min(recipe.warmup, max(1, steps // 10)))
