@@ -341,10 +341,12 @@ def run_benchmark(
     return rows, info
 
 
-def print_rows(rows: list[Row], info: dict, header: str) -> None:
-    """The result table (rich) and the extra numbers as JSON."""
-    from rich.console import Console
+def print_rows(rows: list[Row], header: str) -> None:
+    """The result table (rich; full width when not on a terminal). The extra numbers go to the
+    ``--json`` / ``--markdown`` files only."""
     from rich.table import Table
+
+    from pruning_tools.cli._common import console
 
     table = Table(title=header)
     for col in ("model", "task", "median ms", "min ms", "max ms", "ratio", "to"):
@@ -352,9 +354,7 @@ def print_rows(rows: list[Row], info: dict, header: str) -> None:
     for r in rows:
         ratio = "" if math.isnan(r.ratio) else f"{r.ratio:.2f}x"
         table.add_row(r.model, r.task, f"{r.median_ms:.2f}", f"{r.min_ms:.2f}", f"{r.max_ms:.2f}", ratio, r.baseline)
-    console = Console(width=160)
-    console.print(table)
-    console.print_json(json.dumps(info, default=float))
+    console().print(table)
 
 
 def to_markdown(rows: list[Row], info: dict, header: str) -> str:

@@ -6,11 +6,19 @@
   give a tiny model for tests.
 - ``bert_like()``: the Linear stack of a BERT-base encoder: per block 4 x ``[768, 768]`` (q, k, v,
   out), ``[3072, 768]`` and ``[768, 3072]``.
+- ``bert_encoder()``: a real BERT-base encoder (``nn.TransformerEncoder``: 12 post-norm layers, d 768,
+  12 heads, FFN 3072, GELU, LayerNorm), input ``[N, tokens, 768]`` (embeddings left out).
+- ``GPTDecoder`` / ``gpt_decoder()``: a GPT-2-style decoder (pre-norm blocks, d 1024, 24 layers, 16
+  heads, MLP 4096, GELU, learned positions, an untied LM head) that decodes one token at a time with
+  a KV cache (``generate``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -116,6 +124,81 @@ class EncoderLinears(nn.Module):
 def bert_like(hidden: int = 768, ffn: int = 3072, blocks: int = 12) -> nn.Module:
     """``blocks`` x [4 x Linear(hidden, hidden), Linear(hidden, ffn), Linear(ffn, hidden)]."""
     return nn.ModuleList(EncoderLinears(hidden, ffn) for _ in range(blocks))
+
+
+def bert_encoder(hidden: int = 768, heads: int = 12, ffn: int = 3072, layers: int = 12) -> nn.TransformerEncoder:
+    """BERT-base's encoder stack (post-norm, GELU, dropout 0.1 in training): ``[N, T, hidden]`` -> same."""
+    layer = nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.1, activation="gelu", batch_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class GPTBlock(nn.Module):
+    """Pre-norm block: causal self-attention with a KV cache, then a GELU MLP."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: Tensor, past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x [N, T, d]``, cache ``[N, heads, S, d / heads]`` -> ``x``, cache ``[N, heads, S + T, d / heads]``."""
+        n, t, d = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(d, dim=-1)
+        split = lambda z: z.reshape(n, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), torch.cat([past_k, split(k)], dim=2), torch.cat([past_v, split(v)], dim=2)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=int(t) > 1)  # one new token: every cached one
+        x = x + self.proj(a.transpose(1, 2).reshape(n, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln_2(x)))), k, v
+
+
+class GPTDecoder(nn.Module):
+    """GPT-2-style decoder; ``forward(tokens [N, T], past_k, past_v)`` with caches ``[layers, N, heads, S,
+    d / heads]`` (``S`` = 0 at the start) -> ``(logits [N, T, vocab], past_k, past_v)`` of length ``S + T``."""
+
+    def __init__(self, vocab: int = 50257, d: int = 1024, layers: int = 24, heads: int = 16, context: int = 1024):
+        super().__init__()
+        self.d, self.heads, self.layers = d, heads, layers
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(context, d)
+        self.blocks = nn.ModuleList(GPTBlock(d, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        for p in self.parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * layers) if p.shape[0] == d else 0.02)
+
+    def empty_cache(self, batch: int = 1) -> tuple[Tensor, Tensor]:
+        shape = (self.layers, batch, self.heads, 0, self.d // self.heads)
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def forward(self, tokens: Tensor, past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        start = past_k.shape[3]
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        x = self.wte(tokens) + self.wpe(positions)  # [N, T, d]
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, past_k[i], past_v[i])
+            keys.append(k)
+            values.append(v)
+        return self.lm_head(self.ln_f(x)), torch.stack(keys), torch.stack(values)
+
+
+def gpt_decoder(vocab: int = 50257, d: int = 1024, layers: int = 24, heads: int = 16) -> GPTDecoder:
+    """The GPT-style decoder of the inference benchmark (d 1024, 24 layers: 302 M block weights + the head)."""
+    return GPTDecoder(vocab, d, layers, heads)
+
+
+@torch.no_grad()
+def generate(step, first: Tensor, past_k: Tensor, past_v: Tensor, tokens: int) -> Tensor:
+    """Greedy decoding, one token at a time: ``step(tokens [N, 1], past_k, past_v) -> (logits, past_k,
+    past_v)`` (a ``GPTDecoder`` or an ONNX session wrapped alike). Returns the ``[N, tokens]`` generated."""
+    out, token = [], first
+    for _ in range(tokens):
+        logits, past_k, past_v = step(token, past_k, past_v)
+        token = logits[:, -1].argmax(-1, keepdim=True)  # [N, 1]
+        out.append(token)
+    return torch.cat(out, dim=1)
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:

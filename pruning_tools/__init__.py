@@ -28,10 +28,11 @@ _EXPORTS = {
     "schedule_step": "schedule",
     "target_sparsity": "schedule",
     "to_bank_sparse": "inference",
+    "load_bank_sparse": "inference",
 }
 
 if TYPE_CHECKING:
-    from .inference import to_bank_sparse
+    from .inference import load_bank_sparse, to_bank_sparse
     from .masks import BankCheck, bank_mask, check_banks, unstructured_mask
     from .oneshot import oneshot
     from .pytorch_pruning import Prune
@@ -56,6 +57,7 @@ __all__ = [
     "bank_mask",
     "check_banks",
     "oneshot",
+    "load_bank_sparse",
     "schedule_step",
     "target_sparsity",
     "to_bank_sparse",

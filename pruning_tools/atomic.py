@@ -69,9 +69,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as open() would give
     os.close(fd)
     try:
-        if target.exists():
-            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+        mode = stat.S_IMODE((target if target.exists() else tmp).stat().st_mode)
         yield tmp
+        os.chmod(tmp, mode)  # a writer may have replaced tmp by its own file (safetensors: mode 0600)
         _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:

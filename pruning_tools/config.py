@@ -198,6 +198,7 @@ def resolve_prune_dict(
     layouts: Mapping[str, str] | None = None,
     aliases: Mapping[str, str] | None = None,
     dtypes: Mapping[str, str] | None = None,
+    not_parameters: Mapping[str, str] | None = None,
 ) -> dict[str, ParamSpec]:
     """Match prune_dict keys (exact names or glob patterns) to parameter names.
 
@@ -212,6 +213,8 @@ def resolve_prune_dict(
     weight's second name); keys and globs may use either; ``dtypes`` (name -> dtype name) is recorded
     in the specs. Globs that catch parameters with fewer
     than 2 dims (biases, norm gains) still prune them, unstructured, and say so in one warning.
+    ``not_parameters`` maps names the model holds that are not parameters (buffers, MXNet auxiliary
+    states) to what they are: a key naming one is refused saying so; patterns never match them.
     """
     if prune_dict is None:
         raise ValueError(
@@ -236,6 +239,9 @@ def resolve_prune_dict(
         else:
             hits = {name for spelling, name in spellings if fnmatch.fnmatch(spelling, key)}
             matches = [name for name in names if name in hits]
+        what = (not_parameters or {}).get(key)
+        if not matches and what is not None:
+            raise ValueError(f"prune_dict key {key!r} names {what}, not a parameter: only parameters are pruned")
         if not matches:
             close = difflib.get_close_matches(key, [s for s, _ in spellings], n=3, cutoff=0.4) or names[:3]
             raise ValueError(f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}")
@@ -287,6 +293,7 @@ def make_config(
     aliases: Mapping[str, str] | None = None,
     dtypes: Mapping[str, str] | None = None,
     criterion: Any = "magnitude",
+    not_parameters: Mapping[str, str] | None = None,
 ) -> PruneConfig:
     """Validate every constructor argument and resolve prune_dict against ``shapes`` (the other
     mappings as in ``resolve_prune_dict``)."""
@@ -306,5 +313,5 @@ def make_config(
         bank_size=defaults["bank_size"],
         layout=defaults["layout"],
         criterion=check_choice("criterion", criterion, CRITERIA),
-        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, layouts, aliases, dtypes),
+        params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, layouts, aliases, dtypes, not_parameters),
     )

@@ -27,6 +27,7 @@ True
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,79 @@ class PackedTensor:
         }
 
 
+INDEX_DTYPES = (torch.uint8, torch.int16, torch.int32)
+MAX_NUMEL = 2**48  # a bound on any dense shape read from a file (and on the products of its sizes)
+
+
+def check_packed(p: PackedTensor, where: str = "packed tensor") -> None:
+    """Raise ``ValueError`` (starting with ``where``: the file and the tensor) unless every part of
+    ``p`` agrees with every other: shape, layout, output dim and bank size give the rows, full banks
+    and tail length; ``values`` / ``indices`` must be ``[rows, banks, k]`` with ``k <= bank_size``,
+    ``tail_values`` / ``tail_indices`` ``[rows, tail_k]`` with ``tail_k <= tail length``; values
+    floating, indices of ``index_dtype(bank_size)``; every index inside its bank (tail indices inside the
+    tail), strictly increasing within each bank. What the compiled kernels rely on, checked before any
+    of them runs (they check again themselves)."""
+
+    def fail(what: str) -> None:
+        raise ValueError(f"{where}: {what}")
+
+    shape = p.shape
+    if not isinstance(shape, tuple) or len(shape) < 2 or not all(_is_int(n) and n >= 0 for n in shape):
+        fail(f"shape {shape!r} is not allowed: expected a tuple of at least 2 sizes >= 0")
+    if math.prod(shape) > MAX_NUMEL:
+        fail(f"shape {list(shape)} holds more than {MAX_NUMEL} elements")
+    if p.layout not in LAYOUTS:
+        fail(f"layout {p.layout!r} is not allowed: expected one of {LAYOUTS}")
+    if p.out_dim not in (0, 1) or isinstance(p.out_dim, bool):
+        fail(f"out_dim {p.out_dim!r} is not allowed: expected 0 or 1")
+    if not _is_int(p.bank_size) or not 2 <= p.bank_size <= 2**31 - 1:
+        fail(f"bank_size {p.bank_size!r} is not allowed: expected an integer in [2, 2**31)")
+    parts = {part: getattr(p, part) for part in PARTS}
+    for part, t in parts.items():
+        if not isinstance(t, Tensor) or t.layout != torch.strided:
+            fail(f"{part} is a {type(t).__name__}: expected a dense torch.Tensor")
+    rows = G.row_count(shape, p.layout, p.out_dim)
+    row_len = G.row_length(shape, p.layout, p.out_dim)
+    banks, tail_len = divmod(row_len, p.bank_size)
+    values, indices, tail_values, tail_indices = (parts[part] for part in PARTS)
+    if not values.is_floating_point() or tail_values.dtype != values.dtype:
+        fail(f"values {values.dtype} / tail_values {tail_values.dtype}: expected one floating-point dtype")
+    wanted = index_dtype(p.bank_size)
+    if indices.dtype != wanted or tail_indices.dtype != wanted:
+        fail(
+            f"indices {indices.dtype} / tail_indices {tail_indices.dtype} are not allowed for bank_size "
+            f"{p.bank_size}: expected {wanted}"
+        )
+    if values.dim() != 3 or tuple(values.shape[:2]) != (rows, banks) or values.shape[2] > p.bank_size:
+        fail(
+            f"values of shape {list(values.shape)} disagree with shape {list(shape)}, layout {p.layout!r}, "
+            f"bank_size {p.bank_size}: expected [{rows}, {banks}, k] with k <= {p.bank_size}"
+        )
+    if tuple(indices.shape) != tuple(values.shape):
+        fail(f"indices of shape {list(indices.shape)}: expected the shape of values {list(values.shape)}")
+    if tail_values.dim() != 2 or tail_values.shape[0] != rows or tail_values.shape[1] > tail_len:
+        fail(
+            f"tail_values of shape {list(tail_values.shape)}: expected [{rows}, tail_k] with tail_k <= {tail_len} "
+            f"(the tail bank of rows of {row_len} in banks of {p.bank_size})"
+        )
+    if tuple(tail_indices.shape) != tuple(tail_values.shape):
+        fail(f"tail_indices of shape {list(tail_indices.shape)}: expected {list(tail_values.shape)}")
+    for part, t, limit in (("indices", indices, p.bank_size), ("tail_indices", tail_indices, tail_len)):
+        if t.numel() == 0:
+            continue
+        wide = t.long()
+        low, high = int(wide.min()), int(wide.max())
+        if low < 0 or high >= limit:
+            bad = int(((wide < 0) | (wide >= limit)).flatten().nonzero()[0])
+            fail(f"{part} holds {int(wide.flatten()[bad])} at flat position {bad}: expected positions in [0, {limit})")
+        if t.shape[-1] > 1 and not bool((wide.diff(dim=-1) > 0).all()):
+            fail(f"{part} are not strictly increasing within every bank")
+
+
+def _is_int(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool)
+
+
 def index_dtype(bank_size: int) -> torch.dtype:
     """Smallest integer dtype holding a position inside a bank of ``bank_size``."""
     if bank_size <= 256:
@@ -153,9 +227,15 @@ def pack(
     out_dim: int = 0,
     sparsity: float | None = None,
     name: str = "tensor",
+    *,
+    slots: tuple[int, int] | None = None,
 ) -> PackedTensor:
     """Pack a bank-balanced tensor ``w`` (any shape with >= 2 dims); see ``check_balanced`` for
-    what balanced means with and without ``sparsity`` (the target it was pruned to)."""
+    what balanced means with and without ``sparsity`` (the target it was pruned to).
+
+    ``slots``: ``(k, tail_k)``, at least this many stored weights per full / tail bank (banks holding
+    fewer non-zeros are padded with zeros), e.g. the budgets of the target, so that the packed shapes
+    depend on the geometry only and not on the weights."""
     check_bank_size("bank_size", bank_size)
     check_choice("layout", layout, LAYOUTS)
     if w.dim() < 2 or not w.is_floating_point():
@@ -167,8 +247,10 @@ def pack(
     check_balanced(w, bank_size, layout, out_dim, sparsity, name)
     banks, tail = G.split_banks(G.to_rows(w, layout, out_dim), bank_size)  # [rows, banks, B], [rows, tail_len]
     k = int((banks != 0).sum(-1).max()) if banks.numel() else 0
-    values, positions = _select(banks, k)
     tail_k = int((tail != 0).sum(-1).max()) if tail.numel() else 0
+    if slots is not None:
+        k, tail_k = max(k, min(slots[0], banks.shape[-1])), max(tail_k, min(slots[1], tail.shape[-1]))
+    values, positions = _select(banks, k)
     tail_values, tail_positions = _select(tail, tail_k)
     idx = index_dtype(bank_size)
     return PackedTensor(
@@ -325,31 +407,77 @@ def save_packed(
 def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
     """Read a packed file without unpacking: ``{name: PackedTensor or dense Tensor}``, file order.
 
-    The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor)."""
+    The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor).
+    Errors are ``ValueError`` naming the file (and the tensor, when one is at fault).
+    """
     flat, raw = integrity.load_file(path, framework="pt")
+    return parse_packed(flat, raw, path)
+
+
+def parse_packed(
+    flat: Mapping[str, Tensor], raw: Mapping[str, str], path: str | Path = "packed file"
+) -> dict[str, PackedTensor | Tensor]:
+    """``read_packed`` of tensors and metadata already read from ``path`` (``integrity.load_file``)."""
     if METADATA_KEY not in raw:
         raise ValueError(f"{path} is not a packed file: its metadata has no {METADATA_KEY!r} entry")
-    meta = json.loads(raw[METADATA_KEY])
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}: expected {FORMAT!r}")
+    try:
+        meta = json.loads(raw[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: the {METADATA_KEY!r} metadata is not JSON ({error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"{path} has format {found!r}: expected {FORMAT!r}")
+    if not isinstance(meta.get("packed"), dict):
+        raise ValueError(f"{path}: the metadata has no 'packed' table of tensors")
     out: dict[str, PackedTensor | Tensor] = {}
     for key, t in flat.items():
         if SEP not in key:
             out[key] = t
     for name, m in meta["packed"].items():
-        parts = {part: flat[f"{name}{SEP}{part}"] for part in PARTS}
-        p = PackedTensor(
-            **parts, shape=tuple(m["shape"]), bank_size=m["bank_size"], layout=m["layout"], out_dim=m["out_dim"]
-        )
-        if p.k != m["k"] or p.tail_k != m["tail_k"] or str(p.values.dtype) != f"torch.{m['dtype']}":
-            raise ValueError(f"{path}: tensor {name!r} does not match its metadata {m}")
-        out[name] = p
+        out[name] = _packed_from_file(path, name, m, flat)
     return out
+
+
+def _packed_from_file(path: str | Path, name: str, m: Any, flat: Mapping[str, Tensor]) -> PackedTensor:
+    """The packed tensor ``name`` of a file, its metadata ``m`` checked against its tensors
+    (``check_packed``): a ``ValueError`` naming the file and the tensor, before anything computes."""
+    where = f"{path}: tensor {name!r}"
+    keys = ("shape", "dtype", "bank_size", "layout", "out_dim", "k", "tail_k")
+    if not isinstance(m, dict) or any(key not in m for key in keys):
+        raise ValueError(f"{where} is incomplete: metadata {m!r} is not allowed: expected an object with keys {keys}")
+    missing = [part for part in PARTS if f"{name}{SEP}{part}" not in flat]
+    if missing:
+        absent = [f"{name}{SEP}{part}" for part in missing]
+        raise ValueError(f"{where} is incomplete: the file has no tensor(s) {absent}")
+    if not isinstance(m["shape"], list):
+        raise ValueError(f"{where}: metadata shape {m['shape']!r} is not allowed: expected a list of sizes")
+    parts = {part: flat[f"{name}{SEP}{part}"] for part in PARTS}
+    p = PackedTensor(
+        **parts, shape=tuple(m["shape"]), bank_size=m["bank_size"], layout=m["layout"], out_dim=m["out_dim"]
+    )
+    check_packed(p, where)
+    if p.k != m["k"] or p.tail_k != m["tail_k"] or str(p.values.dtype) != f"torch.{m['dtype']}":
+        raise ValueError(f"{where} does not match its metadata {m}")
+    return p
 
 
 def load_packed(path: str | Path) -> dict[str, Tensor]:
     """Dense state dict rebuilt from a packed file (non-zeros bit-exact, zeros ``+0.0``)."""
-    return {name: unpack(t) if isinstance(t, PackedTensor) else t for name, t in read_packed(path).items()}
+    return unpack_all(read_packed(path), path)
+
+
+def unpack_all(contents: Mapping[str, PackedTensor | Tensor], path: str | Path = "packed file") -> dict[str, Tensor]:
+    """``read_packed``'s result as dense tensors; an error names ``path`` and the tensor."""
+    out = {}
+    for name, t in contents.items():
+        if not isinstance(t, PackedTensor):
+            out[name] = t
+            continue
+        try:
+            out[name] = unpack(t)
+        except (RuntimeError, ValueError, IndexError) as error:
+            raise ValueError(f"{path}: packed tensor {name!r} cannot be rebuilt ({error})") from error
+    return out
 
 
 def __getattr__(name: str) -> Any:  # the ONNX helpers moved to pruning_tools.onnx
@@ -371,8 +499,11 @@ __all__ = [
     "pack_state_dict",
     "save_packed",
     "read_packed",
+    "parse_packed",
     "load_packed",
+    "unpack_all",
     "check_balanced",
+    "check_packed",
     "worth_packing",
     "specs_from_pruner_state",
     "index_dtype",

@@ -367,11 +367,15 @@ def apply_mask_(w: Tensor, mask: Tensor) -> None:
     CPU tensors take one compiled pass (read ``w`` and the 1-byte mask, write ``w``), about the
     cost of a float-mask ``mul_``; elsewhere ``masked_fill_``. Either way a pruned weight becomes
     exactly ``+0.0`` (a multiplication would leave ``-0.0``, and ``NaN`` for a non-finite weight).
+    A mask on another device (a host mask for a GPU weight, ``prune_device="cpu"``) is copied
+    without blocking the host: asynchronous when it lies in pinned memory, as the pruner keeps it.
     """
     if native.zero_pruned_(w, mask):
         torch.autograd.graph.increment_version(w)  # written through its pointer: tell autograd
         return
-    w.masked_fill_(mask.to(w.device).logical_not(), 0)
+    if mask.device != w.device:  # to an accelerator: queued on its stream, before the fill below
+        mask = mask.to(w.device, non_blocking=w.device.type != "cpu")
+    w.masked_fill_(mask.logical_not(), 0)
 
 
 # ---------------------------------------------------------------- checker
@@ -430,9 +434,14 @@ def check_banks(
     with that full-bank budget would keep there, see ``geometry.measured_budget``). Works on any tensor of any
     checkpoint; tensors with fewer than 2 dims are one row. This is the one checker: ``Prune.check``,
     the packed export and ``pruning-tools inspect`` all call it. Extra memory: a small fraction of
-    ``w`` (counts of 2 bytes per bank, and blocks of ``w`` at a time).
+    ``w`` (counts of 2 bytes per bank, and blocks of ``w`` at a time). Every argument is validated: a
+    bad one is a ``TypeError`` / ``ValueError`` naming it, the value and what is allowed.
     """
-    check_bank_size("bank_size", bank_size)
+    if not isinstance(w, Tensor):
+        raise TypeError(
+            f"w={type(w).__name__} is not allowed: expected a torch.Tensor (torch.as_tensor converts a numpy array)"
+        )
+    bank_size = check_bank_size("bank_size", bank_size)  # 64.0 is 64
     check_choice("layout", layout, LAYOUTS)
     if out_dim not in (0, 1) or isinstance(out_dim, bool):
         raise ValueError(f"out_dim={out_dim!r} is not allowed: expected 0 or 1 (the dim of the output channels)")

@@ -91,12 +91,20 @@ class MxnetBridge:
         if not isinstance(net, gluon.Block):
             raise TypeError(f"net={type(net).__name__} is not allowed: expected a mxnet.gluon.Block")
         self.net = net
-        self._params: dict[str, gluon.Parameter] = dict(net.collect_params().items())
+        every = dict(net.collect_params().items())
+        # auxiliary states (BatchNorm running statistics) are not parameters: PyTorch keeps them as buffers
+        self._aux = [name for name, p in every.items() if not getattr(p, "_differentiable", True)]
+        self._params: dict[str, gluon.Parameter] = {n: p for n, p in every.items() if n not in self._aux}
         self._out_dims, self.channels_last, self._conv_weights = _conv_geometry(net, self._params)
         self._mask_arrays: dict[str, tuple[Tensor, list[tuple[mx.nd.NDArray, mx.nd.NDArray]]]] = {}
 
     def names(self) -> list[str]:
         return list(self._params)
+
+    def not_parameters(self) -> dict[str, str]:
+        """Auxiliary states (BatchNorm running statistics), like PyTorch's buffers: never pruned, and a
+        prune_dict naming one is refused."""
+        return {name: "an auxiliary state (e.g. a BatchNorm running statistic)" for name in self._aux}
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's shape (0 where deferred initialisation has not inferred it yet)."""
@@ -228,6 +236,7 @@ class Prune(Pruner):
             layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
             dtypes=bridge.dtypes(),
             criterion=criterion,
+            not_parameters=bridge.not_parameters(),
         )
         for name in self.config.params:
             if not bridge.is_floating(name):

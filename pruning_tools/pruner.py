@@ -243,7 +243,8 @@ class Pruner:
         out = {}
         for name, m in self._masks.items():
             if m is None:
-                m = torch.ones_like(self._strategy.local(self._read(name)), dtype=torch.bool)
+                local = self._strategy.local(self._read(name))
+                m = torch.ones(local.shape, dtype=torch.bool, device=self._mask_device(local))
             out[name] = m
         return out
 
@@ -279,8 +280,8 @@ class Pruner:
             if packed is None:
                 masks[name] = None
             else:
-                device = self._mask_device(self._strategy.local(self._read(name)))
-                masks[name] = M.unpack_bits(packed, local_shapes[name]).to(device)
+                local = self._strategy.local(self._read(name))
+                masks[name] = self._place(M.unpack_bits(packed, local_shapes[name]), local)
         self._criterion.load_state(valid.tensors.get("scores", {}))
         self._masks = masks
         self._step = valid.step
@@ -305,10 +306,11 @@ class Pruner:
         """
         self._check_ready()
         for name, mask in self.masks().items():
-            if D.is_sharded(self._read(name)):
+            p = self._read(name)
+            if D.is_sharded(p):
                 continue
             received = D.broadcast_mask(mask, src, group)
-            self._masks[name] = None if bool(received.all()) else received
+            self._masks[name] = None if bool(received.all()) else self._place(received, p)
         self._apply()
 
     # ------------------------------------------------------------ internals
@@ -365,12 +367,24 @@ class Pruner:
         self._warn_unreachable()
 
     def _mask_device(self, p: Tensor) -> torch.device:
+        """Where the mask of ``p`` (a weight or its local shard) lives: beside it, or on the host."""
         return torch.device("cpu") if self.config.prune_device == "cpu" else p.device
+
+    def _place(self, mask: Tensor, p: Tensor) -> Tensor:
+        """``mask`` where ``prune_device`` keeps the mask of ``p`` (a weight or its local shard). A host
+        mask of a GPU weight lies in pinned memory, so re-applying it on every step is an asynchronous
+        copy: no host synchronisation on the steps without a refresh."""
+        device = self._mask_device(p)
+        if mask.device != device:
+            mask = mask.to(device)
+        if device.type == "cpu" and p.device.type == "cuda" and not mask.is_pinned():
+            mask = mask.pin_memory()
+        return mask
 
     def _existing_zeros(self, p: Tensor) -> Tensor | None:
         local = self._strategy.local(p)
-        mask = (local.detach() != 0).to(self._mask_device(local))
-        return None if bool(mask.all()) else mask
+        mask = local.detach() != 0
+        return None if bool(mask.all()) else self._place(mask, local)
 
     def _pooled(self, values: Mapping[str, float]) -> float:
         """Size-weighted mean of ``values`` over the parameters in global mode (sizes from the specs)."""
@@ -417,34 +431,57 @@ class Pruner:
                 pool.append(name)
                 continue
             w = self._read(name).detach()
-            device = self._mask_device(self._strategy.local(w))
-            self._masks[name] = self._strategy.compute_mask(
-                w, self._masks[name], target, spec, name, device, self._nan_report(name), scores=scores[name]
+            local = self._strategy.local(w)
+            self._masks[name] = self._place(
+                self._strategy.compute_mask(
+                    w,
+                    self._previous(name, local),
+                    target,
+                    spec,
+                    name,
+                    self._mask_device(local),
+                    self._nan_report(name),
+                    scores=scores[name],
+                ),
+                local,
             )
         if pool:
             weights = [self._read(n).detach() for n in pool]  # one read (host copy for MXNet) per weight
-            devices = [self._mask_device(self._strategy.local(w)) for w in weights]
+            locals_ = [self._strategy.local(w) for w in weights]
+            devices = [self._mask_device(t) for t in locals_]
+            current = [self._previous(n, t) for n, t in zip(pool, locals_)]
             target = self._pooled(self._mask_targets)
             pooled = [scores[n] for n in pool]
             pooled_scores = None if any(sc is None for sc in pooled) else cast(list[Tensor], pooled)
             masks = self._strategy.global_masks(
                 weights,
-                [self._masks[n] for n in pool],
+                current,
                 target,
                 pool,
                 devices,
                 [self._nan_report(n) for n in pool],
                 scores=pooled_scores,
             )
-            for name, mask in zip(pool, masks):
-                self._masks[name] = mask
+            for name, mask, t in zip(pool, masks, locals_):
+                self._masks[name] = self._place(mask, t)
         for name in self.config.params:
             self._criterion.reset(name)
+
+    def _previous(self, name: str, local: Tensor) -> Tensor | None:
+        """The current mask of ``name`` on the device its new mask is computed on (it differs when the
+        model moved, e.g. ``model.cuda()`` after ``restore_sparsity`` or ``load``)."""
+        mask = self._masks[name]
+        device = self._mask_device(local)
+        return mask if mask is None or mask.device == device else mask.to(device)
 
     def _warn_unreachable(self) -> None:
         """One warning per parameter whose target its pattern cannot reach (``geometry.unreachable``:
         falling short by half a bank or more, e.g. rows of 1 or 3 at 2:4; overshooting is rounding)."""
         for name, spec in self.config.params.items():
+            if spec.numel == 0:  # e.g. a layer of zero width, matched by a glob
+                if spec.sparsity > 0:
+                    warnings.warn(f"{name} {list(spec.shape)} has no elements: nothing to prune", stacklevel=4)
+                continue
             if spec.balance == "global":
                 continue
             realised = G.unreachable(

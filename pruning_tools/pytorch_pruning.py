@@ -142,6 +142,10 @@ class TorchBridge:
             )
         return p
 
+    def not_parameters(self) -> dict[str, str]:
+        """Buffers (e.g. BatchNorm running statistics): never pruned, and a prune_dict naming one is refused."""
+        return {name: "a buffer (e.g. a BatchNorm running statistic)" for name, _ in self.model.named_buffers()}
+
     def names(self) -> list[str]:
         return list(self._paths)
 
@@ -262,6 +266,7 @@ class Prune(Pruner):
             aliases=bridge.aliases(),
             dtypes=bridge.dtypes(),
             criterion=criterion,
+            not_parameters=bridge.not_parameters(),
         )
         for name in self.config.params:
             if not bridge.is_floating(name):
@@ -275,9 +280,21 @@ class Prune(Pruner):
                     "no gradient to score it by (use criterion='magnitude', or leave it out of prune_dict)"
                 )
         self._strategy = D.strategy_for({name: bridge.read(name) for name in self.config.params}, self.config.params)
-        self._bridge = bridge
+        self._bridge = self._torch_bridge = bridge
         self.model = model
         self._init_state()
+
+    def _apply(self) -> None:
+        # masks follow their parameters: a model moved (``model.cuda()``) after its masks were made
+        # (``restore_sparsity``, ``load``) gets its masks moved once, not copied on every step
+        for name, mask in self._masks.items():
+            if mask is not None:
+                p = D.local(self._torch_bridge.parameter(name))
+                if mask.device != self._mask_device(p) or (
+                    p.is_cuda and mask.device.type == "cpu" and not mask.is_pinned()
+                ):
+                    self._masks[name] = self._place(mask, p)
+        super()._apply()
 
     def prepare(self) -> Prune:
         """No-op kept for API parity with the MXNet class (whose parameters initialise lazily)."""

@@ -18,6 +18,7 @@ sensitivity.png, targets.png, comparison.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -77,7 +78,7 @@ def dense_model(args) -> tuple[torch.nn.Module, dict | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/sensitivity_mnist"))
-    parser.add_argument("--data-dir", default="data/mnist", help="directory of the MNIST IDX files")
+    parser.add_argument("--data", "--data-dir", dest="data_dir", default="data/mnist", help="MNIST IDX directory")
     parser.add_argument("--dense-epochs", type=int, default=1)
     parser.add_argument("--dense-weights", type=Path, default=Path("runs/sensitivity_mnist_dense.safetensors"))
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each pruned training")
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:  # before any training: the figures are the point
+        parser.error("this script draws figures: it needs matplotlib (pip install -e '.[plots]')")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 

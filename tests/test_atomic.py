@@ -181,3 +181,18 @@ def test_numpy_and_torch_tensors_both_save(tmp_path):
     integrity.save_file({"a": np.zeros(3, np.float32)}, tmp_path / "n.safetensors")
     integrity.save_file({"a": torch.zeros(3)}, tmp_path / "t.safetensors")
     assert (tmp_path / "n.safetensors").read_bytes() == (tmp_path / "t.safetensors").read_bytes()
+
+
+def test_safetensors_files_get_the_usual_mode_too(tmp_path):
+    """safetensors writes through its own private temporary file (mode 0600) and renames it over ours:
+    the demo's weights came out 0600 beside 0644 results."""
+    from pruning_tools.integrity import save_file
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = tmp_path / "w.safetensors"
+    save_file({"w": np.zeros(3, dtype=np.float32)}, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    path.chmod(0o640)
+    save_file({"w": np.ones(3, dtype=np.float32)}, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # a replaced file keeps its mode

@@ -199,14 +199,18 @@ SCHEDULE = dict(pretrain_step=2, sparse_step=4, frequency=2)
 
 
 def make_net() -> Net:
+    """In float64: DDP's averaged half-batch gradients and one process's whole-batch ones differ by
+    rounding (~1e-16 here, ~1e-7 in float32), which could flip a near-tie in a mask on some CPU; masks
+    are compared exactly, so the weights they come from must agree far below any gap between them."""
     torch.manual_seed(0)
-    return Net()
+    return Net().double()
 
 
 def batches():
     g = torch.Generator().manual_seed(1)
     return [
-        (torch.randn(BATCH, 3, 4, 4, generator=g), torch.randint(0, 9, (BATCH,), generator=g)) for _ in range(STEPS)
+        (torch.randn(BATCH, 3, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 9, (BATCH,), generator=g))
+        for _ in range(STEPS)
     ]
 
 

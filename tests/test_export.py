@@ -315,6 +315,40 @@ def test_export_command_takes_the_pruner_settings(tmp_path):
     assert result.exit_code == 2 and "not a pruner state" in result.output
 
 
+def test_damaged_packed_files_name_the_file_and_the_tensor(tmp_path):
+    w = torch.randn(8, 128)
+    w = w * bank_mask(w, None, 0.9375)
+    good = tmp_path / "good.safetensors"
+    E.save_packed({"fc.weight": w, "fc.bias": torch.ones(8)}, good)
+    flat = safetensors.torch.load_file(str(good))
+    with safetensors.safe_open(str(good), "pt") as f:
+        meta = json.loads(f.metadata()[E.METADATA_KEY])
+
+    def write(name, tensors, metadata):
+        path = tmp_path / name
+        safetensors.torch.save_file(tensors, str(path), metadata={E.METADATA_KEY: json.dumps(metadata)})
+        return path
+
+    missing_part = write("part.safetensors", {k: v for k, v in flat.items() if not k.endswith("::indices")}, meta)
+    no_shape = json.loads(json.dumps(meta))
+    del no_shape["packed"]["fc.weight"]["shape"]
+    bad_index = dict(flat)
+    bad_index["fc.weight::indices"] = torch.full_like(flat["fc.weight::indices"], 200)  # past a bank of 64
+    cases = [
+        (missing_part, "'fc.weight' is incomplete"),
+        (write("shape.safetensors", flat, no_shape), "'fc.weight' is incomplete"),
+        (write("index.safetensors", bad_index, meta), "'fc.weight'"),
+        (write("format.safetensors", flat, {**meta, "format": "other/9"}), "has format 'other/9'"),
+    ]
+    text = tmp_path / "text.safetensors"
+    text.write_text("not safetensors")
+    cases.append((text, "not a readable safetensors file"))
+    for path, message in cases:
+        with pytest.raises(ValueError) as caught:
+            E.load_packed(path)
+        assert str(path) in str(caught.value) and message in str(caught.value), str(caught.value)
+
+
 def test_export_command_reads_transposed_weights(tmp_path):
     from click.testing import CliRunner
 

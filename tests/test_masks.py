@@ -190,3 +190,44 @@ def test_property_every_bank_meets_budget(out, cin, k, bank, sparsity, layout, s
     bank_counts_ok(w, keep, sparsity, bank, layout)
     assert M.check_banks(w * keep, bank, layout, sparsity=sparsity).balanced
     assert torch.equal(keep, M.bank_mask(w.clone(), None, sparsity, bank, layout))  # deterministic
+
+
+# ---------------------------------------------------------------- the checker's arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"sparsity": -0.5}, ValueError, "sparsity=-0.5 is not allowed"),  # was: balanced, budget 96 of 64
+        ({"sparsity": 1.0}, ValueError, "sparsity=1.0 is not allowed"),
+        ({"sparsity": float("nan")}, ValueError, "sparsity=nan"),
+        ({"sparsity": "0.5"}, ValueError, "sparsity='0.5'"),
+        ({"layout": "bogus"}, ValueError, "layout='bogus' is not allowed: expected one of 'channels_last', 'flat'"),
+        ({"bank_size": 1}, ValueError, "bank_size=1 is not allowed: expected an integer >= 2"),
+        ({"bank_size": 64.5}, ValueError, "bank_size=64.5"),
+        ({"bank_size": True}, ValueError, "bank_size=True"),
+        ({"out_dim": 2}, ValueError, "out_dim=2 is not allowed: expected 0 or 1"),
+    ],
+)
+def test_check_banks_validates_its_arguments(kwargs, error, message):
+    w = torch.randn(8, 128)
+    with pytest.raises(error, match=message.replace("[", r"\[").replace("(", r"\(")):
+        M.check_banks(w, **kwargs)
+
+
+def test_check_banks_takes_an_integral_float_bank_size():
+    w = torch.randn(8, 128)
+    a, b = M.check_banks(w, 64.0), M.check_banks(w, 64)  # what config.check_step accepts elsewhere
+    assert (a.budget, a.banks, a.balanced) == (b.budget, b.banks, b.balanced) and torch.equal(a.bank_ok, b.bank_ok)
+
+
+@pytest.mark.parametrize("w", [[[1.0, 0.0]], None, 3.0])
+def test_check_banks_wants_a_tensor(w):
+    with pytest.raises(TypeError, match="expected a torch.Tensor"):
+        M.check_banks(w)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (4, 0), (2, 0, 3, 3), (0,)])
+def test_check_banks_of_an_empty_tensor(shape):
+    report = M.check_banks(torch.zeros(shape))
+    assert report.balanced and report.banks == 0 and report.over_budget == 0

@@ -262,6 +262,21 @@ def test_an_unlisted_channels_last_conv_is_no_reason_to_refuse_the_network():
         quiet(net, 0, 0, 1, {"*conv0_weight": 0.5})
 
 
+def test_batchnorm_statistics_are_not_parameters_as_in_pytorch():
+    """Aux states (running mean / variance) were accepted and pruned; PyTorch refuses its buffers."""
+    net = nn.HybridSequential(prefix="n_")
+    with net.name_scope():
+        net.add(nn.Dense(8, in_units=8), nn.BatchNorm(in_channels=8))
+    net.initialize()
+    with pytest.raises(ValueError, match=r"'n_batchnorm0_running_var' names an auxiliary state .* not a parameter"):
+        Prune(net, 0, 0, 1, {"n_batchnorm0_running_var": 0.5}, balance="none")
+    prune = Prune(net, 0, 0, 1, {"n_batchnorm0_*": 0.5}, balance="none")  # gamma and beta only
+    assert list(prune.config.params) == ["n_batchnorm0_gamma", "n_batchnorm0_beta"]
+    prune.prune()
+    stats = net.collect_params()["n_batchnorm0_running_var"].data().asnumpy()
+    assert (stats == 1).all()  # untouched
+
+
 def test_the_block_may_be_passed_as_model():  # the keyword of the original tool's MXNet documentation
     net = make_net(in_channels=8)
     net.initialize()

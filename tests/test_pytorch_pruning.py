@@ -354,3 +354,29 @@ def test_bank_sparse_conversion_takes_the_geometry_from_the_pruner(tmp_path):
             torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="pruner=int"):
         to_bank_sparse(model, 16)
+
+
+def test_an_empty_parameter_prunes_to_nothing_and_says_so():
+    """``[0, 4]`` raised ZeroDivisionError at construction; now it is pruned to nothing, every way."""
+    model = nn.Module()
+    model.empty = nn.Parameter(torch.zeros(0, 4))
+    model.w = nn.Parameter(torch.randn(4, 64))
+    for balance in ("fix", "none", "global"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            prune = Prune(model, 0, 0, 1, {"empty": 0.5, "w": 0.5}, balance=balance)
+        assert [str(w.message) for w in caught] == ["empty [0, 4] has no elements: nothing to prune"], balance
+        prune.prune()
+        layers, total = prune.sparsity()
+        assert layers == {"empty": 0.0, "w": 0.5} and total == 0.5 and prune.check()[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a dense target on an empty parameter: nothing to say
+        Prune(model, 0, 0, 1, {"empty": 0.0})
+
+
+def test_buffers_are_refused_by_name_and_never_matched():
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))
+    with pytest.raises(ValueError, match=r"'1.running_mean' names a buffer .* not a parameter"):
+        Prune(model, 0, 0, 1, {"1.running_mean": 0.5}, balance="none")
+    prune = Prune(model, 0, 0, 1, {"1.*": 0.5}, balance="none")  # the gain and bias, not the statistics
+    assert list(prune.config.params) == ["1.weight", "1.bias"]

@@ -341,9 +341,12 @@ def test_cli_with_a_user_model(tmp_path, monkeypatch):
         (["--model", "no_colon"], "expected 'pkg.module:function'"),
         (["--model", "json:nothing_here"], "nothing_here"),
         (["--model", "json:dumps", "--target", "0.5", "--uniform", "0.5"], "not both"),
-        (["--model", "json:dumps", "--target", "1.5"], "--target=1.5"),
+        (["--model", "json:dumps", "--target", "1.5"], "Invalid value for '--target': '1.5' is not in [0, 1)"),
+        (["--model", "json:dumps", "--target", "nan"], "'nan' is not in [0, 1)"),
+        (["--model", "json:dumps", "--max-drop", "-0.1"], "not a finite number >= 0"),
         (["--model", "json:dumps", "--levels", "0.5,x"], "expected comma-separated numbers"),
-        (["--model", "json:dumps", "--bank-size", "1"], "bank_size=1"),
+        (["--model", "json:dumps", "--bank-size", "1"], "Invalid value for '--bank-size': 1 is not in the range x>=2"),
+        (["--model", "json:dumps", "--levels", "0.5,nan"], "levels[1]=nan"),
     ],
 )
 def test_cli_errors(args, message, tmp_path):
@@ -374,7 +377,12 @@ def test_cli_mnist_default_model(tmp_path, monkeypatch):
         main, [*common, "--weights", str(tmp_path / "dense.safetensors"), "--out", str(tmp_path / "again")]
     )
     assert rerun.exit_code == 0, rerun.output
-    assert S.SensitivityTable.load_json(tmp_path / "again" / "sensitivity.json") == table
+    again = S.SensitivityTable.load_json(tmp_path / "again" / "sensitivity.json")
+    # the first run scores the model reloaded from dense.safetensors, as the second does; a tolerance
+    # all the same: no test may rest on arithmetic order (vector width, threads, memory format)
+    assert (again.names, again.levels, again.sizes()) == (table.names, table.levels, table.sizes())
+    assert again.baseline == pytest.approx(table.baseline, rel=1e-6)
+    assert np.allclose(again.scores, table.scores, rtol=1e-6, atol=0)
     assert table.baseline < 0  # minus the cross-entropy by default
     by_accuracy = CliRunner().invoke(
         main,
@@ -420,9 +428,13 @@ def test_mxnet_block_restored_exactly_and_same_table_as_pytorch():
         assert np.array_equal(p.data().asnumpy(), before[name]), name
     assert len(ours.names) == 2 and ours.levels == theirs.levels
     assert np.allclose(ours.scores, theirs.scores, rtol=1e-4)
-    suggestion = S.suggest_prune_dict(ours, 0.6)  # keyed by Gluon names, same targets as PyTorch's
-    assert list(suggestion) == ours.names
-    assert list(suggestion.values()) == list(S.suggest_prune_dict(theirs, 0.6).values())
+    suggestion = S.suggest_prune_dict(ours, 0.6)  # keyed by Gluon names
+    assert list(suggestion) == ours.names and S.overall_sparsity(ours, suggestion) >= 0.6
+    # the scores of two frameworks agree only up to rounding: two choices that cost the same up to
+    # rounding may swap, so compare what the choices cost, not which one won
+    torch_suggestion = S.suggest_prune_dict(theirs, 0.6)
+    drops = S.predicted_drop(ours, suggestion), S.predicted_drop(theirs, torch_suggestion)
+    assert drops[0] == pytest.approx(drops[1], rel=1e-3, abs=1e-6)
 
 
 def test_sweep_rejects_other_models():

@@ -1,13 +1,20 @@
 """The compiled kernels: one loader, one cache, one engine switch. The C sources lie beside this file.
 
-Each kernel is plain C99 (+ OpenMP where it helps) with no Python or torch headers, built by the
-system C compiler (``$CC`` or ``cc``) in about a second at first use and loaded with ``ctypes``. The
-shared library is cached under ``$PRUNING_TOOLS_CACHE`` (default ``~/.cache/pruning_tools``), keyed
-by the source, the flags, the compiler and the CPU, so a later process loads it without compiling.
+Each kernel is plain C99 (+ OpenMP where it helps) with no torch headers, built by the system C
+compiler (``$CC`` or ``cc``) in about a second at first use and loaded with ``ctypes``. The shared
+library is cached under ``$PRUNING_TOOLS_CACHE`` (default ``~/.cache/pruning_tools``), keyed by the
+source, the flags, the compiler and the CPU, so a later process loads it without compiling. A kernel
+with a ``python_module`` is also built as that CPython extension where Python's headers are found
+(``module(name)``: the same code, called without ctypes' per-call argument conversion).
 
 - ``mask_select`` (``mask_select.c``): bank-balanced selection, radix-select histograms and masked
   zeroing for the mask engine (wrapped by ``mask_kernels``).
-- ``bank_sparse`` (``bank_sparse.c``): ``y = x Wᵀ + b`` from packed banks (``pruning_tools.inference``).
+- ``bank_sparse`` (``bank_sparse.c``): ``y = x Wᵀ + b`` and k×k convolutions from packed banks
+  (``pruning_tools.inference``); every entry point checks its sizes once per call, and only runs on a
+  weight whose indices its own ``bank_check`` has read.
+
+``PRUNING_TOOLS_SANITIZE=address`` builds every kernel with AddressSanitizer (a separate cache entry;
+the process must preload the sanitizer's runtime, see ``scripts/test.sh``).
 
 The engine: ``auto`` (default: a kernel when it builds, else the pure-PyTorch path with one warning),
 ``native`` (a kernel or ``KernelUnavailableError``), ``torch`` (always the PyTorch path). It comes from
@@ -24,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import importlib.util
 import os
 import platform
 import subprocess
+import sysconfig
 import tempfile
 import threading
 import warnings
@@ -49,6 +58,7 @@ class Kernel:
     source: Path
     flags: tuple[str, ...]  # -fopenmp is dropped (one thread) when the compiler lacks OpenMP
     signatures: dict[str, tuple[list, object]]  # function -> (argtypes, restype)
+    python_module: str | None = None  # also built as this CPython extension where Python.h is found
 
 
 def _mask_select_signatures() -> dict[str, tuple[list, object]]:
@@ -69,17 +79,49 @@ KERNELS = {
     "bank_sparse": Kernel(
         HERE / "bank_sparse.c",
         ("-O3", "-march=native", "-std=gnu99", "-fopenmp", "-shared", "-fPIC"),
-        {
-            # x, batch, in_features, y, values, idx, tail_values, tail_idx, bias, rows, banks, k, bank, tail_k
-            "bank_linear": ([_P, _I, _I, _P] + [_P] * 5 + [_I] * 5, ctypes.c_int),
+        {  # descriptors are pointers to pruning_tools.inference.native.BankWeight / ConvGeometry
+            "bank_check": ([_P, _P], ctypes.c_int),  # weight, int64 *where
+            "bank_linear": ([_P, _P, _I, _I, _P], ctypes.c_int),  # weight, x, batch, in_features, y
+            "bank_conv2d": ([_P, _P, _P, _P], ctypes.c_int),  # weight, geometry, x, y
             "bank_set_threads": ([ctypes.c_int], None),
         },
+        python_module="_bank_sparse",  # linear / conv2d without ctypes' per-call conversions (module())
     ),
 }
 
+SANITIZERS = {"address": ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")}
+
+
+def flags_of(kernel: Kernel, python: bool = True) -> tuple[str, ...]:
+    """The compiler flags of ``kernel``: plus a sanitizer's when ``PRUNING_TOOLS_SANITIZE`` names one
+    (``address``: AddressSanitizer, for tests; the process must preload the sanitizer's runtime), plus
+    (``python``) those building its CPython extension module where Python.h is found."""
+    sanitizer = os.environ.get("PRUNING_TOOLS_SANITIZE", "")
+    if sanitizer and sanitizer not in SANITIZERS:
+        raise ValueError(f"PRUNING_TOOLS_SANITIZE={sanitizer!r} is not allowed: expected one of {sorted(SANITIZERS)}")
+    flags = (*kernel.flags, *SANITIZERS.get(sanitizer, ()))
+    extension = _python_flags() if python and kernel.python_module else None
+    return (*flags, *extension) if extension else flags
+
+
+def _python_flags() -> tuple[str, ...] | None:
+    """Flags that build a kernel as a CPython extension too, or None where Python.h is missing."""
+    include = sysconfig.get_paths().get("include")
+    if not include or not Path(include, "Python.h").is_file():
+        return None
+    return (f"-I{include}", "-DBANK_PYTHON_MODULE")
+
+
 _loaded: dict[str, ctypes.CDLL | None] = {}  # kernel name -> library, None once it failed (or engine "torch")
+_modules: dict[str, object | None] = {}  # kernel name -> its extension module (None: ctypes only)
 _errors: dict[str, str] = {}  # kernel name -> why it is None
-_override = threading.local()  # .engine set by use_engine
+
+
+class _Override(threading.local):
+    engine: str | None = None  # set by use_engine, per thread
+
+
+_override = _Override()
 _lock = threading.Lock()
 
 
@@ -93,19 +135,25 @@ def _check_engine(argument: str, value: object) -> str:
     return value
 
 
+_from_environment: list[str] = []  # PRUNING_TOOLS_KERNEL as read at first use (reset() reads it again)
+
+
 def engine() -> str:
-    """The engine in force: the innermost ``use_engine`` block's, else ``PRUNING_TOOLS_KERNEL``, else ``auto``."""
-    chosen = getattr(_override, "engine", None)
+    """The engine in force: the innermost ``use_engine`` block's, else ``PRUNING_TOOLS_KERNEL`` (read
+    at first use), else ``auto``."""
+    chosen = _override.engine
     if chosen is not None:
         return chosen
-    return _check_engine("PRUNING_TOOLS_KERNEL", os.environ.get("PRUNING_TOOLS_KERNEL", "auto"))
+    if not _from_environment:
+        _from_environment.append(_check_engine("PRUNING_TOOLS_KERNEL", os.environ.get("PRUNING_TOOLS_KERNEL", "auto")))
+    return _from_environment[0]
 
 
 @contextlib.contextmanager
 def use_engine(name: str) -> Iterator[None]:
     """Compute with ``name`` (``"auto"``, ``"native"`` or ``"torch"``) inside the ``with`` block (this thread)."""
     _check_engine("engine", name)
-    previous = getattr(_override, "engine", None)
+    previous = _override.engine
     _override.engine = name
     try:
         yield
@@ -117,7 +165,9 @@ def reset() -> None:
     """Forget every loaded kernel and failure: the next ``library()`` call reads the engine and tries again."""
     with _lock:
         _loaded.clear()
+        _modules.clear()
         _errors.clear()
+        _from_environment.clear()
 
 
 def cache_dir() -> Path:
@@ -177,12 +227,29 @@ def compiled(source: Path, flags: Sequence[str]) -> Path:
     return path
 
 
-def _load(kernel: Kernel) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(compiled(kernel.source, kernel.flags)))
+def _load(kernel: Kernel) -> tuple[ctypes.CDLL, object | None]:
+    """The library (ctypes) and, for a kernel with a ``python_module``, the same file imported as that
+    extension module (None where it cannot be built: the library alone, through ctypes)."""
+    module, path = None, None
+    full, plain = flags_of(kernel), flags_of(kernel, python=False)
+    if full != plain:
+        try:
+            path = compiled(kernel.source, full)
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            path = None  # no Python headers that work: the plain library
+    if path is not None:
+        spec = importlib.util.spec_from_file_location(str(kernel.python_module), path)
+        if spec is not None and spec.loader is not None:
+            try:
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            except ImportError:
+                module = None  # the library still loads through ctypes
+    lib = ctypes.CDLL(str(path if path is not None else compiled(kernel.source, plain)))
     for name, (argtypes, restype) in kernel.signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
-    return lib
+    return lib, module
 
 
 def library(name: str) -> ctypes.CDLL | None:
@@ -197,7 +264,7 @@ def library(name: str) -> ctypes.CDLL | None:
         with _lock:
             if name not in _loaded:
                 try:
-                    _loaded[name] = _load(KERNELS[name])
+                    _loaded[name], _modules[name] = _load(KERNELS[name])
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no compiler, build or load error
                     _loaded[name], _errors[name] = None, f"{type(e).__name__}: {e}"
                     if chosen == "auto":
@@ -209,6 +276,12 @@ def library(name: str) -> ctypes.CDLL | None:
     if _loaded[name] is None and chosen == "native":
         raise KernelUnavailableError(f"engine 'native' but the {name} kernel is unavailable: {_errors.get(name)}")
     return _loaded[name]
+
+
+def module(name: str) -> object | None:
+    """The extension module of kernel ``name`` (same code as ``library(name)``, called without ctypes),
+    or None where it is not built (no Python headers) or the library is unavailable."""
+    return _modules.get(name) if library(name) is not None else None
 
 
 def set_threads(n: int) -> None:
@@ -229,8 +302,10 @@ __all__ = [
     "cache_dir",
     "compiled",
     "engine",
+    "flags_of",
     "library",
     "library_path",
+    "module",
     "reset",
     "set_threads",
     "use_engine",

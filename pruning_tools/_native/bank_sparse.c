@@ -1,21 +1,36 @@
-/* Bank-sparse matrix product for CPUs: y = x W^T + b, W stored packed (pruning_tools/export.py).
+/* Bank-sparse products straight from packed banks (pruning_tools.export.pack, channels-last rows).
  *
- * Packed W, one row per output feature:
- *   values [rows, banks, k] float32, idx [rows, banks, k] uint8 (position inside the bank);
- *   tail_values [rows, tail_k], tail_idx [rows, tail_k] for the shorter last bank (tail_k may be 0).
- * Full bank j of a row covers input columns [j * bank, (j + 1) * bank); the tail bank starts at
- * banks * bank.
+ * A weight is described once by a bank_weight (below): rows of `in_features` weights, each row cut
+ * into `banks` full banks of `bank` weights plus a tail bank of in_features - banks * bank; every full
+ * bank stores k values and their uint8 positions inside the bank, every tail bank tail_k of them.
+ *   values [rows, banks, k] float32, idx [rows, banks, k] uint8;
+ *   tail_values [rows, tail_k], tail_idx [rows, tail_k] (tail_k may be 0).
+ * Full bank j of a row covers input columns [j * bank, (j + 1) * bank); the tail starts at banks * bank.
  *
- * bank_linear: x [batch, in] -> y [batch, rows], returns 0 (or -1 when scratch memory is short).
- *   batch 1 is a dot product per row; larger batches first copy x transposed into a per-thread
- *   scratch buffer xt [in, ldx] (ldx = batch rounded up to 8, padding zeroed; kept for later calls),
- *   then run tiles of 8 to 64 batch columns held in vector registers.
- * Rows are shared among OpenMP threads (one thread when the work is small). The team shrinks when
- * other processes keep the cores busy (team_size below): on a shared machine a thread that waits for
- * a busy core costs a scheduler time slice, far more than the product itself.
+ * Safety: bank_check() reads every index once and stamps the descriptor; the products refuse a
+ * descriptor whose stamp does not match its fields (changed pointers or sizes, never checked), and
+ * check every size they receive against it, once per call. So no index, size or stride from a file
+ * can make them read or write outside the buffers described.
+ *
+ * bank_linear: x [batch, in] -> y [batch, rows]. Batch 1 is a dot product per row; larger batches
+ *   copy x transposed into a scratch buffer xt [in, ldx] and run the tile core below.
+ * bank_conv2d: x [n, c, h, w] (NCHW) -> y [n, o, oh, ow] for a k x k convolution (any stride,
+ *   padding, dilation; groups 1) whose rows are (o, kh, kw), each along the input channels. Each image
+ *   is copied once into zero-padded, stride-phase planes (so that the input pixels an output row
+ *   reads at one kernel position are contiguous); then for each output channel and each run of output
+ *   positions, every stored weight (c, kh, kw) adds value * plane_c[shifted run] into vector
+ *   accumulators. The weight is never expanded and the input never unfolded.
+ *
+ * Threads: OpenMP, sharing torch's runtime (torch is loaded first): omp_get_max_threads() is
+ * torch.get_num_threads(). The team shrinks when other processes keep the cores busy (team_size).
  * GCC vector extensions keep the code portable: the compiler maps them to the widest SIMD it has.
  */
+#ifdef BANK_PYTHON_MODULE /* also a CPython extension module (see the end): Python.h comes first */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#else
 #define _POSIX_C_SOURCE 200112L
+#endif
 #include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,23 +38,129 @@
 #include <string.h>
 #include <time.h>
 
-typedef float v8 __attribute__((vector_size(32)));
+#ifndef VL
+#define VL 16 /* floats per vector */
+#endif
+#ifndef TILE_VECTORS
+#define TILE_VECTORS 4 /* vectors of output positions per tile (4 or 8) */
+#endif
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 
-static inline v8 load8(const float *p) {
-    v8 v;
+static inline vf loadv(const float *p) {
+    vf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
+/* 16 x 16 blocks transposed in registers (4 rounds of two-vector shuffles: vpermt2ps on AVX-512). */
+typedef float f16v __attribute__((vector_size(16 * sizeof(float))));
+typedef int32_t i16v __attribute__((vector_size(16 * sizeof(int32_t))));
+
+static inline f16v load16(const float *p) {
+    f16v v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store16(float *p, f16v v) { memcpy(p, &v, sizeof v); }
+
+static inline void transpose16(f16v a[16]) {
+#pragma GCC unroll 4
+    for (int m = 8; m >= 1; m >>= 1) {
+        i16v lo, hi; /* rows r, r + m (bit m of r clear) swap their off-diagonal m-blocks */
+        for (int c = 0; c < 16; ++c) {
+            lo[c] = (c & m) ? 16 + c - m : c;
+            hi[c] = (c & m) ? 16 + c : c + m;
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < 16; ++r) {
+            if (r & m) continue;
+            const f16v x = a[r], y = a[r + m];
+            a[r] = __builtin_shuffle(x, y, lo);
+            a[r + m] = __builtin_shuffle(x, y, hi);
+        }
+    }
+}
+
+enum { BANK_OK = 0, BANK_NO_MEMORY = -1, BANK_NOT_CHECKED = -2, BANK_BAD_SIZES = -3, BANK_BAD_INDEX = -4 };
+
+typedef struct {
+    const float *values;
+    const uint8_t *idx;
+    const float *tail_values;
+    const uint8_t *tail_idx;
+    const float *bias; /* [rows] (linear) or [rows / (kh * kw)] (conv), or NULL */
+    int64_t rows, in_features, banks, k, bank, tail_k;
+    uint64_t stamp; /* written by bank_check */
+} bank_weight;
+
+typedef struct {
+    int64_t n, c, h, w;                 /* input */
+    int64_t kh, kw, sh, sw, ph, pw, dh, dw; /* kernel, stride, top/left padding, dilation */
+    int64_t oh, ow;                     /* output */
+    int64_t xs_n, xs_c, xs_h, xs_w;     /* the input's strides, in floats (NCHW or channels-last) */
+} bank_conv_geometry;
+
+#define LIMIT ((int64_t)1 << 31) /* every size below this: products of a few of them fit in int64 */
+
+static uint64_t stamp_of(const bank_weight *w) {
+    const uint64_t fields[] = {(uint64_t)(uintptr_t)w->values, (uint64_t)(uintptr_t)w->idx,
+                               (uint64_t)(uintptr_t)w->tail_values, (uint64_t)(uintptr_t)w->tail_idx,
+                               (uint64_t)w->rows, (uint64_t)w->in_features, (uint64_t)w->banks,
+                               (uint64_t)w->k, (uint64_t)w->bank, (uint64_t)w->tail_k};
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; ++i) h = (h ^ fields[i]) * 0x100000001b3ull + 0x5bd1e995u;
+    return h | 1u; /* never 0 (0: not checked) */
+}
+
+static int sizes_ok(const bank_weight *w) {
+    if (w->rows < 0 || w->rows >= LIMIT || w->in_features < 0 || w->in_features >= LIMIT) return 0;
+    if (w->bank < 1 || w->bank > 256 || w->banks < 0 || w->k < 0 || w->k > w->bank || w->tail_k < 0) return 0;
+    if (w->banks * w->bank > w->in_features) return 0;
+    const int64_t tail_len = w->in_features - w->banks * w->bank;
+    if (tail_len >= w->bank || w->tail_k > tail_len) return 0;
+    if (w->rows && w->banks && w->k && (!w->values || !w->idx)) return 0;
+    if (w->rows && w->tail_k && (!w->tail_values || !w->tail_idx)) return 0;
+    return 1;
+}
+
+/* Read every stored index once: each must lie inside its bank (full banks: < bank; tail: < tail_len).
+ * Returns BANK_OK and stamps the descriptor, or BANK_BAD_SIZES / BANK_BAD_INDEX (first bad flat
+ * position in *where: full banks, then tail). */
+int bank_check(bank_weight *w, int64_t *where) {
+    w->stamp = 0;
+    *where = -1;
+    if (!sizes_ok(w)) return BANK_BAD_SIZES;
+    const int64_t n = w->rows * w->banks * w->k;
+    const int64_t tail_len = w->in_features - w->banks * w->bank;
+    for (int64_t i = 0; i < n; ++i)
+        if (w->idx[i] >= w->bank) {
+            *where = i;
+            return BANK_BAD_INDEX;
+        }
+    const int64_t nt = w->rows * w->tail_k;
+    for (int64_t i = 0; i < nt; ++i)
+        if (w->tail_idx[i] >= tail_len) {
+            *where = n + i;
+            return BANK_BAD_INDEX;
+        }
+    w->stamp = stamp_of(w);
+    return BANK_OK;
+}
+
+static int usable(const bank_weight *w) { return w && w->stamp != 0 && w->stamp == stamp_of(w) && sizes_ok(w); }
+
+/* ---------------------------------------------------------------- threads */
+
 #define PARALLEL_WORK 65536 /* multiply-adds below which one thread is faster than a team */
 
-/* Threads for the next loop: omp_get_max_threads() (torch.set_num_threads), fewer when the kernel's
- * count of runnable threads (/proc/loadavg, read at most every 50 ms per calling thread) says other
- * processes occupy the cores. Our own team is counted as running (its threads spin between loops).
+/* Threads for the next loop: omp_get_max_threads() (torch.set_num_threads), fewer when the count of
+ * runnable threads (/proc/loadavg, read at most every 50 ms per calling thread) says other processes
+ * occupy the cores. Our own team is counted as running (its threads spin between loops).
  * bank_set_threads(n > 0) fixes the team size instead; bank_set_threads(0) restores the default. */
 static __thread double team_checked_at = -1.0;
 static __thread int team_cached = 1;
-static int team_forced = 0; /* > 0: always this many threads (bank_set_threads) */
+static int team_forced = 0;
 
 void bank_set_threads(int n) { team_forced = n > 0 ? n : 0; }
 
@@ -66,30 +187,28 @@ static int team_size(void) {
 
 /* ---------------------------------------------------------------- batch 1 */
 
-/* Dot product of one packed row with x; K stored weights per bank (a constant in the copies below). */
-#define ROW_DOT_BODY(K)                                                                         \
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                    \
-    int64_t j = 0;                                                                              \
-    for (; j + 4 <= banks; j += 4) {                                                            \
-        for (int u = 0; u < 4; ++u) {                                                           \
-            const float *xb = x + (j + u) * bank;                                               \
-            const float *vb = v + (j + u) * (K);                                                \
-            const uint8_t *ib = ix + (j + u) * (K);                                             \
-            float s = 0.0f;                                                                     \
-            for (int64_t t = 0; t < (K); ++t) s += vb[t] * xb[ib[t]];                           \
-            acc[u] += s;                                                                        \
-        }                                                                                       \
-    }                                                                                           \
-    for (; j < banks; ++j) {                                                                    \
-        const float *xb = x + j * bank;                                                         \
-        for (int64_t t = 0; t < (K); ++t) acc[0] += v[j * (K) + t] * xb[ix[j * (K) + t]];       \
-    }                                                                                           \
+#define ROW_DOT_BODY(K)                                                                   \
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                              \
+    int64_t j = 0;                                                                        \
+    for (; j + 4 <= banks; j += 4) {                                                      \
+        for (int u = 0; u < 4; ++u) {                                                     \
+            const float *xb = x + (j + u) * bank;                                         \
+            const float *vb = v + (j + u) * (K);                                          \
+            const uint8_t *ib = ix + (j + u) * (K);                                       \
+            float s = 0.0f;                                                               \
+            for (int64_t t = 0; t < (K); ++t) s += vb[t] * xb[ib[t]];                     \
+            acc[u] += s;                                                                  \
+        }                                                                                 \
+    }                                                                                     \
+    for (; j < banks; ++j) {                                                              \
+        const float *xb = x + j * bank;                                                   \
+        for (int64_t t = 0; t < (K); ++t) acc[0] += v[j * (K) + t] * xb[ix[j * (K) + t]]; \
+    }                                                                                     \
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 
-#define DEFINE_ROW_DOT(K)                                                                            \
-    static float row_dot_##K(const float *x, const float *v, const uint8_t *ix, int64_t banks,       \
-                             int64_t bank) {                                                         \
-        ROW_DOT_BODY(K)                                                                              \
+#define DEFINE_ROW_DOT(K)                                                                             \
+    static float row_dot_##K(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank) { \
+        ROW_DOT_BODY(K)                                                                               \
     }
 DEFINE_ROW_DOT(1)
 DEFINE_ROW_DOT(2)
@@ -100,14 +219,14 @@ DEFINE_ROW_DOT(6)
 DEFINE_ROW_DOT(7)
 DEFINE_ROW_DOT(8)
 
-static float row_dot_any(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank,
-                         int64_t k) {
+static float row_dot_any(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank, int64_t k) {
     ROW_DOT_BODY(k)
 }
 
-static inline float row_dot(const float *x, const float *v, const uint8_t *ix, int64_t banks,
-                            int64_t bank, int64_t k) {
+static inline float row_dot(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank,
+                            int64_t k) {
     switch (k) {
+        case 0: return 0.0f;
         case 1: return row_dot_1(x, v, ix, banks, bank);
         case 2: return row_dot_2(x, v, ix, banks, bank);
         case 3: return row_dot_3(x, v, ix, banks, bank);
@@ -120,145 +239,525 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
     }
 }
 
-static void bank_gemv(const float *x, const float *values, const uint8_t *idx, const float *tail_values,
-               const uint8_t *tail_idx, const float *bias, float *y, int64_t rows, int64_t banks,
-               int64_t k, int64_t bank, int64_t tail_k) {
-    const int64_t work = rows * (banks * k + tail_k);
-    const int team = work > PARALLEL_WORK ? team_size() : 1;
-#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
-    for (int64_t o = 0; o < rows; ++o) {
-        float acc = banks ? row_dot(x, values + o * banks * k, idx + o * banks * k, banks, bank, k) : 0.0f;
-        const float *tv = tail_values + o * tail_k;
-        const uint8_t *ti = tail_idx + o * tail_k;
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* 16 stored weights at a time: their values, their columns (bank start from `base` + in-bank index)
+ * gathered from x. `base[f]` = (f / k) * bank for the flat position f of a row's full banks. */
+static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1, const int32_t *base) {
+    const int64_t n = w->banks * w->k, tail_k = w->tail_k;
+    const float *xt = x + w->banks * w->bank;
+    for (int64_t o = o0; o < o1; ++o) {
+        const float *v = w->values + o * n;
+        const uint8_t *ix = w->idx + o * n;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        int64_t f = 0;
+        for (; f + 32 <= n; f += 32) {
+            const __m512i c0 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ix + f))),
+                                                _mm512_loadu_si512(base + f));
+            const __m512i c1 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ix + f + 16))),
+                                                _mm512_loadu_si512(base + f + 16));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + f), _mm512_i32gather_ps(c0, x, 4), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + f + 16), _mm512_i32gather_ps(c1, x, 4), a1);
+        }
+        for (; f + 16 <= n; f += 16) {
+            const __m512i c0 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ix + f))),
+                                                _mm512_loadu_si512(base + f));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + f), _mm512_i32gather_ps(c0, x, 4), a0);
+        }
+        float acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        for (; f < n; ++f) acc += v[f] * x[base[f] + ix[f]];
+        const float *tv = w->tail_values + o * tail_k;
+        const uint8_t *ti = w->tail_idx + o * tail_k;
+        for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
+        y[o] = acc + (w->bias ? w->bias[o] : 0.0f);
+    }
+}
+#define GEMV_BASE 1
+#else
+static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1, const int32_t *base) {
+    (void)base;
+    const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;
+    for (int64_t o = o0; o < o1; ++o) {
+        float acc = banks ? row_dot(x, w->values + o * banks * k, w->idx + o * banks * k, banks, bank, k) : 0.0f;
+        const float *tv = w->tail_values + o * tail_k;
+        const uint8_t *ti = w->tail_idx + o * tail_k;
         const float *xt = x + banks * bank;
         for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
-        y[o] = acc + (bias ? bias[o] : 0.0f);
+        y[o] = acc + (w->bias ? w->bias[o] : 0.0f);
     }
 }
+#define GEMV_BASE 0
+#endif
 
-/* ---------------------------------------------------------------- batch > 1 */
-
-/* acc[0:N] (N vectors of 8 batch columns) += w * xt[col, b0 : b0 + 8N] for each stored weight.
- * U independent copies of acc (stored weight t of a bank goes to copy t % U) hide the FMA latency. */
-#define GEMM_TILE(N, U)                                                                          \
-    static void gemm_tile_##N(const float *xt, int64_t ldx, int64_t b0, int64_t width,           \
-                              const float *v, const uint8_t *ix, int64_t banks, int64_t k,       \
-                              int64_t bank, const float *tv, const uint8_t *ti, int64_t tail_k,  \
-                              float b, float *dst) {                                             \
-        v8 acc[U][N];                                                                            \
-        for (int u = 0; u < U; ++u)                                                              \
-            for (int n = 0; n < N; ++n) acc[u][n] = (v8){0};                                     \
-        for (int64_t j = 0; j < banks; ++j) {                                                    \
-            const float *xb = xt + j * bank * ldx + b0;                                          \
-            int64_t t = 0;                                                                       \
-            for (; t + U <= k; t += U) {                                                         \
-                for (int u = 0; u < U; ++u) {                                                    \
-                    const float w = v[j * k + t + u];                                            \
-                    const float *xc = xb + ix[j * k + t + u] * ldx;                              \
-                    for (int n = 0; n < N; ++n) acc[u][n] += w * load8(xc + 8 * n);              \
-                }                                                                                \
-            }                                                                                    \
-            for (; t < k; ++t) {                                                                 \
-                const float w = v[j * k + t];                                                    \
-                const float *xc = xb + ix[j * k + t] * ldx;                                      \
-                for (int n = 0; n < N; ++n) acc[0][n] += w * load8(xc + 8 * n);                  \
-            }                                                                                    \
-        }                                                                                        \
-        const float *xtail = xt + banks * bank * ldx + b0;                                       \
-        for (int64_t t = 0; t < tail_k; ++t) {                                                   \
-            const float w = tv[t];                                                               \
-            const float *xc = xtail + ti[t] * ldx;                                               \
-            for (int n = 0; n < N; ++n) acc[0][n] += w * load8(xc + 8 * n);                      \
-        }                                                                                        \
-        for (int u = 1; u < U; ++u)                                                              \
-            for (int n = 0; n < N; ++n) acc[0][n] += acc[u][n];                                  \
-        float out[8 * N];                                                                        \
-        memcpy(out, acc[0], sizeof out);                                                         \
-        for (int64_t c = 0; c < width; ++c) dst[c] = out[c] + b;                                 \
+static int bank_gemv(const bank_weight *w, const float *x, float *y) {
+    const int64_t rows = w->rows, n = w->banks * w->k;
+    int32_t local[1024], *base = local;
+    if (GEMV_BASE && n > 1024 && !(base = malloc(sizeof(int32_t) * (size_t)n))) return BANK_NO_MEMORY;
+    for (int64_t f = 0; GEMV_BASE && f < n; ++f) base[f] = (int32_t)((f / w->k) * w->bank);
+    const int team = rows * (n + w->tail_k) > PARALLEL_WORK ? team_size() : 1;
+    if (team == 1) /* no OpenMP region at all: small products are over in a few microseconds */
+        gemv_rows(w, x, y, 0, rows, base);
+    else {
+#pragma omp parallel num_threads(team)
+        {
+            const int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
+            gemv_rows(w, x, y, rows * me / nth, rows * (me + 1) / nth, base);
+        }
     }
-GEMM_TILE(1, 4)
-GEMM_TILE(2, 2)
-GEMM_TILE(4, 1)
-GEMM_TILE(8, 1)
+    if (base != local) free(base);
+    return BANK_OK;
+}
 
-/* Row o of y for batch columns [c0, c0 + width), width <= 64, into dst[0:width]: widest tiles first;
- * the last 8-wide tile may read columns up to ldx. */
-static void gemm_row(const float *xt, int64_t ldx, int64_t c0, int64_t width, const float *v, const uint8_t *ix,
-                     int64_t banks, int64_t k, int64_t bank, const float *tv, const uint8_t *ti, int64_t tail_k,
-                     float b, float *dst) {
-    int64_t c = 0;
-    if (width == 64) {
-        gemm_tile_8(xt, ldx, c0, 64, v, ix, banks, k, bank, tv, ti, tail_k, b, dst);
+/* ---------------------------------------------------------------- the tile core */
+
+/* The products below read their input as *planes*: input channel c is the run planes[c * ldc + ...],
+ * and output position p of kernel position r reads planes[c * ldc + offs[r] + p] (linear: one
+ * kernel position, offset 0, positions = batch columns of x transposed).
+ *
+ * For each of n_o output channels o0 + i: io[i][0 : NV * VL] (+)= sum over its kk rows r (row
+ * (o0 + i) * kk + r), over their full banks [j0, j1) and (with_tail) tail bank, of
+ * value * planes[c * ldc + offs[r] + p0 + 0 : NV * VL]. Sets of accumulators (stored weights take
+ * turns: four for one vector, two for more) hide the FMA latency. */
+#define TILE_OF(NAME, VT, VLEN, LOAD, NV)                                                                \
+    static void NAME(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, const float *xq,        \
+                          int64_t ldc, const int64_t *offs, int64_t p0, int64_t j0, int64_t j1,          \
+                          int with_tail, int first, float (*io)[TILE_POSITIONS]) {                      \
+        const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;                   \
+        for (int64_t i = 0; i < n_o; ++i) {                                                             \
+            VT a[NV], b[NV], c[NV], d[NV];                                                                            \
+            for (int n = 0; n < NV; ++n) {                                                              \
+                a[n] = first ? (VT){0} : LOAD(io[i] + n * VLEN);                                         \
+                b[n] = c[n] = d[n] = (VT){0};                                                           \
+            }                                                                                           \
+            for (int64_t r = 0; r < kk; ++r) {                                                          \
+                const int64_t row = (o0 + i) * kk + r;                                                  \
+                const float *v = w->values + (row * banks + j0) * k;                                    \
+                const uint8_t *ix = w->idx + (row * banks + j0) * k;                                    \
+                const float *xb = xq + offs[r] + p0 + j0 * bank * ldc;                                  \
+                for (int64_t j = j0; j < j1; ++j, v += k, ix += k, xb += bank * ldc) {                  \
+                    int64_t t = 0;                                                                      \
+                    for (; (NV) <= 1 && t + 4 <= k; t += 4) { /* one vector: four chains */            \
+                        const float w0 = v[t], w1 = v[t + 1], w2 = v[t + 2], w3 = v[t + 3];             \
+                        const float *s0 = xb + ix[t] * ldc, *s1 = xb + ix[t + 1] * ldc;                 \
+                        const float *s2 = xb + ix[t + 2] * ldc, *s3 = xb + ix[t + 3] * ldc;             \
+                        for (int n = 0; n < NV; ++n) {                                                  \
+                            a[n] += w0 * LOAD(s0 + n * VLEN);                                           \
+                            b[n] += w1 * LOAD(s1 + n * VLEN);                                           \
+                            c[n] += w2 * LOAD(s2 + n * VLEN);                                           \
+                            d[n] += w3 * LOAD(s3 + n * VLEN);                                           \
+                        }                                                                               \
+                    }                                                                                   \
+                    for (; t + 2 <= k; t += 2) {                                                        \
+                        const float w0 = v[t], w1 = v[t + 1];                                           \
+                        const float *s0 = xb + ix[t] * ldc, *s1 = xb + ix[t + 1] * ldc;                 \
+                        for (int n = 0; n < NV; ++n) {                                                  \
+                            a[n] += w0 * LOAD(s0 + n * VLEN);                                           \
+                            b[n] += w1 * LOAD(s1 + n * VLEN);                                           \
+                        }                                                                               \
+                    }                                                                                   \
+                    if (t < k) {                                                                        \
+                        const float w0 = v[t];                                                          \
+                        const float *s0 = xb + ix[t] * ldc;                                             \
+                        for (int n = 0; n < NV; ++n) a[n] += w0 * LOAD(s0 + n * VLEN);                   \
+                    }                                                                                   \
+                }                                                                                       \
+                if (with_tail) {                                                                        \
+                    const float *tv = w->tail_values + row * tail_k;                                    \
+                    const uint8_t *ti = w->tail_idx + row * tail_k;                                     \
+                    const float *xt = xq + offs[r] + p0 + banks * bank * ldc;                           \
+                    for (int64_t t = 0; t < tail_k; ++t) {                                              \
+                        const float w0 = tv[t];                                                         \
+                        const float *s0 = xt + ti[t] * ldc;                                             \
+                        for (int n = 0; n < NV; ++n) a[n] += w0 * LOAD(s0 + n * VLEN);                   \
+                    }                                                                                   \
+                }                                                                                       \
+            }                                                                                           \
+            for (int n = 0; n < NV; ++n) {                                                              \
+                const VT sum = (a[n] + b[n]) + (c[n] + d[n]);                                                             \
+                memcpy(io[i] + n * VLEN, &sum, sizeof sum);                                               \
+            }                                                                                           \
+        }                                                                                               \
+    }
+#define TILE_POSITIONS (TILE_VECTORS * VL) /* output positions per tile */
+#define TILE(NV) TILE_OF(tile_##NV, vf, VL, loadv, NV)
+TILE(1)
+TILE(2)
+TILE(3)
+TILE(4)
+#if TILE_VECTORS > 4
+TILE(5)
+TILE(6)
+TILE(7)
+TILE(8)
+#endif
+/* 8 positions (small batches): half vectors, so that no lane is computed for nothing */
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+TILE_OF(tile_half, v8, 8, load8, 1)
+
+#define CHUNK_O 32 /* output channels per work item */
+#ifndef L1_TARGET
+#define L1_TARGET (32 * 1024) /* bytes of input a block of banks may read per tile */
+#endif
+
+static void tile(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, const float *xq, int64_t ldc,
+                 const int64_t *offs, int64_t p0, int64_t width, int64_t j0, int64_t j1, int with_tail, int first,
+                 float (*io)[TILE_POSITIONS]) {
+    /* exactly the whole vectors covering [p0, p0 + width): what the callers' buffers hold */
+    if (VL > 8 && width <= 8) {
+        tile_half(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
         return;
     }
-    if (width - c >= 32) {
-        gemm_tile_4(xt, ldx, c0 + c, 32, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
-        c += 32;
-    }
-    if (width - c >= 16) {
-        gemm_tile_2(xt, ldx, c0 + c, 16, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
-        c += 16;
-    }
-    for (; c < width; c += 8) {
-        const int64_t left = width - c;
-        gemm_tile_1(xt, ldx, c0 + c, left < 8 ? left : 8, v, ix, banks, k, bank, tv, ti, tail_k, b, dst + c);
+    switch ((width + VL - 1) / VL) {
+#if TILE_VECTORS > 4
+        case 8: tile_8(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 7: tile_7(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 6: tile_6(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 5: tile_5(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+#endif
+        case 4: tile_4(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 3: tile_3(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 2: tile_2(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        default: tile_1(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
     }
 }
 
-#define ROW_BLOCK 16 /* rows computed into a local buffer, then written as contiguous runs of y */
-#define BATCH_TILE 64
+/* Where results go: conv y[(n * out_c + o) * out_plane + oh * out_w + ow] for position
+ * p = n * img_stride + oh * wq_len + ow with oh < out_h and ow < out_w (other positions dropped),
+ * or linear y[p * rows + o]; plus bias[o]. */
+typedef struct {
+    float *y;
+    int linear;
+    int64_t out_plane, wq_len, out_w, out_h, img_stride;
+} sink;
 
-static void bank_gemm(const float *xt, int64_t ldx, int64_t batch, const float *values, const uint8_t *idx,
-               const float *tail_values, const uint8_t *tail_idx, const float *bias, float *y,
-               int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
-    const int64_t work = rows * (banks * k + tail_k) * batch;
-    const int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
-    const int team = work > PARALLEL_WORK ? team_size() : 1;
-#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t o0 = blk * ROW_BLOCK;
-        const int64_t n_rows = rows - o0 < ROW_BLOCK ? rows - o0 : ROW_BLOCK;
-        float buf[ROW_BLOCK][BATCH_TILE];
-        for (int64_t c0 = 0; c0 < batch; c0 += BATCH_TILE) {
-            const int64_t width = batch - c0 < BATCH_TILE ? batch - c0 : BATCH_TILE;
-            for (int64_t r = 0; r < n_rows; ++r) {
-                const int64_t o = o0 + r;
-                gemm_row(xt, ldx, c0, width, values + o * banks * k, idx + o * banks * k, banks, k, bank,
-                         tail_values + o * tail_k, tail_idx + o * tail_k, tail_k, bias ? bias[o] : 0.0f, buf[r]);
+/* The whole product, called by every thread of a parallel region: work items (tile of positions,
+ * chunk of output channels) are split into one contiguous range per thread. Input channels are taken
+ * in blocks of banks that keep a tile's input in L1 (span_bytes: input bytes one channel reads per
+ * tile); partial sums stay in a per-thread buffer of CHUNK_O x TILE_POSITIONS. */
+static void product(const bank_weight *w, int64_t kk, const float *planes, int64_t ldc, const int64_t *offs,
+                    int64_t positions, int64_t span_bytes, const sink *out) {
+    const int64_t out_c = w->rows / kk, banks = w->banks;
+    const int64_t tiles = (positions + TILE_POSITIONS - 1) / TILE_POSITIONS;
+    const int64_t chunks = (out_c + CHUNK_O - 1) / CHUNK_O;
+    const int64_t per_bank = w->bank * span_bytes;
+    int64_t block = L1_TARGET / (per_bank > 0 ? per_bank : 1);
+    block = block < 1 ? 1 : block;
+    const int64_t items = tiles * chunks, nth = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t first = items * me / nth, last = items * (me + 1) / nth;
+    float buf[CHUNK_O][TILE_POSITIONS] __attribute__((aligned(64)));
+    for (int64_t item = first; item < last; ++item) {
+        const int64_t tb = item / chunks, o0 = (item % chunks) * CHUNK_O;
+        const int64_t p0 = tb * TILE_POSITIONS;
+        const int64_t width = positions - p0 < TILE_POSITIONS ? positions - p0 : TILE_POSITIONS;
+        const int64_t n_o = out_c - o0 < CHUNK_O ? out_c - o0 : CHUNK_O;
+        for (int64_t j0 = 0;; j0 += block) {
+            const int64_t j1 = j0 + block < banks ? j0 + block : banks;
+            const int tail = j1 == banks;
+            tile(w, o0, n_o, kk, planes, ldc, offs, p0, width, j0, j1, tail, j0 == 0, buf);
+            if (tail) break;
+        }
+        if (out->linear) { /* y[p0 + q, o0 + i] = buf[i][q] + bias, in 16 x 16 blocks */
+            for (int64_t i0 = 0; i0 < n_o; i0 += 16) {
+                for (int64_t q0 = 0; q0 < width; q0 += 16) {
+                    if (i0 + 16 <= n_o && q0 + 16 <= width) {
+                        f16v a[16];
+                        for (int i = 0; i < 16; ++i) a[i] = load16(buf[i0 + i] + q0) + (w->bias ? w->bias[o0 + i0 + i] : 0.0f);
+                        transpose16(a);
+                        for (int q = 0; q < 16; ++q) store16(out->y + (p0 + q0 + q) * w->rows + o0 + i0, a[q]);
+                        continue;
+                    }
+                    const int64_t i1 = i0 + 16 < n_o ? i0 + 16 : n_o, q1 = q0 + 16 < width ? q0 + 16 : width;
+                    for (int64_t q = q0; q < q1; ++q)
+                        for (int64_t i = i0; i < i1; ++i)
+                            out->y[(p0 + q) * w->rows + o0 + i] = buf[i][q] + (w->bias ? w->bias[o0 + i] : 0.0f);
+                }
             }
-            for (int64_t c = 0; c < width; ++c)  /* y[c0 + c, o0 : o0 + n_rows] */
-                for (int64_t r = 0; r < n_rows; ++r) y[(c0 + c) * rows + o0 + r] = buf[r][c];
+            continue;
+        }
+        const int64_t out_c = w->rows / kk;
+        const int64_t first_img = p0 / out->img_stride, last_img = (p0 + width - 1) / out->img_stride;
+        if (out->img_stride == out->out_plane && first_img == last_img) { /* no dropped positions: one run */
+            const int64_t r0 = p0 - first_img * out->img_stride;
+            for (int64_t i = 0; i < n_o; ++i) {
+                const float b = w->bias ? w->bias[o0 + i] : 0.0f;
+                float *dst = out->y + (first_img * out_c + o0 + i) * out->out_plane + r0;
+                for (int64_t q = 0; q < width; ++q) dst[q] = buf[i][q] + b;
+            }
+            continue;
+        }
+        for (int64_t i = 0; i < n_o; ++i) {
+            const float b = w->bias ? w->bias[o0 + i] : 0.0f;
+            int64_t n = p0 / out->img_stride, r = p0 % out->img_stride;
+            int64_t oh = r / out->wq_len, ow = r % out->wq_len;
+            for (int64_t t = 0; t < width;) { /* runs of one row of one image */
+                const int64_t run = out->wq_len - ow < width - t ? out->wq_len - ow : width - t;
+                const int64_t valid =
+                    oh < out->out_h && ow < out->out_w ? (out->out_w - ow < run ? out->out_w - ow : run) : 0;
+                float *dst = out->y + (n * out_c + o0 + i) * out->out_plane + oh * out->out_w + ow;
+                for (int64_t q = 0; q < valid; ++q) dst[q] = buf[i][t + q] + b;
+                t += run;
+                ow += run;
+                if (ow == out->wq_len) {
+                    ow = 0;
+                    if (++oh * out->wq_len == out->img_stride) {
+                        oh = 0;
+                        ++n;
+                    }
+                }
+            }
         }
     }
 }
 
-/* ---------------------------------------------------------------- entry point */
+/* ---------------------------------------------------------------- linear */
 
-static __thread float *scratch = NULL; /* xt of the calling thread, grown on demand */
+static __thread float *scratch = NULL; /* of the calling thread, grown on demand, kept for later calls */
 static __thread size_t scratch_floats = 0;
 
-int bank_linear(const float *x, int64_t batch, int64_t in_features, float *y, const float *values,
-                const uint8_t *idx, const float *tail_values, const uint8_t *tail_idx, const float *bias,
-                int64_t rows, int64_t banks, int64_t k, int64_t bank, int64_t tail_k) {
-    if (batch <= 0) return 0;
-    if (batch == 1) {
-        bank_gemv(x, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k);
-        return 0;
-    }
-    const int64_t ldx = (batch + 7) / 8 * 8;
-    const size_t need = (size_t)in_features * (size_t)ldx;
-    if (need > scratch_floats) {
+/* A stride of n floats (a multiple of 16) made an odd number of 64-byte lines: rows of channels
+ * then fall into different cache sets (a power-of-two stride maps them onto a few and they evict
+ * each other). */
+#ifdef NO_ODD_LINES
+static int64_t odd_lines(int64_t n) { return n; }
+#else
+static int64_t odd_lines(int64_t n) { return (n / 16) % 2 ? n : n + 16; }
+#endif
+
+static float *scratch_of(size_t floats) {
+    if (floats > scratch_floats) {
         void *grown = NULL;
-        if (posix_memalign(&grown, 64, need * sizeof(float))) return -1;
+        if (posix_memalign(&grown, 64, floats * sizeof(float))) return NULL;
         free(scratch);
         scratch = grown;
-        scratch_floats = need;
+        scratch_floats = floats;
     }
-    for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c], in blocks of 16 columns */
-        const int64_t c1 = c0 + 16 < in_features ? c0 + 16 : in_features;
-        for (int64_t b = 0; b < ldx; ++b)
-            for (int64_t c = c0; c < c1; ++c) scratch[c * ldx + b] = b < batch ? x[b * in_features + c] : 0.0f;
+    return scratch;
+}
+
+int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_features, float *y) {
+    if (!usable(w)) return BANK_NOT_CHECKED;
+    if (batch < 0 || batch >= LIMIT || in_features != w->in_features) return BANK_BAD_SIZES;
+    if (batch == 0 || w->rows == 0) return BANK_OK;
+    if (batch == 1) return bank_gemv(w, x, y);
+    /* up to 8 columns: rows of 8 floats (half vectors); more: whole 16 x 16 blocks and vectors */
+    const int64_t ldx = batch <= 8 ? 8 : odd_lines((batch + 15) / 16 * 16);
+    float *xt = scratch_of((size_t)in_features * (size_t)ldx);
+    if (!xt) return BANK_NO_MEMORY;
+    const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * batch;
+    const int team = work > PARALLEL_WORK ? team_size() : 1;
+    const int64_t zero = 0;
+    const sink out = {y, 1, 0, 0, 0, 0, 0};
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+#pragma omp for schedule(static)
+        for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c] (0 for b >= batch) */
+            if (ldx == 8) {
+                const int64_t c1 = c0 + 16 < in_features ? c0 + 16 : in_features;
+                for (int64_t c = c0; c < c1; ++c)
+                    for (int64_t b = 0; b < 8; ++b) xt[c * 8 + b] = b < batch ? x[b * in_features + c] : 0.0f;
+                continue;
+            }
+            for (int64_t b0 = 0; b0 < ldx; b0 += 16) {
+                if (c0 + 16 <= in_features) { /* a 16 x 16 block */
+                    f16v a[16];
+                    for (int i = 0; i < 16; ++i) a[i] = b0 + i < batch ? load16(x + (b0 + i) * in_features + c0) : (f16v){0};
+                    transpose16(a);
+                    for (int c = 0; c < 16; ++c) store16(xt + (c0 + c) * ldx + b0, a[c]);
+                    continue;
+                }
+                for (int64_t c = c0; c < in_features; ++c)
+                    for (int64_t b = b0; b < b0 + 16; ++b) xt[c * ldx + b] = b < batch ? x[b * in_features + c] : 0.0f;
+            }
+        }
+        product(w, 1, xt, ldx, &zero, batch, (int64_t)((ldx == 8 ? 8 : TILE_POSITIONS) * sizeof(float)), &out);
     }
-    bank_gemm(scratch, ldx, batch, values, idx, tail_values, tail_idx, bias, y, rows, banks, k, bank, tail_k);
+    return BANK_OK;
+}
+
+/* ---------------------------------------------------------------- convolution */
+
+/* Planes: input channel c, phase slot s (one per (row phase rh, column phase rw) that some kernel
+ * position reads), image n, then hq, wq:
+ *   xq[c * ldc + s * slot_len + n * img_stride + hq * wq_len + wq] = x[n, c, hq * sh + rh - ph, wq * sw + rw - pw]
+ * (zero outside the image). Output position p = n * img_stride + oh * wq_len + ow reads, at kernel
+ * position (kh, kw), p + offs[kh * kw_n + kw] (its slot and shift): the images follow each other along
+ * the positions, so one product covers the whole batch; rows oh >= out_h and columns ow >= out_w are
+ * computed and dropped. A 1x1 convolution with stride 1 and no padding on planes of whole vectors reads
+ * each image in place instead (no copy). */
+int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *x, float *y) {
+    if (!usable(w)) return BANK_NOT_CHECKED;
+    const int64_t sizes[] = {g->n,  g->c,  g->h,  g->w,  g->kh, g->kw, g->sh,   g->sw,   g->ph,
+                             g->pw, g->dh, g->dw, g->oh, g->ow, g->xs_n, g->xs_c, g->xs_h, g->xs_w};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i)
+        if (sizes[i] < 0 || sizes[i] >= LIMIT) return BANK_BAD_SIZES;
+    if (g->kh < 1 || g->kw < 1 || g->sh < 1 || g->sw < 1 || g->dh < 1 || g->dw < 1) return BANK_BAD_SIZES;
+    if (g->sh > 8 || g->sw > 8) return BANK_BAD_SIZES; /* phase slots: strides up to 8 */
+    const int64_t kk = g->kh * g->kw;
+    if (kk >= LIMIT || g->c != w->in_features || w->rows % kk) return BANK_BAD_SIZES;
+    const int64_t out_c = w->rows / kk;
+    if (g->n == 0 || out_c == 0 || g->oh == 0 || g->ow == 0) return BANK_OK;
+
+    int used_h[8] = {0}, used_w[8] = {0};
+    for (int64_t i = 0; i < g->kh; ++i) used_h[(i * g->dh) % g->sh] = 1;
+    for (int64_t i = 0; i < g->kw; ++i) used_w[(i * g->dw) % g->sw] = 1;
+    int64_t slot_of_h[8], slot_of_w[8], nh = 0, nw = 0;
+    for (int r = 0; r < 8; ++r) slot_of_h[r] = used_h[r] ? nh++ : -1;
+    for (int r = 0; r < 8; ++r) slot_of_w[r] = used_w[r] ? nw++ : -1;
+    const int64_t wq_len = g->ow + ((g->kw - 1) * g->dw) / g->sw;
+    const int64_t hq_len = g->oh + ((g->kh - 1) * g->dh) / g->sh;
+    const int64_t img_stride = hq_len * wq_len;
+    if ((double)img_stride * (double)g->n >= (double)LIMIT * 64.0) return BANK_BAD_SIZES;
+    const int64_t slack = (wq_len - g->ow) + VL; /* reads of dropped columns and of whole vectors */
+    const int64_t slot_len = (g->n * img_stride + slack + 15) / 16 * 16;
+    const int64_t slots = nh * nw, ldc = odd_lines(slots * slot_len);
+    const int64_t in_plane = g->h * g->w, out_plane = g->oh * g->ow;
+    if ((double)ldc * (double)g->c >= (double)LIMIT * (double)LIMIT) return BANK_BAD_SIZES;
+    const int nchw = g->xs_w == 1 && g->xs_h == g->w && g->xs_c == in_plane && g->xs_n == g->c * in_plane;
+    const int direct = nchw && kk == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 && g->oh == g->h &&
+                       g->ow == g->w && in_plane % VL == 0 && in_plane >= 4 * TILE_POSITIONS;
+    const int pixel_major = g->xs_c == 1 && g->c > 1; /* channels-last input: read each pixel's channels at once */
+
+    int64_t *offs = malloc(sizeof(int64_t) * (size_t)kk);
+    if (!offs) return BANK_NO_MEMORY;
+    int64_t max_shift = 0;
+    for (int64_t i = 0; i < g->kh; ++i)
+        for (int64_t j = 0; j < g->kw; ++j) {
+            const int64_t s = slot_of_h[(i * g->dh) % g->sh] * nw + slot_of_w[(j * g->dw) % g->sw];
+            const int64_t shift = ((i * g->dh) / g->sh) * wq_len + (j * g->dw) / g->sw;
+            offs[i * g->kw + j] = (direct ? 0 : s * slot_len) + shift;
+            max_shift = shift > max_shift ? shift : max_shift;
+        }
+    const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * g->n * img_stride;
+    const int team = work > PARALLEL_WORK ? team_size() : 1;
+
+    if (direct) { /* each image in place (NCHW): channel c of image n is x[(n * c_n + c) * in_plane ...] */
+        for (int64_t img = 0; img < g->n; ++img) {
+            const sink out = {y + img * out_c * out_plane, 0, out_plane, wq_len, g->ow, g->oh, img_stride};
+#pragma omp parallel num_threads(team) if (team > 1)
+            product(w, kk, x + img * g->c * in_plane, in_plane, offs, img_stride,
+                    (int64_t)(TILE_POSITIONS * sizeof(float)), &out);
+        }
+        free(offs);
+        return BANK_OK;
+    }
+    float *xq = scratch_of((size_t)ldc * (size_t)g->c);
+    if (!xq) {
+        free(offs);
+        return BANK_NO_MEMORY;
+    }
+    const int64_t span = slots * (TILE_POSITIONS + max_shift) * (int64_t)sizeof(float);
+    const sink out = {y, 0, out_plane, wq_len, g->ow, g->oh, img_stride};
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+        if (!pixel_major) {
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < g->c; ++c) {
+                for (int rh = 0; rh < g->sh; ++rh) {
+                    if (slot_of_h[rh] < 0) continue;
+                    for (int rw = 0; rw < g->sw; ++rw) {
+                        if (slot_of_w[rw] < 0) continue;
+                        float *slot = xq + c * ldc + (slot_of_h[rh] * nw + slot_of_w[rw]) * slot_len;
+                        /* columns wq in [w0, w1) read the image (iw = wq * sw + rw - pw), the rest is padding */
+                        int64_t w0 = 0, w1 = wq_len;
+                        while (w0 < wq_len && w0 * g->sw + rw - g->pw < 0) ++w0;
+                        while (w1 > w0 && (w1 - 1) * g->sw + rw - g->pw >= g->w) --w1;
+                        const int64_t step = g->sw * g->xs_w;
+                        for (int64_t img = 0; img < g->n; ++img) {
+                            for (int64_t hq = 0; hq < hq_len; ++hq) {
+                                const int64_t ih = hq * g->sh + rh - g->ph;
+                                float *row = slot + img * img_stride + hq * wq_len;
+                                if (ih < 0 || ih >= g->h || w1 <= w0) {
+                                    memset(row, 0, sizeof(float) * (size_t)wq_len);
+                                    continue;
+                                }
+                                const float *src = x + img * g->xs_n + c * g->xs_c + ih * g->xs_h +
+                                                   (w0 * g->sw + rw - g->pw) * g->xs_w;
+                                memset(row, 0, sizeof(float) * (size_t)w0);
+                                if (step == 1) memcpy(row + w0, src, sizeof(float) * (size_t)(w1 - w0));
+                                else
+                                    for (int64_t q = 0; q < w1 - w0; ++q) row[w0 + q] = src[q * step];
+                                memset(row + w1, 0, sizeof(float) * (size_t)(wq_len - w1));
+                            }
+                        }
+                        memset(slot + g->n * img_stride, 0, sizeof(float) * (size_t)(slot_len - g->n * img_stride));
+                    }
+                }
+            }
+        } else { /* channels-last: zero the planes, then each pixel's channels go to their planes */
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < g->c; ++c) memset(xq + c * ldc, 0, sizeof(float) * (size_t)(slots * slot_len));
+#pragma omp for schedule(static) collapse(2)
+            for (int64_t img = 0; img < g->n; ++img) {
+                for (int64_t ih = 0; ih < g->h; ++ih) {
+                    const int64_t hp = ih + g->ph, rh = hp % g->sh, hq = hp / g->sh;
+                    if (slot_of_h[rh] < 0 || hq >= hq_len) continue;
+                    for (int64_t iw = 0; iw < g->w; ++iw) {
+                        const int64_t wp = iw + g->pw, rw = wp % g->sw, wq = wp / g->sw;
+                        if (slot_of_w[rw] < 0 || wq >= wq_len) continue;
+                        const float *src = x + img * g->xs_n + ih * g->xs_h + iw * g->xs_w;
+                        float *dst = xq + (slot_of_h[rh] * nw + slot_of_w[rw]) * slot_len + img * img_stride +
+                                     hq * wq_len + wq;
+                        for (int64_t c = 0; c < g->c; ++c) dst[c * ldc] = src[c];
+                    }
+                }
+            }
+        }
+        product(w, kk, xq, ldc, offs, g->n * img_stride, span, &out);
+    }
+    free(offs);
+    return BANK_OK;
+}
+
+/* ---------------------------------------------------------------- as a Python module */
+
+#ifdef BANK_PYTHON_MODULE
+/* The same entry points for Python without ctypes' argument conversion (a call costs ~0.2 µs instead
+ * of ~2.5): linear(weight, x, batch, in_features, y) and conv2d(weight, geometry, x, y), addresses and
+ * sizes as ints, returning the entry point's code. The GIL is released while they run. */
+static int args_ok(Py_ssize_t n, Py_ssize_t want, const char *signature) {
+    if (n == want) return 1;
+    PyErr_SetString(PyExc_TypeError, signature);
     return 0;
 }
+
+static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    (void)self;
+    if (!args_ok(n, 5, "linear(weight, x, batch, in_features, y)")) return NULL;
+    const bank_weight *w = PyLong_AsVoidPtr(args[0]);
+    const float *x = PyLong_AsVoidPtr(args[1]);
+    const long long batch = PyLong_AsLongLong(args[2]), in_features = PyLong_AsLongLong(args[3]);
+    float *y = PyLong_AsVoidPtr(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    int code;
+    Py_BEGIN_ALLOW_THREADS code = bank_linear(w, x, batch, in_features, y);
+    Py_END_ALLOW_THREADS return PyLong_FromLong(code);
+}
+
+static PyObject *py_conv2d(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    (void)self;
+    if (!args_ok(n, 4, "conv2d(weight, geometry, x, y)")) return NULL;
+    const bank_weight *w = PyLong_AsVoidPtr(args[0]);
+    const bank_conv_geometry *g = PyLong_AsVoidPtr(args[1]);
+    const float *x = PyLong_AsVoidPtr(args[2]);
+    float *y = PyLong_AsVoidPtr(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    int code;
+    Py_BEGIN_ALLOW_THREADS code = bank_conv2d(w, g, x, y);
+    Py_END_ALLOW_THREADS return PyLong_FromLong(code);
+}
+
+static PyMethodDef methods[] = {
+    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "bank_linear"},
+    {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_FASTCALL, "bank_conv2d"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bank_sparse", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__bank_sparse(void) { return PyModule_Create(&module); }
+#endif

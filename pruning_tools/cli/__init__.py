@@ -13,7 +13,7 @@ import click
 
 # name -> (module of this package, one-line help shown by --help without importing the module)
 COMMANDS = {
-    "bench": ("bench", "Time the mask engine against torch.nn.utils.prune and torch.ao.pruning (from a checkout)."),
+    "bench": ("bench", "Time the mask engine, or (--inference) whole pruned models, from a checkout."),
     "demo": ("demo", "Train the simple CNN on MNIST with gradual pruning; write weights, state, results, plots."),
     "export": ("export", "Store a checkpoint as packed bank-sparse safetensors (values + in-bank indices)."),
     "inspect": ("inspect", "Sparsity and bank balance of every tensor of a checkpoint."),

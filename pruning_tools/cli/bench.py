@@ -1,4 +1,5 @@
-"""``pruning-tools bench``: the mask-engine benchmark of the repository's ``benchmarks/masks.py``.
+"""``pruning-tools bench``: the mask-engine benchmark of the repository's ``benchmarks/masks.py``, or
+with ``--inference`` the whole-model inference benchmark of ``benchmarks/inference.py``.
 
 The benchmarks are not installed with the package: this command runs them from a checkout (the
 current directory, or one above it, holding ``benchmarks/harness.py``).
@@ -13,7 +14,13 @@ from pathlib import Path
 
 import click
 
-from ._common import library_errors
+from ..atomic import atomic_open
+from ._common import Written, library_errors, output_file
+
+QUICK_CAVEAT = (
+    "--quick: tiny models and one or two rounds, to check that every task runs; its ratios are not "
+    "measurements and may contradict the full run's (the README's figures come from `pruning-tools bench`)"
+)
 
 
 def import_benchmarks() -> None:
@@ -33,41 +40,87 @@ def import_benchmarks() -> None:
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Tiny models, two rounds: a smoke run for CI.")
 @click.option(
-    "--rounds", type=click.IntRange(1), default=None, help="Interleaved rounds per task (default 7; quick 2)."
+    "--inference",
+    is_flag=True,
+    help="Whole models (BERT, GPT, ResNet-50, Linear) bank-sparse vs dense eager vs onnxruntime, at 93.75 % and 90 %.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=None,
+    help="Interleaved rounds per task (default 7, --inference 5; quick 2).",
 )
 @click.option("--train-rounds", type=click.IntRange(1), default=None, help="A/B pairs of training steps (default 20).")
 @click.option(
     "--threads",
     type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="torch and kernel threads (on a shared machine more than 1 mostly measures the scheduler).",
+    default=None,
+    help="torch and kernel threads (default 1; --inference: 1 and 2, one run each).",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results here.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the rows and the extra numbers (sparsity reached, bytes per weight, mask agreement) here.",
+)
 @click.option(
     "--markdown",
     "md_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Also write the table as Markdown here.",
+    help="Also write the table and the extra numbers as Markdown here.",
 )
 @library_errors
 def bench(
-    quick: bool, rounds: int | None, train_rounds: int | None, threads: int, json_path: str | None, md_path: str | None
+    quick: bool,
+    inference: bool,
+    rounds: int | None,
+    train_rounds: int | None,
+    threads: int | None,
+    json_path: str | None,
+    md_path: str | None,
 ) -> None:
-    """Time the mask engine against torch.nn.utils.prune and torch.ao.pruning (one interleaved run)."""
+    """Time the mask engine against torch.nn.utils.prune and torch.ao.pruning (one interleaved run);
+    --inference: whole models, bank-sparse against dense PyTorch and onnxruntime.
+
+    Prints one table of medians and ratios; --json / --markdown also write it with the extra numbers.
+    """
+    for path, option in ((json_path, "--json"), (md_path, "--markdown")):
+        if path:
+            output_file(path, option)  # before the run, not after it
     import_benchmarks()
+    if inference:
+        from benchmarks import inference as whole_models
+
+        chosen = (threads,) if threads else (1, 2)
+        result = whole_models.run(quick, chosen, whole_models.MODELS, rounds, None, None)
+        written = Written()
+        if json_path:
+            with atomic_open(written.before(json_path), "w") as f:
+                json.dump(result, f, indent=1)
+        if md_path:
+            with atomic_open(written.before(md_path), "w") as f:
+                f.write(whole_models.to_markdown(result, result["header"]))
+        written.report()
+        return
+    threads = threads or 1
     from benchmarks import masks
     from benchmarks.harness import header
 
-    from ..atomic import atomic_open
-
     title = header(f"pruning-tools bench{' --quick' if quick else ''}", threads)
     rows, info = masks.run_benchmark(quick, rounds, train_rounds, threads)
-    masks.print_rows(rows, info, title)
+    masks.print_rows(rows, title)
+    if quick:
+        click.echo(QUICK_CAVEAT)
+    written = Written()
     if json_path:
-        with atomic_open(json_path, "w") as f:
-            json.dump({"header": title, "rows": [asdict(r) for r in rows], "info": info}, f, indent=1, default=float)
+        with atomic_open(written.before(json_path), "w") as f:
+            results = {"header": title, "rows": [asdict(r) for r in rows], "info": info}
+            if quick:
+                results["caveat"] = QUICK_CAVEAT
+            json.dump(results, f, indent=1, default=float)
     if md_path:
-        with atomic_open(md_path, "w") as f:
-            f.write(masks.to_markdown(rows, info, title))
+        with atomic_open(written.before(md_path), "w") as f:
+            f.write(masks.to_markdown(rows, info, title) + (f"\n{QUICK_CAVEAT}\n" if quick else ""))
+    written.report()

@@ -20,7 +20,17 @@ from pathlib import Path
 
 import click
 
-from ._common import console, library_errors
+from ._common import (
+    Fraction,
+    HiddenAlias,
+    Written,
+    console,
+    earlier_files,
+    library_errors,
+    output_directory,
+    say_replacing,
+    shown,
+)
 
 FRAMEWORKS = ("mxnet", "pytorch")
 DEFAULT_DATA_DIRS = (Path("data/mnist"), Path("../shared/datasets/mnist"))  # relative to the current directory
@@ -31,6 +41,31 @@ def default_data_dir() -> Path | None:
     from ..demo.data import has_mnist
 
     return next((d for d in DEFAULT_DATA_DIRS if has_mnist(d)), None)
+
+
+def mnist_data_dir(data_dir: Path | None, download: bool, option: str = "--data") -> Path | None:
+    """The MNIST directory to read, checked now (before any training): ``data_dir`` itself, which must
+    hold the four IDX files unless ``download``; by default the first of ``DEFAULT_DATA_DIRS`` that
+    does (None with ``download``: the user cache)."""
+    from ..demo.data import FILES, has_mnist
+
+    if data_dir is None:
+        found = default_data_dir()
+        if found is None and not download:
+            places = " or ".join(f"{d}/" for d in DEFAULT_DATA_DIRS)
+            raise click.UsageError(f"no MNIST found in {places}: pass {option} DIR or --download")
+        return found
+    if download or has_mnist(data_dir):
+        return data_dir
+    if not data_dir.is_dir():
+        why = "no such directory"
+    else:
+        why = "it lacks " + ", ".join(name for name in FILES.values() if not (data_dir / name).is_file())
+    raise click.BadParameter(
+        f"MNIST not found in {data_dir} ({why}): pass the directory holding the four *-ubyte.gz files, "
+        "or add --download to fetch them",
+        param_hint=option,
+    )
 
 
 def parse_prune_dict(text: str | None) -> dict | None:
@@ -82,7 +117,7 @@ def epoch_line(record: dict, epochs: int) -> str:
 @click.option("--framework", type=click.Choice(FRAMEWORKS), default="pytorch", show_default=True)
 @click.option(
     "--sparsity",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=Fraction(),
     default=0.9,
     show_default=True,
     help="Final sparsity of every conv / dense weight (0: dense, no pruning).",
@@ -108,7 +143,9 @@ def epoch_line(record: dict, epochs: int) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's (128).")
 @click.option(
     "--data",
+    "--data-dir",
     "data_dir",
+    cls=HiddenAlias,
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Directory with the MNIST *-ubyte.gz files (default: data/mnist/ of the current directory, "
@@ -169,7 +206,7 @@ def demo(
 
     from ..demo import recipe
     from ..demo.data import load_mnist
-    from ..demo.outputs import write_outputs
+    from ..demo.outputs import OUTPUT_NAMES, write_outputs
     from ..demo.trainer import load_backend, train_mnist
 
     out_console = console()
@@ -178,14 +215,9 @@ def demo(
     except ImportError as exc:
         hint = " (install the extra: pip install 'pruning-tools[mxnet]')" if framework == "mxnet" else ""
         raise click.ClickException(f"--framework {framework} is not available: {exc}{hint}") from exc
-    if data_dir is None and not download:
-        data_dir = default_data_dir()
-        if data_dir is None:
-            raise click.UsageError(
-                "no MNIST found in "
-                + " or ".join(f"{d}/" for d in DEFAULT_DATA_DIRS)
-                + ": pass --data DIR or --download"
-            )
+    data_dir = mnist_data_dir(data_dir, download)
+    out = output_directory(out, "--out")  # before the training, not after it
+    earlier = earlier_files(out, OUTPUT_NAMES)
     if download:
         try:
             data_dir = Path(load_mnist(data_dir, download_missing=True).source)
@@ -193,8 +225,9 @@ def demo(
             raise click.ClickException(f"--download failed: {exc}") from exc
     total_epochs = epochs or recipe.EPOCHS
     out_console.print(
-        f"[bold]demo[/] {framework}: sparsity {sparsity} balance {balance} bank {bank_size} -> {out}", highlight=False
+        f"[bold]demo[/] {framework}: sparsity {sparsity} balance {balance} bank {bank_size} -> {shown(out)}"
     )
+    say_replacing(out, earlier)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -228,20 +261,52 @@ def demo(
             threads=threads,
         )
     for note in result.get("notes", []):
-        out_console.print("[yellow]note:[/] ", end="")
-        out_console.print(note, markup=False, highlight=False)
+        out_console.print(f"[yellow]note:[/] {shown(note)}")
     if result.get("balanced") is False:
         out_console.print(
             "[bold red]warning:[/] the pruner's check() failed: some bank or tensor holds more "
             "non-zeros than its budget (see `pruning-tools inspect`)"
         )
+    if framework == "pytorch" and result.get("pruner_state") is not None:
+        result["deployment"] = _deploy(result, data_dir, limit, threads)
     started = time.perf_counter()
-    files, notes = write_outputs(result, Path(out))
+    files, notes = write_outputs(result, out)
     for note in notes:
-        out_console.print(note, markup=False, highlight=False)
+        out_console.print(f"[yellow]note:[/] {shown(note)}")
+    counted = list(result["layer_sparsity"])
+    values = sum(int(result["weights"][name].size) for name in counted)
     out_console.print(
-        f"test accuracy {result['test_accuracy']:.2%}, total sparsity {result['total_sparsity']:.4f}, "
-        f"{result['wall_seconds']:.0f} s training, {time.perf_counter() - started:.1f} s writing",
-        highlight=False,
+        f"test accuracy {result['test_accuracy']:.2%}, total sparsity {result['total_sparsity']:.4f} over "
+        f"{shown(', '.join(counted))} ({values:,} values; other tensors not counted), "
+        f"{result['wall_seconds']:.0f} s training, {time.perf_counter() - started:.1f} s writing"
     )
-    out_console.print("wrote " + ", ".join(str(p) for p in files.values()), markup=False, highlight=False)
+    written = Written()
+    written.add(files.values(), existed=[out / name for name in earlier])
+    written.report()
+    stale = [name for name in earlier if out / name not in files.values()]
+    if stale:
+        left = shown(", ".join(stale))
+        out_console.print(f"[yellow]note:[/] left from an earlier run, not rewritten by this one: {left}")
+    if "deployment" in result:
+        d = result["deployment"]
+        rule = ", ".join(d["rule_converted"]) or "none: measured slower"
+        out_console.print(
+            f"bank-sparse ({', '.join(d['converted'])}): test accuracy {d['accuracy']:.2%} (masked model "
+            f"{d['masked_accuracy']:.2%}); {d['speedup']:.2f}x the masked model's speed on test images in "
+            f"batches of 1000, {d['speedup_one']:.2f}x on one; to_bank_sparse's rule at batch 1000 converts: {rule}",
+            highlight=False,
+        )
+
+
+def _deploy(result: dict, data_dir, limit, threads: int) -> dict:
+    """The converted model's accuracy and speedup (``demo.deploy``), at the training's thread count."""
+    import torch
+
+    from ..demo.deploy import deploy
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return deploy(result, data_dir, limit)
+    finally:
+        torch.set_num_threads(previous)

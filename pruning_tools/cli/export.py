@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import console, library_errors
+from ._common import Fraction, Written, console, library_errors, output_file, printable, shown
 
 LAYOUTS = ("channels_last", "flat", "last_dim")  # pruning_tools.config.LAYOUTS (kept here: no torch import for --help)
 
@@ -33,10 +33,12 @@ def _pruner_specs(path: Path, tensors: dict) -> dict:
         specs = pruned_specs(path)
     except (ValueError, KeyError, TypeError) as exc:  # not a state, or a damaged one
         raise click.BadParameter(f"{path} is not a pruner state ({exc})", param_hint="--pruner-state") from exc
+    except OSError as exc:
+        raise click.BadParameter(f"{path} cannot be read ({exc})", param_hint="--pruner-state") from exc
     matched = {name: spec for name, spec in specs.items() if name in tensors}
     if specs and not matched:
         raise click.BadParameter(
-            f"none of its parameters ({sorted(specs)[:3]}...) is a tensor of the checkpoint; check --prefix",
+            f"none of its parameters ({printable(sorted(specs)[:3])}...) is a tensor of the checkpoint; check --prefix",
             param_hint="--pruner-state",
         )
     return matched
@@ -65,7 +67,7 @@ def _size(n: int) -> str:
 )
 @click.option(
     "--sparsity",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=Fraction(),
     default=None,
     help="Target the tensors were pruned to: bank budgets as in `check_banks` (default: each tensor's "
     "measured sparsity).",
@@ -106,6 +108,7 @@ def export(
 
     Each sparse bank-balanced tensor becomes values [rows, banks, k] + in-bank indices (uint8 for
     banks up to 256); everything else stays dense. Prints the size against a dense safetensors file.
+    OUT must differ from CHECKPOINT and from --pruner-state; an existing OUT is replaced, and said so.
     """
     import torch
     from rich.table import Table
@@ -113,11 +116,23 @@ def export(
     from ..checkpoints import load_tensors
     from ..export import NotBankBalancedError, load_packed, save_packed
 
+    output_file(out, "OUT")
+    if out.suffix.lower() != ".safetensors":
+        raise click.BadParameter(
+            f"{out} has suffix {out.suffix!r}: a packed file is a .safetensors file", param_hint="OUT"
+        )
+    for source, what in ((checkpoint, "CHECKPOINT"), (pruner_state, "--pruner-state")):
+        if source is not None and out.exists() and out.samefile(source):
+            raise click.BadParameter(f"{out} is also {what}: writing it would replace its input", param_hint="OUT")
+    written = Written()
     tensors = load_tensors(checkpoint)
     if prefix:
         tensors = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
     if not tensors:
-        raise click.BadParameter(f"no tensor in {checkpoint} starts with {prefix!r}", param_hint="--prefix")
+        raise click.BadParameter(
+            f"no tensor in {checkpoint} starts with {prefix!r}" if prefix else f"{checkpoint} holds no tensor",
+            param_hint="--prefix" if prefix else "CHECKPOINT",
+        )
     import fnmatch
 
     out_dims = {n: 1 for n, t in tensors.items() if t.dim() >= 2 and any(fnmatch.fnmatchcase(n, g) for g in transposed)}
@@ -125,6 +140,7 @@ def export(
     if pruner_state is not None:
         specs.update(_pruner_specs(pruner_state, tensors))
     try:
+        written.before(out)
         report = save_packed(tensors, out, bank_size, layout, out_dims, dense_fallback=dense_fallback, specs=specs)
     except NotBankBalancedError as e:
         raise click.ClickException(
@@ -132,15 +148,15 @@ def export(
             "or store it dense with --dense-fallback."
         ) from e
 
-    table = Table("tensor", "shape", "stored as", "bytes", title=f"{checkpoint} → {out}")
+    table = Table("tensor", "shape", "stored as", "bytes", title=f"{shown(checkpoint)} → {shown(out)}")
     for name, p in report.packed.items():
         tail = f" + tail {p.tail_k}/{p.row_len % p.bank_size}" if p.row_len % p.bank_size else ""
         how = f"packed {p.k}/{p.bank_size}{tail}, {str(p.indices.dtype).replace('torch.', '')}"
-        table.add_row(name, str(list(p.shape)), how, f"{p.nbytes():,}")
+        table.add_row(shown(name), str(list(p.shape)), how, f"{p.nbytes():,}")
     for name in report.dense:
         how = "dense (not bank-balanced)" if name in report.fallback else "dense"
         t = tensors[name]
-        table.add_row(name, str(list(t.shape)), how, f"{t.numel() * t.element_size():,}")
+        table.add_row(shown(name), str(list(t.shape)), how, f"{t.numel() * t.element_size():,}")
     out_console = console()
     out_console.print(table)
     out_console.print(
@@ -153,3 +169,4 @@ def export(
         if wrong:
             raise click.ClickException(f"{out}: rebuilt tensors differ from the checkpoint: {wrong}")
         out_console.print(f"verified: all {len(tensors)} tensors rebuilt bit-exactly (zeros as +0.0)")
+    written.report()

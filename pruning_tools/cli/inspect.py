@@ -9,12 +9,16 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ._common import console, library_errors
+from ._common import Fraction, console, library_errors, printable, shown
 
 
 def report_table(report: dict) -> Table:
-    """The report as a rich table, totals in the last row."""
-    table = Table(title=f"{report['path']}  (bank {report['bank_size']}, {report['layout']})")
+    """The report as a rich table, totals in the last row. Names and paths read from the file are
+    escaped: no markup, no control characters reach the terminal."""
+    table = Table(
+        title=f"{shown(report['path'])}  (bank {report['bank_size']}, {report['layout']})",
+        caption=totals_caption(report),
+    )
     for column, justify in (
         ("tensor", "left"),
         ("shape", "left"),
@@ -30,8 +34,10 @@ def report_table(report: dict) -> Table:
         else:
             balanced = "[green]yes" if r["balanced"] else f"[red]no ({r['over_budget']} banks over)"
             worst = f"row {r['worst_bank'][0]} bank {r['worst_bank'][1]}: {r['worst_nonzeros']}/{r['worst_budget']}"
+        if "packed" in r:
+            worst += f" (packed, bank {r['packed']['bank_size']})"
         table.add_row(
-            r["name"],
+            shown(r["name"]),
             "x".join(map(str, r["shape"])) or "scalar",
             f"{r['sparsity']:.2%}",
             f"{r['nonzeros']:,}/{r['numel']:,}",
@@ -40,15 +46,41 @@ def report_table(report: dict) -> Table:
         )
     t = report["totals"]
     table.add_section()
+    verdict = {True: "[green]all", False: f"[red]{len(t['unbalanced'])} not", None: "none checked"}
     table.add_row(
-        f"total ({t['tensors']} tensors)",
+        f"total of the {t['tensors']} listed",
         "",
-        f"{t['sparsity']:.2%}",
+        "-" if t["sparsity"] is None else f"{t['sparsity']:.2%}",
         f"{t['nonzeros']:,}/{t['numel']:,}",
-        "[green]all" if report["balanced"] else f"[red]{len(t['unbalanced'])} not",
+        verdict[report["balanced"]],
         "",
     )
     return table
+
+
+def totals_caption(report: dict) -> str:
+    """Over which tensors the total is counted."""
+    t = report["totals"]
+    globs = " or ".join(shown(repr(m)) for m in report["match"])
+    which = f"matching {globs}" if report["match"] else "of the file"
+    if not t["tensors"]:
+        if not report["tensors_in_file"]:
+            return "no tensor listed: the file holds no tensor"
+        return f"no tensor listed: none of the {report['tensors_in_file']} tensors of the file matches {globs}"
+    return (
+        f"total sparsity {t['sparsity']:.2%} over the {t['tensors']} tensors {which} "
+        f"({t['numel']:,} values, 1-D ones included; {t['checked']} with >= 2 dims bank-checked)"
+    )
+
+
+def nothing_checked(report: dict) -> str:
+    """Why ``--require-balanced`` has nothing to check."""
+    if not report["tensors_in_file"]:
+        return f"{printable(report['path'])} holds no tensor"
+    if not report["tensors"]:
+        globs = " ".join(printable(repr(m)) for m in report["match"])
+        return f"--match {globs} matches none of the {report['tensors_in_file']} tensors of {printable(report['path'])}"
+    return f"none of the {report['totals']['tensors']} listed tensors has >= 2 dims: no bank was checked"
 
 
 @click.command("inspect")
@@ -64,7 +96,7 @@ def report_table(report: dict) -> Table:
 )
 @click.option(
     "--sparsity",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=Fraction(),
     default=None,
     help="Budget every bank for this sparsity (default: each tensor's measured sparsity).",
 )
@@ -76,11 +108,20 @@ def report_table(report: dict) -> Table:
     help="Tensors stored [in, out] (output dim 1, e.g. GPT-2 Conv1D: '*.c_attn.weight'); repeatable.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--require-balanced", is_flag=True, help="Exit with code 1 when a listed tensor is not bank-balanced.")
+@click.option(
+    "--require-balanced",
+    is_flag=True,
+    help="Exit with code 1 when a listed tensor is not bank-balanced, or when nothing was checked "
+    "(no tensor listed, or none with >= 2 dims).",
+)
 @library_errors
 def inspect(path, bank_size, layout, sparsity, match, transposed, as_json, require_balanced) -> None:
     """Table of every tensor in PATH (.pt/.pth, .safetensors, MXNet .params): shape, sparsity,
-    non-zeros, bank balance with the worst bank, and totals."""
+    non-zeros, bank balance with the worst bank, and totals over the listed tensors.
+
+    A packed file (`pruning-tools export`) is read as the dense tensors it encodes, each checked with
+    the bank size and layout the file records.
+    """
     from ..checkpoints import SUFFIXES, inspect_file
 
     suffix = Path(path).suffix.lower()
@@ -93,6 +134,9 @@ def inspect(path, bank_size, layout, sparsity, match, transposed, as_json, requi
         click.echo(json.dumps(report, indent=1))
     else:
         console().print(report_table(report))
+    if require_balanced and report["balanced"] is None:
+        raise click.ClickException(f"--require-balanced: {nothing_checked(report)}")
     if require_balanced and not report["balanced"]:
-        click.echo(f"not bank-balanced: {', '.join(report['totals']['unbalanced'])}", err=True)
+        names = ", ".join(printable(name) for name in report["totals"]["unbalanced"])
+        click.echo(f"not bank-balanced: {names}", err=True)
         raise SystemExit(1)

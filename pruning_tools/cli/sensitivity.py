@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from ._common import library_errors
+from ._common import (
+    Fraction,
+    HiddenAlias,
+    NonNegative,
+    Written,
+    console,
+    earlier_files,
+    library_errors,
+    output_directory,
+    printable,
+    say_replacing,
+    shown,
+)
 
+OUTPUT_NAMES = (
+    "dense.safetensors",
+    "sensitivity.json",
+    "sensitivity.csv",
+    "suggestion.json",
+    "sensitivity.png",
+    "targets.png",
+)
 DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)  # pruning_tools.sensitivity.DEFAULT_LEVELS (no torch for --help)
 
 
@@ -43,29 +64,29 @@ def mnist_model(
     seed: int,
     out: Path,
     score: str = "loss",
+    written: Written | None = None,
 ) -> tuple[Any, Callable[[Any], float]]:
-    """The MNIST demo CNN, dense (loaded from ``weights`` or trained for ``epochs``), scored on the
-    last ``score_images`` training images (the test set stays unseen) by minus the mean
-    cross-entropy (``score="loss"``) or by accuracy."""
+    """The MNIST demo CNN, dense (loaded from ``weights`` or trained for ``epochs`` and saved as
+    ``out/dense.safetensors``), scored on the last ``score_images`` training images (the test set
+    stays unseen) by minus the mean cross-entropy (``score="loss"``) or by accuracy.
+
+    A freshly trained model is scored as reloaded from the file it was saved to, so that a later
+    ``--weights out/dense.safetensors`` run computes exactly the same table."""
     import torch
     import torch.nn.functional as F
 
     from ..demo.data import load_mnist
-    from ..demo.torch_backend import SimpleCNN, evaluate, to_tensor
+    from ..demo.torch_backend import evaluate, to_tensor
     from ..demo.trainer import train_mnist
-    from ..integrity import load_file, save_file
+    from ..integrity import save_file
 
-    if weights is not None:
-        model = SimpleCNN()
-        model.load_state_dict(load_file(weights)[0])  # checksums verified
-    else:
+    if weights is None:
         click.echo(f"training the dense CNN for {epochs} epoch(s) ...", err=True)
         result = train_mnist(data_dir, sparsity=0.0, epochs=epochs, limit=limit, seed=seed)
-        model = result["model"]
-        click.echo(
-            f"dense test accuracy {result['test_accuracy']:.4f}; weights -> {out / 'dense.safetensors'}", err=True
-        )
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "dense.safetensors")
+        weights = str((written or Written()).before(out / "dense.safetensors"))
+        save_file({k: v.contiguous() for k, v in result["model"].state_dict().items()}, weights)
+        click.echo(f"dense test accuracy {result['test_accuracy']:.4f}; weights -> {printable(weights)}", err=True)
+    model = load_cnn(weights)  # checksums verified
     data = load_mnist(data_dir).head(limit)
     images = to_tensor(data.train_images[-score_images:])
     labels = torch.from_numpy(data.train_labels[-score_images:].astype("int64"))
@@ -84,8 +105,34 @@ def mnist_model(
     return model, minus_loss
 
 
+def load_cnn(path: str | Path):
+    """The MNIST demo CNN with the weights of the safetensors file ``path``; a file of another model
+    is a ``ValueError`` naming what does not fit."""
+    from ..checkpoints import load_tensors
+    from ..demo.torch_backend import SimpleCNN
+
+    model = SimpleCNN()
+    tensors = load_tensors(path)
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in tensors]
+    unexpected = [name for name in tensors if name not in expected]
+    wrong = [
+        f"{name} {list(tensors[name].shape)} (the CNN's is {list(t.shape)})"
+        for name, t in expected.items()
+        if name in tensors and tensors[name].shape != t.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+            for label, names in (("missing", missing), ("not the CNN's", unexpected), ("other shapes", wrong))
+            if names
+        ]
+        raise ValueError(f"--weights {path} are not the MNIST demo CNN's weights ({'; '.join(parts)})")
+    model.load_state_dict(tensors)
+    return model
+
+
 def _print_table(table) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     view = Table(title=f"score (dense {table.baseline:.4f}) with one parameter pruned at each sparsity")
@@ -95,8 +142,8 @@ def _print_table(table) -> None:
         view.add_column(f"{level:.4f}", justify="right")
     sizes = table.sizes()
     for name, row in zip(table.names, table.scores):
-        view.add_row(name, str(sizes[name]), *(f"{s:.4f}" for s in row))
-    Console(stderr=True).print(view)
+        view.add_row(shown(name), str(sizes[name]), *(f"{s:.4f}" for s in row))
+    console(stderr=True).print(view)
 
 
 @contextlib.contextmanager
@@ -108,12 +155,17 @@ def _progress_bar(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console(stderr=True),
+        transient=True,
     ) as bar:
         task = bar.add_task("sensitivity", total=None)
 
         def advance(done: int, total: int, name: str, level: float) -> None:
-            bar.update(task, completed=done, total=total, description=f"{name} @ {level:.4f}")
+            bar.update(task, completed=done, total=total, description=f"{shown(name)} @ {level:.4f}")
 
         yield advance
 
@@ -134,25 +186,34 @@ def _progress_bar(enabled: bool):
     help="Comma-separated sparsities, snapped to what the pattern realises.",
 )
 @click.option("--balance", type=click.Choice(["fix", "none"]), default="fix", show_default=True)
-@click.option("--bank-size", type=int, default=64, show_default=True)
+@click.option("--bank-size", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--layout", type=click.Choice(["channels_last", "flat"]), default="channels_last", show_default=True)
-@click.option("--target", type=float, default=None, help="Overall sparsity of the suggested prune_dict.")
+@click.option("--target", type=Fraction(), default=None, help="Overall sparsity of the suggested prune_dict.")
 @click.option(
     "--uniform",
-    type=float,
+    type=Fraction(),
     default=None,
     help="Suggest at the overall sparsity a uniform prune_dict at this value reaches.",
 )
-@click.option("--max-drop", type=float, default=None, help="Score drop tolerated per parameter.")
+@click.option("--max-drop", type=NonNegative(), default=None, help="Score drop tolerated per parameter.")
 @click.option("--lower-is-better", is_flag=True, help="The score is a loss.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("runs/sensitivity"),
     show_default=True,
-    help="Directory for sensitivity.json/.csv/.png, suggestion.json, targets.png.",
+    help="Directory for sensitivity.json/.csv/.png, suggestion.json, targets.png (existing files are "
+    "replaced, and said so).",
 )
-@click.option("--data-dir", default=None, help="MNIST: directory of the IDX files.")
+@click.option(
+    "--data",
+    "--data-dir",
+    "data_dir",
+    cls=HiddenAlias,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="MNIST: directory of the IDX files (default: as for `pruning-tools demo`).",
+)
 @click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False),
@@ -203,7 +264,6 @@ def sensitivity(
 ) -> None:
     """Prune one parameter at a time, one-shot; score; restore; suggest a prune_dict."""
     from ..atomic import write_text
-    from ..config import check_sparsity
     from ..sensitivity import overall_sparsity, predicted_drop, snap_levels, suggest_prune_dict, sweep
 
     try:
@@ -213,23 +273,17 @@ def sensitivity(
     if target is not None and uniform is not None:
         raise click.UsageError("give --target or --uniform, not both")
     try:  # fail before the (slow) sweep
-        for option, value in (("--target", target), ("--uniform", uniform)):
-            if value is not None:
-                check_sparsity(option, value)
         snap_levels(level_values, balance, bank_size)
     except ValueError as error:
-        raise click.UsageError(str(error)) from error
-    out.mkdir(parents=True, exist_ok=True)
+        raise click.BadParameter(str(error), param_hint="--levels") from error
+    out = output_directory(out, "--out")  # before the training and the sweep, not after them
+    say_replacing(out, earlier_files(out, OUTPUT_NAMES))
+    written = Written()
     if model_spec is None:
-        if data_dir is None:
-            from .demo import DEFAULT_DATA_DIRS, default_data_dir
+        from .demo import mnist_data_dir
 
-            data_dir = default_data_dir()
-            if data_dir is None:
-                raise click.UsageError(
-                    "no MNIST found in " + " or ".join(f"{d}/" for d in DEFAULT_DATA_DIRS) + ": pass --data-dir DIR"
-                )
-        model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out, score)
+        data_dir = mnist_data_dir(data_dir, download=False)
+        model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out, score, written)
     else:
         model, evaluate = load_user_model(model_spec)
     try:
@@ -248,31 +302,40 @@ def sensitivity(
     except (ValueError, TypeError) as error:
         raise click.UsageError(str(error)) from error
     _print_table(table)
-    table.save_json(out / "sensitivity.json")
-    table.save_csv(out / "sensitivity.csv")
-    from ..demo.sensitivity_plots import plot_curves, plot_targets
-
-    plot_curves(table, out / "sensitivity.png")
+    table.save_json(written.before(out / "sensitivity.json"))
+    table.save_csv(written.before(out / "sensitivity.csv"))
     if uniform is not None:
         target = overall_sparsity(table, {name: uniform for name in table.names})
-    if target is None and max_drop is None:
-        click.echo(f"table -> {out}; pass --target, --uniform or --max-drop for a suggested prune_dict", err=True)
-        return
-    try:
-        suggestion = suggest_prune_dict(table, target, max_drop)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from error
-    report = {
-        "prune_dict": suggestion,
-        "overall_sparsity": overall_sparsity(table, suggestion),
-        "predicted_drop": predicted_drop(table, suggestion),
-        "target": target,
-        "max_drop": max_drop,
-    }
-    bars = {"suggested": suggestion}
-    if uniform is not None:
-        bars[f"uniform {uniform}"] = {name: uniform for name in table.names}
-        report["uniform"] = uniform
-    write_text(out / "suggestion.json", json.dumps(report, indent=1) + "\n")
-    plot_targets(table, bars, out / "targets.png")
-    click.echo(json.dumps(report, indent=1))
+    suggestion = None
+    if target is not None or max_drop is not None:
+        try:
+            suggestion = suggest_prune_dict(table, target, max_drop)
+        except ValueError as error:
+            written.report(err=True)
+            raise click.UsageError(str(error)) from error
+        report = {
+            "prune_dict": suggestion,
+            "overall_sparsity": overall_sparsity(table, suggestion),
+            "predicted_drop": predicted_drop(table, suggestion),
+            "target": target,
+            "max_drop": max_drop,
+        }
+        bars = {"suggested": suggestion}
+        if uniform is not None:
+            bars[f"uniform {uniform}"] = {name: uniform for name in table.names}
+            report["uniform"] = uniform
+        write_text(written.before(out / "suggestion.json"), json.dumps(report, indent=1) + "\n")
+    plots_missing = importlib.util.find_spec("matplotlib") is None  # the optional extra "plots"
+    if not plots_missing:
+        from ..demo.sensitivity_plots import plot_curves, plot_targets
+
+        plot_curves(table, written.before(out / "sensitivity.png"))
+        if suggestion is not None:
+            plot_targets(table, bars, written.before(out / "targets.png"))
+    written.report(err=True)
+    if plots_missing:
+        click.echo("no plots: matplotlib is not installed (pip install 'pruning-tools[plots]')", err=True)
+    if suggestion is None:
+        click.echo("pass --target, --uniform or --max-drop for a suggested prune_dict", err=True)
+    else:
+        click.echo(json.dumps(report, indent=1))

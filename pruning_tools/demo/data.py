@@ -73,6 +73,8 @@ def parse_idx(raw: bytes) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPE_CODES:
         raise ValueError("not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"IDX header announces {ndim} dims but the file ends after {len(raw)} bytes")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=_DTYPE_CODES[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
@@ -140,8 +142,11 @@ def _read_idx_dir(directory: Path, stamp: tuple) -> MnistData:
     _verify_sums(directory)
     arrays = {}
     for field, filename in FILES.items():
-        with gzip.open(directory / filename, "rb") as f:
-            arrays[field] = parse_idx(f.read())
+        try:
+            with gzip.open(directory / filename, "rb") as f:
+                arrays[field] = parse_idx(f.read())
+        except (OSError, EOFError, ValueError) as error:  # not gzip, truncated, not IDX
+            raise ValueError(f"{directory / filename}: not a gzipped IDX file ({error})") from error
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

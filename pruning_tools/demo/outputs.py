@@ -10,6 +10,14 @@ import numpy as np
 
 NOT_IN_JSON = ("weights", "pruner_state", "model")
 PLOTS_HINT = "no plots: matplotlib is not installed (pip install 'pruning-tools[plots]')"
+OUTPUT_NAMES = (  # every file write_outputs may write
+    "weights.safetensors",
+    "pruner_state.safetensors",
+    "results.json",
+    "sparsity_schedule.png",
+    "layer_sparsity.png",
+    "bank_histogram.png",
+)
 
 
 def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[str]]:

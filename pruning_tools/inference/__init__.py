@@ -1,7 +1,20 @@
-"""Inference from packed bank-sparse weights: modules computing straight from values + indices, and
-the conversion of a pruned model to them."""
+"""Inference from packed bank-sparse weights: modules computing straight from values + indices
+(``modules``, ``attention``), registered as torch operators (``ops``: the C kernel through ``native``,
+the pure-PyTorch ``reference`` elsewhere), and the conversion of a pruned model (``convert``)."""
 
-from .convert import to_bank_sparse
-from .modules import BankSparseConv1x1, BankSparseLinear, is_pointwise_conv
+from .attention import BankSparseMultiheadAttention
+from .convert import ConversionReport, LayerReport, load_bank_sparse, to_bank_sparse
+from .modules import BankSparseConv, BankSparseConv1x1, BankSparseLinear, is_conv1d, is_pointwise_conv
 
-__all__ = ["BankSparseConv1x1", "BankSparseLinear", "is_pointwise_conv", "to_bank_sparse"]
+__all__ = [
+    "BankSparseConv",
+    "BankSparseConv1x1",
+    "BankSparseLinear",
+    "BankSparseMultiheadAttention",
+    "ConversionReport",
+    "LayerReport",
+    "is_conv1d",
+    "is_pointwise_conv",
+    "load_bank_sparse",
+    "to_bank_sparse",
+]

@@ -1,9 +1,20 @@
-"""Inference from the packed bank-sparse format: ``y = x Wᵀ + b`` straight from values + indices.
+"""Inference modules computing straight from the packed bank-sparse format (values + in-bank indices).
 
-``BankSparseLinear`` holds a weight as ``export.PackedTensor`` buffers and multiplies with the C
-kernel ``bank_sparse`` of ``pruning_tools._native`` (float32 on CPU, OpenMP over output rows), or with a
-pure-PyTorch gather where that kernel is unavailable, for other dtypes/devices, and when autograd
-needs a gradient through ``x``. ``BankSparseConv1x1`` runs 1×1 convolutions through the same path.
+- ``BankSparseLinear``: ``nn.Linear`` (or transformers' ``Conv1D``, weight ``[in, out]``, or a 1×1
+  conv weight) ``y = x Wᵀ + b``.
+- ``BankSparseConv``: ``nn.Conv1d`` / ``nn.Conv2d`` with any kernel, stride, padding (any
+  ``padding_mode``), dilation, groups 1; and 1×1 ``nn.Conv3d``. Its weight rows are ``(out, kh, kw)``
+  along the input channels (channels-last layout), so the in-bank indices address input channels: the
+  kernel reads them from the input planes directly, without a dense weight or an unfolded input.
+  ``BankSparseConv1x1`` is the same module (its former name for 1×1 convolutions).
+
+The packed tensors are buffers (``state_dict`` holds them; loading one into a converted model checks
+it first). Every packed tensor a module is built from or loads is checked (``export.check_packed``)
+before any product runs. In eager mode a float32 CPU input goes straight to the C kernel
+(``pruning_tools._native``, kernel ``bank_sparse``); under ``torch.compile``, ``torch.jit.trace``,
+``torch.export``, for gradients, other dtypes and devices, the modules call the ``torch.ops``
+operators of ``inference.ops``, whose pure-PyTorch path (``inference.reference``) serves where the
+kernel does not.
 
 >>> import torch
 >>> from pruning_tools.masks import bank_mask
@@ -18,85 +29,198 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _native
+from .. import geometry as G
 from ..config import ParamSpec
-from ..export import PackedTensor, pack, read_packed, unpack
+from ..export import PackedTensor, check_packed, pack, read_packed, unpack
+from . import native, ops
 
-GATHER_CHUNK = 1 << 22  # elements of the [batch, rows, nnz] product the fallback builds at once
+PARTS = ("values", "indices", "tail_values", "tail_indices")
+Geometry = Union[int, ParamSpec]
 
 
-class BankSparseLinear(nn.Module):
+class _Fast(NamedTuple):
+    """What the eager path checked, and what it must find unchanged to skip the checks."""
+
+    described: native.Described
+    lib: Any
+    values: Tensor
+    indices: Tensor
+    tail_values: Tensor
+    tail_indices: Tensor
+    bias: Tensor | None
+    versions: tuple[int, int]  # of indices and tail_indices (-1: inference tensors, never changed in place)
+
+
+def _versions(indices: Tensor, tail_indices: Tensor) -> tuple[int, int]:
+    if indices.is_inference() or tail_indices.is_inference():
+        return (-1, -1)
+    return (indices._version, tail_indices._version)
+
+
+def _eager(x: Tensor) -> bool:
+    """A plain float32 CPU tensor outside tracing and compiling, and no gradient asked for."""
+    return (
+        not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and type(x) is Tensor
+        and x.dtype is torch.float32
+        and x.is_cpu
+        and not (x.requires_grad and torch.is_grad_enabled())
+    )
+
+
+def _planar(x: Tensor) -> Tensor:
+    """``x`` itself when NCHW or channels-last (the kernel reads either), else an NCHW copy."""
+    return x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
+
+
+def _needs_grad(x: Tensor, bias: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+
+
+class _BankSparse(nn.Module):
+    """Buffers, checks, the eager fast path and state handling shared by the modules."""
+
+    bank_size: int
+    weight_shape: tuple[int, ...]
+    layout: str
+    out_dim: int
+    kernel_positions: int  # rows per output channel
+    row_len: int
+
+    def _init_packed(self, packed: PackedTensor, bias: Tensor | None, out_features: int) -> None:
+        if not isinstance(packed, PackedTensor):
+            raise TypeError(f"packed={type(packed).__name__} is not allowed: expected an export.PackedTensor")
+        check_packed(packed, "packed weight")
+        self.bank_size, self.weight_shape = packed.bank_size, tuple(packed.shape)
+        self.layout, self.out_dim = packed.layout, packed.out_dim
+        self.row_len = packed.row_len
+        if bias is not None and (tuple(bias.shape) != (out_features,) or not bias.is_floating_point()):
+            raise ValueError(
+                f"bias of shape {list(bias.shape)} ({bias.dtype}) is not allowed: expected floating [{out_features}]"
+            )
+        for part in PARTS:
+            self.register_buffer(part, getattr(packed, part).detach().clone().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
+        self._fast: _Fast | None = None
+
+    # ------------------------------------------------------------ the eager path
+
+    def _fast_path(self) -> _Fast | None:
+        """The kernel descriptor of the current buffers, rebuilt (and checked) when a buffer was
+        replaced or its indices changed in place; None where the kernel cannot serve them."""
+        b = self._buffers
+        fast = self._fast
+        lib = _native.library("bank_sparse")
+        if (
+            fast is not None
+            and fast.lib is lib
+            and b["values"] is fast.values
+            and b["indices"] is fast.indices
+            and b["tail_values"] is fast.tail_values
+            and b["tail_indices"] is fast.tail_indices
+            and b["bias"] is fast.bias
+            and (
+                fast.versions[0] < 0  # inference tensors: no in-place change outside inference mode
+                or (fast.indices._version == fast.versions[0] and fast.tail_indices._version == fast.versions[1])
+            )
+        ):
+            return fast
+        if lib is None:
+            return None
+        parts = [b[part] for part in PARTS]
+        described = ops.checked(*parts, b["bias"], self.bank_size, self.row_len, self.kernel_positions, "packed weight")
+        if described is None:
+            return None
+        self._fast = _Fast(described, lib, *parts, b["bias"], _versions(parts[1], parts[3]))
+        return self._fast
+
+    # ------------------------------------------------------------ state
+
+    def packed(self) -> PackedTensor:
+        """The weight as a ``PackedTensor`` (the module's buffers, not copies)."""
+        b = self._buffers
+        return PackedTensor(*(b[part] for part in PARTS), self.weight_shape, self.bank_size, self.layout, self.out_dim)
+
+    def dense_weight(self) -> Tensor:
+        """The weight as a dense tensor of its original shape (zeros where nothing is stored)."""
+        return unpack(self.packed())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        """Check the packed tensors being loaded (a file is untrusted) before they replace the buffers."""
+        incoming = {part: state_dict.get(prefix + part) for part in PARTS}
+        if all(isinstance(t, Tensor) for t in incoming.values()):
+            candidate = PackedTensor(**incoming, shape=self.weight_shape, bank_size=self.bank_size,
+                                     layout=self.layout, out_dim=self.out_dim)  # fmt: skip
+            check_packed(candidate, f"state_dict entry {prefix}(values, indices, tail_values, tail_indices)")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        self._fast = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fast"] = None  # ctypes pointers: rebuilt on first use (deepcopy, pickling)
+        return state
+
+
+class BankSparseLinear(_BankSparse):
     """``nn.Linear`` with a bank-sparse weight stored packed (values + in-bank indices).
 
-    ``packed``: the weight ``[out, in]`` (or a 1×1 conv weight ``[out, in, 1, ...]``), see
-    ``export.pack``. ``bias``: ``[out]`` or None. Input ``[..., in]`` → output ``[..., out]``.
-    The weight is a set of buffers (inference module: no gradient for the weight).
+    ``packed``: the weight ``[out, in]`` (``out_dim=0``), ``[in, out]`` with ``out_dim=1`` (transformers'
+    ``Conv1D``), or a 1×1 conv weight ``[out, in, 1, ...]``; see ``export.pack``. ``bias``: ``[out]``
+    or None. Input ``[..., in]`` → output ``[..., out]``.
     """
+
+    kernel_positions = 1
 
     def __init__(self, packed: PackedTensor, bias: Tensor | None = None) -> None:
         super().__init__()
-        shape = tuple(packed.shape)
-        if len(shape) < 2 or any(s != 1 for s in shape[2:]) or packed.out_dim != 0:
+        shape = tuple(packed.shape) if isinstance(packed, PackedTensor) else ()
+        ok = (len(shape) == 2 and packed.out_dim in (0, 1)) or (
+            len(shape) > 2 and all(s == 1 for s in shape[2:]) and packed.out_dim == 0
+        )
+        if not ok:
             raise ValueError(
-                f"packed weight of shape {list(shape)} (out_dim={packed.out_dim}) is not allowed: "
-                "expected a Linear weight [out, in] or a 1x1 conv weight [out, in, 1, ...]"
+                f"packed weight of shape {list(shape)} (out_dim={getattr(packed, 'out_dim', None)}) is not allowed: "
+                "expected a Linear weight [out, in], a Conv1D weight [in, out] (out_dim=1) or a 1x1 conv weight"
             )
-        self.out_features, self.in_features = shape[0], shape[1]
-        self.bank_size = packed.bank_size
-        self.weight_shape = shape
-        if bias is not None and tuple(bias.shape) != (self.out_features,):
-            raise ValueError(f"bias of shape {list(bias.shape)} is not allowed: expected [{self.out_features}]")
-        self.register_buffer("values", packed.values.contiguous())  # [out, banks, k]
-        self.register_buffer("indices", packed.indices.contiguous())  # [out, banks, k]
-        self.register_buffer("tail_values", packed.tail_values.contiguous())  # [out, tail_k]
-        self.register_buffer("tail_indices", packed.tail_indices.contiguous())  # [out, tail_k]
-        self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
-        self._columns: Tensor | None = None  # [out, nnz] int64 input column of each stored weight
-        self._kernel_key: tuple | None = None  # what _kernel_args was computed for
-        self._kernel_args: tuple | None = None
-
-    # ------------------------------------------------------------ construction
+        out_dim = packed.out_dim
+        self.out_features, self.in_features = shape[out_dim], shape[1 - out_dim]
+        self._init_packed(packed, bias, self.out_features)
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, bank_size: int | ParamSpec = 64, sparsity: float | None = None
+        cls, linear: nn.Module, bank_size: Geometry = 64, sparsity: float | None = None
     ) -> BankSparseLinear:
-        """Pack a pruned ``nn.Linear`` (its weight must be bank-balanced, see ``export.check_balanced``).
-
-        ``bank_size`` may be the weight's ``ParamSpec`` from the pruner (``pruned_specs(prune)[name]``):
-        bank size and budget then come from it.
-        """
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear={type(linear).__name__} is not allowed: expected a torch.nn.Linear")
-        bank_size, sparsity = _geometry(bank_size, sparsity)
-        return cls(pack(linear.weight, bank_size, sparsity=sparsity, name="weight"), linear.bias)
+        """Pack a pruned ``nn.Linear`` (or transformers' ``Conv1D``: weight ``[in, out]``); its weight
+        must be bank-balanced (``export.check_balanced``). ``bank_size`` may be the weight's ``ParamSpec``
+        from the pruner (``pruned_specs(prune)[name]``): bank size, layout, output dim and budget then
+        come from it, and the packed shapes are the budget's."""
+        transposed = is_conv1d(linear)
+        if not isinstance(linear, nn.Linear) and not transposed:
+            raise TypeError(
+                f"linear={type(linear).__name__} is not allowed: expected a torch.nn.Linear or transformers' Conv1D"
+            )
+        spec = _spec(bank_size, sparsity, out_dim=1 if transposed else 0)
+        if transposed and spec.out_dim != 1:
+            raise ValueError(f"spec={bank_size} is not allowed for a Conv1D weight [in, out]: expected out_dim=1")
+        return cls(_pack(linear.weight, spec), linear.bias)
 
     @classmethod
     def from_file(cls, path: str | Path, name: str) -> BankSparseLinear:
         """Build from a packed file (``export.save_packed``): weight ``f"{name}.weight"`` and, when
         the file has it, bias ``f"{name}.bias"``."""
-        tensors = read_packed(path)
-        weight = tensors.get(f"{name}.weight")
-        if not isinstance(weight, PackedTensor):
-            found = sorted(n for n, t in tensors.items() if isinstance(t, PackedTensor))
-            raise KeyError(f"name={name!r}: {path} has no packed tensor {name}.weight (packed: {found})")
-        bias = tensors.get(f"{name}.bias")
-        return cls(weight, bias if isinstance(bias, Tensor) else None)
-
-    def packed(self) -> PackedTensor:
-        return PackedTensor(
-            self.values, self.indices, self.tail_values, self.tail_indices, self.weight_shape, self.bank_size
-        )
-
-    def dense_weight(self) -> Tensor:
-        """The weight as a dense tensor ``[out, in, ...]`` (zeros where nothing is stored)."""
-        return unpack(self.packed())
+        weight, bias = _from_file(path, name)
+        return cls(weight, bias)
 
     def extra_repr(self) -> str:
         return (
@@ -104,119 +228,158 @@ class BankSparseLinear(nn.Module):
             f"k={self.values.shape[-1]}, tail_k={self.tail_values.shape[-1]}, bias={self.bias is not None}"
         )
 
-    # ------------------------------------------------------------ compute
-
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
+        if not torch.jit.is_tracing() and x.shape[-1] != self.in_features:  # (the operator checks too)
             raise ValueError(f"input of shape {list(x.shape)} is not allowed: expected [..., {self.in_features}]")
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # [batch, in]
-        kernel = self._kernel_call(x2)
-        if kernel is None:
-            y = self._gather(x2)
+        fast = self._fast_path() if _eager(x2) else None
+        if fast is not None:
+            y = native.linear(fast.described, x2 if x2.is_contiguous() else x2.contiguous())
         else:
-            lib, weight_args = kernel
-            x2 = x2.contiguous()
-            y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)  # [batch, out]
-            if lib.bank_linear(x2.data_ptr(), x2.shape[0], self.in_features, y.data_ptr(), *weight_args):
-                raise MemoryError(f"bank-sparse kernel: no memory for its [{self.in_features}, {x2.shape[0]}] scratch")
+            b = self._buffers
+            op = ops.BankLinearFunction.apply if _needs_grad(x2, b["bias"]) else ops.bank_linear
+            y = op(x2, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], self.bank_size)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
-    def _kernel_call(self, x: Tensor):
-        """``(library, weight arguments)`` for the C kernel, or None where the fallback applies
-        (kernel unavailable, not float32 on CPU, or a gradient is needed through ``x``)."""
-        if x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
-            return None
-        lib = _native.library("bank_sparse")
-        b = self._buffers  # direct access and no loops: this runs on every call
-        values, bias = b["values"], b["bias"]
-        key = (
-            id(lib),
-            values.data_ptr(),
-            b["indices"].data_ptr(),
-            b["tail_values"].data_ptr(),
-            b["tail_indices"].data_ptr(),
-            None if bias is None else bias.data_ptr(),
-            values.dtype,
-        )  # moved/converted
-        if key != self._kernel_key:  # check and describe the weight again
-            parts = [b[name] for name in ("values", "indices", "tail_values", "tail_indices", "bias")]
-            tail_values = b["tail_values"]
-            usable = (
-                lib is not None
-                and all(t is None or (t.device.type == "cpu" and t.is_contiguous()) for t in parts)
-                and values.dtype == tail_values.dtype == torch.float32
-                and b["indices"].dtype == torch.uint8
-                and (bias is None or bias.dtype == torch.float32)
-            )
-            args = (
-                *key[1:6],
-                self.out_features,
-                values.shape[1],
-                values.shape[2],
-                self.bank_size,
-                tail_values.shape[1],
-            )
-            self._kernel_key, self._kernel_args = key, ((lib, args) if usable else None)
-        return self._kernel_args
-
-    def _gather(self, x: Tensor) -> Tensor:
-        """Pure-PyTorch ``y[b, o] = sum_j values[o, j] * x[b, columns[o, j]]`` (+ bias), in row chunks."""
-        if self._columns is None or self._columns.device != x.device:
-            self._columns = self._stored_columns().to(x.device)
-        columns = self._columns  # [out, nnz]
-        values = torch.cat([self.values.flatten(1), self.tail_values], dim=1).to(x)  # [out, nnz]
-        nnz = max(1, columns.shape[1])
-        chunk = max(1, GATHER_CHUNK // (nnz * max(1, x.shape[0])))
-        parts = [
-            (x[:, columns[o : o + chunk]] * values[o : o + chunk]).sum(-1)  # [batch, chunk]
-            for o in range(0, self.out_features, chunk)
-        ]
-        y = torch.cat(parts, dim=1) if parts else x.new_zeros(x.shape[0], 0)
-        return y + self.bias.to(y) if self.bias is not None else y
-
-    def _stored_columns(self) -> Tensor:
-        banks = self.values.shape[1]
-        start = torch.arange(banks, device=self.indices.device) * self.bank_size  # [banks]
-        full = (start[:, None] + self.indices.long()).flatten(1)  # [out, banks * k]
-        tail = banks * self.bank_size + self.tail_indices.long()  # [out, tail_k]
-        return torch.cat([full, tail], dim=1)  # [out, nnz]
+    def forward_rows(self, x: Tensor, start: int, stop: int) -> Tensor:
+        """Output features ``[start, stop)`` only (the query or the key/value rows of a fused attention
+        projection): ``[..., in]`` -> ``[..., stop - start]``."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input of shape {list(x.shape)} is not allowed: expected [..., {self.in_features}]")
+        b = self._buffers
+        parts = [b[part][start:stop] for part in PARTS]  # views: rows of the packed weight
+        bias = None if b["bias"] is None else b["bias"][start:stop]
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        described = None
+        if _eager(x2):
+            described = ops.checked(*parts, bias, self.bank_size, self.row_len, 1, "packed weight")
+        if described is not None:
+            y = native.linear(described, x2 if x2.is_contiguous() else x2.contiguous())
+        else:
+            op = ops.BankLinearFunction.apply if _needs_grad(x2, bias) else ops.bank_linear
+            y = op(x2, *parts, bias, self.bank_size)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], stop - start)
 
 
-class BankSparseConv1x1(BankSparseLinear):
-    """A 1×1 convolution (1-, 2- or 3-D, groups 1, padding 0, any stride) on the bank-sparse path.
+class BankSparseConv(_BankSparse):
+    """A convolution on the bank-sparse path: ``nn.Conv1d`` / ``nn.Conv2d`` (any kernel, stride,
+    padding, dilation, ``padding_mode``; groups 1), or a 1×1 ``nn.Conv3d`` (stride, no padding).
 
-    Input ``[N, in, *spatial]`` → output ``[N, out, *spatial / stride]``.
+    ``packed``: the weight ``[out, in, *kernel]`` packed channels-last (any layout for 1×1).
+    Input ``[N, in, *spatial]`` → output ``[N, out, *out_spatial]``, as ``nn.Conv{1,2,3}d``.
     """
 
-    def __init__(self, packed: PackedTensor, bias: Tensor | None = None, stride: Iterable[int] | int = 1) -> None:
-        super().__init__(packed, bias)
-        dims = len(self.weight_shape) - 2
-        stride = (stride,) * dims if isinstance(stride, int) else tuple(stride)
-        if dims < 1 or len(stride) != dims:
-            raise ValueError(f"stride={stride} is not allowed for a {dims}-D 1x1 convolution")
-        self.stride = stride
+    def __init__(
+        self,
+        packed: PackedTensor,
+        bias: Tensor | None = None,
+        stride: Sequence[int] | int = 1,
+        padding: Sequence[int] | int | str = 0,
+        dilation: Sequence[int] | int = 1,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        shape = tuple(packed.shape) if isinstance(packed, PackedTensor) else ()
+        dims = len(shape) - 2
+        if dims not in (1, 2, 3) or packed.out_dim != 0:
+            raise ValueError(
+                f"packed weight of shape {list(shape)} is not allowed: expected a conv weight [out, in, *kernel]"
+            )
+        kernel = shape[2:]
+        pointwise = all(k == 1 for k in kernel)
+        if not pointwise and packed.layout != "channels_last":
+            raise ValueError(
+                f"packed weight of layout {packed.layout!r} is not allowed for kernel {list(kernel)}: expected "
+                "'channels_last' (banks along the input channels)"
+            )
+        self.in_channels, self.out_channels, self.kernel_size = shape[1], shape[0], kernel
+        self.stride = _tuple("stride", stride, dims, minimum=1)
+        self.dilation = _tuple("dilation", dilation, dims, minimum=1)
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(
+                f"padding_mode={padding_mode!r} is not allowed: expected 'zeros', 'reflect', 'replicate' or 'circular'"
+            )
+        self.padding_mode = padding_mode
+        self.padding = _padding(padding, kernel, self.stride, self.dilation)  # (before, after) per spatial dim
+        if dims == 3 and not (pointwise and all(p == (0, 0) for p in self.padding)):
+            raise ValueError(
+                f"a 3-D convolution with kernel {list(kernel)} and padding is not supported: expected 1x1x1"
+            )
+        if max(self.stride) > 8:
+            raise ValueError(f"stride={self.stride} is not allowed: expected strides up to 8")
+        self.kernel_positions = math.prod(kernel)
+        self._init_packed(packed, bias, self.out_channels)
 
     @classmethod
-    def from_conv(
-        cls, conv: nn.modules.conv._ConvNd, bank_size: int | ParamSpec = 64, sparsity: float | None = None
-    ) -> BankSparseConv1x1:
-        """Pack a pruned 1×1 ``nn.Conv1d/2d/3d`` (groups 1, no padding); ``bank_size`` as in ``from_linear``."""
-        if not is_pointwise_conv(conv):
-            raise ValueError(f"conv={conv} is not allowed: expected a 1x1 Conv1d/2d/3d with groups=1 and padding 0")
-        bank_size, sparsity = _geometry(bank_size, sparsity)
-        packed = pack(conv.weight, bank_size, sparsity=sparsity, name="weight")
-        return cls(packed, conv.bias, conv.stride)
+    def from_conv(cls, conv: nn.Module, bank_size: Geometry = 64, sparsity: float | None = None) -> BankSparseConv:
+        """Pack a pruned ``nn.Conv1d`` / ``nn.Conv2d`` (groups 1), or a 1×1 ``nn.Conv3d``; ``bank_size``
+        as in ``BankSparseLinear.from_linear``."""
+        why = conv_unsupported(conv)
+        if why:
+            raise ValueError(f"conv={conv} is not allowed: {why}")
+        return cls(_pack(conv.weight, _spec(bank_size, sparsity)), conv.bias, conv.stride, conv.padding,
+                   conv.dilation, conv.padding_mode)  # fmt: skip
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str, **conv_options: Any) -> BankSparseConv:
+        """Build from a packed file: weight ``f"{name}.weight"``, bias ``f"{name}.bias"`` when the file
+        has it; ``conv_options``: stride, padding, dilation, padding_mode (the file does not hold them)."""
+        weight, bias = _from_file(path, name)
+        return cls(weight, bias, **conv_options)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, bank_size={self.bank_size}, k={self.values.shape[-1]}, "
+            f"tail_k={self.tail_values.shape[-1]}, bias={self.bias is not None}"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        dims = len(self.stride)
-        if x.dim() != dims + 2:
+        dims = len(self.kernel_size)
+        if not torch.jit.is_tracing() and (x.dim() != dims + 2 or x.shape[1] != self.in_channels):
             raise ValueError(
-                f"input of shape {list(x.shape)} is not allowed: expected [N, {self.in_features}, {dims} spatial dims]"
+                f"input of shape {list(x.shape)} is not allowed: expected [N, {self.in_channels}, {dims} spatial dims]"
             )
-        if any(s != 1 for s in self.stride):
-            x = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
-        y = super().forward(x.movedim(1, -1))  # [N, *spatial, out]
-        return y.movedim(-1, 1)  # [N, out, *spatial]
+        if dims == 3:  # 1x1x1: strided subsample, the volume read as one row of positions
+            x = x[:, :, :: self.stride[0], :: self.stride[1], :: self.stride[2]]
+            n, c, *spatial = x.shape
+            y = self._conv2d(x.reshape(n, c, 1, -1), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1))
+            return y.reshape(n, self.out_channels, *spatial)
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            pads = [p for pair in reversed(padding) for p in pair]  # F.pad: last dim first
+            x = F.pad(x, pads, mode=self.padding_mode)
+            padding = tuple((0, 0) for _ in padding)
+        if dims == 1:  # [N, C, L] -> [N, C, 1, L]
+            y = self._conv2d(x.unsqueeze(2), (1, *self.kernel_size), (1, *self.stride), (0, 0, *padding[0]),
+                             (1, *self.dilation))  # fmt: skip
+            return y.squeeze(2)
+        return self._conv2d(x, self.kernel_size, self.stride, (*padding[0], *padding[1]), self.dilation)
+
+    def _conv2d(self, x: Tensor, kernel, stride, padding, dilation) -> Tensor:
+        fast = self._fast_path() if _eager(x) else None
+        if fast is not None:
+            size = ops.out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)
+            if min(size) >= 1:
+                return native.conv2d(fast.described, _planar(x), kernel, stride, padding, dilation, size)
+        b = self._buffers
+        op = ops.BankConv2dFunction.apply if _needs_grad(x, b["bias"]) else ops.bank_conv2d
+        return op(x, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], self.bank_size,
+                  list(kernel), list(stride), list(padding), list(dilation))  # fmt: skip
+
+
+class BankSparseConv1x1(BankSparseConv):
+    """``BankSparseConv`` for 1×1 convolutions (1-, 2- or 3-D, groups 1, no padding, any stride): its
+    former name. ``BankSparseConv1x1(packed, bias, stride)``."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, bank_size: Geometry = 64, sparsity: float | None = None) -> BankSparseConv:
+        if not is_pointwise_conv(conv):
+            raise ValueError(f"conv={conv} is not allowed: expected a 1x1 Conv1d/2d/3d with groups=1 and padding 0")
+        return super().from_conv(conv, bank_size, sparsity)
+
+
+# ---------------------------------------------------------------- what converts
 
 
 def is_pointwise_conv(module: nn.Module) -> bool:
@@ -229,13 +392,89 @@ def is_pointwise_conv(module: nn.Module) -> bool:
     )
 
 
-def _geometry(bank_size: int | ParamSpec, sparsity: float | None) -> tuple[int, float | None]:
-    """``(bank_size, sparsity)`` from a number or from a pruner's ``ParamSpec``."""
-    if isinstance(bank_size, ParamSpec):
-        if bank_size.balance != "fix":
-            raise ValueError(f"spec={bank_size} is not allowed: expected a bank-balanced weight (balance='fix')")
-        return bank_size.bank_size, bank_size.sparsity if sparsity is None else sparsity
-    return bank_size, sparsity
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's projections: weight ``[in, out]``, ``y = x @ W + b``), found by
+    class as the pruner finds it (transformers is never imported for it)."""
+    from ..pytorch_pruning import _is_transposed_linear
+
+    return _is_transposed_linear(module)
 
 
-__all__ = ["BankSparseLinear", "BankSparseConv1x1", "is_pointwise_conv"]
+def conv_unsupported(conv: nn.Module) -> str | None:
+    """Why ``BankSparseConv`` cannot compute ``conv``, or None when it can."""
+    if isinstance(conv, nn.modules.conv._ConvTransposeNd):
+        return "transposed convolutions are not supported"
+    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return f"{type(conv).__name__} is not a convolution"
+    if conv.groups != 1:
+        return f"grouped convolution (groups={conv.groups}): its rows do not span the input channels"
+    if isinstance(conv, nn.Conv3d) and not is_pointwise_conv(conv):
+        return "3-D convolutions are supported for kernel 1 without padding only"
+    if max(conv.stride) > 8:
+        return f"stride {conv.stride} > 8"
+    return None
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _spec(geometry: Geometry, sparsity: float | None, out_dim: int = 0) -> ParamSpec:
+    """A bank-balanced spec from a bank size (budget: the measured sparsity) or from a pruner's spec."""
+    if isinstance(geometry, ParamSpec):
+        if geometry.balance != "fix":
+            raise ValueError(f"spec={geometry} is not allowed: expected a bank-balanced weight (balance='fix')")
+        return geometry if sparsity is None else ParamSpec(sparsity, "fix", geometry.bank_size, geometry.layout,
+                                                           geometry.out_dim, geometry.shape)  # fmt: skip
+    return ParamSpec(-1.0 if sparsity is None else sparsity, "fix", geometry, "channels_last", out_dim)
+
+
+def _pack(weight: Tensor, spec: ParamSpec) -> PackedTensor:
+    """Pack ``weight`` by ``spec``; with a target (``sparsity >= 0``) the packed shapes are its budgets."""
+    sparsity = spec.sparsity if spec.sparsity >= 0 else None
+    slots = None
+    if sparsity is not None:
+        budget = G.bank_budget(G.row_length(tuple(weight.shape), spec.layout, spec.out_dim), spec.bank_size, sparsity)
+        slots = (budget.keep, budget.tail_keep)
+    return pack(weight, spec.bank_size, spec.layout, spec.out_dim, sparsity, name="weight", slots=slots)
+
+
+def _from_file(path: str | Path, name: str) -> tuple[PackedTensor, Tensor | None]:
+    tensors = read_packed(path)
+    weight = tensors.get(f"{name}.weight")
+    if not isinstance(weight, PackedTensor):
+        found = sorted(n for n, t in tensors.items() if isinstance(t, PackedTensor))
+        raise KeyError(f"name={name!r}: {path} has no packed tensor {name}.weight (packed: {found})")
+    bias = tensors.get(f"{name}.bias")
+    return weight, bias if isinstance(bias, Tensor) else None
+
+
+def _tuple(argument: str, value: Sequence[int] | int, dims: int, minimum: int) -> tuple[int, ...]:
+    out = (value,) * dims if isinstance(value, int) else tuple(value)
+    if len(out) != dims or not all(isinstance(v, int) and v >= minimum for v in out):
+        raise ValueError(f"{argument}={value!r} is not allowed: expected {dims} integer(s) >= {minimum}")
+    return out
+
+
+def _padding(padding, kernel, stride, dilation) -> tuple[tuple[int, int], ...]:
+    """``(before, after)`` per spatial dim, from an int, a tuple, ``'valid'`` or ``'same'`` (as
+    ``nn.Conv``: the extra one of an odd total on the after side)."""
+    dims = len(kernel)
+    if padding == "valid":
+        return tuple((0, 0) for _ in kernel)
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError(f"padding='same' is not allowed with stride {stride}: expected stride 1")
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    pads = _tuple("padding", padding, dims, minimum=0)
+    return tuple((p, p) for p in pads)
+
+
+__all__ = [
+    "BankSparseConv",
+    "BankSparseConv1x1",
+    "BankSparseLinear",
+    "conv_unsupported",
+    "is_conv1d",
+    "is_pointwise_conv",
+]

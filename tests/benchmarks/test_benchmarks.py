@@ -104,3 +104,23 @@ def test_bench_outside_a_checkout_says_where_the_benchmarks_are(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["bench", "--quick"])
     assert result.exit_code == 1 and "checkout of the repository" in result.output
+
+
+def test_inference_benchmark_quick(tmp_path):
+    """``pruning-tools bench --inference --quick``: every model, both sparsities, checked conversions."""
+    out = tmp_path / "inference.json"
+    args = ["bench", "--inference", "--quick", "--threads", "1", "--rounds", "1", "--json", str(out)]
+    run = CliRunner().invoke(main, [*args, "--markdown", str(tmp_path / "inference.md")])
+    assert run.exit_code == 0, run.output
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    models = {"Linear 768x3072", "Linear 3072x768", "BERT-base encoder", "GPT decoder", "ResNet-50 b1", "ResNet-50 b32"}
+    assert {r["model"] for r in rows} == models and len(rows) == 2 * len(models)
+    for r in rows:
+        assert r["error"] <= 1e-4, r  # the converted model computes the masked model's outputs
+        assert r["dense_ms"] > 0 and r["sparse_ms"] > 0 and r["ort_ms"] > 0, r
+        assert math.isfinite(r["vs_eager"]) and 1 < r["bound"] <= 12.8, r
+        assert not r["converted"].startswith("0 of"), r
+    assert result["runs"][0]["threads"] == 1 and "load average" in result["runs"][0]
+    table = (tmp_path / "inference.md").read_text()
+    assert "| model | shape | threads | sparsity |" in table and "GPT decoder" in table

@@ -79,7 +79,8 @@ def test_demo_bad_option_and_missing_data(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["demo", "--sparsity", "1.5"])
     assert result.exit_code == 2 and "--sparsity" in result.output
     result = CliRunner().invoke(main, ["demo", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "MNIST not found" in result.output
+    assert result.exit_code == 2 and "MNIST not found" in result.output and "--data" in result.output
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mxnet") is None, reason="mxnet not installed")
@@ -103,7 +104,7 @@ def test_demo_download_flag(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mnist, "download", fake_download)
     args = ["demo", "--data", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "o")]
-    assert CliRunner().invoke(main, args).exit_code == 1  # nothing found, no download asked
+    assert CliRunner().invoke(main, args).exit_code == 2  # nothing found, no download asked
     result = CliRunner().invoke(main, [*args, "--download"])
     assert result.exit_code == 0, result.output
     assert fetched == [tmp_path / "d"]
@@ -140,3 +141,51 @@ def test_demo_prune_dict_option(tmp_path):
         main, ["demo", *SLICE, "--out", str(tmp_path), "--prune-dict", '{"conv9.weight": 0.5}']
     )
     assert unknown.exit_code == 1 and "conv9.weight" in unknown.output
+
+
+def test_demo_ends_with_the_converted_model(demo_run):
+    out, output = demo_run
+    assert "bank-sparse (conv2, conv3, fc): test accuracy" in " ".join(output.split())
+    deployment = json.loads((out / "results.json").read_text())["deployment"]
+    assert deployment["converted"] == ["conv2", "conv3", "fc"]
+    assert deployment["accuracy"] == deployment["masked_accuracy"]
+    assert deployment["speedup"] > 0 and deployment["speedup_one"] > 0
+    assert "conv1" in deployment["report"]  # the rule's report: conv1 cannot be banked
+
+
+def test_one_total_for_one_model(demo_run):
+    """The demo's total, ``inspect`` with the README's selection and the README agree: all count the
+    four conv / dense weights the demo prunes (``*.weight`` also matches the BatchNorm gains)."""
+    import re
+    from pathlib import Path
+
+    out, output = demo_run
+    results = json.loads((out / "results.json").read_text())
+    assert "over conv1.weight, conv2.weight, conv3.weight, fc.weight (376,576 values" in output
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    command = re.search(r"pruning-tools inspect runs/demo/weights\.safetensors (.*?) --require-balanced", readme)
+    selection = [glob.strip("'") for glob in command.group(1).split()[1::2]]
+    args = [x for glob in selection for x in ("--match", glob)]
+    result = CliRunner().invoke(main, ["inspect", str(out / "weights.safetensors"), *args, "--json"])
+    totals = json.loads(result.output)["totals"]
+    assert totals["tensors"] == 4 and totals["numel"] == 376_576
+    assert totals["sparsity"] == pytest.approx(results["total_sparsity"], abs=1e-12)
+    everything = CliRunner().invoke(
+        main, ["inspect", str(out / "weights.safetensors"), "--match", "*.weight", "--json"]
+    )
+    assert json.loads(everything.output)["totals"]["tensors"] == 7  # + bn1, bn2, bn3 gains: another total
+
+
+def test_same_machine_same_numbers_and_the_readme_says_where_that_ends(tmp_path, tiny_mnist):
+    """Results reproduce bit for bit on one machine (same threads); across CPUs they do not, and the
+    README says so with the spread measured."""
+    from pathlib import Path
+
+    runs = []
+    for name in ("a", "b"):
+        args = ["demo", "--data", str(tiny_mnist), *SLICE, "--epochs", "1", "--out", str(tmp_path / name)]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        runs.append(load_file(str(tmp_path / name / "weights.safetensors")))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "Reproducible on one machine, not across CPUs" in readme and "99.36 %" in readme

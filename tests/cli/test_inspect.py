@@ -107,7 +107,7 @@ def test_table_output(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(tensors(), path)
     out = run(path).output
-    assert "bad.weight" in out and "no (1 banks over)" in out and "total (3 tensors)" in out
+    assert "bad.weight" in out and "no (1 banks over)" in out and "total of the 3 listed" in out
 
 
 def test_bad_suffix_and_bad_file(tmp_path):
@@ -119,6 +119,58 @@ def test_bad_suffix_and_bad_file(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     result = run(broken)
     assert result.exit_code == 1 and "not a PyTorch weights-only checkpoint" in result.output
+
+
+# ---------------------------------------------------------------- packed files, empty selections
+
+
+def test_packed_file_is_read_as_what_it_encodes(tmp_path):
+    """``inspect`` on an exported file checked the raw ``::values`` / ``::indices`` parts (0.74 %
+    sparsity, "balanced"); it reads the dense tensors the file encodes, with the file's bank size."""
+    from pruning_tools.export import save_packed
+
+    g = torch.Generator().manual_seed(1)
+    w16 = torch.randn(4, 48, generator=g)
+    w16 = w16 * bank_mask(w16, None, 0.75, bank_size=16)  # bank 16: 4 of every 16 kept
+    dense = tensors()
+    del dense["bad.weight"]
+    path = tmp_path / "model.packed.safetensors"
+    save_packed({**dense, "small.weight": w16}, path, specs={"small.weight": {"bank_size": 16}})
+    rep = report(path, "--require-balanced")
+    rows = by_name(rep)
+    assert set(rows) == {"fc.weight", "fc.bias", "small.weight"}  # no '::values', no '::indices'
+    assert rows["fc.weight"]["sparsity"] == pytest.approx(0.9375) and rows["fc.weight"]["packed"]["bank_size"] == 64
+    assert rows["small.weight"]["packed"] == {"bank_size": 16, "layout": "channels_last", "out_dim": 0}
+    assert rows["small.weight"]["budget"] == 4 and rows["small.weight"]["balanced"] is True
+    assert rep["balanced"] is True and rep["totals"]["checked"] == 2
+    assert "packed, bank 16" in run(path).output
+
+
+def test_require_balanced_with_nothing_to_check_fails(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.pt"
+    torch.save(tensors(), path)
+    result = run(path, "--require-balanced", "--match", "encoder.*")
+    assert result.exit_code == 1 and "--match 'encoder.*' matches none of the 3 tensors" in result.output
+    assert "no tensor listed" in run(path, "--match", "encoder.*").output  # without the flag: said, exit 0
+    result = run(path, "--require-balanced", "--match", "*.bias")
+    assert result.exit_code == 1 and "none of the 1 listed tensors has >= 2 dims" in result.output
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    result = run(empty, "--require-balanced")
+    assert result.exit_code == 1 and "holds no tensor" in result.output
+    assert report(empty)["balanced"] is None and report(empty)["totals"]["sparsity"] is None
+
+
+def test_totals_say_over_which_tensors_they_count(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(tensors(), path)
+    out = run(path, "--match", "*.weight").output
+    assert "total sparsity" in out and "over the 2 tensors matching '*.weight'" in out
+    assert "1-D ones included" in out
+    rep = report(path, "--match", "*.weight")
+    assert rep["match"] == ["*.weight"] and rep["totals"]["tensors"] == 2 and rep["tensors_in_file"] == 3
 
 
 def test_transposed_weights_and_last_dim_layout(tmp_path):
