@@ -1,7 +1,10 @@
-"""pruning-tools: gradual magnitude pruning, unstructured or bank-balanced, for PyTorch and MXNet.
+"""pruning-tools: gradual pruning, unstructured or bank-balanced, for PyTorch and MXNet; one-shot
+pruning with calibration data (magnitude, Wanda, SparseGPT) for PyTorch.
 
-``from pruning_tools import Prune`` is ``pruning_tools.pytorch_pruning.Prune``. The top-level names
-are imported on first use, so ``import pruning_tools`` (and the command line's ``--help``) stays light.
+``from pruning_tools import Prune`` is ``pruning_tools.pytorch_pruning.Prune``;
+``pruning_tools.oneshot(model, calibration, prune_dict, method=...)`` is ``pruning_tools.oneshot.oneshot``.
+The top-level names are imported on first use, so ``import pruning_tools`` (and the command line's
+``--help``) stays light.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ _EXPORTS = {
     "BankCheck": "masks",
     "bank_mask": "masks",
     "check_banks": "masks",
+    "oneshot": "oneshot",
     "unstructured_mask": "masks",
     "schedule_step": "schedule",
     "target_sparsity": "schedule",
@@ -30,6 +34,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .inference import load_bank_sparse, to_bank_sparse
     from .masks import BankCheck, bank_mask, check_banks, unstructured_mask
+    from .oneshot import oneshot
     from .pytorch_pruning import Prune
     from .schedule import schedule_step, target_sparsity
 
@@ -51,6 +56,7 @@ __all__ = [
     "Prune",
     "bank_mask",
     "check_banks",
+    "oneshot",
     "load_bank_sparse",
     "schedule_step",
     "target_sparsity",

@@ -17,6 +17,7 @@ from typing import Any
 BALANCES = ("fix", "none", "global")
 LAYOUTS = ("channels_last", "flat", "last_dim")  # rows of a weight: pruning_tools.geometry
 PRUNE_DEVICES = ("default", "cpu")
+CRITERIA = ("magnitude", "movement")  # what a training-time refresh ranks by (pruning_tools.criteria)
 PARAM_OPTION_KEYS = ("sparsity", "balance", "bank_size", "layout", "out_dim")
 OUT_DIMS = (0, 1)
 
@@ -140,6 +141,7 @@ class PruneConfig:
     bank_size: int
     layout: str
     params: dict[str, ParamSpec] = field(default_factory=dict)
+    criterion: str = "magnitude"
 
     def to_dict(self) -> dict:
         """Plain data (for state_dict and results files)."""
@@ -290,6 +292,7 @@ def make_config(
     layouts: Mapping[str, str] | None = None,
     aliases: Mapping[str, str] | None = None,
     dtypes: Mapping[str, str] | None = None,
+    criterion: Any = "magnitude",
     not_parameters: Mapping[str, str] | None = None,
 ) -> PruneConfig:
     """Validate every constructor argument and resolve prune_dict against ``shapes`` (the other
@@ -309,5 +312,6 @@ def make_config(
         prune_device=check_choice("prune_device", prune_device, PRUNE_DEVICES),
         bank_size=defaults["bank_size"],
         layout=defaults["layout"],
+        criterion=check_choice("criterion", criterion, CRITERIA),
         params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, layouts, aliases, dtypes, not_parameters),
     )

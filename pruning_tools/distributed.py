@@ -187,11 +187,17 @@ def _sharded_keep(
     devices: Sequence[torch.device | None],
     pooled: bool,
     on_nan: Sequence[M.NanReport | None] | None = None,
+    criterion_scores: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     info = _common_info(weights, names)
     split = [shard_info(w, n).split for w, n in zip(weights, names)]
     reports = list(on_nan) if on_nan is not None else [None] * len(weights)
-    scores = [M.magnitude_scores(_on(local(w), d), m, r) for w, m, d, r in zip(weights, masks, devices, reports)]
+    if criterion_scores is None:
+        scores = [M.magnitude_scores(_on(local(w), d), m, r) for w, m, d, r in zip(weights, masks, devices, reports)]
+    else:  # a criterion's scores of the local shards; -inf where already pruned (or NaN)
+        scores = [
+            M.selection_scores(_on(sc, d), m, r) for sc, m, d, r in zip(criterion_scores, masks, devices, reports)
+        ]
     if pooled:  # one threshold over several tensors compares in float32, as masks.global_masks does
         scores = [s.float() for s in scores]
     total = sum(w.numel() for w in weights)  # global sizes
@@ -216,13 +222,19 @@ def compute_mask(
     name: str = "tensor",
     device: torch.device | None = None,
     on_nan: M.NanReport | None = None,
+    scores: Tensor | None = None,
 ) -> Tensor:
     """``masks.compute_mask`` for a plain tensor or a DTensor sharded on dim 0 (mask of the local
     shard). Bank-balanced: shard-local, no communication; unstructured: exact k-th selection.
     ``device``: where the mask is computed and kept (default: beside the weight or its shard);
-    ``on_nan``: hears of NaN weights in this rank's shard (pruned first, as everywhere)."""
+    ``on_nan``: hears of NaN weights in this rank's shard (pruned first, as everywhere);
+    ``scores``: a criterion's scores shaped like the local shard (None: ``|w|``)."""
+    if scores is not None:
+        scores = _on(scores, device)
     if not is_sharded(w):
-        return M.compute_mask(_on(w, device), mask, sparsity, balance, bank_size, layout, out_dim, on_nan=on_nan)
+        return M.compute_mask(
+            _on(w, device), mask, sparsity, balance, bank_size, layout, out_dim, scores, on_nan=on_nan
+        )
     info = shard_info(w, name)
     if balance == "fix" and w.dim() >= 2:
         if info.split and out_dim != 0:
@@ -233,8 +245,11 @@ def compute_mask(
         shard = _on(local(w), device)
         if shard.numel() == 0:  # a rank past the last row (uneven split)
             return torch.zeros_like(shard, dtype=torch.bool)
-        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim, on_nan=on_nan)
-    return _sharded_keep([w], [mask], sparsity, [name], [device], pooled=False, on_nan=[on_nan])[0]
+        return M.bank_mask(shard, mask, sparsity, bank_size, layout, out_dim, scores, on_nan=on_nan)
+    return _sharded_keep(
+        [w], [mask], sparsity, [name], [device], pooled=False, on_nan=[on_nan],
+        criterion_scores=None if scores is None else [scores],
+    )[0]  # fmt: skip
 
 
 def global_masks(
@@ -244,15 +259,18 @@ def global_masks(
     names: Sequence[str] | None = None,
     devices: Sequence[torch.device | None] | None = None,
     on_nan: Sequence[M.NanReport | None] | None = None,
+    scores: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     """``masks.global_masks`` over plain tensors and/or DTensors (masks of the local shards).
     ``devices[i]``: where mask ``i`` is computed and kept (default: beside its weight); ``on_nan[i]``
-    hears of NaN weights in tensor ``i``."""
+    hears of NaN weights in tensor ``i``; ``scores``: a criterion's scores, one per weight, shaped
+    like its local shard (None: ``|w|``)."""
     devices = list(devices) if devices is not None else [None] * len(weights)
+    placed = None if scores is None else [_on(sc, d) for sc, d in zip(scores, devices)]
     if not any(is_sharded(w) for w in weights):
-        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, on_nan=on_nan)
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, placed, on_nan=on_nan)
     names = list(names) if names is not None else [f"tensor {i}" for i in range(len(weights))]
-    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True, on_nan=on_nan)
+    return _sharded_keep(weights, masks, sparsity, names, devices, pooled=True, on_nan=on_nan, criterion_scores=placed)
 
 
 # ---------------------------------------------------------------- counting over shards
@@ -301,11 +319,21 @@ class LocalMasks:
         name: str,
         device: torch.device,
         on_nan: M.NanReport | None = None,
+        scores: Tensor | None = None,
     ) -> Tensor:
         """Keep-mask of ``w`` (``spec``: a ``config.ParamSpec``), computed and kept on ``device``;
-        ``on_nan(count)`` hears of NaN weights (pruned first)."""
+        ``on_nan(count)`` hears of NaN weights (pruned first); ranked by ``scores`` (a criterion's,
+        ``w``'s shape) when given, else by ``|w|``."""
         return M.compute_mask(
-            _on(w, device), mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, on_nan=on_nan
+            _on(w, device),
+            mask,
+            sparsity,
+            spec.balance,
+            spec.bank_size,
+            spec.layout,
+            spec.out_dim,
+            None if scores is None else _on(scores, device),
+            on_nan=on_nan,
         )
 
     def global_masks(
@@ -316,8 +344,10 @@ class LocalMasks:
         names: Sequence[str],
         devices: Sequence[torch.device],
         on_nan: Sequence[M.NanReport | None] | None = None,
+        scores: Sequence[Tensor] | None = None,
     ) -> list[Tensor]:
-        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, on_nan=on_nan)
+        placed = None if scores is None else [_on(sc, d) for sc, d in zip(scores, devices)]
+        return M.global_masks([_on(w, d) for w, d in zip(weights, devices)], masks, sparsity, placed, on_nan=on_nan)
 
     def count_nonzero(self, w: Tensor) -> int:
         return int(torch.count_nonzero(w.detach()))
@@ -357,9 +387,10 @@ class ShardedMasks(LocalMasks):
         name: str,
         device: torch.device,
         on_nan: M.NanReport | None = None,
+        scores: Tensor | None = None,
     ) -> Tensor:
         return compute_mask(
-            w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device, on_nan
+            w, mask, sparsity, spec.balance, spec.bank_size, spec.layout, spec.out_dim, name, device, on_nan, scores
         )
 
     def global_masks(
@@ -370,8 +401,9 @@ class ShardedMasks(LocalMasks):
         names: Sequence[str],
         devices: Sequence[torch.device],
         on_nan: Sequence[M.NanReport | None] | None = None,
+        scores: Sequence[Tensor] | None = None,
     ) -> list[Tensor]:
-        return global_masks(weights, masks, sparsity, names, devices, on_nan)
+        return global_masks(weights, masks, sparsity, names, devices, on_nan, scores)
 
     def count_nonzero(self, w: Tensor) -> int:
         return count_nonzero(w)

@@ -3,11 +3,14 @@
 No model and no state here: every function takes tensors and numbers and returns tensors. Rows,
 banks and budgets are those of ``pruning_tools.geometry``.
 
-Selection keeps the largest ``|w|`` among the weights still alive; ties go to the lower index,
-so the same input gives the same mask on every machine.
+Selection keeps the largest ``|w|`` among the weights still alive, or, when a ``scores`` tensor of
+the weight's shape is given (a pruning criterion: movement, Wanda's ``|w| * ||x||``, ...), the largest
+score; same budgets either way. Ties go to the lower index, so the same input gives the same mask on
+every machine.
 
-Plain CPU tensors are served by compiled kernels (``pruning_tools._native``, ``mask_select.c``); the
-PyTorch code below serves everything else and defines the same masks (tests compare both).
+Plain CPU tensors are served by compiled kernels (``pruning_tools._native``, ``mask_select.c``), for
+``|w|`` and for non-negative scores (which the kernels' magnitude order ranks as they are); the PyTorch
+code below serves everything else and defines the same masks (tests compare both).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -56,6 +60,43 @@ def magnitude_scores(w: Tensor, mask: Tensor | None, on_nan: NanReport | None = 
     return scores
 
 
+def selection_scores(scores: Tensor, mask: Tensor | None, on_nan: NanReport | None = None) -> Tensor:
+    """A criterion's ``scores`` (any sign) ready for ranking: float32 (float64 kept), ``-inf`` where
+    ``mask`` is False or the score is NaN (the NaN rule of ``magnitude_scores``), and a live ``-inf``
+    raised to the lowest finite value so that every live number ranks above every dead weight. Same
+    shape as ``scores``; the input is not modified."""
+    ranked = scores.detach().to(torch.float64 if scores.dtype == torch.float64 else torch.float32, copy=True)
+    ranked.clamp_(min=torch.finfo(ranked.dtype).min)  # -inf -> lowest finite; NaN stays NaN
+    if mask is not None:
+        ranked.masked_fill_(~mask.to(ranked.device), -math.inf)
+    if ranked.numel() and bool(torch.isnan(ranked.amax())):
+        nan = torch.isnan(ranked)
+        if on_nan is not None:
+            on_nan(int(torch.count_nonzero(nan)))
+        ranked.masked_fill_(nan, -math.inf)
+    return ranked
+
+
+def _check_scores(w: Tensor, scores: Tensor) -> None:
+    if not isinstance(scores, Tensor) or tuple(scores.shape) != tuple(w.shape):
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"scores of shape {shape} is not allowed: expected a tensor of the weight's shape {tuple(w.shape)}"
+        )
+
+
+def _kernel_scores(scores: Tensor) -> Tensor | None:
+    """``scores`` as the compiled kernels can rank them (they rank ``|x|``): a float32/float64 CPU
+    tensor whose entries are all >= 0 (so ``|x| == x``), else ``None``. NaN anywhere gives ``None``."""
+    if scores.device.type != "cpu" or not scores.is_floating_point():
+        return None
+    ranked = scores.detach()
+    if ranked.dtype not in (torch.float32, torch.float64):
+        ranked = ranked.float()
+    ranked = ranked.contiguous()
+    return ranked if bool((ranked >= 0).all()) else None
+
+
 def keep_largest(scores: Tensor, k: int) -> Tensor:
     """Bool mask of the ``k`` largest scores along the last dim, ties to the lower index.
 
@@ -85,14 +126,25 @@ def keep_largest(scores: Tensor, k: int) -> Tensor:
     return keep.reshape(scores.shape)
 
 
-def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float, *, on_nan: NanReport | None = None) -> Tensor:
-    """Keep the ``round(numel * (1 - sparsity))`` largest ``|w|`` still alive. Bool, shape of ``w``.
+def unstructured_mask(
+    w: Tensor,
+    mask: Tensor | None,
+    sparsity: float,
+    scores: Tensor | None = None,
+    *,
+    on_nan: NanReport | None = None,
+) -> Tensor:
+    """Keep the ``round(numel * (1 - sparsity))`` largest ``|w|`` still alive (or largest ``scores``,
+    a tensor of ``w``'s shape). Bool, shape of ``w``.
 
     On the CPU the method follows the size: below ``SMALL_TENSOR`` weights one call of an 8-bit radix
     select (``keep_largest`` kernel), above it the multi-threaded 16-bit radix select whose histograms
-    cost about a millisecond whatever the size; elsewhere (GPUs, other tensors) a top-k.
+    cost about a millisecond whatever the size; elsewhere (GPUs, other tensors) a top-k. Scores take
+    the same kernels when none is negative, else one top-k over them.
     """
     k = G.keep_count(w.numel(), sparsity)
+    if scores is not None:
+        return _unstructured_by_scores(w, mask, k, scores, on_nan)
     if w.numel() < SMALL_TENSOR:
         small = native.keep_largest(w.detach(), mask, k, on_nan)
         if small is not None:
@@ -102,6 +154,21 @@ def unstructured_mask(w: Tensor, mask: Tensor | None, sparsity: float, *, on_nan
         if fast is not None:
             return fast[0]
     return _largest_blocked([w], [mask], k, [on_nan], pooled=False)[0]
+
+
+def _unstructured_by_scores(w: Tensor, mask: Tensor | None, k: int, scores: Tensor, on_nan: NanReport | None) -> Tensor:
+    _check_scores(w, scores)
+    kernel_scores = _kernel_scores(scores)
+    if kernel_scores is not None:
+        if w.numel() < SMALL_TENSOR:
+            small = native.keep_largest(kernel_scores, mask, k, on_nan)
+            if small is not None:
+                return small
+        else:
+            fast = native.largest_masks([kernel_scores], [mask], k, None if on_nan is None else [on_nan])
+            if fast is not None:
+                return fast[0]
+    return keep_largest(selection_scores(scores, mask, on_nan).reshape(-1), k).reshape(w.shape)
 
 
 def _flat_blocks(t: Tensor, max_elements: int) -> list[Tensor]:
@@ -193,19 +260,24 @@ def bank_mask(
     bank_size: int = 64,
     layout: str = "channels_last",
     out_dim: int = 0,
+    scores: Tensor | None = None,
     *,
     on_nan: NanReport | None = None,
 ) -> Tensor:
     """Bank-balanced keep-mask of ``w`` (bool, shape of ``w``); see the module docstring.
 
-    The PyTorch path works block by block over the output channels (``geometry.row_blocks``), so its
-    temporaries stay a fraction of ``w``; the compiled kernel needs none beyond the mask.
+    ``scores`` (optional, ``w``'s shape): rank by these instead of ``|w|``; same budgets. The PyTorch
+    path works block by block over the output channels (``geometry.row_blocks``), so its temporaries
+    stay a fraction of ``w``; the compiled kernel needs none beyond the mask.
     """
     if w.numel() == 0:
         return torch.ones_like(w, dtype=torch.bool)
     budget = G.bank_budget(G.row_length(w.shape, layout, out_dim), bank_size, sparsity)
-    if native.library() is not None:  # compiled single pass over the banks, when it serves this tensor
-        fast = native.bank_mask(w.detach(), mask, budget.keep, budget.tail_keep, bank_size, layout, out_dim, on_nan)
+    if scores is not None:
+        _check_scores(w, scores)
+    ranked_by = w.detach() if scores is None else _kernel_scores(scores)
+    if ranked_by is not None and native.library() is not None:  # compiled single pass over the banks
+        fast = native.bank_mask(ranked_by, mask, budget.keep, budget.tail_keep, bank_size, layout, out_dim, on_nan)
         if fast is not None:
             return fast
     nans = [0]
@@ -217,7 +289,11 @@ def bank_mask(
     for rows in G.row_blocks(w.shape, out_dim, _block_elements(w.numel())):
         wb = G.block(w.detach(), rows, out_dim)
         mb = None if mask is None else G.block(mask, rows, out_dim)
-        keep = _bank_keep(G.to_rows(magnitude_scores(wb, mb, count), layout, out_dim), budget, bank_size)
+        if scores is None:
+            ranked = magnitude_scores(wb, mb, count)
+        else:
+            ranked = selection_scores(G.block(scores, rows, out_dim), mb, count)
+        keep = _bank_keep(G.to_rows(ranked, layout, out_dim), budget, bank_size)
         G.block(out, rows, out_dim).copy_(G.from_rows(keep, wb.shape, layout, out_dim))
     if nans[0] and on_nan is not None:
         on_nan(nans[0])
@@ -228,18 +304,43 @@ def global_masks(
     weights: Sequence[Tensor],
     masks: Sequence[Tensor | None],
     sparsity: float,
+    scores: Sequence[Tensor] | None = None,
     *,
     on_nan: Sequence[NanReport | None] | None = None,
 ) -> list[Tensor]:
-    """One magnitude threshold across all ``weights``, keeping ``round(N * (1 - sparsity))`` of
-    their ``N`` weights in total; ties go to the earlier tensor, then the lower index.
-    ``on_nan[i]`` hears of NaN weights in ``weights[i]``."""
+    """One magnitude threshold across all ``weights`` (or one threshold on ``scores``, one tensor of
+    each weight's shape), keeping ``round(N * (1 - sparsity))`` of their ``N`` weights in total; ties
+    go to the earlier tensor, then the lower index. ``on_nan[i]`` hears of NaN weights (or scores) in
+    ``weights[i]``."""
     reports = list(on_nan) if on_nan is not None else [None] * len(weights)
     k = G.keep_count(sum(w.numel() for w in weights), sparsity)
+    if scores is not None:
+        return _global_by_scores(weights, masks, k, scores, reports)
     fast = native.largest_masks([w.detach() for w in weights], list(masks), k, reports)
     if fast is not None:
         return fast
     return _largest_blocked(weights, masks, k, reports, pooled=True)
+
+
+def _global_by_scores(
+    weights: Sequence[Tensor],
+    masks: Sequence[Tensor | None],
+    k: int,
+    scores: Sequence[Tensor],
+    reports: Sequence[NanReport | None],
+) -> list[Tensor]:
+    if len(scores) != len(weights):
+        raise ValueError(f"scores holds {len(scores)} tensors: expected one per weight ({len(weights)})")
+    for w, sc in zip(weights, scores):
+        _check_scores(w, sc)
+    kernel_scores = [_kernel_scores(sc.float()) for sc in scores]
+    if all(sc is not None for sc in kernel_scores):
+        fast = native.largest_masks(cast(list[Tensor], kernel_scores), list(masks), k, list(reports))
+        if fast is not None:
+            return fast
+    ranked = [selection_scores(sc.float(), m, r).reshape(-1) for sc, m, r in zip(scores, masks, reports)]
+    keep = keep_largest(torch.cat(ranked), k)
+    return [part.reshape(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
 
 
 def compute_mask(
@@ -250,13 +351,14 @@ def compute_mask(
     bank_size: int = 64,
     layout: str = "channels_last",
     out_dim: int = 0,
+    scores: Tensor | None = None,
     *,
     on_nan: NanReport | None = None,
 ) -> Tensor:
-    """Keep-mask of one tensor for ``balance`` in ``("fix", "none")``."""
+    """Keep-mask of one tensor for ``balance`` in ``("fix", "none")``, by ``|w|`` or by ``scores``."""
     if balance == "fix" and w.dim() >= 2:
-        return bank_mask(w, mask, sparsity, bank_size, layout, out_dim, on_nan=on_nan)
-    return unstructured_mask(w, mask, sparsity, on_nan=on_nan)
+        return bank_mask(w, mask, sparsity, bank_size, layout, out_dim, scores, on_nan=on_nan)
+    return unstructured_mask(w, mask, sparsity, scores, on_nan=on_nan)
 
 
 def apply_mask_(w: Tensor, mask: Tensor) -> None:

@@ -156,6 +156,10 @@ class MxnetBridge:
         for data, (keep, zeros) in zip(self._params[name].list_data(), self._mask_ndarrays(name, mask)):
             mx.nd.where(keep, data, zeros, out=data)
 
+    def grad(self, name: str) -> Tensor | None:
+        """None: the MXNet pruner ranks by magnitude only (``criterion="movement"`` is refused)."""
+        return None
+
     def _mask_ndarrays(self, name: str, mask: Tensor) -> list[tuple[mx.nd.NDArray, mx.nd.NDArray]]:
         """``(mask, zeros)`` as NDArrays per context (dtype of the parameter), rebuilt when the mask,
         the contexts or the dtype change."""
@@ -204,7 +208,13 @@ class Prune(Pruner):
         bank_size: int = 64,
         layout: str = "channels_last",
         model: gluon.Block | None = None,
+        criterion: str = "magnitude",
     ) -> None:
+        if criterion == "movement":
+            raise ValueError(
+                "criterion='movement' is not allowed with MXNet: expected 'magnitude' (movement pruning reads "
+                "gradients and is available for PyTorch only: pruning_tools.pytorch_pruning.Prune)"
+            )
         if (net is None) == (model is None):
             given = "both net= and model=" if net is not None else "neither"
             raise TypeError(f"Prune() takes the Gluon block once, as net (or model=): got {given}")
@@ -225,6 +235,7 @@ class Prune(Pruner):
             out_dims=bridge.out_dims(),
             layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
             dtypes=bridge.dtypes(),
+            criterion=criterion,
             not_parameters=bridge.not_parameters(),
         )
         for name in self.config.params:

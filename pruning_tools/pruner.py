@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -29,8 +29,9 @@ from . import integrity
 from . import masks as M
 from . import pruner_state as S
 from .config import ParamSpec, PruneConfig, check_sparsity
+from .criteria import Magnitude, Movement, make_criterion
 from .pruner_state import STATE_FORMAT
-from .schedule import is_refresh_step, target_sparsity
+from .schedule import is_refresh_step, last_step, target_sparsity
 
 
 class FrameworkBridge(Protocol):
@@ -45,6 +46,10 @@ class FrameworkBridge(Protocol):
         """Zero parameter ``name`` where ``mask`` is False: exactly ``+0.0``, a NaN there cleared too."""
         ...
 
+    def grad(self, name: str) -> Tensor | None:
+        """The gradient of parameter ``name`` (of this rank's shard), or None: read by ``criterion="movement"``."""
+        ...
+
 
 # ---------------------------------------------------------------- state files
 
@@ -52,8 +57,9 @@ class FrameworkBridge(Protocol):
 def write_state_file(state: Mapping[str, Any], path: str | Path) -> None:
     """Write a pruner ``state_dict()`` to a safetensors file, without pickle, atomically, checksummed.
 
-    Per-parameter tensors (the bit-packed masks, ``pruner_state.PER_PARAMETER_TENSORS``) become
-    tensors ``<entry>/<name>`` (``masks/<name>``, uint8); everything else (plain ints, floats, strings)
+    Per-parameter tensors (the bit-packed masks and, with ``criterion="movement"``, the float32
+    movement scores: ``pruner_state.PER_PARAMETER_TENSORS``) become tensors ``<entry>/<name>``
+    (``masks/<name>`` uint8, ``scores/<name>`` float32); everything else (plain ints, floats, strings)
     goes into the file's metadata as JSON, which round-trips floats exactly. A failed write leaves
     the previous file intact (``pruning_tools.atomic``).
     """
@@ -68,7 +74,8 @@ def write_state_file(state: Mapping[str, Any], path: str | Path) -> None:
 
 
 def read_state_file(path: str | Path) -> dict:
-    """Inverse of ``write_state_file``: the state dict, masks as uint8 numpy arrays.
+    """Inverse of ``write_state_file``: the state dict, masks as uint8 numpy arrays (movement scores
+    as float32 numpy arrays).
 
     The file's checksums are verified (``integrity.IntegrityError`` names a damaged tensor); the
     content itself is validated by ``load_state_dict`` against the pruner it is loaded into.
@@ -96,6 +103,8 @@ def read_state_file(path: str | Path) -> dict:
         if key not in tensor_keys or not name:
             raise ValueError(f"{path}: tensor {full!r} is not an entry of a pruner state ({sorted(tensor_keys)})")
         state[key][name] = t
+    if not state["scores"]:  # a magnitude pruner's state has none
+        del state["scores"]
     return state
 
 
@@ -154,6 +163,7 @@ class Pruner:
     _mask_targets: dict[str, float]
     _pooled_initial: float | None  # size-weighted initial sparsity of the global pool, computed once
     _nan_warned: set[str]  # parameters whose NaN weights were reported
+    _criterion: Magnitude | Movement
 
     # ------------------------------------------------------------ adapter hooks
 
@@ -186,6 +196,8 @@ class Pruner:
         self._check_ready()
         self._step += 1
         c = self.config
+        if not c.fix_sparsity and self._step <= last_step(c.pretrain_step, c.sparse_step):
+            self._accumulate_scores()
         if not c.fix_sparsity and is_refresh_step(self._step, c.pretrain_step, c.sparse_step, c.frequency):
             self._refresh()
         self._apply()
@@ -237,12 +249,13 @@ class Pruner:
         return out
 
     def state_dict(self) -> dict:
-        """Plain data (ints, floats, strings, uint8 tensors): loads with ``weights_only=True``.
+        """Plain data (ints, floats, strings, uint8 tensors; with ``criterion="movement"`` also the
+        float32 scores accumulated since the last refresh): loads with ``weights_only=True``.
 
         Every parameter has a mask (all kept where nothing is pruned yet), so a state that lost one
         is refused on load. Layout: ``pruning_tools.pruner_state``."""
         self._check_ready()
-        return {
+        state = {
             "format": STATE_FORMAT,
             "step": self._step,
             "config": self.config.to_dict(),
@@ -250,6 +263,9 @@ class Pruner:
             "mask_targets": dict(self._mask_targets),
             "masks": {name: M.pack_bits(m.cpu()) for name, m in self.masks().items()},
         }
+        if isinstance(self._criterion, Movement):
+            state["scores"] = self._criterion.state()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from ``state_dict()``; the settings (shapes and dtypes included) must match this
@@ -266,6 +282,7 @@ class Pruner:
             else:
                 local = self._strategy.local(self._read(name))
                 masks[name] = self._place(M.unpack_bits(packed, local_shapes[name]), local)
+        self._criterion.load_state(valid.tensors.get("scores", {}))
         self._masks = masks
         self._step = valid.step
         self._initial = valid.numbers["initial_sparsity"]
@@ -302,6 +319,8 @@ class Pruner:
         """``state_dict()`` with numpy masks (what ``write_state_file`` stores)."""
         state = Pruner.state_dict(self)
         state["masks"] = {name: np.asarray(packed) for name, packed in state["masks"].items()}
+        if "scores" in state:
+            state["scores"] = {name: s.numpy() for name, s in state["scores"].items()}
         return state
 
     def _read(self, name: str) -> Tensor:
@@ -342,6 +361,9 @@ class Pruner:
                 (spec.numel - self._strategy.count_nonzero(w)) / max(1, spec.numel) if restore else 0.0
             )
         self._mask_targets = dict(self._initial)  # target each current mask was made for
+        local = {name: self._strategy.local(self._bridge.read(name)) for name in self.config.params}
+        shapes = {name: tuple(t.shape) for name, t in local.items()}
+        self._criterion = make_criterion(self.config.criterion, shapes, {name: t.device for name, t in local.items()})
         self._warn_unreachable()
 
     def _mask_device(self, p: Tensor) -> torch.device:
@@ -376,6 +398,14 @@ class Pruner:
             return self._pooled_initial
         return self._initial[name]
 
+    def _accumulate_scores(self) -> None:
+        """Add this step's term to the criterion's scores (nothing for magnitude)."""
+        if isinstance(self._criterion, Magnitude):
+            return
+        for name in self.config.params:
+            w = self._strategy.local(self._read(name))
+            self._criterion.accumulate(name, w, self._bridge.grad(name))
+
     def _nan_report(self, name: str) -> M.NanReport:
         """What the mask functions call when ``name`` holds NaN weights: one warning per parameter."""
 
@@ -393,6 +423,7 @@ class Pruner:
 
     def _refresh(self) -> None:
         pool = []
+        scores = {name: self._criterion.scores(name) for name in self.config.params}  # raises before any change
         for name, spec in self.config.params.items():
             target = self.target(name)
             self._mask_targets[name] = target
@@ -403,7 +434,14 @@ class Pruner:
             local = self._strategy.local(w)
             self._masks[name] = self._place(
                 self._strategy.compute_mask(
-                    w, self._previous(name, local), target, spec, name, self._mask_device(local), self._nan_report(name)
+                    w,
+                    self._previous(name, local),
+                    target,
+                    spec,
+                    name,
+                    self._mask_device(local),
+                    self._nan_report(name),
+                    scores=scores[name],
                 ),
                 local,
             )
@@ -413,11 +451,21 @@ class Pruner:
             devices = [self._mask_device(t) for t in locals_]
             current = [self._previous(n, t) for n, t in zip(pool, locals_)]
             target = self._pooled(self._mask_targets)
+            pooled = [scores[n] for n in pool]
+            pooled_scores = None if any(sc is None for sc in pooled) else cast(list[Tensor], pooled)
             masks = self._strategy.global_masks(
-                weights, current, target, pool, devices, [self._nan_report(n) for n in pool]
+                weights,
+                current,
+                target,
+                pool,
+                devices,
+                [self._nan_report(n) for n in pool],
+                scores=pooled_scores,
             )
             for name, mask, t in zip(pool, masks, locals_):
                 self._masks[name] = self._place(mask, t)
+        for name in self.config.params:
+            self._criterion.reset(name)
 
     def _previous(self, name: str, local: Tensor) -> Tensor | None:
         """The current mask of ``name`` on the device its new mask is computed on (it differs when the

@@ -4,7 +4,8 @@ A state (``Prune.state_dict()``, or read back from a file) is plain data::
 
     {"format": STATE_FORMAT, "step": int, "config": PruneConfig.to_dict(),
      "initial_sparsity": {name: float}, "mask_targets": {name: float},   # PER_PARAMETER_NUMBERS
-     "masks": {name: uint8 [ceil(n / 8)]}}                               # PER_PARAMETER_TENSORS
+     "masks": {name: uint8 [ceil(n / 8)]},                               # PER_PARAMETER_TENSORS
+     "scores": {name: float32 [local shape]}}    # criterion="movement" only (pruning_tools.criteria)
 
 Everything read from a file is untrusted: ``validate_state`` checks every entry against this pruner's
 settings and parameters (types, ranges, names, dtypes, tensor sizes, padding bits) and returns the
@@ -74,10 +75,19 @@ PER_PARAMETER_NUMBERS: tuple[ParamNumbers, ...] = (
     ParamNumbers("initial_sparsity", check_sparsity),
     ParamNumbers("mask_targets", check_sparsity),
 )
+
+
+def _finite(scores: Tensor, local_shape: tuple[int, ...]) -> str | None:
+    return None if bool(torch.isfinite(scores).all()) else "it holds non-finite scores"
+
+
 PER_PARAMETER_TENSORS: tuple[ParamTensors, ...] = (
     ParamTensors("masks", torch.uint8, _packed_shape, _mask_required, _padding_is_zero),
+    # movement scores: present for every parameter exactly when criterion="movement" (checked below)
+    ParamTensors("scores", torch.float32, lambda shape: shape, lambda name, numbers: False, _finite),
 )
 TOP_LEVEL = ("format", "step", "config")
+SETTING_DEFAULTS = {"criterion": "magnitude"}  # what a state written before a setting existed implies
 
 
 @dataclass
@@ -138,6 +148,14 @@ def validate_state(state: Any, config: PruneConfig, local_shapes: Mapping[str, t
                 continue
             out[name] = _tensor(where, given[name], tensor_entry, tuple(local_shapes[name]))
         tensors[tensor_entry.key] = out
+    scored = set(tensors.get("scores", {}))
+    if config.criterion == "movement" and scored != set(names):
+        raise ValueError(
+            f"state['scores'] lacks the parameters {[n for n in names if n not in scored]}: a criterion='movement' "
+            "state holds the movement scores of every pruned parameter"
+        )
+    if config.criterion != "movement" and scored:
+        raise ValueError(f"state['scores'] holds movement scores, but this pruner has criterion={config.criterion!r}")
     return ValidState(int(step), values, tensors)
 
 
@@ -183,9 +201,9 @@ def differing_settings(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> li
     not counted as differing; a parameter's shape and dtype are named with both values.
     """
     differing = [
-        f"{key}: {theirs.get(key)!r} in the state, {mine[key]!r} here"
+        f"{key}: {theirs.get(key, SETTING_DEFAULTS.get(key))!r} in the state, {mine[key]!r} here"
         for key in mine
-        if key != "params" and mine[key] != theirs.get(key)
+        if key != "params" and mine[key] != theirs.get(key, SETTING_DEFAULTS.get(key))
     ]
     unknown = sorted(str(key) for key in set(theirs) - set(mine))
     if unknown:

@@ -199,9 +199,14 @@ class TorchBridge:
             )
         M.apply_mask_(w, mask)
 
+    def grad(self, name: str) -> Tensor | None:
+        """The parameter's ``.grad`` (its local shard for a DTensor), or None."""
+        grad = self.parameter(name).grad
+        return None if grad is None else D.local(grad)
+
 
 class Prune(Pruner):
-    """Gradual magnitude pruning of a PyTorch model, unstructured or bank-balanced.
+    """Gradual pruning of a PyTorch model, unstructured or bank-balanced, by magnitude or movement.
 
     Call ``prune()`` after every ``optimizer.step()``. Arguments (see ``docs/pytorch_parameters.md``):
 
@@ -221,6 +226,10 @@ class Prune(Pruner):
       threshold across all listed parameters).
     - ``prune_device``: ``"default"`` (masks beside each parameter) or ``"cpu"``.
     - ``bank_size``, ``layout``: bank geometry (keyword only).
+    - ``criterion``: what a refresh ranks the live weights by (keyword only): ``"magnitude"`` (``|w|``)
+      or ``"movement"`` (``-sum w * grad`` since the last refresh; ``pruning_tools.criteria``), which
+      needs ``prune()`` called while the gradients are still there (after ``optimizer.step()``,
+      before ``zero_grad()``).
     """
 
     def __init__(
@@ -237,6 +246,7 @@ class Prune(Pruner):
         *,
         bank_size: int = 64,
         layout: str = "channels_last",
+        criterion: str = "magnitude",
     ) -> None:
         bridge = TorchBridge(model)
         self.config: PruneConfig = make_config(
@@ -255,6 +265,7 @@ class Prune(Pruner):
             layouts=bridge.layouts(layout) if isinstance(layout, str) else None,
             aliases=bridge.aliases(),
             dtypes=bridge.dtypes(),
+            criterion=criterion,
             not_parameters=bridge.not_parameters(),
         )
         for name in self.config.params:
@@ -262,6 +273,11 @@ class Prune(Pruner):
                 raise TypeError(
                     f"prune_dict entry {name!r} has dtype {bridge.read(name).dtype}: "
                     "expected a floating-point parameter"
+                )
+            if self.config.criterion == "movement" and not bridge.read(name).requires_grad:
+                raise ValueError(
+                    f"criterion='movement' is not allowed for {name!r}: it does not require grad, so it has "
+                    "no gradient to score it by (use criterion='magnitude', or leave it out of prune_dict)"
                 )
         self._strategy = D.strategy_for({name: bridge.read(name) for name in self.config.params}, self.config.params)
         self._bridge = self._torch_bridge = bridge

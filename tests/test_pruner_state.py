@@ -187,11 +187,11 @@ def test_state_files_refuse_unknown_tensors_and_bad_json(tmp_path):
     state = read_state_file(path)
     assert sorted(state["masks"]) == ["0.weight", "2.weight"]
     integrity.save_file(
-        {"masks/0.weight": np.zeros(256, np.uint8), "scores/0.weight": np.zeros(2, np.float32)},
+        {"masks/0.weight": np.zeros(256, np.uint8), "velocity/0.weight": np.zeros(2, np.float32)},
         path,
         {"format": S.STATE_FORMAT, "state": "{}"},
     )
-    with pytest.raises(ValueError, match="'scores/0.weight' is not an entry of a pruner state"):
+    with pytest.raises(ValueError, match="'velocity/0.weight' is not an entry of a pruner state"):
         read_state_file(path)
     integrity.save_file({}, path, {"format": S.STATE_FORMAT, "state": "{broken"})
     with pytest.raises(ValueError, match="not JSON"):
@@ -212,20 +212,20 @@ def test_pruned_specs_validate_what_they_read():
 
 
 def test_entries_are_declared_in_one_place():
-    """A new per-parameter entry (e.g. training-time scores) is one declaration: validated like masks."""
-    entry = S.ParamTensors("scores", torch.float32, lambda shape: shape, lambda name, numbers: False)
+    """A new per-parameter entry (as the movement scores were) is one declaration: validated like masks."""
+    entry = S.ParamTensors("velocity", torch.float32, lambda shape: shape, lambda name, numbers: False)
     prune = trained()
     state = prune.state_dict()
-    state["scores"] = {"0.weight": torch.zeros(32, 64)}
-    with pytest.raises(ValueError, match=r"unknown entries \['scores'\]"):
+    state["velocity"] = {"0.weight": torch.zeros(32, 64)}
+    with pytest.raises(ValueError, match=r"unknown entries \['velocity'\]"):
         S.validate_state(state, prune.config, {n: s.shape for n, s in prune.config.params.items()})
     tensors = S.PER_PARAMETER_TENSORS
     try:
         S.PER_PARAMETER_TENSORS = (*tensors, entry)
         shapes = {n: s.shape for n, s in prune.config.params.items()}
         valid = S.validate_state(state, prune.config, shapes)
-        assert valid.tensors["scores"]["0.weight"].shape == (32, 64) and "2.weight" not in valid.tensors["scores"]
-        state["scores"]["0.weight"] = torch.zeros(64, 32)
+        assert valid.tensors["velocity"]["0.weight"].shape == (32, 64) and "2.weight" not in valid.tensors["velocity"]
+        state["velocity"]["0.weight"] = torch.zeros(64, 32)
         with pytest.raises(ValueError, match=r"\['0.weight'\] has shape \[64, 32\]: expected \[32, 64\]"):
             S.validate_state(state, prune.config, shapes)
     finally:

@@ -7,6 +7,9 @@ timings, settings, per-epoch records, sampled schedule) and the PNG plots ``spar
 
 The data directory defaults to ``data/mnist/`` of the current directory (a checkout of the
 repository), else ``../shared/datasets/mnist/``; ``--data`` names another one.
+
+``--task lm`` runs the language-model demo instead (``demo_lm``: a byte-level GPT on the Python
+documentation in ``data/python-docs/``, one-shot pruning, fine-tuning).
 """
 
 from __future__ import annotations
@@ -89,6 +92,28 @@ def epoch_line(record: dict, epochs: int) -> str:
 
 
 @click.command("demo")
+@click.option(
+    "--task",
+    type=click.Choice(["mnist", "lm"]),
+    default="mnist",
+    show_default=True,
+    help="mnist: the CNN with gradual pruning; lm: a small GPT on text, one-shot pruned, then fine-tuned.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["magnitude", "wanda", "sparsegpt"]),
+    default=None,
+    help="--task lm: the one-shot method [default: sparsegpt].",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="--task lm: dense training steps [default: 1000]."
+)
+@click.option(
+    "--calibration",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--task lm: calibration sequences for one-shot pruning [default: 128].",
+)
 @click.option("--framework", type=click.Choice(FRAMEWORKS), default="pytorch", show_default=True)
 @click.option(
     "--sparsity",
@@ -148,6 +173,10 @@ def epoch_line(record: dict, epochs: int) -> str:
 )
 @library_errors
 def demo(
+    task,
+    method,
+    steps,
+    calibration,
     framework,
     sparsity,
     balance,
@@ -162,7 +191,17 @@ def demo(
     threads,
     limit,
 ) -> None:
-    """Train the simple CNN on MNIST with gradual pruning; write weights, state, results.json, plots."""
+    """Train the simple CNN on MNIST with gradual pruning; write weights, state, results.json, plots.
+
+    With --task lm: train a small GPT on the Python documentation (data/python-docs/), prune it one-shot
+    to --sparsity/--balance/--bank-size, fine-tune it; files in runs/demo-lm unless --out is given."""
+    if task == "lm":
+        from .demo_lm import run_lm
+
+        return run_lm(click.get_current_context())
+    for option, value in (("--method", method), ("--steps", steps), ("--calibration", calibration)):
+        if value is not None:
+            raise click.UsageError(f"{option} is an option of --task lm")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..demo import recipe

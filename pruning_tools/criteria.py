@@ -1,0 +1,111 @@
+"""Training-time pruning criteria: what a mask refresh ranks the live weights by.
+
+- ``"magnitude"`` (the default): ``|w|``; no state.
+- ``"movement"`` (Sanh, Wolf & Rush 2020): the score ``S = -sum_t w_t * g_t`` summed over the steps
+  since the last refresh (``g_t`` the gradient of the loss at step ``t``, read after the optimizer
+  step together with the updated weight ``w_t``), so weights moving away from zero are kept and
+  weights moving towards zero are pruned, whatever their size. One float32 score per pruned weight
+  (4 bytes, beside the parameter; the shard's shape under FSDP2), reset to zero after every refresh,
+  and not accumulated after the last refresh.
+
+The pruner owns one criterion object; it asks ``scores(name)`` at a refresh (``None``: rank by
+``|w|``) and hands the scores to ``masks.py``. Framework-free apart from torch tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .config import CRITERIA
+
+
+class Magnitude:
+    """Rank by ``|w|``: no scores, nothing to accumulate, nothing to save."""
+
+    name = "magnitude"
+    needs_gradients = False
+
+    def accumulate(self, name: str, w: Tensor, grad: Tensor | None) -> bool:
+        return True
+
+    def scores(self, name: str) -> Tensor | None:
+        return None
+
+    def reset(self, name: str) -> None:
+        pass
+
+    def state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state(self, scores: Mapping[str, Tensor]) -> None:
+        pass
+
+
+class Movement:
+    """Movement scores ``S -= w * grad`` per step, one float32 tensor per parameter.
+
+    ``shapes``: name -> shape of the tensor this process holds (a DTensor's local shard);
+    ``devices``: name -> where the scores live (beside the weight or shard, where the gradient is).
+    """
+
+    name = "movement"
+    needs_gradients = True
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], devices: Mapping[str, torch.device]) -> None:
+        self._scores = {n: torch.zeros(shape, dtype=torch.float32, device=devices[n]) for n, shape in shapes.items()}
+        self._seen = dict.fromkeys(shapes, 0)  # steps with a gradient since the last reset
+
+    def accumulate(self, name: str, w: Tensor, grad: Tensor | None) -> bool:
+        """``S[name] -= w * grad`` (float32); returns False when there is no gradient to add."""
+        if grad is None:
+            return False
+        self._scores[name].addcmul_(w.detach().float(), grad.detach().float(), value=-1.0)
+        self._seen[name] += 1
+        return True
+
+    def scores(self, name: str) -> Tensor | None:
+        """The accumulated scores of ``name`` (float32, the parameter's or shard's shape).
+
+        Raises ``RuntimeError`` when no gradient was seen since the last refresh: the scores would
+        all be zero and the mask arbitrary."""
+        if not self._seen[name]:
+            raise RuntimeError(
+                f"criterion='movement' has no gradient of {name} since the last mask refresh: call "
+                "prune() after loss.backward() and optimizer.step(), before optimizer.zero_grad()"
+            )
+        return self._scores[name]
+
+    def reset(self, name: str) -> None:
+        self._scores[name].zero_()
+        self._seen[name] = 0
+
+    def state(self) -> dict[str, Tensor]:
+        """The scores as CPU float32 tensors (copies), by parameter name."""
+        return {name: s.detach().cpu().clone() for name, s in self._scores.items()}
+
+    def load_state(self, scores: Mapping[str, Tensor]) -> None:
+        """Inverse of ``state()``: validated float32 tensors of the right shapes
+        (``pruner_state.validate_state``). A parameter missing from ``scores`` starts from zero; the
+        gradient check of the next refresh counts the steps behind a loaded score as seen when it is
+        not all zero (a state saved right after a refresh holds zeros)."""
+        for name, current in self._scores.items():
+            saved = scores.get(name)
+            if saved is None:
+                current.zero_()
+                self._seen[name] = 0
+            else:
+                current.copy_(saved)
+                self._seen[name] = int(bool(saved.any()))
+
+
+def make_criterion(
+    criterion: str, shapes: Mapping[str, tuple[int, ...]], devices: Mapping[str, torch.device]
+) -> Magnitude | Movement:
+    """The criterion object for a validated ``criterion`` name (``config.check_choice``)."""
+    return Movement(shapes, devices) if criterion == "movement" else Magnitude()
+
+
+__all__ = ["CRITERIA", "Magnitude", "Movement", "make_criterion"]
