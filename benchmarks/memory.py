@@ -13,7 +13,7 @@ by the next and the peak is the operation's own. A calibration row (``w.clone()`
 1.00x) shows the method is sound. The new mask (1 byte per weight, 0.25x of an fp32 weight) is part of
 the peak: it is what a refresh produces.
 
-Goals (issue 15): a bank refresh on the PyTorch path <= 1.5x, ``check()`` + ``sparsity()`` <= 0.5x.
+Goals: a bank refresh on the PyTorch path <= 1.5x, ``check()`` + ``sparsity()`` <= 0.5x.
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def table(results: Path) -> str:
 
 
 def goals(read) -> list[str]:
-    """The issue's goals, measured: one line each, 'met' or 'MISSED'."""
+    """The goals, measured: one line each, 'met' or 'MISSED'."""
 
     def test(name: str) -> float | None:
         result = read(name)

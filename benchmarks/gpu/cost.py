@@ -26,7 +26,7 @@ from benchmarks.masks import PATTERNS, our_refresh
 from benchmarks.models import bert_like, prunable_weights, resnet50
 from pruning_tools.pytorch_pruning import Prune
 
-TRAIN_GOAL = 1.02  # the goal for a training step with prune() ÷ without
+TRAIN_GOAL = 1.02  # the goal for a training step with prune() ÷ without
 
 
 def synchronize(device: torch.device) -> None:
