@@ -1,12 +1,14 @@
 """Training-time pruning criteria: what a mask refresh ranks the live weights by.
 
 - ``"magnitude"`` (the default): ``|w|``; no state.
-- ``"movement"`` (Sanh, Wolf & Rush 2020): the score ``S = -sum_t w_t * g_t`` summed over the steps
-  since the last refresh (``g_t`` the gradient of the loss at step ``t``, read after the optimizer
-  step together with the updated weight ``w_t``), so weights moving away from zero are kept and
-  weights moving towards zero are pruned, whatever their size. One float32 score per pruned weight
-  (4 bytes, beside the parameter; the shard's shape under FSDP2), reset to zero after every refresh,
-  and not accumulated after the last refresh.
+- ``"movement"`` (Sanh, Wolf & Rush 2020): the score ``S = -sum_t w_t * g_t`` summed over every
+  step from the first ``prune()`` up to the last refresh (``g_t`` the gradient of the loss at step
+  ``t``, read after the optimizer step together with the updated weight ``w_t``), so weights moving
+  away from zero are kept and weights moving towards zero are pruned, whatever their size. As in the
+  original method the scores keep accumulating across refreshes (zeroing them at every refresh was
+  measured worse: on the LM demo, bank-64 at 75 %, test perplexity 7.36 against 5.36). A pruned weight
+  is ``+0.0`` and adds nothing more. One float32 score per pruned weight (4 bytes, beside the
+  parameter; the shard's shape under FSDP2), not accumulated after the last refresh.
 
 The pruner owns one criterion object; it asks ``scores(name)`` at a refresh (``None``: rank by
 ``|w|``) and hands the scores to ``masks.py``. Framework-free apart from torch tensors.
@@ -34,7 +36,7 @@ class Magnitude:
     def scores(self, name: str) -> Tensor | None:
         return None
 
-    def reset(self, name: str) -> None:
+    def refreshed(self, name: str) -> None:
         pass
 
     def state(self) -> dict[str, Tensor]:
@@ -56,7 +58,7 @@ class Movement:
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], devices: Mapping[str, torch.device]) -> None:
         self._scores = {n: torch.zeros(shape, dtype=torch.float32, device=devices[n]) for n, shape in shapes.items()}
-        self._seen = dict.fromkeys(shapes, 0)  # steps with a gradient since the last reset
+        self._seen = dict.fromkeys(shapes, 0)  # steps with a gradient since the last refresh
 
     def accumulate(self, name: str, w: Tensor, grad: Tensor | None) -> bool:
         """``S[name] -= w * grad`` (float32); returns False when there is no gradient to add."""
@@ -69,8 +71,8 @@ class Movement:
     def scores(self, name: str) -> Tensor | None:
         """The accumulated scores of ``name`` (float32, the parameter's or shard's shape).
 
-        Raises ``RuntimeError`` when no gradient was seen since the last refresh: the scores would
-        all be zero and the mask arbitrary."""
+        Raises ``RuntimeError`` when no gradient was seen since the last refresh (``prune()`` called
+        after ``zero_grad()``): the mask would ignore the training since then, or be arbitrary."""
         if not self._seen[name]:
             raise RuntimeError(
                 f"criterion='movement' has no gradient of {name} since the last mask refresh: call "
@@ -78,8 +80,9 @@ class Movement:
             )
         return self._scores[name]
 
-    def reset(self, name: str) -> None:
-        self._scores[name].zero_()
+    def refreshed(self, name: str) -> None:
+        """A refresh used the scores of ``name``: they keep accumulating; the next refresh again needs
+        a gradient seen after this one."""
         self._seen[name] = 0
 
     def state(self) -> dict[str, Tensor]:
@@ -90,7 +93,7 @@ class Movement:
         """Inverse of ``state()``: validated float32 tensors of the right shapes
         (``pruner_state.validate_state``). A parameter missing from ``scores`` starts from zero; the
         gradient check of the next refresh counts the steps behind a loaded score as seen when it is
-        not all zero (a state saved right after a refresh holds zeros)."""
+        not all zero (a state saved before any gradient holds zeros)."""
         for name, current in self._scores.items():
             saved = scores.get(name)
             if saved is None:

@@ -250,7 +250,7 @@ class Pruner:
 
     def state_dict(self) -> dict:
         """Plain data (ints, floats, strings, uint8 tensors; with ``criterion="movement"`` also the
-        float32 scores accumulated since the last refresh): loads with ``weights_only=True``.
+        float32 scores accumulated so far): loads with ``weights_only=True``.
 
         Every parameter has a mask (all kept where nothing is pruned yet), so a state that lost one
         is refused on load. Layout: ``pruning_tools.pruner_state``."""
@@ -465,7 +465,7 @@ class Pruner:
             for name, mask, t in zip(pool, masks, locals_):
                 self._masks[name] = self._place(mask, t)
         for name in self.config.params:
-            self._criterion.reset(name)
+            self._criterion.refreshed(name)
 
     def _previous(self, name: str, local: Tensor) -> Tensor | None:
         """The current mask of ``name`` on the device its new mask is computed on (it differs when the

@@ -227,7 +227,7 @@ class Prune(Pruner):
     - ``prune_device``: ``"default"`` (masks beside each parameter) or ``"cpu"``.
     - ``bank_size``, ``layout``: bank geometry (keyword only).
     - ``criterion``: what a refresh ranks the live weights by (keyword only): ``"magnitude"`` (``|w|``)
-      or ``"movement"`` (``-sum w * grad`` since the last refresh; ``pruning_tools.criteria``), which
+      or ``"movement"`` (``-sum w * grad`` accumulated over the steps; ``pruning_tools.criteria``), which
       needs ``prune()`` called while the gradients are still there (after ``optimizer.step()``,
       before ``zero_grad()``).
     """
