@@ -14,10 +14,18 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ._common import console
+from ._common import Written, console, earlier_files, output_directory, say_replacing, shown
 
 DEFAULT_DATA = Path("data/python-docs")  # relative to the current directory (a checkout)
 DEFAULT_OUT = "runs/demo-lm"
+OUTPUT_NAMES = (
+    "weights.safetensors",
+    "dense_weights.safetensors",
+    "pruner_state.safetensors",
+    "results.json",
+    "layer_sparsity.png",
+    "bank_histogram.png",
+)
 MNIST_ONLY = ("framework", "prune_dict", "epochs", "batch_size", "download")
 
 
@@ -37,13 +45,16 @@ def run_lm(ctx: click.Context) -> None:
     if not has_corpus(data_dir):
         raise click.UsageError(f"no LM corpus in {data_dir}/: pass --data DIR (the repository's data/python-docs/)")
     out = options["out"] if ctx.get_parameter_source("out") is not ParameterSource.DEFAULT else DEFAULT_OUT
+    out = output_directory(out, "--out")  # before the training, not after it
+    earlier = earlier_files(out, OUTPUT_NAMES)
     method = options["method"] or "sparsegpt"
     out_console = console()
     out_console.print(
         f"[bold]demo lm[/]: dense GPT, then {method} at sparsity {options['sparsity']} balance {options['balance']} "
-        f"bank {options['bank_size']}, then fine-tuning -> {out}",
+        f"bank {options['bank_size']}, then fine-tuning -> {shown(out)}",
         highlight=False,
     )
+    say_replacing(out, earlier)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -88,12 +99,14 @@ def run_lm(ctx: click.Context) -> None:
     )
     if not result["balanced"]:
         out_console.print("[bold red]warning:[/] the pruner's check() failed after fine-tuning")
-    files, notes = write_lm_outputs(result, Path(out))
+    files, notes = write_lm_outputs(result, out)
     for note in notes:
         out_console.print(note, markup=False, highlight=False)
     out_console.print(
-        f"total sparsity {result['total_sparsity']:.4f}, {result['wall_seconds']:.0f} s; wrote "
-        + ", ".join(str(p) for p in files.values()),
+        f"total sparsity {result['total_sparsity']:.4f}, {result['wall_seconds']:.0f} s",
         markup=False,
         highlight=False,
     )
+    written = Written()
+    written.add(files.values(), existed=[out / name for name in earlier])
+    written.report()

@@ -10,7 +10,9 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors import safe_open
 
+from pruning_tools import integrity
 from pruning_tools.cli import main
 from pruning_tools.demo.lm import experiments as X
 from pruning_tools.demo.lm.app import run_lm_demo
@@ -109,6 +111,22 @@ def test_demo_task_lm_command(tmp_path):
         main, ["inspect", str(out / "weights.safetensors"), "--match", "blocks.*.weight", "--require-balanced"]
     )
     assert check.exit_code == 0, check.output
+    assert f"wrote {out / 'weights.safetensors'}" in " ".join(result.output.split())
+    again = CliRunner().invoke(main, [*args, "--sparsity", "0.5", "--bank-size", "4", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert f"replaced {out / 'results.json'} (it existed before)" in " ".join(again.output.split())
+    for name in ("weights.safetensors", "dense_weights.safetensors", "pruner_state.safetensors"):
+        integrity.load_file(out / name, framework="pt")  # checksums present and verified
+        with safe_open(str(out / name), "pt") as f:
+            assert integrity.CHECKSUM_KEY in (f.metadata() or {}), name
+
+
+def test_demo_task_lm_checks_its_output_directory_before_training(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    args = ["demo", "--task", "lm", "--limit", "6000", "--steps", "2", "--data", str(DATA)]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "file" / "lm")])
+    assert result.exit_code == 2 and "is a file, not a directory" in result.output
+    assert "dense" not in result.output  # nothing trained
 
 
 @pytest.mark.parametrize(

@@ -137,8 +137,11 @@ NOT_IN_JSON = ("weights", "dense_weights", "pruner_state")
 def write_lm_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[str]]:
     """``weights.safetensors`` (pruned, fine-tuned), ``dense_weights.safetensors``,
     ``pruner_state.safetensors`` (``Prune.save``'s format), ``results.json`` and, with matplotlib,
-    ``layer_sparsity.png`` and ``bank_histogram.png``. Returns ``(files by kind, notes)``."""
-    from safetensors.torch import save_file
+    ``layer_sparsity.png`` and ``bank_histogram.png``. Returns ``(files by kind, notes)``. Every file
+    is written atomically (``pruning_tools.atomic``), the safetensors files with checksums
+    (``pruning_tools.integrity``)."""
+    from ...atomic import write_text
+    from ...integrity import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,8 +151,8 @@ def write_lm_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], li
         "pruner_state": out / "pruner_state.safetensors",
         "results": out / "results.json",
     }
-    save_file({k: v.contiguous() for k, v in result["weights"].items()}, str(files["weights"]))
-    save_file({k: v.contiguous() for k, v in result["dense_weights"].items()}, str(files["dense_weights"]))
+    save_file({k: v.contiguous() for k, v in result["weights"].items()}, files["weights"])
+    save_file({k: v.contiguous() for k, v in result["dense_weights"].items()}, files["dense_weights"])
     state = dict(result["pruner_state"])
     state["masks"] = {name: np.asarray(packed) for name, packed in state["masks"].items()}
     write_state_file(state, files["pruner_state"])
@@ -166,7 +169,7 @@ def write_lm_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], li
         )
     summary = {k: v for k, v in result.items() if k not in NOT_IN_JSON}
     summary["files"] = {k: p.name for k, p in files.items()}
-    files["results"].write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    write_text(files["results"], json.dumps(summary, indent=1, default=str) + "\n")
     return files, notes
 
 
