@@ -42,8 +42,9 @@ class FrameworkBridge(Protocol):
         """Parameter ``name`` as a torch tensor: the parameter itself (PyTorch) or a host copy (MXNet)."""
         ...
 
-    def apply_mask(self, name: str, mask: Tensor) -> None:
-        """Zero parameter ``name`` where ``mask`` is False: exactly ``+0.0``, a NaN there cleared too."""
+    def apply_mask(self, name: str, mask: Tensor) -> Tensor | None:
+        """Zero parameter ``name`` where ``mask`` is False: exactly ``+0.0``, a NaN there cleared too.
+        Returns the torch tensor masked when there is one (PyTorch), else ``None``."""
         ...
 
     def grad(self, name: str) -> Tensor | None:
@@ -342,9 +343,13 @@ class Pruner:
         return self.config.params[name].shape
 
     def _apply(self) -> None:
+        # masks follow their parameters: after a model moved (``model.cuda()``) once its masks were
+        # made (``restore_sparsity``, ``load``), each mask is moved once, not copied on every step
         for name, mask in self._masks.items():
             if mask is not None:
-                self._bridge.apply_mask(name, mask)
+                w = self._bridge.apply_mask(name, mask)
+                if w is not None:
+                    self._masks[name] = self._place(mask, w)
 
     def _init_state(self) -> None:
         """Step 0: no masks, or the existing zeros with ``restore_sparsity``/``fix_sparsity``."""

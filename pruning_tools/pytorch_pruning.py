@@ -189,8 +189,9 @@ class TorchBridge:
         self.parameter(name).copy_(value)
 
     @torch.no_grad()
-    def apply_mask(self, name: str, mask: Tensor) -> None:
-        """Zero the pruned weights in place (of the local shard of a DTensor): exactly ``+0.0``."""
+    def apply_mask(self, name: str, mask: Tensor) -> Tensor:
+        """Zero the pruned weights in place (of the local shard of a DTensor): exactly ``+0.0``.
+        Returns the tensor masked (the parameter, or its local shard)."""
         w = D.local(self.parameter(name))
         if w.shape != mask.shape:
             raise RuntimeError(
@@ -198,6 +199,7 @@ class TorchBridge:
                 "parameter was replaced by one of another shape; build a new Prune for the changed model"
             )
         M.apply_mask_(w, mask)
+        return w
 
     def grad(self, name: str) -> Tensor | None:
         """The parameter's ``.grad`` (its local shard for a DTensor), or None."""
@@ -280,21 +282,9 @@ class Prune(Pruner):
                     "no gradient to score it by (use criterion='magnitude', or leave it out of prune_dict)"
                 )
         self._strategy = D.strategy_for({name: bridge.read(name) for name in self.config.params}, self.config.params)
-        self._bridge = self._torch_bridge = bridge
+        self._bridge = bridge
         self.model = model
         self._init_state()
-
-    def _apply(self) -> None:
-        # masks follow their parameters: a model moved (``model.cuda()``) after its masks were made
-        # (``restore_sparsity``, ``load``) gets its masks moved once, not copied on every step
-        for name, mask in self._masks.items():
-            if mask is not None:
-                p = D.local(self._torch_bridge.parameter(name))
-                if mask.device != self._mask_device(p) or (
-                    p.is_cuda and mask.device.type == "cpu" and not mask.is_pinned()
-                ):
-                    self._masks[name] = self._place(mask, p)
-        super()._apply()
 
     def prepare(self) -> Prune:
         """No-op kept for API parity with the MXNet class (whose parameters initialise lazily)."""
