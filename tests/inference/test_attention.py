@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import copy
-import shutil
 
 import pytest
 import torch
 from torch import nn
 
-from pruning_tools import _native, pytorch_pruning, to_bank_sparse
+from pruning_tools import pytorch_pruning, to_bank_sparse
 from pruning_tools.inference import BankSparseLinear, BankSparseMultiheadAttention
 
-HAVE_CC = shutil.which("cc") is not None
-PATHS = [pytest.param("native", marks=pytest.mark.skipif(not HAVE_CC, reason="no C compiler")), "torch"]
-TOL = dict(rtol=1e-4, atol=1e-5)
-
-
-@pytest.fixture(params=PATHS)
-def path(request):
-    with _native.use_engine(request.param):
-        yield request.param
+from .conftest import TOL
 
 
 def prune_all(model: nn.Module, sparsity: float = 0.9375, bank_size: int = 16) -> pytorch_pruning.Prune:

@@ -25,7 +25,9 @@ from pruning_tools.inference import (
 from pruning_tools.masks import bank_mask
 from pruning_tools.pruner import pruned_specs
 
-TOL = dict(rtol=1e-4, atol=1e-5)
+from ..fake_layers import Conv1D
+from .conftest import TOL
+
 EVERY = dict(min_speedup=0.01, min_weights=0)  # convert every bank-balanced layer
 
 
@@ -171,22 +173,6 @@ def test_training_mode_and_batch_norm_are_kept():
         reference = copy.deepcopy(model).train(training)
         with torch.no_grad():
             torch.testing.assert_close(converted(x), reference(x), **TOL)
-
-
-class Conv1D(nn.Module):
-    """Behaves like transformers' Conv1D (GPT-2): weight [in, out], y = x @ W + b."""
-
-    def __init__(self, nf: int, nx: int) -> None:
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
-        self.bias = nn.Parameter(torch.randn(nf))
-
-    def forward(self, x):
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(*x.shape[:-1], self.nf)
-
-
-Conv1D.__module__ = "transformers.pytorch_utils"
 
 
 def test_transformers_conv1d_with_an_out_dim_1_spec():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import io
-import shutil
 
 import pytest
 import torch
@@ -19,16 +18,8 @@ from pruning_tools.export import NotBankBalancedError, save_packed
 from pruning_tools.inference import BankSparseConv, BankSparseConv1x1, BankSparseLinear, reference
 from pruning_tools.masks import bank_mask
 
-HAVE_CC = shutil.which("cc") is not None
-PATHS = [pytest.param("native", marks=pytest.mark.skipif(not HAVE_CC, reason="no C compiler")), "torch"]
-TOL = dict(rtol=1e-4, atol=1e-5)
-
-
-@pytest.fixture(params=PATHS)
-def path(request):
-    """Run the test on the C kernel ("native": it must build) and on the PyTorch fallback."""
-    with _native.use_engine(request.param):
-        yield request.param
+from ..fake_layers import Conv1D
+from .conftest import HAVE_CC, TOL
 
 
 def pruned_linear(out_f, in_f, sparsity, bank_size=64, bias=True, seed=0):
@@ -306,22 +297,6 @@ def test_module_state_from_file_and_to_device_dtype(path, tmp_path):
         torch.testing.assert_close(from_file.double()(h.double()), model[3].double()(h.double()), **TOL)
     with pytest.raises(KeyError, match="'5'"):
         BankSparseLinear.from_file(tmp_path / "m.safetensors", "5")  # dense layer: not packed
-
-
-class Conv1D(nn.Module):
-    """Behaves like transformers' Conv1D (GPT-2): weight [in, out], y = x @ W + b."""
-
-    def __init__(self, nf: int, nx: int) -> None:
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
-        self.bias = nn.Parameter(torch.randn(nf))
-
-    def forward(self, x):
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(*x.shape[:-1], self.nf)
-
-
-Conv1D.__module__ = "transformers.pytorch_utils"  # how the conversion recognises it
 
 
 def test_transposed_conv1d_weight(path):

@@ -13,6 +13,7 @@ from pruning_tools.oneshot import layers as L
 from pruning_tools.oneshot import sparsegpt as S
 from pruning_tools.pytorch_pruning import TorchBridge
 
+from ..fake_layers import Conv1D
 from .reference import ref_banks, ref_error, ref_sparsegpt, ref_wanda_mask
 
 # (balance, bank_size, sparsity): unstructured, 2:4, 4:8, bank 16 at 75 % with tail banks
@@ -135,27 +136,9 @@ def test_share_sums_exactly():
             assert sum(shares) == total and min(shares) >= 0
 
 
-class Conv1D(nn.Module):
-    """Behaves like transformers' GPT-2 ``Conv1D``: weight ``[in, out]``, ``y = x @ W + b`` (its module
-    path says transformers, which is how ``Prune`` and ``oneshot`` recognise the class; not imported)."""
-
-    def __init__(self, nf: int, nx: int) -> None:
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)
-        self.bias = nn.Parameter(torch.zeros(nf))
-
-    def forward(self, x):
-        shape = x.shape[:-1] + (self.nf,)
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(shape)
-
-
-Conv1D.__module__ = "transformers.pytorch_utils"
-
-
 def test_conv1d_of_transformers_is_banked_along_its_inputs():
     torch.manual_seed(0)
-    layer = Conv1D(12, 40).double()  # weight [40 in, 12 out]
+    layer = Conv1D(12, 40, weight_std=0.1, random_bias=False).double()  # weight [40 in, 12 out]
     reference = linear(40, 12)
     with torch.no_grad():
         reference[0].weight.copy_(layer.weight.T)
@@ -163,7 +146,7 @@ def test_conv1d_of_transformers_is_banked_along_its_inputs():
     x = correlated_inputs(96, 40).reshape(3, 32, 40)
     assert TorchBridge(nn.Sequential(layer)).out_dims() == {"0.weight": 1}
     for method in ("wanda", "sparsegpt"):
-        a, b = nn.Sequential(Conv1D(12, 40).double()), linear(40, 12)
+        a, b = nn.Sequential(Conv1D(12, 40, weight_std=0.1, random_bias=False).double()), linear(40, 12)
         a.load_state_dict(nn.Sequential(layer).state_dict())
         b.load_state_dict(reference.state_dict())
         pruning_tools.oneshot(a, list(x), {"0.weight": 0.5}, method=method, bank_size=8)
