@@ -23,7 +23,7 @@ _EXPORTS = {
     "BankCheck": "masks",
     "bank_mask": "masks",
     "check_banks": "masks",
-    "oneshot": "oneshot",
+    "oneshot": "post_training",
     "unstructured_mask": "masks",
     "schedule_step": "schedule",
     "target_sparsity": "schedule",
@@ -34,7 +34,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .inference import load_bank_sparse, to_bank_sparse
     from .masks import BankCheck, bank_mask, check_banks, unstructured_mask
-    from .oneshot import oneshot
+    from .post_training import oneshot
     from .pytorch_pruning import Prune
     from .schedule import schedule_step, target_sparsity
 

@@ -431,14 +431,6 @@ def broadcast_mask(mask: Tensor, src: int = 0, group: Any = None) -> Tensor:
     return buf.to(mask.device).bool()
 
 
-def broadcast_masks(prune: Any, src: int = 0, group: Any = None) -> None:
-    """Deprecated: ``prune.broadcast_masks(src, group)``."""
-    from ._deprecated import warn_moved
-
-    warn_moved("pruning_tools.distributed.broadcast_masks(prune)", "Prune.broadcast_masks()")
-    prune.broadcast_masks(src, group)
-
-
 def _collective_device(group: Any) -> torch.device:
     backend = dist.get_backend(group)
     if backend == "nccl":

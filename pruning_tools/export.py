@@ -360,22 +360,6 @@ def pack_state_dict(
     return packed, dense, fallback
 
 
-def specs_from_pruner_state(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Deprecated: ``pruner.pruned_specs(state)`` gives the typed specs ``save_packed`` takes."""
-    from ._deprecated import warn_moved
-    from .pruner import pruned_specs
-
-    warn_moved("pruning_tools.export.specs_from_pruner_state", "pruning_tools.pruner.pruned_specs")
-    out: dict[str, dict[str, Any]] = {}
-    for name, spec in pruned_specs(state).items():
-        if spec.balance != "fix":
-            out[name] = {"dense": True}
-        else:
-            out[name] = {"bank_size": spec.bank_size, "layout": spec.layout, "out_dim": spec.out_dim,
-                         "sparsity": spec.sparsity}  # fmt: skip
-    return out
-
-
 def save_packed(
     tensors: Mapping[str, Tensor],
     path: str | Path,
@@ -480,16 +464,6 @@ def unpack_all(contents: Mapping[str, PackedTensor | Tensor], path: str | Path =
     return out
 
 
-def __getattr__(name: str) -> Any:  # the ONNX helpers moved to pruning_tools.onnx
-    if name in ("export_onnx", "onnx_initializers"):
-        from . import onnx
-        from ._deprecated import warn_moved
-
-        warn_moved(f"pruning_tools.export.{name}", f"pruning_tools.onnx.{name}")
-        return getattr(onnx, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "PackedTensor",
     "ExportReport",
@@ -505,6 +479,5 @@ __all__ = [
     "check_balanced",
     "check_packed",
     "worth_packing",
-    "specs_from_pruner_state",
     "index_dtype",
 ]

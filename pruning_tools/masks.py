@@ -496,23 +496,3 @@ def unpack_bits(packed: Tensor, shape: Sequence[int]) -> Tensor:
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
     bits = (packed.reshape(-1, 1) & weights) != 0  # [ceil(n / 8), 8]
     return bits.reshape(-1)[: math.prod(shape)].reshape(tuple(shape))
-
-
-_MOVED_TO_GEOMETRY = (
-    "to_rows",
-    "from_rows",
-    "row_length",
-    "keep_count",
-    "BankBudget",
-    "bank_budget",
-    "realised_sparsity",
-)
-
-
-def __getattr__(name: str):  # names that moved to pruning_tools.geometry keep working for one release
-    if name in _MOVED_TO_GEOMETRY:
-        from ._deprecated import warn_moved
-
-        warn_moved(f"pruning_tools.masks.{name}", f"pruning_tools.geometry.{name}")
-        return getattr(G, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,20 +23,8 @@ from . import distributed as D
 from . import geometry as G
 from . import masks as M
 from .config import PruneConfig, make_config
+from .layer_kinds import is_convolution, is_transposed_linear
 from .pruner import STATE_FORMAT, Pruner  # noqa: F401  (STATE_FORMAT re-exported)
-
-_CONV_CLASS_ENDINGS = ("Conv1d", "Conv2d", "Conv3d")  # third-party convs, e.g. torchvision's DeformConv2d
-
-
-def _is_transposed_linear(module: nn.Module) -> bool:
-    """transformers' ``Conv1D`` (weight ``[in, out]``, ``y = x @ W + b``: GPT-2 and kin), found by
-    class so that transformers is never imported for it."""
-    return any(c.__name__ == "Conv1D" and c.__module__.split(".")[0] == "transformers" for c in type(module).__mro__)
-
-
-def _is_conv(module: nn.Module) -> bool:
-    """A convolution: ``torch.nn``'s, or a module whose class name ends in ``Conv1d/2d/3d``."""
-    return isinstance(module, nn.modules.conv._ConvNd) or type(module).__name__.endswith(_CONV_CLASS_ENDINGS)
 
 
 def _owned_weights(model: nn.Module, owner: Callable[[nn.Module], bool]) -> set[str]:
@@ -52,7 +40,7 @@ def _owned_weights(model: nn.Module, owner: Callable[[nn.Module], bool]) -> set[
 def _out_dims(model: nn.Module) -> dict[str, int]:
     """Parameter name -> dim of output channels, where it is 1: ConvTranspose weights ``[in, out, *kernel]``
     and transformers' ``Conv1D`` weights ``[in, out]`` (names as the model spells them)."""
-    transposed = lambda m: isinstance(m, nn.modules.conv._ConvTransposeNd) or _is_transposed_linear(m)  # noqa: E731
+    transposed = lambda m: isinstance(m, nn.modules.conv._ConvTransposeNd) or is_transposed_linear(m)  # noqa: E731
     return dict.fromkeys(_owned_weights(model, transposed), 1)
 
 
@@ -123,7 +111,7 @@ class TorchBridge:
                 if alias != name:
                     self._aliases.setdefault(alias, name)
         self._out_dims = {canonical_of[n]: dim for n, dim in _out_dims(model).items() if n in canonical_of}
-        self._conv_weights = {canonical_of[n] for n in _owned_weights(model, _is_conv) if n in canonical_of}
+        self._conv_weights = {canonical_of[n] for n in _owned_weights(model, is_convolution) if n in canonical_of}
 
     def parameter(self, name: str) -> nn.Parameter:
         """The parameter the model holds under ``name`` now."""

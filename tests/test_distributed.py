@@ -454,14 +454,3 @@ def test_unsupported_sharding_is_refused_at_construction(ranks):
         assert "weight has placements=(Shard(dim=1),)" in got["shard1"]
         assert "0.weight is sharded on dim 0 but its output channels are on dim 1" in got["transposed"]
         assert got["transposed_unstructured_ok"]
-
-
-def test_broadcast_masks_function_is_the_deprecated_path():
-    class Recorder:
-        def broadcast_masks(self, src, group):
-            self.called = (src, group)
-
-    prune = Recorder()
-    with pytest.warns(DeprecationWarning, match=r"Prune.broadcast_masks\(\)"):
-        D.broadcast_masks(prune, 0, None)
-    assert prune.called == (0, None)

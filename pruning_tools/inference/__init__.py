@@ -4,16 +4,14 @@ the pure-PyTorch ``reference`` elsewhere), and the conversion of a pruned model 
 
 from .attention import BankSparseMultiheadAttention
 from .convert import ConversionReport, LayerReport, load_bank_sparse, to_bank_sparse
-from .modules import BankSparseConv, BankSparseConv1x1, BankSparseLinear, is_conv1d, is_pointwise_conv
+from .modules import BankSparseConv, BankSparseLinear, is_pointwise_conv
 
 __all__ = [
     "BankSparseConv",
-    "BankSparseConv1x1",
     "BankSparseLinear",
     "BankSparseMultiheadAttention",
     "ConversionReport",
     "LayerReport",
-    "is_conv1d",
     "is_pointwise_conv",
     "load_bank_sparse",
     "to_bank_sparse",

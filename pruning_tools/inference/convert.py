@@ -35,8 +35,9 @@ from torch import Tensor, nn
 
 from ..config import ParamSpec
 from ..export import NotBankBalancedError, PackedTensor, read_packed, unpack, worth_packing
+from ..layer_kinds import is_transposed_linear
 from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path, restore
-from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported, is_conv1d
+from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported
 
 MIN_WEIGHTS = 16384  # below: the ~5 µs of a call rivals the dense product
 MIN_SPEEDUP = 1.2
@@ -146,7 +147,7 @@ def _candidates(model: nn.Module) -> list[_Candidate]:
             found.append(
                 _Candidate(name, module, "MultiheadAttention", "linear", weights, attention_unsupported(module))
             )
-        elif isinstance(module, nn.Linear) or is_conv1d(module):
+        elif isinstance(module, nn.Linear) or is_transposed_linear(module):
             found.append(_Candidate(name, module, _kind(module), "linear", {"weight": module.weight}))
         elif isinstance(module, nn.modules.conv._ConvNd):
             found.append(
@@ -411,7 +412,7 @@ def to_bank_sparse(
 
     def packed_of(c: _Candidate, pname: str, w: Tensor) -> PackedTensor | str:
         full = _join(c.name, pname)
-        out_dim = 1 if is_conv1d(c.module) else 0
+        out_dim = 1 if is_transposed_linear(c.module) else 0
         if specs is not None:
             spec = specs.get(full)
             if spec is None:
@@ -471,8 +472,8 @@ def load_bank_sparse(
         p = tensors.get(_join(c.name, pname))
         if not isinstance(p, PackedTensor):
             return "stored dense in the file"
-        if is_conv1d(c.module) != (p.out_dim == 1):
-            return f"packed with out_dim={p.out_dim}, expected {int(is_conv1d(c.module))} for {c.kind}"
+        if is_transposed_linear(c.module) != (p.out_dim == 1):
+            return f"packed with out_dim={p.out_dim}, expected {int(is_transposed_linear(c.module))} for {c.kind}"
         if c.family == "conv" and p.layout != "channels_last" and any(k != 1 for k in p.shape[2:]):
             return f"layout {p.layout!r}: banks do not run along the input channels"
         return p

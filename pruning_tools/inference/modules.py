@@ -6,7 +6,6 @@
   ``padding_mode``), dilation, groups 1; and 1×1 ``nn.Conv3d``. Its weight rows are ``(out, kh, kw)``
   along the input channels (channels-last layout), so the in-bank indices address input channels: the
   kernel reads them from the input planes directly, without a dense weight or an unfolded input.
-  ``BankSparseConv1x1`` is the same module (its former name for 1×1 convolutions).
 
 The packed tensors are buffers (``state_dict`` holds them; loading one into a converted model checks
 it first). Every packed tensor a module is built from or loads is checked (``export.check_packed``)
@@ -42,6 +41,7 @@ from .. import _native
 from .. import geometry as G
 from ..config import ParamSpec
 from ..export import PackedTensor, check_packed, pack, read_packed, unpack
+from ..layer_kinds import is_transposed_linear
 from . import native, ops
 
 PARTS = ("values", "indices", "tail_values", "tail_indices")
@@ -205,7 +205,7 @@ class BankSparseLinear(_BankSparse):
         must be bank-balanced (``export.check_balanced``). ``bank_size`` may be the weight's ``ParamSpec``
         from the pruner (``pruned_specs(prune)[name]``): bank size, layout, output dim and budget then
         come from it, and the packed shapes are the budget's."""
-        transposed = is_conv1d(linear)
+        transposed = is_transposed_linear(linear)
         if not isinstance(linear, nn.Linear) and not transposed:
             raise TypeError(
                 f"linear={type(linear).__name__} is not allowed: expected a torch.nn.Linear or transformers' Conv1D"
@@ -368,17 +368,6 @@ class BankSparseConv(_BankSparse):
                   list(kernel), list(stride), list(padding), list(dilation))  # fmt: skip
 
 
-class BankSparseConv1x1(BankSparseConv):
-    """``BankSparseConv`` for 1×1 convolutions (1-, 2- or 3-D, groups 1, no padding, any stride): its
-    former name. ``BankSparseConv1x1(packed, bias, stride)``."""
-
-    @classmethod
-    def from_conv(cls, conv: nn.Module, bank_size: Geometry = 64, sparsity: float | None = None) -> BankSparseConv:
-        if not is_pointwise_conv(conv):
-            raise ValueError(f"conv={conv} is not allowed: expected a 1x1 Conv1d/2d/3d with groups=1 and padding 0")
-        return super().from_conv(conv, bank_size, sparsity)
-
-
 # ---------------------------------------------------------------- what converts
 
 
@@ -390,14 +379,6 @@ def is_pointwise_conv(module: nn.Module) -> bool:
         and module.groups == 1
         and (module.padding == "valid" or all(p == 0 for p in module.padding))
     )
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """transformers' ``Conv1D`` (GPT-2's projections: weight ``[in, out]``, ``y = x @ W + b``), found by
-    class as the pruner finds it (transformers is never imported for it)."""
-    from ..pytorch_pruning import _is_transposed_linear
-
-    return _is_transposed_linear(module)
 
 
 def conv_unsupported(conv: nn.Module) -> str | None:
@@ -472,9 +453,7 @@ def _padding(padding, kernel, stride, dilation) -> tuple[tuple[int, int], ...]:
 
 __all__ = [
     "BankSparseConv",
-    "BankSparseConv1x1",
     "BankSparseLinear",
     "conv_unsupported",
-    "is_conv1d",
     "is_pointwise_conv",
 ]

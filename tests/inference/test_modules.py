@@ -15,7 +15,7 @@ from torch import nn
 
 from pruning_tools import _native
 from pruning_tools.export import NotBankBalancedError, save_packed
-from pruning_tools.inference import BankSparseConv, BankSparseConv1x1, BankSparseLinear, reference
+from pruning_tools.inference import BankSparseConv, BankSparseLinear, reference
 from pruning_tools.masks import bank_mask
 
 from ..fake_layers import Conv1D
@@ -288,7 +288,7 @@ def test_module_state_from_file_and_to_device_dtype(path, tmp_path):
             m.weight.mul_(bank_mask(m.weight, None, 0.9375))
     save_packed(model.state_dict(), tmp_path / "m.safetensors")
     from_file = BankSparseLinear.from_file(tmp_path / "m.safetensors", "3")
-    conv = BankSparseConv1x1.from_file(tmp_path / "m.safetensors", "0")
+    conv = BankSparseConv.from_file(tmp_path / "m.safetensors", "0")
     h = torch.randn(5, 64 * 4)
     x = torch.randn(5, 64, 2, 2)
     with torch.no_grad():
@@ -319,8 +319,6 @@ def test_bad_inputs_are_named():
         BankSparseLinear.from_linear(nn.Conv2d(4, 4, 1))
     with pytest.raises(ValueError, match="bias of shape"):
         BankSparseLinear(sparse.packed(), torch.zeros(3))
-    with pytest.raises(ValueError, match="1x1"):
-        BankSparseConv1x1.from_conv(nn.Conv2d(8, 8, 3))
     with pytest.raises(ValueError, match="grouped"):
         BankSparseConv.from_conv(nn.Conv2d(8, 8, 3, groups=2))
     with pytest.raises(ValueError, match="transposed"):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...oneshot import oneshot
+from ...post_training import oneshot
 from ...pruner import write_state_file
 from ...pytorch_pruning import Prune
 from . import experiments as X

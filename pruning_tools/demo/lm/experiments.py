@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...oneshot import oneshot
+from ...post_training import oneshot
 from ...pytorch_pruning import Prune
 from .data import Corpus
 from .model import GPT, GPTConfig, block_weights

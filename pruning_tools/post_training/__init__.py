@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import math
 import resource
-import sys
 import time
-import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -68,7 +66,7 @@ Progress = Callable[[int, int, str], None]
 
 
 @dataclass
-class LayerReport:
+class OneShotLayerReport:
     """What one-shot pruning did to one weight.
 
     ``error_before`` / ``error_after``: the layer's relative reconstruction error on its calibration
@@ -94,13 +92,13 @@ class LayerReport:
 
 @dataclass
 class OneShotReport:
-    """Per layer ``LayerReport``; ``seconds`` (wall), ``peak_bytes`` (the most bytes of Hessians and
+    """Per layer ``OneShotLayerReport``; ``seconds`` (wall), ``peak_bytes`` (the most bytes of Hessians and
     cached block inputs held at once), ``peak_rss_bytes`` (the process's resident-memory high-water
     mark at the end, everything before included), ``mode`` (``"chained blocks"``, ``"full passes"``
     or ``"no calibration"``), ``batches``."""
 
     method: str
-    layers: dict[str, LayerReport] = field(default_factory=dict)
+    layers: dict[str, OneShotLayerReport] = field(default_factory=dict)
     seconds: float = 0.0
     peak_bytes: int = 0
     peak_rss_bytes: int = 0
@@ -492,7 +490,7 @@ class _Pruning:
             else True
         )
         nonzero = int(torch.count_nonzero(param.detach()))
-        self.report.layers[name] = LayerReport(
+        self.report.layers[name] = OneShotLayerReport(
             name=name,
             method=self.method,
             pattern=pattern_name(spec),
@@ -533,13 +531,4 @@ def _errors(target: L.Target, old: Tensor, new: Tensor, keep: Tensor, hessians: 
     return err_before / scale, err_after / scale, rows
 
 
-class _CallableModule(types.ModuleType):
-    """``pruning_tools.oneshot(...)`` works whether the name is this module or the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> OneShotReport:
-        return oneshot(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-__all__ = ["METHODS", "LayerReport", "OneShotReport", "bank_segments", "oneshot", "pattern_name"]
+__all__ = ["METHODS", "OneShotLayerReport", "OneShotReport", "bank_segments", "oneshot", "pattern_name"]

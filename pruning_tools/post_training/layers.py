@@ -29,16 +29,10 @@ from torch.nn import functional as F
 
 from .. import geometry as G
 from ..config import ParamSpec
-from ..pytorch_pruning import _is_transposed_linear
+from ..layer_kinds import is_transposed_linear
 
 # a source: (module whose forward is hooked, which of its inputs) -> feature rows [n, D]
 Features = Callable[[tuple, dict, Any], Tensor]
-
-
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is ``[in, out]``; the detection of
-    ``pytorch_pruning`` (by class, transformers never imported)."""
-    return _is_transposed_linear(module)
 
 
 @dataclass
@@ -163,7 +157,7 @@ def describe(
         return f"{name} is a parameter {attr!r} of {what}: only layer weights have calibration inputs"
     if isinstance(module, nn.Linear):
         return one(_input_rows(0, "input", module.in_features), module.in_features, module.out_features, module_name)
-    if is_hf_conv1d(module):
+    if is_transposed_linear(module):
         n_in, n_out = param.shape
         return one(_input_rows(0, "input", n_in), n_in, n_out, module_name)
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
@@ -188,4 +182,4 @@ def _input_rows(index: int, which: str, width: int) -> Features:
     return features
 
 
-__all__ = ["Source", "Target", "conv_patches", "describe", "is_hf_conv1d"]
+__all__ = ["Source", "Target", "conv_patches", "describe"]

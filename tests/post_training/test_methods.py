@@ -9,8 +9,8 @@ from torch import nn
 import pruning_tools
 from pruning_tools import geometry as G
 from pruning_tools import masks as M
-from pruning_tools.oneshot import layers as L
-from pruning_tools.oneshot import sparsegpt as S
+from pruning_tools.post_training import layers as L
+from pruning_tools.post_training import sparsegpt as S
 from pruning_tools.pytorch_pruning import TorchBridge
 
 from ..fake_layers import Conv1D
