@@ -7,8 +7,7 @@ from hypothesis import strategies as st
 
 from pruning_tools import geometry as G
 from pruning_tools import masks as M
-
-LAYOUTS = ["channels_last", "flat"]
+from pruning_tools.config import LAYOUTS
 
 
 def bank_counts_ok(w, keep, sparsity, bank_size, layout, out_dim=0):

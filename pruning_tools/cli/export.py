@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..config import LAYOUTS
 from ._common import Fraction, Written, console, library_errors, output_file, printable, shown
-
-LAYOUTS = ("channels_last", "flat", "last_dim")  # pruning_tools.config.LAYOUTS (kept here: no torch import for --help)
 
 
 def _same_bits(a, b) -> bool:

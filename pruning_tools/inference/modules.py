@@ -40,11 +40,10 @@ from torch import Tensor, nn
 from .. import _native
 from .. import geometry as G
 from ..config import ParamSpec
-from ..export import PackedTensor, check_packed, pack, read_packed, unpack
+from ..export import PARTS, PackedTensor, check_packed, pack, read_packed, unpack
 from ..layer_kinds import is_transposed_linear
 from . import native, ops
 
-PARTS = ("values", "indices", "tail_values", "tail_indices")
 Geometry = Union[int, ParamSpec]
 
 
