@@ -14,7 +14,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 try:
-    __version__ = metadata.version("pruning-tools")
+    __version__ = metadata.version("bank-pruning-tools")
 except metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 

@@ -93,7 +93,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         import mxnet as mx
     except ImportError as exc:
         raise ImportError(
-            f"{path}: reading MXNet .params files needs mxnet (pip install 'pruning-tools[mxnet]'): {exc}"
+            f"{path}: reading MXNet .params files needs mxnet (pip install 'bank-pruning-tools[mxnet]'): {exc}"
         ) from exc
     try:
         loaded = mx.nd.load(str(path))

@@ -31,7 +31,7 @@ try:
     from mxnet import gluon
 except ImportError as error:  # pragma: no cover - exercised with a monkeypatched import
     raise ImportError(
-        'pruning_tools.mxnet_pruning needs MXNet (mxnet 1.9.1, numpy < 1.24): pip install "pruning-tools[mxnet]"'
+        'pruning_tools.mxnet_pruning needs MXNet (mxnet 1.9.1, numpy < 1.24): pip install "bank-pruning-tools[mxnet]"'
     ) from error
 torch.set_num_threads(_torch_threads)  # importing mxnet resets the OpenMP thread count torch uses
 

@@ -29,7 +29,7 @@ def onnx_initializers(path: str | Path) -> dict[str, Any]:
         import onnx
         from onnx import numpy_helper
     except ImportError as error:
-        raise ImportError("reading ONNX files needs onnx: pip install 'pruning-tools[onnx]'") from error
+        raise ImportError("reading ONNX files needs onnx: pip install 'bank-pruning-tools[onnx]'") from error
 
     model = onnx.load(str(path))
     return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}

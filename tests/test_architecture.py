@@ -76,7 +76,7 @@ def test_version_comes_from_the_package_metadata():
 
     import pruning_tools
 
-    assert pruning_tools.__version__ == metadata.version("pruning-tools")
+    assert pruning_tools.__version__ == metadata.version("bank-pruning-tools")
     assert (PACKAGE / "py.typed").is_file()
 
 

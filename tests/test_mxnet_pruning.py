@@ -57,7 +57,7 @@ def quiet(*args, **kwargs) -> Prune:
 def test_import_without_mxnet_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "mxnet", None)  # "import mxnet" now raises ImportError
     monkeypatch.delitem(sys.modules, "pruning_tools.mxnet_pruning")
-    with pytest.raises(ImportError, match=r'pip install "pruning-tools\[mxnet\]"'):
+    with pytest.raises(ImportError, match=r'pip install "bank-pruning-tools\[mxnet\]"'):
         importlib.import_module("pruning_tools.mxnet_pruning")
 
 

@@ -39,7 +39,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pruning-tools")
+@click.version_option(package_name="bank-pruning-tools")
 def main() -> None:
     """Training-time pruning, unstructured or bank-balanced, for PyTorch and MXNet."""
 

@@ -213,7 +213,7 @@ def demo(
     try:
         load_backend(framework)
     except ImportError as exc:
-        hint = " (install the extra: pip install 'pruning-tools[mxnet]')" if framework == "mxnet" else ""
+        hint = " (install the extra: pip install 'bank-pruning-tools[mxnet]')" if framework == "mxnet" else ""
         raise click.ClickException(f"--framework {framework} is not available: {exc}{hint}") from exc
     data_dir = mnist_data_dir(data_dir, download)
     out = output_directory(out, "--out")  # before the training, not after it

@@ -334,7 +334,7 @@ def sensitivity(
             plot_targets(table, bars, written.before(out / "targets.png"))
     written.report(err=True)
     if plots_missing:
-        click.echo("no plots: matplotlib is not installed (pip install 'pruning-tools[plots]')", err=True)
+        click.echo("no plots: matplotlib is not installed (pip install 'bank-pruning-tools[plots]')", err=True)
     if suggestion is None:
         click.echo("pass --target, --uniform or --max-drop for a suggested prune_dict", err=True)
     else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 NOT_IN_JSON = ("weights", "pruner_state", "model")
-PLOTS_HINT = "no plots: matplotlib is not installed (pip install 'pruning-tools[plots]')"
+PLOTS_HINT = "no plots: matplotlib is not installed (pip install 'bank-pruning-tools[plots]')"
 OUTPUT_NAMES = (  # every file write_outputs may write
     "weights.safetensors",
     "pruner_state.safetensors",

@@ -13,7 +13,7 @@ def _figure(width: float, height: float):
     try:
         from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'pruning-tools[plots]'") from error
+        raise ImportError("plots need matplotlib: pip install 'bank-pruning-tools[plots]'") from error
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 

@@ -36,7 +36,9 @@ try:
 except ImportError:
     pass
 if not _bases:  # pragma: no cover - exercised with a monkeypatched import
-    raise ImportError('pruning_tools.integrations.lightning needs Lightning: pip install "pruning-tools[lightning]"')
+    raise ImportError(
+        'pruning_tools.integrations.lightning needs Lightning: pip install "bank-pruning-tools[lightning]"'
+    )
 
 from ..pytorch_pruning import Prune  # noqa: E402
 from . import prune_arguments, sparsity_logs  # noqa: E402

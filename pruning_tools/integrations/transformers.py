@@ -30,7 +30,7 @@ try:
     from transformers import TrainerCallback
 except ImportError as error:  # pragma: no cover - exercised with a monkeypatched import
     raise ImportError(
-        'pruning_tools.integrations.transformers needs transformers: pip install "pruning-tools[transformers]"'
+        'pruning_tools.integrations.transformers needs transformers: pip install "bank-pruning-tools[transformers]"'
     ) from error
 
 from ..pytorch_pruning import Prune

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-HINT = "pip install 'pruning-tools[plots]'"
+HINT = "pip install 'bank-pruning-tools[plots]'"
 
 
 def run_without_matplotlib(args: list, cwd: Path) -> subprocess.CompletedProcess:

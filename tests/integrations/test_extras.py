@@ -19,7 +19,7 @@ def test_missing_framework_names_the_extra(monkeypatch, module, missing, extra):
     for name in missing:
         monkeypatch.setitem(sys.modules, name, None)  # "import name" now raises ImportError
     monkeypatch.delitem(sys.modules, module, raising=False)
-    with pytest.raises(ImportError, match=rf'pip install "pruning-tools\[{extra}\]"'):
+    with pytest.raises(ImportError, match=rf'pip install "bank-pruning-tools\[{extra}\]"'):
         importlib.import_module(module)
 
 

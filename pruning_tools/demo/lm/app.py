@@ -26,7 +26,7 @@ from .data import load_corpus
 from .model import GPTConfig
 from .trainer import calibration, evaluate, new_model, train
 
-PLOTS_HINT = "no plots: matplotlib is not installed (pip install 'pruning-tools[plots]')"
+PLOTS_HINT = "no plots: matplotlib is not installed (pip install 'bank-pruning-tools[plots]')"
 
 
 def run_lm_demo(
