@@ -37,9 +37,9 @@ from pruning_tools.atomic import save_torch
 
 # ---------------------------------------------------------------- model (torchvision layout)
 
-# the repository's model zoo (benchmarks/models.py): v1b / v1d ResNet-50 in torchvision's layout
+# the model zoo of the benchmarks (pruning_tools/benchmarks/models.py): v1b / v1d ResNet-50 in torchvision's layout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.models import ResNet50  # noqa: E402
+from pruning_tools.benchmarks.models import ResNet50  # noqa: E402
 
 
 def prune_dict_for(model: nn.Module, sparsity: float, bank_size: int) -> dict[str, float]:

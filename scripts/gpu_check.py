@@ -5,7 +5,7 @@
     python scripts/gpu_check.py --quick               # small cases: a smoke run on a GPU
     python scripts/gpu_check.py --device cpu --quick  # CPU tensors standing in for CUDA ones (CI, tests)
 
-Sections (``--section``, repeatable; all by default), code in ``benchmarks/gpu/``:
+Sections (``--section``, repeatable; all by default), code in ``pruning_tools/benchmarks/gpu/``:
 
 - ``masks``: masks computed on the device equal the CPU engine's bit for bit (bank 64 with tail
   banks, 2:4, bank 16, unstructured, global; float32 / bfloat16 / float16; ResNet-50's and
@@ -38,9 +38,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import click
 import torch
 
-from benchmarks.gpu import cases, correctness, cost, sparse
-from benchmarks.gpu.report import EXIT_NO_CUDA, Report, Row, info_row
-from benchmarks.harness import load_average, machine
+from pruning_tools.benchmarks.gpu import cases, correctness, cost, sparse
+from pruning_tools.benchmarks.gpu.report import EXIT_NO_CUDA, Report, Row, info_row
+from pruning_tools.benchmarks.harness import load_average, machine
 
 SECTIONS = ("masks", "prune", "cost", "sparse")
 

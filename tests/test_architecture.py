@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pruning_tools"
-APPLICATIONS = ("cli", "demo")  # rooms that may use click, rich and matplotlib
+APPLICATIONS = ("cli", "demo", "benchmarks")  # rooms that may use click, rich and matplotlib
 UI_LIBRARIES = ("click", "rich", "matplotlib")
 
 

@@ -1,6 +1,6 @@
 """The library's CUDA paths: skipped without a GPU, run wherever ``scripts/gpu_check.py`` runs.
 
-- masks computed on CUDA tensors equal the CPU engine's, bit for bit (``benchmarks/gpu`` cases);
+- masks computed on CUDA tensors equal the CPU engine's, bit for bit (``pruning_tools.benchmarks.gpu`` cases);
 - ``Prune`` on CUDA parameters, ``prune_device="default"`` and ``"cpu"``: masks where they belong
   (host masks pinned), the same run as on the CPU, and no host synchronisation in ``prune()`` on a step
   without refresh (``torch.cuda.set_sync_debug_mode("error")`` raises on one);
@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from benchmarks.gpu import cases as C
-from benchmarks.gpu import correctness as K
-from benchmarks.gpu import sparse as S
 from pruning_tools import distributed as D
 from pruning_tools import masks as M
+from pruning_tools.benchmarks.gpu import cases as C
+from pruning_tools.benchmarks.gpu import correctness as K
+from pruning_tools.benchmarks.gpu import sparse as S
 from pruning_tools.pytorch_pruning import Prune
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

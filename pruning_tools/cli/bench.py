@@ -1,16 +1,13 @@
-"""``pruning-tools bench``: the mask-engine benchmark of the repository's ``benchmarks/masks.py``, or
-with ``--inference`` the whole-model inference benchmark of ``benchmarks/inference.py``.
+"""``pruning-tools bench``: the mask-engine benchmark (``pruning_tools.benchmarks.masks``), or with
+``--inference`` the whole-model inference benchmark (``pruning_tools.benchmarks.inference``).
 
-The benchmarks are not installed with the package: this command runs them from a checkout (the
-current directory, or one above it, holding ``benchmarks/harness.py``).
+The benchmarks ship with the package so that a user measures the machine they deploy on.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import click
 
@@ -21,20 +18,6 @@ QUICK_CAVEAT = (
     "--quick: tiny models and one or two rounds, to check that every task runs; its ratios are not "
     "measurements and may contradict the full run's (the README's figures come from `pruning-tools bench`)"
 )
-
-
-def import_benchmarks() -> None:
-    """Make the checkout's ``benchmarks`` package importable, or say why it cannot be."""
-    here = Path.cwd().resolve()
-    for root in (here, *here.parents):
-        if (root / "benchmarks" / "harness.py").is_file():
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
-            return
-    raise click.ClickException(
-        "pruning-tools bench runs the benchmarks of a checkout of the repository (benchmarks/ is not installed): "
-        "run it from the repository"
-    )
 
 
 @click.command("bench")
@@ -89,9 +72,8 @@ def bench(
     for path, option in ((json_path, "--json"), (md_path, "--markdown")):
         if path:
             output_file(path, option)  # before the run, not after it
-    import_benchmarks()
     if inference:
-        from benchmarks import inference as whole_models
+        from pruning_tools.benchmarks import inference as whole_models
 
         chosen = (threads,) if threads else (1, 2)
         result = whole_models.run(quick, chosen, whole_models.MODELS, rounds, None, None)
@@ -105,8 +87,8 @@ def bench(
         written.report()
         return
     threads = threads or 1
-    from benchmarks import masks
-    from benchmarks.harness import header
+    from pruning_tools.benchmarks import masks
+    from pruning_tools.benchmarks.harness import header
 
     title = header(f"pruning-tools bench{' --quick' if quick else ''}", threads)
     rows, info = masks.run_benchmark(quick, rounds, train_rounds, threads)

@@ -15,7 +15,7 @@ bank-balanced, too small, too little sparse, or (with ``example_inputs``) measur
 The rule. Without ``example_inputs`` it is a model of this machine: a layer converts when it holds at
 least ``MIN_WEIGHTS`` weights and its modelled speedup, ``EFFICIENCY[kind] * weights / stored``
 (stored: the packed slots), reaches ``min_speedup``; ``EFFICIENCY`` is the fraction of dense speed per
-multiply-add the kernels reach (measured with ``benchmarks/inference.py``). With ``example_inputs``
+multiply-add the kernels reach (measured with ``pruning_tools.benchmarks.inference``). With ``example_inputs``
 each candidate layer is timed, dense against bank-sparse, on the input it receives in one forward
 pass of the model, and converts only when measured at least ``min_speedup`` faster; then the whole
 model is timed before and after, and every conversion is undone should it be slower as a whole.

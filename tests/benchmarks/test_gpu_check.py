@@ -16,13 +16,22 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks.gpu import cases as C
-from benchmarks.gpu import correctness as K
-from benchmarks.gpu import sparse as S
-from benchmarks.gpu.report import EXIT_FAILED, EXIT_NO_CUDA, EXIT_OK, Report, Row, check_row, goal_row, info_row
 from pruning_tools import _native
 from pruning_tools import geometry as G
 from pruning_tools import masks as M
+from pruning_tools.benchmarks.gpu import cases as C
+from pruning_tools.benchmarks.gpu import correctness as K
+from pruning_tools.benchmarks.gpu import sparse as S
+from pruning_tools.benchmarks.gpu.report import (
+    EXIT_FAILED,
+    EXIT_NO_CUDA,
+    EXIT_OK,
+    Report,
+    Row,
+    check_row,
+    goal_row,
+    info_row,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_check.py"

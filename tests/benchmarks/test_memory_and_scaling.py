@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from benchmarks import memory, scaling
+from pruning_tools.benchmarks import memory, scaling
 
 NUMEL = 1 << 23  # 32 MiB of fp32: 8 blocks on the PyTorch path (16 from 64 MiB on)
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from torch import nn
 
 import pruning_tools
-from benchmarks.models import resnet50
 from pruning_tools import pytorch_pruning
+from pruning_tools.benchmarks.models import resnet50
 from pruning_tools.cli import main
 from pruning_tools.export import save_packed
 from pruning_tools.inference import (

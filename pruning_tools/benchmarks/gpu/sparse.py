@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.gpu.cost import device_task
-from benchmarks.gpu.report import Row, check_row, info_row
-from benchmarks.harness import interleaved, paired_ratio
+from pruning_tools.benchmarks.gpu.cost import device_task
+from pruning_tools.benchmarks.gpu.report import Row, check_row, info_row
+from pruning_tools.benchmarks.harness import interleaved, paired_ratio
 from pruning_tools.inference import BankSparseLinear
 from pruning_tools.masks import bank_mask
 

@@ -11,12 +11,7 @@ other processes on the machine hits all three alike. Prints milliseconds and the
 from __future__ import annotations
 
 import os
-import sys
 import warnings
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
 import torch
@@ -24,8 +19,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.harness import header, interleaved
 from pruning_tools import _native
+from pruning_tools.benchmarks.harness import header, interleaved
 from pruning_tools.inference import BankSparseLinear
 from pruning_tools.masks import bank_mask
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import tempfile
 import time
 import warnings
@@ -38,16 +37,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from torch import nn
 
-from benchmarks.harness import Task, header, interleaved, load_average
-from benchmarks.models import bert_encoder, generate, gpt_decoder, resnet50
 from pruning_tools import pytorch_pruning, to_bank_sparse
 from pruning_tools.atomic import atomic_open
+from pruning_tools.benchmarks.harness import Task, header, interleaved, load_average
+from pruning_tools.benchmarks.models import bert_encoder, generate, gpt_decoder, resnet50
 
 SPARSITIES = (0.9375, 0.9)
 REDUCTION = {0.9375: 12.8, 0.9: 64 * 4 / (6 * 5)}  # the smaller of MAC and weight-byte reductions

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from benchmarks.gpu.cases import GlobalCase, MaskCase, case_tensors, global_tensors
-from benchmarks.gpu.report import Row, check_row, group_counts, info_row
 from pruning_tools import _native
 from pruning_tools import masks as M
+from pruning_tools.benchmarks.gpu.cases import GlobalCase, MaskCase, case_tensors, global_tensors
+from pruning_tools.benchmarks.gpu.report import Row, check_row, group_counts, info_row
 from pruning_tools.pytorch_pruning import Prune
 from pruning_tools.schedule import is_refresh_step
 

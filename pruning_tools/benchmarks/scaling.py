@@ -20,17 +20,13 @@ thread; results are ratios of tasks timed in the same run.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
 
-from benchmarks.harness import Task, header, interleaved
+from pruning_tools.benchmarks.harness import Task, header, interleaved
 
 GOAL_SMALL = 1.5  # ours: unstructured refresh of small tensors within 1.5x of bank-balanced
 

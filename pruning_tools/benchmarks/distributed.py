@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from benchmarks.harness import header, interleaved
-from benchmarks.models import resnet50
 from pruning_tools import distributed as D
 from pruning_tools import geometry as G
 from pruning_tools import masks as M
+from pruning_tools.benchmarks.harness import header, interleaved
+from pruning_tools.benchmarks.models import resnet50
 
 
 def sharded(weights, sparsity):

@@ -26,11 +26,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-ROOT = Path(__file__).resolve().parents[1]
-
 # (case, shape kind, balance, sparsity, what it is)
 CASES = (
     ("clone", "linear", "fix", 0.9375, "calibration: w.clone() (must read 1.00x)"),
@@ -129,10 +124,19 @@ def child(case: str, kind: str, balance: str, sparsity: float, engine: str, nume
 def measure(case: str, kind: str, balance: str, sparsity: float, engine: str, numel: int) -> dict:
     """One case in a fresh process (so nothing one case freed is reused by the next)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    args = [sys.executable, "-m", "benchmarks.memory", "--child", case, kind, balance, str(sparsity), engine]
+    args = [
+        sys.executable,
+        "-m",
+        "pruning_tools.benchmarks.memory",
+        "--child",
+        case,
+        kind,
+        balance,
+        str(sparsity),
+        engine,
+    ]
     args.append(str(numel))
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode:
         raise RuntimeError(f"memory case {case} {kind} {engine} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if platform.system() != "Linux":
         raise SystemExit("benchmarks/memory.py reads /proc/self/status: Linux only")
-    from benchmarks.harness import header
+    from pruning_tools.benchmarks.harness import header
 
     title = header(f"benchmarks/memory.py --size-mib {args.size_mib:g}", 1)
     engines = ("torch", "native") if args.engine == "both" else (args.engine,)

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from benchmarks.gpu.correctness import count_syncs
-from benchmarks.gpu.report import Row, goal_row, info_row
-from benchmarks.harness import Task, Timing, interleaved, paired_ratio
-from benchmarks.masks import PATTERNS, our_refresh
-from benchmarks.models import bert_like, prunable_weights, resnet50
+from pruning_tools.benchmarks.gpu.correctness import count_syncs
+from pruning_tools.benchmarks.gpu.report import Row, goal_row, info_row
+from pruning_tools.benchmarks.harness import Task, Timing, interleaved, paired_ratio
+from pruning_tools.benchmarks.masks import PATTERNS, our_refresh
+from pruning_tools.benchmarks.models import bert_like, prunable_weights, resnet50
 from pruning_tools.pytorch_pruning import Prune
 
 TRAIN_GOAL = 1.02  # the goal for a training step with prune() ÷ without

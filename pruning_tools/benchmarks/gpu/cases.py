@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from benchmarks.models import bert_like, prunable_weights, resnet50
 from pruning_tools import masks as M
+from pruning_tools.benchmarks.models import bert_like, prunable_weights, resnet50
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Benchmark of the mask engine against torch.nn.utils.prune and torch.ao.pruning, in one run.
 
-``pruning-tools bench`` (or ``python -m benchmarks.masks``) builds ResNet-50 and a
+``pruning-tools bench`` (or ``python -m pruning_tools.benchmarks.masks``) builds ResNet-50 and a
 BERT-base-like Linear stack and times, interleaved round by round (every task once per round,
 so background load hits all of them alike), medians with min/max:
 
@@ -24,19 +24,15 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import Tensor, nn
 from torch.ao.pruning import WeightNormSparsifier
 from torch.nn.utils import prune as torch_prune
 
-from benchmarks.harness import Task, Timing, interleaved, paired_ratio
-from benchmarks.models import bert_like, prunable_weights, resnet50
 from pruning_tools import masks as M
+from pruning_tools.benchmarks.harness import Task, Timing, interleaved, paired_ratio
+from pruning_tools.benchmarks.models import bert_like, prunable_weights, resnet50
 from pruning_tools.pytorch_pruning import Prune
 
 # (label, balance, bank_size, sparsity)
