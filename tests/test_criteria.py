@@ -177,6 +177,7 @@ def test_movement_global_balance():
     assert prune.sparsity()[1] == pytest.approx(0.8, abs=1e-3) and prune.check()[1]
 
 
+@pytest.mark.mxnet
 def test_mxnet_keeps_magnitude():
     mx = pytest.importorskip("mxnet")
     from pruning_tools import mxnet_pruning

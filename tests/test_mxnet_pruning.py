@@ -13,6 +13,7 @@ import pytest
 import torch
 
 mx = pytest.importorskip("mxnet")
+pytestmark = pytest.mark.mxnet
 from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 

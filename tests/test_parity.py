@@ -23,6 +23,7 @@ from pruning_tools import masks as M
 from pruning_tools import pytorch_pruning
 
 mx = pytest.importorskip("mxnet")
+pytestmark = pytest.mark.mxnet
 from mxnet.gluon import nn as gnn  # noqa: E402
 
 from pruning_tools import mxnet_pruning  # noqa: E402

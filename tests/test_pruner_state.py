@@ -232,6 +232,7 @@ def test_entries_are_declared_in_one_place():
         S.PER_PARAMETER_TENSORS = tensors
 
 
+@pytest.mark.mxnet
 def test_mxnet_state_of_another_shape_is_refused():
     mx = pytest.importorskip("mxnet")
     from pruning_tools import mxnet_pruning

@@ -403,6 +403,7 @@ def test_cli_mnist_default_model(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- MXNet through the same core
 
 
+@pytest.mark.mxnet
 def test_mxnet_block_restored_exactly_and_same_table_as_pytorch():
     mx = pytest.importorskip("mxnet")
     torch_model = _mlp((128, 64, 32))

@@ -83,6 +83,7 @@ def test_demo_bad_option_and_missing_data(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
+@pytest.mark.mxnet
 @pytest.mark.skipif(importlib.util.find_spec("mxnet") is None, reason="mxnet not installed")
 def test_demo_mxnet_slice(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--framework", "mxnet", *SLICE, "--out", str(tmp_path)])

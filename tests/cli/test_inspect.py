@@ -70,6 +70,7 @@ def test_safetensors(tmp_path):
     check_rows(report(path))
 
 
+@pytest.mark.mxnet
 def test_mxnet_params(tmp_path):
     mx = pytest.importorskip("mxnet")
     path = tmp_path / "model.params"

@@ -66,6 +66,7 @@ def test_train_mnist_bad_arguments(train_mnist, kwargs, message):
         train_mnist(**kwargs)
 
 
+@pytest.mark.mxnet
 @pytest.mark.skipif(not HAVE_MXNET, reason="mxnet not installed")
 def test_one_cycle_matches_pytorch_onecycle():
     from pruning_tools.demo.mxnet_backend import one_cycle_lr
@@ -78,6 +79,7 @@ def test_one_cycle_matches_pytorch_onecycle():
         sched.step()
 
 
+@pytest.mark.mxnet
 @pytest.mark.skipif(not HAVE_MXNET, reason="mxnet not installed")
 def test_mxnet_small_run_reports_everything(mnist_dir):
     def train_mnist(**kwargs):

@@ -19,6 +19,7 @@ def test_pytorch_example_runs_on_a_slice(monkeypatch, capsys, mnist_dir):
     assert "every bank within its budget: True" in out
 
 
+@pytest.mark.mxnet
 def test_mxnet_example_runs_on_a_slice(monkeypatch, capsys, mnist_dir):
     pytest.importorskip("mxnet")
     example = EXAMPLES / "mxnet_pruning_mnist.py"
