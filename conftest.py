@@ -1,9 +1,12 @@
 """Doctest collection of the package: modules whose optional framework is not installed are left out
-(CI installs every extra, so there all are collected)."""
+(each nox environment installs the extras it tests), and the MXNet adapter's doctests are marked
+``mxnet`` like the MXNet tests, so that the MXNet environment runs them."""
 
 from __future__ import annotations
 
 from importlib.util import find_spec
+
+import pytest
 
 _NEEDS = {
     "pruning_tools/mxnet_pruning.py": ("mxnet",),
@@ -12,3 +15,9 @@ _NEEDS = {
 }
 
 collect_ignore = [path for path, modules in _NEEDS.items() if not any(find_spec(m) for m in modules)]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name == "mxnet_pruning.py" and item.path.parent.name == "pruning_tools":
+            item.add_marker(pytest.mark.mxnet)
