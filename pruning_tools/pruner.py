@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 import torch
@@ -151,6 +151,16 @@ def pruned_specs(source: Pruner | Mapping[str, Any] | str | Path) -> dict[str, P
 # ---------------------------------------------------------------- the pruner
 
 
+class PruneCheck(NamedTuple):
+    """What ``Prune.check()`` found. Unpacks as ``per_parameter, ok``; true when ``ok``."""
+
+    per_parameter: dict[str, bool]  # parameter name -> within its budget
+    ok: bool  # every parameter within its budget
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
 class Pruner:
     """Schedule-driven masks over named weights. Adapters set ``config``, ``_bridge`` and
     ``_strategy`` and call ``_init_state()`` once the weights exist."""
@@ -214,9 +224,9 @@ class Pruner:
         return per_layer, sum(zeros.values()) / max(1, total)
 
     @torch.no_grad()
-    def check(self) -> tuple[dict[str, bool], bool]:
-        """``(per-parameter ok, all ok)``: every bank (or tensor, or pool) holds at most the budget
-        of the target its current mask was made for."""
+    def check(self) -> PruneCheck:
+        """Whether every bank (or tensor, or pool) holds at most the budget of the target its current
+        mask was made for: ``PruneCheck(per_parameter, ok)``, which unpacks as ``per_parameter, ok``."""
         self._check_ready()
         ok = {}
         pooled_nonzeros, pooled_size = 0, 0
@@ -235,7 +245,7 @@ class Pruner:
             for name, spec in self.config.params.items():
                 if spec.balance == "global":
                     ok[name] = within
-        return ok, all(ok.values())
+        return PruneCheck(ok, all(ok.values()))
 
     def masks(self) -> dict[str, Tensor]:
         """Current keep-masks (bool, shape of each parameter, or of its local shard under FSDP2);

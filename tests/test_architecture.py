@@ -86,3 +86,10 @@ def test_the_seed_import_paths_of_the_original_tool_work_without_a_warning():
         from pruning_tools import Prune, pytorch_pruning  # noqa: F401
 
         assert pytorch_pruning.Prune is Prune
+
+
+def test_dir_of_the_package_lists_its_public_names_only():
+    import pruning_tools
+
+    assert set(dir(pruning_tools)) == {*pruning_tools.__all__, "__version__"}
+    assert not {"Any", "TYPE_CHECKING", "annotations", "importlib", "metadata"} & set(dir(pruning_tools))

@@ -384,3 +384,15 @@ def test_buffers_are_refused_by_name_and_never_matched():
         Prune(model, 0, 0, 1, {"1.running_mean": 0.5}, balance="none")
     prune = Prune(model, 0, 0, 1, {"1.*": 0.5}, balance="none")  # the gain and bias, not the statistics
     assert list(prune.config.params) == ["1.weight", "1.bias"]
+
+
+def test_check_names_its_parts_and_still_unpacks():
+    model = nn.Sequential(nn.Linear(64, 8))
+    prune = Prune(model, 0, 0, 1, {"0.weight": 0.5})
+    prune.prune()
+    result = prune.check()
+    per_parameter, ok = result
+    assert result.per_parameter == per_parameter == {"0.weight": True} and result.ok is ok is True and bool(result)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)  # every bank full: over its budget
+    assert not prune.check() and prune.check().per_parameter == {"0.weight": False}
