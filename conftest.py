@@ -10,6 +10,7 @@ import pytest
 
 _NEEDS = {
     "pruning_tools/mxnet_pruning.py": ("mxnet",),
+    "pruning_tools/demo/mxnet_backend.py": ("mxnet",),
     "pruning_tools/integrations/transformers.py": ("transformers",),
     "pruning_tools/integrations/lightning.py": ("lightning", "pytorch_lightning"),
 }
@@ -19,5 +20,5 @@ collect_ignore = [path for path, modules in _NEEDS.items() if not any(find_spec(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.name == "mxnet_pruning.py" and item.path.parent.name == "pruning_tools":
+        if item.path.name in ("mxnet_pruning.py", "mxnet_backend.py") and "tests" not in item.path.parts:
             item.add_marker(pytest.mark.mxnet)

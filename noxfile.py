@@ -28,7 +28,10 @@ def mxnet_test_files() -> list[str]:
     """The test files holding tests marked ``mxnet`` (the other files may need packages this environment
     lacks), and the MXNet adapter for its doctests."""
     files = [p for p in sorted((ROOT / "tests").rglob("test_*.py")) if "pytest.mark.mxnet" in p.read_text()]
-    return [str(p.relative_to(ROOT)) for p in files] + ["pruning_tools/mxnet_pruning.py"]
+    return [str(p.relative_to(ROOT)) for p in files] + [
+        "pruning_tools/mxnet_pruning.py",
+        "pruning_tools/demo/mxnet_backend.py",
+    ]
 
 
 def _install(session: nox.Session, requirements: str) -> None:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import safetensors.torch
 import torch
 from torch import Tensor
 
@@ -361,20 +360,45 @@ def pack_state_dict(
 
 
 def save_packed(
-    tensors: Mapping[str, Tensor],
+    tensors: Mapping[str, Tensor] | torch.nn.Module,
     path: str | Path,
-    bank_size: int = 64,
+    prune: Any = None,
+    *,
+    bank_size: int | None = None,
     layout: str = "channels_last",
     out_dims: Mapping[str, int] | None = None,
     dense_fallback: bool = False,
     specs: Mapping[str, SpecLike] | None = None,
 ) -> ExportReport:
-    """Write ``tensors`` (a state dict) to a packed safetensors file; see ``pack_state_dict``.
+    """Write ``tensors`` (a model or its state dict) to a packed safetensors file; see ``pack_state_dict``.
+
+    The geometry of every tensor (bank size, layout, output dim, budget) comes from one place, never
+    guessed: ``prune`` (the pruner that made the masks, its ``state_dict()`` or its saved state file;
+    the tensors it does not prune bank-balanced are stored dense), or ``specs`` (per tensor), or
+    ``bank_size`` (with ``layout`` / ``out_dims``) for every tensor not in ``specs``.
+
+    >>> # save_packed(model, "model.packed.safetensors", prune)
 
     Returns an ``ExportReport`` with both file sizes: ``dense_bytes`` is the size of the same tensors
-    saved as a plain safetensors file.
+    as a plain safetensors file (computed from their shapes and dtypes).
     """
-    check_bank_size("bank_size", bank_size)
+    if isinstance(tensors, torch.nn.Module):
+        tensors = tensors.state_dict()
+    if prune is not None:
+        if specs is not None or bank_size is not None:
+            raise ValueError(
+                "prune= is not allowed together with specs= or bank_size=: the pruner already knows every "
+                "tensor's geometry"
+            )
+        specs = _specs_of_pruner(prune, tensors)
+    elif bank_size is None and not (specs is not None and set(tensors) <= set(specs)):
+        raise ValueError(
+            "bank_size=None is not allowed without prune=: pass the pruner that made the masks "
+            "(save_packed(model, path, prune)), or bank_size= (and layout=, out_dims=) for every tensor"
+        )
+    bank_size = check_bank_size(
+        "bank_size", 64 if bank_size is None else bank_size
+    )  # 64: unused, every tensor has a spec
     check_choice("layout", layout, LAYOUTS)
     packed, dense, fallback = pack_state_dict(tensors, bank_size, layout, out_dims, dense_fallback, specs)
     flat = dict(dense)
@@ -383,9 +407,48 @@ def save_packed(
     meta = {"format": FORMAT, "packed": {name: p.meta() for name, p in packed.items()}}
     path = Path(path)
     integrity.save_file(flat, path, metadata={METADATA_KEY: json.dumps(meta)})  # atomic, checksummed
-    dense_all = {name: t.detach().cpu().clone() for name, t in tensors.items()}
-    dense_bytes = len(safetensors.torch.save(dense_all))
-    return ExportReport(str(path), dense_bytes, path.stat().st_size, packed, sorted(dense), fallback)
+    return ExportReport(str(path), safetensors_bytes(tensors), path.stat().st_size, packed, sorted(dense), fallback)
+
+
+def _specs_of_pruner(prune: Any, tensors: Mapping[str, Tensor]) -> dict[str, SpecLike]:
+    """The pruner's spec of every tensor it prunes; every other tensor of ``tensors`` stays dense."""
+    from .pruner import Pruner, pruned_specs
+
+    if not isinstance(prune, (Pruner, Mapping, str, Path)):
+        raise TypeError(
+            f"prune={type(prune).__name__} is not allowed: expected a Prune, its state_dict() or a saved state file"
+        )
+    specs: dict[str, SpecLike] = {name: {"dense": True} for name in tensors}
+    specs.update({name: spec for name, spec in pruned_specs(prune).items() if name in tensors})
+    return specs
+
+
+# safetensors' dtype names, in the order of its Dtype enum (the file sorts tensors by it, largest first)
+_SAFETENSORS_DTYPES = {
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fn: "F8_E4M3", torch.int16: "I16", torch.uint16: "U16", torch.float16: "F16",
+    torch.bfloat16: "BF16", torch.int32: "I32", torch.uint32: "U32", torch.float32: "F32",
+    torch.float64: "F64", torch.int64: "I64", torch.uint64: "U64",
+}  # fmt: skip
+_DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(_SAFETENSORS_DTYPES)}
+
+
+def safetensors_bytes(tensors: Mapping[str, Tensor]) -> int:
+    """Size in bytes of ``tensors`` saved as a plain safetensors file (no metadata), from their names,
+    shapes and dtypes alone: nothing is copied or serialised. The layout is the format's: an 8-byte
+    header length, the JSON header padded to 8 bytes, the data sorted by dtype (widest first) then name."""
+    order = sorted(tensors.items(), key=lambda item: (-_DTYPE_RANK[item[1].dtype], item[0]))
+    header, offset = {}, 0
+    for name, t in order:
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return 8 + math.ceil(len(text) / 8) * 8 + offset
 
 
 def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
@@ -472,6 +535,7 @@ __all__ = [
     "unpack",
     "pack_state_dict",
     "save_packed",
+    "safetensors_bytes",
     "read_packed",
     "parse_packed",
     "load_packed",

@@ -136,7 +136,7 @@ def test_packed_export_and_demo_outputs_go_through_the_atomic_writer(tmp_path, m
 
     monkeypatch.setattr(atomic, "atomic_path", spy)
     monkeypatch.setattr(integrity, "atomic_path", spy)
-    save_packed(model.state_dict(), tmp_path / "m.packed.safetensors")
+    save_packed(model.state_dict(), tmp_path / "m.packed.safetensors", bank_size=64)
     result = {
         "weights": {k: v.detach().numpy() for k, v in model.state_dict().items()},
         "pruner_state": prune.state_dict(),

@@ -27,7 +27,7 @@ def test_no_two_commands_disagree_about_one_tensor(tmp_path):
     by_checker = check_banks(w, 64).balanced  # budget from the measured sparsity: 6 of 128 -> 3 per bank
     by_inspect = checkpoints.inspect_file(path)["tensors"][0]["balanced"]
     try:
-        save_packed({"fc.weight": w}, tmp_path / "p.safetensors")
+        save_packed({"fc.weight": w}, tmp_path / "p.safetensors", bank_size=64)
         by_export = True
     except NotBankBalancedError:
         by_export = False

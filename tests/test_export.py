@@ -74,7 +74,7 @@ def test_dtypes_and_special_values_survive(dtype, tmp_path):
     w[0, w[0].nonzero()[0, 0]] = float("nan")
     w[1, w[1].nonzero()[0, 0]] = float("-inf")
     w[2, w[2].nonzero()[0, 0]] = torch.finfo(dtype).tiny / 2 if dtype != torch.bfloat16 else 1e-39  # subnormal
-    report = E.save_packed({"w": w}, tmp_path / "m.safetensors")
+    report = E.save_packed({"w": w}, tmp_path / "m.safetensors", bank_size=64)
     assert list(report.packed) == ["w"]
     back = E.load_packed(tmp_path / "m.safetensors")["w"]
     assert back.dtype == dtype
@@ -110,8 +110,8 @@ def test_not_bank_balanced_is_an_error_naming_the_tensor(tmp_path):
     with pytest.raises(E.NotBankBalancedError, match=r"layer3\.weight"):
         E.pack(w, name="layer3.weight")
     with pytest.raises(E.NotBankBalancedError, match=r"layer3\.weight"):
-        E.save_packed({"layer3.weight": w}, tmp_path / "x.safetensors")
-    report = E.save_packed({"layer3.weight": w}, tmp_path / "x.safetensors", dense_fallback=True)
+        E.save_packed({"layer3.weight": w}, tmp_path / "x.safetensors", bank_size=64)
+    report = E.save_packed({"layer3.weight": w}, tmp_path / "x.safetensors", bank_size=64, dense_fallback=True)
     assert report.fallback == ["layer3.weight"] and not report.packed
     assert torch.equal(E.load_packed(tmp_path / "x.safetensors")["layer3.weight"], w)
 
@@ -159,7 +159,7 @@ def test_file_size_at_93_75_percent_is_under_a_tenth(tmp_path):
         "fc2.weight": bank_sparse((256, 512), 0.9375),
         "fc2.bias": torch.randn(256),
     }
-    report = E.save_packed(state, tmp_path / "p.safetensors")
+    report = E.save_packed(state, tmp_path / "p.safetensors", bank_size=64)
     dense_path = tmp_path / "d.safetensors"
     safetensors.torch.save_file(state, str(dense_path))
     assert report.dense_bytes == dense_path.stat().st_size
@@ -173,11 +173,11 @@ def test_bad_arguments_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="bank_size=1"):
         E.pack(w, bank_size=1)
     with pytest.raises(ValueError, match="layout='rows'"):
-        E.save_packed({"w": w}, tmp_path / "x.safetensors", layout="rows")
+        E.save_packed({"w": w}, tmp_path / "x.safetensors", bank_size=64, layout="rows")
     with pytest.raises(ValueError, match=">= 2 dims"):
         E.pack(torch.randn(8))
     with pytest.raises(ValueError, match="must not contain"):
-        E.save_packed({"a::b": w}, tmp_path / "x.safetensors")
+        E.save_packed({"a::b": w}, tmp_path / "x.safetensors", bank_size=64)
     plain = tmp_path / "plain.safetensors"
     safetensors.torch.save_file({"w": w}, str(plain))
     with pytest.raises(ValueError, match="not a packed file"):
@@ -319,7 +319,7 @@ def test_damaged_packed_files_name_the_file_and_the_tensor(tmp_path):
     w = torch.randn(8, 128)
     w = w * bank_mask(w, None, 0.9375)
     good = tmp_path / "good.safetensors"
-    E.save_packed({"fc.weight": w, "fc.bias": torch.ones(8)}, good)
+    E.save_packed({"fc.weight": w, "fc.bias": torch.ones(8)}, good, bank_size=64)
     flat = safetensors.torch.load_file(str(good))
     with safetensors.safe_open(str(good), "pt") as f:
         meta = json.loads(f.metadata()[E.METADATA_KEY])
@@ -363,3 +363,38 @@ def test_export_command_reads_transposed_weights(tmp_path):
     assert result.exit_code == 0, result.output
     packed = E.load_packed(tmp_path / "o.safetensors")
     assert_bit_exact(packed["h.0.attn.c_attn.weight"], c_attn)
+
+
+def test_save_packed_takes_the_geometry_from_the_pruner(tmp_path):
+    """A 2:4 model saved with its pruner is stored as bank 4, never as a guessed bank 64."""
+    from pruning_tools import Prune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    prune = Prune(model, 0, 0, 1, {"0.weight": 0.5}, bank_size=4)
+    prune.prune()
+    report = E.save_packed(model, tmp_path / "m.safetensors", prune)
+    assert set(report.packed) == {"0.weight"} and report.packed["0.weight"].bank_size == 4
+    assert report.packed["0.weight"].k == 2 and "2.weight" in report.dense
+    again = E.save_packed(model.state_dict(), tmp_path / "s.safetensors", prune.state_dict())
+    assert again.packed["0.weight"].bank_size == 4
+    with pytest.raises(ValueError, match=r"bank_size=None is not allowed without prune="):
+        E.save_packed(model, tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match=r"prune= is not allowed together with specs= or bank_size="):
+        E.save_packed(model, tmp_path / "x.safetensors", prune, bank_size=64)
+    with pytest.raises(TypeError, match=r"prune=int is not allowed"):
+        E.save_packed(model, tmp_path / "x.safetensors", 64)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=12).filter(lambda s: "::" not in s),
+        st.tuples(st.sampled_from(sorted(E._SAFETENSORS_DTYPES, key=str)), st.lists(st.integers(0, 5), max_size=3)),
+        max_size=8,
+    )
+)
+def test_dense_size_is_computed_exactly_without_serialising(spec):
+    tensors = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in spec.items()}
+    assert E.safetensors_bytes(tensors) == len(safetensors.torch.save(tensors))

@@ -140,7 +140,15 @@ def export(
         specs.update(_pruner_specs(pruner_state, tensors))
     try:
         written.before(out)
-        report = save_packed(tensors, out, bank_size, layout, out_dims, dense_fallback=dense_fallback, specs=specs)
+        report = save_packed(
+            tensors,
+            out,
+            bank_size=bank_size,
+            layout=layout,
+            out_dims=out_dims,
+            dense_fallback=dense_fallback,
+            specs=specs,
+        )
     except NotBankBalancedError as e:
         raise click.ClickException(
             f"{e}. Pass the pruner's settings with --pruner-state, check --bank-size/--layout, "

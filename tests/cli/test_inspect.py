@@ -136,7 +136,7 @@ def test_packed_file_is_read_as_what_it_encodes(tmp_path):
     dense = tensors()
     del dense["bad.weight"]
     path = tmp_path / "model.packed.safetensors"
-    save_packed({**dense, "small.weight": w16}, path, specs={"small.weight": {"bank_size": 16}})
+    save_packed({**dense, "small.weight": w16}, path, bank_size=64, specs={"small.weight": {"bank_size": 16}})
     rep = report(path, "--require-balanced")
     rows = by_name(rep)
     assert set(rows) == {"fc.weight", "fc.bias", "small.weight"}  # no '::values', no '::indices'

@@ -204,7 +204,7 @@ def test_load_bank_sparse_from_an_exported_file(tmp_path):
     with torch.no_grad():
         expected = model(x)
     path = tmp_path / "model.packed.safetensors"
-    save_packed(model.state_dict(), path, specs=pruned_specs(prune))
+    save_packed(model, path, prune)
     fresh = cnn().eval()  # another initialisation, never pruned
     report = pruning_tools.load_bank_sparse(fresh, path)
     assert report.converted == ["2", "6", "8"]

@@ -33,7 +33,7 @@ def model() -> nn.Sequential:
 @pytest.fixture
 def packed_file(tmp_path):
     path = tmp_path / "good.safetensors"
-    save_packed(model().state_dict(), path)
+    save_packed(model().state_dict(), path, bank_size=64)
     return path
 
 

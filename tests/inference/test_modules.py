@@ -286,7 +286,7 @@ def test_module_state_from_file_and_to_device_dtype(path, tmp_path):
     with torch.no_grad():
         for m in (model[0], model[3]):
             m.weight.mul_(bank_mask(m.weight, None, 0.9375))
-    save_packed(model.state_dict(), tmp_path / "m.safetensors")
+    save_packed(model.state_dict(), tmp_path / "m.safetensors", bank_size=64)
     from_file = BankSparseLinear.from_file(tmp_path / "m.safetensors", "3")
     conv = BankSparseConv.from_file(tmp_path / "m.safetensors", "0")
     h = torch.randn(5, 64 * 4)
