@@ -55,7 +55,8 @@ def draw(out: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=9, loc="left")
-    axes[-1].set_xlabel("input dim (a row of the weight; banks run along it)   blue: kept, darker = larger |w|", fontsize=8)
+    caption = "input dim (a row of the weight; banks run along it)   blue: kept, darker = larger |w|"
+    axes[-1].set_xlabel(caption, fontsize=8)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, format="svg", metadata={"Date": None})
