@@ -80,12 +80,15 @@ class PackedTensor:
         return G.row_length(self.shape, self.layout, self.out_dim)
 
     def nbytes(self) -> int:
+        """Bytes of the stored parts (values, indices, tail parts)."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     def tensors(self) -> dict[str, Tensor]:
+        """The stored parts by name (``PARTS``), as they go into the file."""
         return {part: getattr(self, part) for part in PARTS}
 
     def meta(self) -> dict[str, Any]:
+        """What the file's metadata records of this tensor: shape, dtype, layout, bank geometry."""
         return {
             "shape": list(self.shape),
             "dtype": str(self.values.dtype).replace("torch.", ""),

@@ -99,6 +99,7 @@ class MxnetBridge:
         self._mask_arrays: dict[str, tuple[Tensor, list[tuple[mx.nd.NDArray, mx.nd.NDArray]]]] = {}
 
     def names(self) -> list[str]:
+        """Every parameter's name, as ``collect_params()`` lists them."""
         return list(self._params)
 
     def not_parameters(self) -> dict[str, str]:
@@ -124,6 +125,7 @@ class MxnetBridge:
         return {}
 
     def is_floating(self, name: str) -> bool:
+        """Whether parameter ``name`` holds floating-point values (only those can be pruned)."""
         return np.dtype(self._params[name].dtype).kind == "f"
 
     def dtype(self, name: str) -> np.dtype:

@@ -147,6 +147,7 @@ class TorchBridge:
         return {name: "a buffer (e.g. a BatchNorm running statistic)" for name, _ in self.model.named_buffers()}
 
     def names(self) -> list[str]:
+        """Every parameter's name, in model order."""
         return list(self._paths)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -172,6 +173,7 @@ class TorchBridge:
         return dict(self._aliases)
 
     def is_floating(self, name: str) -> bool:
+        """Whether parameter ``name`` holds floating-point values (only those can be pruned)."""
         return self.parameter(name).is_floating_point()
 
     def prunable(self) -> list[str]:

@@ -374,6 +374,7 @@ class BankSparseConv1x1(BankSparseConv):
 
     @classmethod
     def from_conv(cls, conv: nn.Module, bank_size: Geometry = 64, sparsity: float | None = None) -> BankSparseConv:
+        """As ``BankSparseConv.from_conv``, for a 1×1 convolution with groups 1 and no padding."""
         if not is_pointwise_conv(conv):
             raise ValueError(f"conv={conv} is not allowed: expected a 1x1 Conv1d/2d/3d with groups=1 and padding 0")
         return super().from_conv(conv, bank_size, sparsity)
