@@ -5,17 +5,19 @@ run by pytest's ``--doctest-modules``."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import griffe
 
 FENCE = "```"
+DOCTEST_FLAGS = re.compile(r"\s*#\s*doctest:.*$")  # "# doctest: +ELLIPSIS" and the like: for the runner only
 
 
 def fence_doctests(text: str) -> str:
     """``text`` with every run of doctest lines that starts a line (``>>>`` at column 0, its ``...``
-    continuations and output, up to a blank line) inside a ```` ```pycon ```` fence. Lines already
-    inside a fenced block are left alone."""
+    continuations and output, up to a blank line) inside a ```` ```pycon ```` fence, without doctest
+    flags. Lines already inside a fenced block are left alone."""
     out: list[str] = []
     in_fence = in_example = False
     for line in text.split("\n"):
@@ -27,7 +29,7 @@ def fence_doctests(text: str) -> str:
         elif not in_fence and not in_example and line.startswith(">>>"):
             out.append(FENCE + "pycon")
             in_example = True
-        out.append(line)
+        out.append(DOCTEST_FLAGS.sub("", line) if in_example else line)
     if in_example:
         out.append(FENCE)
     return "\n".join(out)

@@ -86,4 +86,8 @@ def test_the_site_builds_strict(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # the theme's notice about its successor
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (tmp_path / "site" / "reference" / "pytorch_pruning" / "index.html").is_file()
+    pages = sorted((tmp_path / "site" / "reference").glob("*/index.html"))
+    assert len(pages) == len(list((ROOT / "docs" / "reference").glob("*.md"))) - 1  # + reference/index.html
+    quoted = [p.parent.name for p in pages if "<blockquote" in p.read_text()]
+    assert quoted == []  # doctests in docstrings render as code (scripts/griffe_doctests.py), not as quotes
+    assert "doctest:" not in (tmp_path / "site" / "reference" / "oneshot" / "index.html").read_text()
