@@ -176,7 +176,7 @@ def test_one_total_for_one_model(demo_run):
     assert json.loads(everything.output)["totals"]["tensors"] == 7  # + bn1, bn2, bn3 gains: another total
 
 
-def test_same_machine_same_numbers_and_the_readme_says_where_that_ends(tmp_path, tiny_mnist):
+def test_same_machine_same_numbers_and_the_results_page_says_where_that_ends(tmp_path, tiny_mnist):
     """Results reproduce bit for bit on one machine (same threads); across CPUs they do not, and the
     MNIST results page says so with the spread measured."""
     from pathlib import Path
