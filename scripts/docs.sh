@@ -4,4 +4,4 @@
 # Uses the active environment; `bash scripts/setup.sh && . .venv/bin/activate` sets one up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m mkdocs build --strict --site-dir site "$@"
+NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --site-dir site "$@"  # no notice about the theme's successor
