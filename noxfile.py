@@ -1,7 +1,8 @@
 """The test environments, each set up from scratch: ``bash scripts/test.sh`` runs them all.
 
-- ``tests``: the PyTorch stack on current releases (``requirements-dev.txt``, plus the docs tools of
-  ``requirements-docs.txt`` when present): ruff, mypy over the whole package, the whole test suite,
+- ``tests``: the PyTorch stack on current releases (``requirements-dev.txt``, the docs tools of
+  ``requirements-docs.txt`` included): ruff, mypy over the whole package, the whole test suite (the
+  documentation site built strict among them),
   then the C kernels rebuilt with AddressSanitizer under the kernel, converted-layer and file tests.
 - ``mxnet``: MXNet 1.9.1 with its numpy < 1.24 (``requirements-mxnet.txt``): the tests marked ``mxnet``.
 
@@ -37,8 +38,6 @@ def mxnet_test_files() -> list[str]:
 def _install(session: nox.Session, requirements: str) -> None:
     session.install("--upgrade", "pip")
     session.install("-r", requirements)
-    if requirements == "requirements-dev.txt" and (ROOT / "requirements-docs.txt").exists():
-        session.install("-r", "requirements-docs.txt")
     session.install("--no-deps", "-e", ".")
 
 

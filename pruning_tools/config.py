@@ -51,18 +51,21 @@ def check_sparsity(argument: str, value: Any) -> float:
 
 
 def check_choice(argument: str, value: Any, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of the strings ``allowed``, else ``ValueError`` naming ``argument`` and ``value``."""
     if not isinstance(value, str) or value not in allowed:
         _fail(argument, value, "one of " + ", ".join(repr(a) for a in allowed))
     return value
 
 
 def check_bool(argument: str, value: Any) -> bool:
+    """``value`` if it is a ``bool`` (not merely truthy), else ``ValueError`` naming ``argument``."""
     if not isinstance(value, bool):
         _fail(argument, value, "True or False")
     return value
 
 
 def check_bank_size(argument: str, value: Any) -> int:
+    """A bank size: an int >= 2 (or an integral float), as ``check_step`` reads it."""
     return check_step(argument, value, minimum=2)
 
 

@@ -79,12 +79,15 @@ class PackedTensor:
         return G.row_length(self.shape, self.layout, self.out_dim)
 
     def nbytes(self) -> int:
+        """Bytes of the stored parts (values, indices, tail parts)."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     def tensors(self) -> dict[str, Tensor]:
+        """The stored parts by name (``PARTS``), as they go into the file."""
         return {part: getattr(self, part) for part in PARTS}
 
     def meta(self) -> dict[str, Any]:
+        """What the file's metadata records of this tensor: shape, dtype, layout, bank geometry."""
         return {
             "shape": list(self.shape),
             "dtype": str(self.values.dtype).replace("torch.", ""),
@@ -375,7 +378,8 @@ def save_packed(
     The geometry of every tensor (bank size, layout, output dim, budget) comes from one place, never
     guessed: ``prune`` (the pruner that made the masks, its ``state_dict()`` or its saved state file;
     the tensors it does not prune bank-balanced are stored dense), or ``specs`` (per tensor), or
-    ``bank_size`` (with ``layout`` / ``out_dims``) for every tensor not in ``specs``.
+    ``bank_size`` (with ``layout`` / ``out_dims``) for every tensor not in ``specs``. Without ``prune``
+    or ``bank_size``, every tensor of 2 or more dims needs a spec.
 
     >>> # save_packed(model, "model.packed.safetensors", prune)
 
@@ -391,7 +395,7 @@ def save_packed(
                 "tensor's geometry"
             )
         specs = _specs_of_pruner(prune, tensors)
-    elif bank_size is None and not (specs is not None and set(tensors) <= set(specs)):
+    elif bank_size is None and any(t.dim() >= 2 and name not in (specs or {}) for name, t in tensors.items()):
         raise ValueError(
             "bank_size=None is not allowed without prune=: pass the pruner that made the masks "
             "(save_packed(model, path, prune)), or bank_size= (and layout=, out_dims=) for every tensor"

@@ -99,6 +99,7 @@ class MxnetBridge:
         self._mask_arrays: dict[str, tuple[Tensor, list[tuple[mx.nd.NDArray, mx.nd.NDArray]]]] = {}
 
     def names(self) -> list[str]:
+        """Every parameter's name, as ``collect_params()`` lists them."""
         return list(self._params)
 
     def not_parameters(self) -> dict[str, str]:
@@ -124,6 +125,7 @@ class MxnetBridge:
         return {}
 
     def is_floating(self, name: str) -> bool:
+        """Whether parameter ``name`` holds floating-point values (only those can be pruned)."""
         return np.dtype(self._params[name].dtype).kind == "f"
 
     def dtype(self, name: str) -> np.dtype:
@@ -184,13 +186,21 @@ class MxnetBridge:
 class Prune(Pruner):
     """Gradual magnitude pruning of a Gluon block, unstructured or bank-balanced.
 
-    Same arguments, defaults and behaviour as ``pytorch_pruning.Prune`` (see
-    ``docs/mxnet_parameters.md``); ``prune_dict`` keys are names (or globs) from
-    ``net.collect_params()``. Call ``prepare()`` once the parameters exist (it is cheap and
+    The arguments of ``pytorch_pruning.Prune``, in the same order, with the same defaults and the same
+    validation; what differs is below. Call ``prepare()`` once the parameters exist (it is cheap and
     idempotent, so calling it every iteration after ``backward()`` is fine; the constructor calls it
     when the parameters are already initialised), then ``prune()`` after every ``trainer.step()``.
     Masks are computed on the CPU from the first context's copy and applied on every context.
-    The block may also be passed as ``model=`` (the keyword of the original tool's documentation).
+
+    Args:
+        net: The ``gluon.Block`` to prune (hybridized or not); only its weights are modified.
+        prune_dict: As in ``pytorch_pruning.Prune``, with names (or globs) from ``net.collect_params()``,
+            e.g. ``dense0_weight``. BatchNorm running statistics are auxiliary states, not parameters:
+            naming one is an error.
+        prune_device: Accepted for parity; MXNet masks are always computed on the CPU.
+        model: The block, by the keyword of the original tool's documentation (not both).
+        criterion: Only ``"magnitude"``: movement pruning reads gradients and is refused with an error
+            pointing to ``pytorch_pruning.Prune``.
     """
 
     def __init__(

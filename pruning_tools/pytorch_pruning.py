@@ -135,6 +135,7 @@ class TorchBridge:
         return {name: "a buffer (e.g. a BatchNorm running statistic)" for name, _ in self.model.named_buffers()}
 
     def names(self) -> list[str]:
+        """Every parameter's name, in model order."""
         return list(self._paths)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -160,6 +161,7 @@ class TorchBridge:
         return dict(self._aliases)
 
     def is_floating(self, name: str) -> bool:
+        """Whether parameter ``name`` holds floating-point values (only those can be pruned)."""
         return self.parameter(name).is_floating_point()
 
     def prunable(self) -> list[str]:
@@ -198,28 +200,55 @@ class TorchBridge:
 class Prune(Pruner):
     """Gradual pruning of a PyTorch model, unstructured or bank-balanced, by magnitude or movement.
 
-    Call ``prune()`` after every ``optimizer.step()``. Arguments (see ``docs/pytorch_parameters.md``):
+    Call ``prune()`` after every ``optimizer.step()``. The positional order is the original tool's:
+    ``Prune(model, pretrain_step, sparse_step, frequency, prune_dict)`` is
+    ``Prune(model, pretrain_step=..., sparse_step=..., frequency=..., prune_dict=...)``. Every argument is
+    checked here; a bad one raises ``ValueError`` (or ``TypeError``) naming the argument, the value and
+    what is allowed, before any weight is touched. Methods: those of ``pruner.Pruner``.
 
-    - ``model``: the ``nn.Module`` to prune (a DDP wrapper works too; names as it reports them;
-      under FSDP2 ``fully_shard`` each rank holds the masks of its shards: ``pruning_tools.distributed``).
-    - ``pretrain_step``: dense steps before pruning starts.
-    - ``sparse_step``: steps over which the target climbs from the initial to the final sparsity
-      (0: one-shot at ``pretrain_step + 1``).
-    - ``frequency``: masks are refreshed every ``frequency`` steps of the ramp, and at its end.
-    - ``prune_dict``: ``{name or glob: sparsity}`` or ``{name or glob: {"sparsity": s, "balance":
-      ..., "bank_size": ..., "layout": ..., "out_dim": 0 or 1}}``; sparsities in [0, 1). Names as
-      ``TorchBridge`` spells them (a compiled model's plain names; DDP's without ``module.`` and tied
-      aliases accepted too).
-    - ``restore_sparsity``: start from the zeros already in the weights (fine-tuning a sparse model).
-    - ``fix_sparsity``: keep the existing zeros as the masks forever (implies ``restore_sparsity``).
-    - ``balance``: ``"fix"`` (bank-balanced), ``"none"`` (per tensor) or ``"global"`` (one
-      threshold across all listed parameters).
-    - ``prune_device``: ``"default"`` (masks beside each parameter) or ``"cpu"``.
-    - ``bank_size``, ``layout``: bank geometry (keyword only).
-    - ``criterion``: what a refresh ranks the live weights by (keyword only): ``"magnitude"`` (``|w|``)
-      or ``"movement"`` (``-sum w * grad`` accumulated over the steps; ``pruning_tools.criteria``), which
-      needs ``prune()`` called while the gradients are still there (after ``optimizer.step()``,
-      before ``zero_grad()``).
+    Args:
+        model: The ``nn.Module`` to prune; it stays vanilla (no hooks, no extra buffers, no renamed
+            ``state_dict`` keys). A ``DistributedDataParallel`` wrapper, an ``Accelerator.prepare``d or
+            ``torch.compile``d model work too; under FSDP2 ``fully_shard`` each rank holds the masks of its
+            shards (``pruning_tools.distributed``).
+        pretrain_step: Dense steps (``prune()`` calls) before pruning starts; an int >= 0 (or an
+            integral float, ``40.0``).
+        sparse_step: Steps over which the target climbs on the cubic curve from the initial to the final
+            sparsity; 0 prunes one-shot at step ``pretrain_step + 1``.
+        frequency: Masks are recomputed every ``frequency`` steps of the ramp, and always at its last
+            step; an int >= 1 (``47.0`` is 47, ``46.8`` an error).
+        prune_dict: Which parameters to prune (required, non-empty; only read, never modified):
+            ``{name or glob: sparsity}`` with sparsity in [0, 1), or ``{name or glob: {"sparsity": s,
+            "balance": ..., "bank_size": ..., "layout": ..., "out_dim": 0 or 1}}`` to override the defaults
+            for those parameters (``"out_dim": 1``: a transposed weight ``[in, out]``, banked along dim 0).
+            Names as ``model.named_parameters()`` reports them; also accepted: a name without DDP's
+            ``module.``, a compiled model's plain names (its ``_orig_mod.`` ones too), and the second name
+            of a tied weight, meaning the shared tensor. Keys apply in order, a later key overriding an
+            earlier one; an exact name beats a glob; a key that matches nothing is an error listing the
+            closest names. Globs that catch parameters with fewer than 2 dims prune them unstructured,
+            and one warning lists them.
+        restore_sparsity: Start from the zeros already in the weights (fine-tuning a sparse model): they
+            become the initial masks, and each parameter's ramp starts at its measured sparsity.
+        fix_sparsity: The zeros already in the weights are the masks, forever; no refresh happens
+            (implies ``restore_sparsity``). Not ``balance="fix"``, which chooses the pattern.
+        balance: The pattern: ``"fix"`` bank-balanced (every bank keeps the same count), ``"none"``
+            unstructured (``round(n * (1 - s))`` largest per tensor), ``"global"`` unstructured with one
+            threshold across all listed parameters. 1-D parameters asked for ``"fix"`` are pruned
+            unstructured.
+        prune_device: Where masks are stored and computed: ``"default"`` beside each parameter, or
+            ``"cpu"`` (saves accelerator memory; a GPU weight's mask then lies in pinned host memory and
+            is copied over on each ``prune()`` without blocking the host).
+        bank_size: Weights per bank, an int >= 2 (keyword only); ``bank_size=4`` at sparsity 0.5 is 2:4.
+        layout: How a conv weight ``[out, in/groups, *kernel]`` is cut into rows (keyword only):
+            ``"channels_last"`` one row per (output channel, kernel position) along the input channels,
+            ``"flat"`` ``W[o].flatten()``, ``"last_dim"`` rows along the last dim. Parameters with more
+            than 2 dims that no convolution owns are read along their last dim unless ``prune_dict``
+            gives them a ``"layout"``; ``ConvTranspose`` and transformers' ``Conv1D`` weights have their
+            output channels on dim 1 (found from the module).
+        criterion: What a refresh ranks the live weights by (keyword only): ``"magnitude"`` (``|w|``) or
+            ``"movement"`` (``-sum w * grad`` accumulated over the steps; ``pruning_tools.criteria``),
+            which needs ``prune()`` called while the gradients are still there (after
+            ``optimizer.step()``, before ``zero_grad()``).
     """
 
     def __init__(

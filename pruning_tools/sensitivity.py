@@ -139,6 +139,7 @@ class SensitivityTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SensitivityTable:
+        """Inverse of ``to_dict``; data that is not a table of ``TABLE_FORMAT`` is a ``ValueError``."""
         if not isinstance(data, Mapping) or data.get("format") != TABLE_FORMAT:
             raise ValueError(f"data is not a sensitivity table of format {TABLE_FORMAT!r}")
         fields = {
@@ -166,6 +167,7 @@ class SensitivityTable:
 
     @classmethod
     def load_json(cls, path: str | Path) -> SensitivityTable:
+        """A table written by ``save_json``."""
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save_csv(self, path: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""Re-create the README's language-model table: every run, one at a time, results in docs/results/lm_*.json.
+"""Re-create the tables of docs/results/language-model.md: every run, one at a time, into docs/results/lm_*.json.
 
     python scripts/lm_results.py                 # everything missing (about 2 h on 2 shared cores)
     python scripts/lm_results.py --force         # everything again
@@ -163,7 +163,7 @@ def main() -> None:
 
 
 def table(results: Path) -> str:
-    """The README's tables (Markdown) from the JSON files present."""
+    """The tables of docs/results/language-model.md (Markdown) from the JSON files present."""
 
     def read(name: str) -> dict | None:
         path = results / f"lm_{name}.json"

@@ -1,27 +1,27 @@
 """Every ```python block of README.md runs, in order, in one namespace per block. A block that needs
 an optional extra which is not installed (transformers, lightning, peft, ...) is skipped, saying
-which; CI installs every extra, so there every block runs."""
+which; CI installs every extra, so there every block runs. The documentation pages' blocks run in
+tests/test_docs.py, the same way (tests/markdown_examples.py)."""
 
-import pathlib
-import re
+from pathlib import Path
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-OPTIONAL = {"transformers", "accelerate", "peft", "lightning", "pytorch_lightning", "mxnet", "onnx", "onnxruntime"}
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+from tests.markdown_examples import python_examples, run_example
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = python_examples(ROOT / "README.md", ROOT)
 
 
 def test_readme_has_examples():
-    assert BLOCKS, "README.md has no python example"
+    assert EXAMPLES, "README.md has no python example"
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index, tmp_path, monkeypatch):
+def test_every_readme_example_runs_here():
+    assert [e.id for e in EXAMPLES if e.not_run is not None] == []
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
+def test_readme_example_runs(example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    try:
-        exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {"__name__": "__readme__"})
-    except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in OPTIONAL:
-            raise
-        pytest.skip(f"needs the optional {error.name!r}")
+    run_example(example)

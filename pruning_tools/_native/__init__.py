@@ -171,6 +171,7 @@ def reset() -> None:
 
 
 def cache_dir() -> Path:
+    """Where compiled kernels are cached: ``$PRUNING_TOOLS_CACHE``, else ``~/.cache/pruning_tools``."""
     return Path(os.environ.get("PRUNING_TOOLS_CACHE") or Path.home() / ".cache" / "pruning_tools")
 
 

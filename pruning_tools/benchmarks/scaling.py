@@ -1,6 +1,6 @@
 """How a mask refresh scales with the number of parameters, and what small tensors cost, from one run.
 
-    python benchmarks/scaling.py                    # the tables of docs/benchmarks.md (a few minutes)
+    python benchmarks/scaling.py                    # the tables of docs/results/memory-scale.md (a few minutes)
     python benchmarks/scaling.py --quick            # seconds: smaller counts, fewer rounds
     python benchmarks/scaling.py --json s.json --markdown s.md
 

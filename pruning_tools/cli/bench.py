@@ -16,7 +16,7 @@ from ._common import Written, library_errors, output_file
 
 QUICK_CAVEAT = (
     "--quick: tiny models and one or two rounds, to check that every task runs; its ratios are not "
-    "measurements and may contradict the full run's (the README's figures come from `pruning-tools bench`)"
+    "measurements and may contradict the full run's (the figures of docs/results/ come from `pruning-tools bench`)"
 )
 
 

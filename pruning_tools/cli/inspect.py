@@ -92,7 +92,7 @@ def nothing_checked(report: dict) -> str:
     default="channels_last",
     show_default=True,
     help="How N-D weights are read into rows: conv rows along input channels, W[o].flatten(), or rows "
-    "along the last dim (N-D parameters that are not conv weights); see the README.",
+    "along the last dim (N-D parameters that are not conv weights); see the Concepts guide (docs/guide/concepts.md).",
 )
 @click.option(
     "--sparsity",

@@ -77,6 +77,8 @@ def _raise(code: int, what: str) -> None:
 
 
 def servable(t: Tensor | None, dtype: torch.dtype) -> bool:
+    """Whether the compiled kernel can take ``t`` as it is: absent, or a contiguous CPU tensor of
+    ``dtype`` that needs no gradient."""
     return t is None or (t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() and not t.requires_grad)
 
 

@@ -87,7 +87,7 @@ def test_readme_names_the_original_tool():
 
 def test_readme_commands_name_files_that_exist_after_the_demo():
     readme = (REPO / "README.md").read_text()
-    block = readme.split("## Two commands", 1)[1].split("## MNIST results", 1)[0]
+    block = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
     assert "model.pt" not in block
     for line in block.splitlines():
         if line.startswith("pruning-tools inspect"):
