@@ -193,6 +193,8 @@ class Prune(Pruner):
     The block may also be passed as ``model=`` (the keyword of the original tool's documentation).
     """
 
+    _bridge: MxnetBridge  # also answers shapes, dtypes and deferred initialisation
+
     def __init__(
         self,
         net: gluon.Block | None = None,
