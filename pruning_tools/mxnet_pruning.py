@@ -203,6 +203,8 @@ class Prune(Pruner):
             pointing to ``pytorch_pruning.Prune``.
     """
 
+    _bridge: MxnetBridge  # also answers shapes, dtypes and deferred initialisation
+
     def __init__(
         self,
         net: gluon.Block | None = None,

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -189,7 +189,29 @@ class SensitivityTable:
 # ---------------------------------------------------------------- weights of a model
 
 
-def _bridge_of(model: Any):
+class ModelWeights(Protocol):
+    """What ``sweep`` needs of a model's weights by name, as the pruner's bridges (``TorchBridge``,
+    ``MxnetBridge``) give them: torch copies in and out, masks applied the pruner's way, and the shapes
+    and geometry ``prune_dict`` entries are resolved against."""
+
+    def read(self, name: str) -> torch.Tensor: ...
+
+    def write(self, name: str, value: torch.Tensor) -> None: ...
+
+    def apply_mask(self, name: str, mask: torch.Tensor) -> torch.Tensor | None: ...
+
+    def shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    def out_dims(self) -> dict[str, int]: ...
+
+    def layouts(self, layout: str = "channels_last") -> dict[str, str]: ...
+
+    def aliases(self) -> dict[str, str]: ...
+
+    def prunable(self) -> list[str]: ...
+
+
+def _bridge_of(model: Any) -> ModelWeights:
     """The framework bridge of ``model`` (the one the pruner uses): read and write weights by name."""
     if isinstance(model, torch.nn.Module):
         from .pytorch_pruning import TorchBridge

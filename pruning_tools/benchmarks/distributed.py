@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from functools import partial
 
 import torch
 
@@ -43,7 +44,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = resnet50()
     weights = [p.detach() for p in model.parameters() if p.dim() > 1]
-    conv = model.layer4[0].conv2.weight.detach()
+    conv = model.get_parameter("layer4.0.conv2.weight").detach()
     cases = {
         f"one conv {list(conv.shape)}": ([conv], lambda: M.global_masks([conv], [None], args.sparsity)),
         f"global, {len(weights)} tensors": (
@@ -59,7 +60,7 @@ def main() -> None:
     for label, (ws, single) in cases.items():
         n = sum(w.numel() for w in ws)
         same = all(torch.equal(a, b.reshape(a.shape)) for a, b in zip(single(), sharded(ws, args.sparsity)))
-        t = interleaved({"sharded": lambda ws=ws: sharded(ws, args.sparsity), "single": single}, args.repeat, warmup=0)
+        t = interleaved({"sharded": partial(sharded, ws, args.sparsity), "single": single}, args.repeat, warmup=0)
         ratio = t["sharded"].min / t["single"].min
         print(f"{label:28s} {n:>10d} weights  sharded/single-process time {ratio:5.2f}  identical masks {same}")
 

@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -43,16 +43,16 @@ class Task:
 
 
 def interleaved(
-    tasks: dict[str, Task | Callable[[], object]], rounds: int, warmup: int = 1, rotate: bool = False
+    tasks: Mapping[str, Task | Callable[[], object]], rounds: int, warmup: int = 1, rotate: bool = False
 ) -> dict[str, Timing]:
     """Run every task once per round, in turn (``rotate``: the order shifts by one each round)."""
-    tasks = {name: t if isinstance(t, Task) else Task(t) for name, t in tasks.items()}
-    names = list(tasks)
+    as_tasks = {name: t if isinstance(t, Task) else Task(t) for name, t in tasks.items()}
+    names = list(as_tasks)
     timings = {name: Timing(name) for name in names}
     for r in range(warmup + rounds):
         order = names[r % len(names) :] + names[: r % len(names)] if rotate else names
         for name in order:
-            task = tasks[name]
+            task = as_tasks[name]
             if task.max_rounds is not None and not warmup <= r < warmup + task.max_rounds:
                 continue
             if task.setup is not None:

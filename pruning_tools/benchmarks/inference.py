@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -43,7 +44,10 @@ from torch import nn
 from pruning_tools import pytorch_pruning, to_bank_sparse
 from pruning_tools.atomic import atomic_open
 from pruning_tools.benchmarks.harness import Task, header, interleaved, load_average
-from pruning_tools.benchmarks.models import bert_encoder, generate, gpt_decoder, resnet50
+from pruning_tools.benchmarks.models import GPTDecoder, bert_encoder, generate, gpt_decoder, resnet50
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 SPARSITIES = (0.9375, 0.9)
 REDUCTION = {0.9375: 12.8, 0.9: 64 * 4 / (6 * 5)}  # the smaller of MAC and weight-byte reductions
@@ -148,7 +152,7 @@ def share_of(model: nn.Module, run: Callable[[], object], extra_macs: int) -> fl
     return inside / (sum(counts.values()) + extra_macs)
 
 
-def onnx_session(model: nn.Module, args: tuple, path: Path, names: dict) -> Callable[[int], object]:
+def onnx_session(model: nn.Module, args: tuple, path: Path, names: dict) -> Callable[[int], ort.InferenceSession]:
     """Export ``model`` to ONNX and return ``threads -> InferenceSession``."""
     import onnxruntime as ort
 
@@ -163,7 +167,7 @@ def onnx_session(model: nn.Module, args: tuple, path: Path, names: dict) -> Call
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
 
-    def session(threads: int):
+    def session(threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -259,7 +263,7 @@ def gpt_case(tmp: Path, quick: bool) -> Case:
     return Case("GPT decoder", shape, _generate(dense, first, tokens), ort_run, sparse, converted, error, share, True)
 
 
-def _generate(model, first: torch.Tensor, tokens: int) -> Callable[[], object]:
+def _generate(model: GPTDecoder, first: torch.Tensor, tokens: int) -> Callable[[], object]:
     return lambda: generate(model, first, *model.empty_cache(), tokens)
 
 
@@ -268,6 +272,7 @@ def resnet(width: int, blocks, classes: int) -> Callable[[], nn.Module]:
         model = resnet50(width=width, num_classes=classes, blocks=blocks)
         for m in model.modules():  # trained-looking norms (the zoo zero-initialises the last of each block)
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None  # the zoo tracks statistics
                 nn.init.uniform_(m.weight, 0.5, 1.5)
                 nn.init.normal_(m.bias, 0.0, 0.1)
                 m.running_mean.normal_(0.0, 0.1)
@@ -306,10 +311,10 @@ def build_cases(quick: bool, models: set[str], tmp: Path) -> list[Case]:
         cases.append(gpt_case(tmp, quick))
     for batch in (1, 32):
         if f"resnet{batch}" in models:
-            width, blocks, size = (8, (1, 1, 1, 1), 32) if quick else (64, (3, 4, 6, 3), 224)
+            width, blocks, side = (8, (1, 1, 1, 1), 32) if quick else (64, (3, 4, 6, 3), 224)
             build = resnet(width, blocks, 10 if quick else 1000)
-            x = torch.randn(batch if not quick else min(batch, 2), 3, size, size)
-            cases.append(feed_forward_case(f"ResNet-50 b{batch}", f"batch {x.shape[0]}, {size}²", build, x, tmp))
+            x = torch.randn(batch if not quick else min(batch, 2), 3, side, side)
+            cases.append(feed_forward_case(f"ResNet-50 b{batch}", f"batch {x.shape[0]}, {side}²", build, x, tmp))
     return cases
 
 

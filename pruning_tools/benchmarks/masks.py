@@ -23,7 +23,9 @@ import json
 import math
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +75,7 @@ def _rows(model: str, timings: dict[str, Timing], baselines: dict[str, str]) -> 
 
 
 def our_refresh(
-    weights: list[Tensor], masks: list[Tensor | None], balance: str, bank_size: int, sparsity: float
+    weights: Sequence[Tensor], masks: Sequence[Tensor | None], balance: str, bank_size: int, sparsity: float
 ) -> list[Tensor]:
     """Masks of all ``weights`` for one pattern, as ``Prune`` computes them on a refresh step."""
     if balance == "global":
@@ -209,9 +211,7 @@ def bench_weight_norm(model_name: str, model: nn.Module, rounds: int) -> tuple[l
     baselines, info, sparsifiers = {}, {}, {}
     for label, (block, zeros, level, balance, bank, s) in patterns.items():
         sparsifier = sparsifiers[label] = _weight_norm_task(_copy_linears(linear), block, zeros, level)
-        tasks[f"ours {label}"] = Task(
-            lambda b=balance, k=bank, s=s: our_refresh(weights, [None] * len(weights), b, k, s)
-        )
+        tasks[f"ours {label}"] = Task(partial(our_refresh, weights, [None] * len(weights), balance, bank, s))
         tasks[f"WeightNormSparsifier {label}"] = Task(sparsifier.step, max_rounds=SLOW_ROUNDS)
         baselines[f"ours {label}"] = baselines[f"WeightNormSparsifier {label}"] = "memory pass (abs out=)"
     timings = interleaved(tasks, rounds)

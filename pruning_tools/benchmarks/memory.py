@@ -23,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,18 +94,20 @@ def child(case: str, kind: str, balance: str, sparsity: float, engine: str, nume
     with _native.use_engine(engine), torch.no_grad():
         if case == "restore":
             w.masked_fill_(w.abs() < 1.5, 0)  # about 87 % zeros
-        prune = None
+        run: Callable[[], object]
         if case in ("refresh", "check"):
             prune = Prune(layer, 0, 2, 1, {"weight": sparsity}, balance=balance)
             prune.prune()  # the first refresh: warm-up, and a mask exists for the measured one
             if case == "check":
                 prune.prune()
-        run = {
-            "clone": lambda: w.clone(),
-            "refresh": lambda: prune.prune(),  # step 2: a refresh from the existing mask
-            "check": lambda: (prune.check(), prune.sparsity()),
-            "restore": lambda: Prune(layer, 0, 0, 1, {"weight": sparsity}, restore_sparsity=True),
-        }[case]
+                run = lambda: (prune.check(), prune.sparsity())
+            else:
+                run = lambda: prune.prune()  # step 2: a refresh from the existing mask
+        else:
+            run = {
+                "clone": lambda: w.clone(),
+                "restore": lambda: Prune(layer, 0, 0, 1, {"weight": sparsity}, restore_sparsity=True),
+            }[case]
         import gc
 
         gc.collect()

@@ -58,6 +58,7 @@ class ResNet50(nn.Module):
         if variant not in ("v1b", "v1d"):
             raise ValueError(f"variant={variant!r} is not allowed: expected 'v1b' or 'v1d'")
         w = base_width
+        self.conv1: nn.Module
         if variant == "v1b":
             self.conv1 = nn.Conv2d(3, w, 7, stride=2, padding=3, bias=False)
         else:  # three 3x3 convs
@@ -201,7 +202,7 @@ def generate(step, first: Tensor, past_k: Tensor, past_v: Tensor, tokens: int) -
     return torch.cat(out, dim=1)
 
 
-def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+def prunable_weights(model: nn.Module) -> dict[str, Tensor]:
     """Weights of every Conv and Linear layer, by dotted name."""
     kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     return {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, kinds)}

@@ -22,16 +22,20 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pruning_tools.benchmarks.harness import Task, header, interleaved
+
+if TYPE_CHECKING:
+    from pruning_tools.pytorch_pruning import Prune
 
 GOAL_SMALL = 1.5  # ours: unstructured refresh of small tensors within 1.5x of bank-balanced
 
 
-def torch_global(count: int, size: int = 32) -> tuple[nn.Module, object]:
+def torch_global(count: int, size: int = 32) -> tuple[nn.Module, Prune]:
     from pruning_tools.pytorch_pruning import Prune
 
     torch.manual_seed(0)
@@ -117,7 +121,7 @@ def by_size(exponents: list[int], rounds: int) -> list[dict]:
             "16-bit radix": lambda w=w, mask=mask, k=k: native.largest_masks([w], [mask], k),
             "top-k": lambda w=w, mask=mask, k=k: M.keep_largest(M.magnitude_scores(w, mask), k),
         }
-        reference = tasks["top-k"]()
+        reference = _first(tasks["top-k"]())
         if any(not torch.equal(_first(t()), reference) for t in tasks.values()):
             raise AssertionError(f"the three methods disagree at 2^{e}")
         timings = interleaved(tasks, max(3, min(rounds * 20, (1 << 24) // n)), rotate=True)
@@ -127,8 +131,12 @@ def by_size(exponents: list[int], rounds: int) -> list[dict]:
     return rows
 
 
-def _first(out):
-    return out[0] if isinstance(out, list) else out
+def _first(out: list[Tensor] | Tensor | None) -> Tensor:
+    """The mask one method returned (``largest_masks`` returns a list; ``None``: the kernel could not serve it)."""
+    first = out[0] if isinstance(out, list) else out
+    if first is None:
+        raise RuntimeError("the compiled mask kernel could not serve this tensor")
+    return first
 
 
 def run(quick: bool) -> dict:

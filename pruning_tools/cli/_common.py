@@ -60,7 +60,9 @@ def library_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except click.ClickException as error:
-            error.message = one_line(error.message)  # it may quote names read from a file
+            # it may quote names read from a file; rewritten in place to keep its class (exit code, usage
+            # line): click >= 8.2 annotates ``message`` Final although nothing in click forbids this
+            error.message = one_line(error.message)  # type: ignore[misc]
             raise
         except LIBRARY_ERRORS as error:
             raise click.ClickException(one_line(error)) from error
@@ -120,7 +122,7 @@ class HiddenAlias(click.Option):
     """An option whose first name is shown in ``--help`` and in errors; the others (old spellings)
     still work."""
 
-    def get_error_hint(self, ctx: click.Context) -> str:
+    def get_error_hint(self, ctx: click.Context | None) -> str:
         return repr(self.opts[0])
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:

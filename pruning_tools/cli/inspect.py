@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
 from ._common import Fraction, console, library_errors, printable, shown
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+
+COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
+    ("tensor", "left"),
+    ("shape", "left"),
+    ("sparsity", "right"),
+    ("non-zeros", "right"),
+    ("balanced", "center"),
+    ("worst bank: nz/budget", "left"),
+)
 
 
 def report_table(report: dict) -> Table:
@@ -19,14 +32,7 @@ def report_table(report: dict) -> Table:
         title=f"{shown(report['path'])}  (bank {report['bank_size']}, {report['layout']})",
         caption=totals_caption(report),
     )
-    for column, justify in (
-        ("tensor", "left"),
-        ("shape", "left"),
-        ("sparsity", "right"),
-        ("non-zeros", "right"),
-        ("balanced", "center"),
-        ("worst bank: nz/budget", "left"),
-    ):
+    for column, justify in COLUMNS:
         table.add_column(column, justify=justify, overflow="fold")
     for r in report["tensors"]:
         if r["balanced"] is None:

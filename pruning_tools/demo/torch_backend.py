@@ -92,7 +92,8 @@ class TorchBackend:
         self.train_x, self.train_y = to_tensor(data.train_images), torch.from_numpy(data.train_labels.astype(np.int64))
         self.test_x = to_tensor(data.test_images).contiguous(memory_format=torch.channels_last)
         self.test_y = torch.from_numpy(data.test_labels.astype(np.int64))
-        self.model = SimpleCNN().to(memory_format=torch.channels_last)  # faster convolutions on CPU
+        # faster convolutions on CPU; torch's Module.to overloads omit the documented memory_format
+        self.model = SimpleCNN().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=LEARNING_RATE, total_steps=total_steps, pct_start=PCT_START

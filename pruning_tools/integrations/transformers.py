@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 except ImportError as error:  # pragma: no cover - exercised with a monkeypatched import
     raise ImportError(
         'pruning_tools.integrations.transformers needs transformers: pip install "bank-pruning-tools[transformers]"'
     ) from error
+
+from torch import nn
 
 from ..pytorch_pruning import Prune
 from . import STATE_FILE, prune_arguments, sparsity_logs
@@ -58,13 +60,20 @@ class PruneCallback(TrainerCallback):
 
     # ------------------------------------------------------------ Trainer events
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         if model is None:
             raise RuntimeError("PruneCallback: the Trainer passed no model to on_train_begin")
         if state.global_step == 0:
             self.prune = Prune(model, **self.arguments)
             return
-        folder = self._resume_dir or Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = self._resume_dir or _checkpoint_folder(args, state)
         path = folder / STATE_FILE
         if not path.is_file():
             if self.prune is not None and self.prune.model is model and self.prune.step == state.global_step:
@@ -84,10 +93,19 @@ class PruneCallback(TrainerCallback):
         self.prune = prune
         self._resume_dir = None
 
-    def on_optimizer_step(self, args, state, control, **kwargs):
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._pruner().prune()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self.prune is None or logs is None or any(key.startswith("eval_") for key in logs):
             return
         values = sparsity_logs(self.prune)
@@ -96,10 +114,10 @@ class PruneCallback(TrainerCallback):
         if history and history[-1].get("step") == state.global_step and set(history[-1]) >= set(logs) - set(values):
             history[-1].update(values)  # the entry the Trainer made of these logs
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if not args.should_save:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = _checkpoint_folder(args, state)
         if not folder.is_dir():
             raise RuntimeError(
                 f"PruneCallback: the Trainer saved a checkpoint but {folder} does not exist (hyperparameter-search "
@@ -111,6 +129,13 @@ class PruneCallback(TrainerCallback):
         if self.prune is None:
             raise RuntimeError("PruneCallback: training has not begun (the pruner is built in on_train_begin)")
         return self.prune
+
+
+def _checkpoint_folder(args: TrainingArguments, state: TrainerState) -> Path:
+    """``<output_dir>/checkpoint-<global_step>``: where the Trainer writes the checkpoint of this step."""
+    if args.output_dir is None:  # the Trainer fills in a default; None here means it was cleared afterwards
+        raise RuntimeError("PruneCallback: TrainingArguments.output_dir is None: checkpoints need a folder")
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
 
 
 __all__ = ["STATE_FILE", "PruneCallback"]

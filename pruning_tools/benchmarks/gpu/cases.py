@@ -150,7 +150,7 @@ def mask_cases(
     variants: Sequence[tuple[str, str | None]] = VARIANTS,
 ) -> list[MaskCase]:
     """The cross product, each case with its own seed (so no two cases share their weights)."""
-    out = []
+    out: list[MaskCase] = []
     for g in geometries:
         for p in patterns:
             for dtype in dtypes:
@@ -173,7 +173,7 @@ def default_global_cases(quick: bool = False) -> list[GlobalCase]:
             ("ResNet-50", tuple(model_weights("ResNet-50")), (("normal", None), ("ties", "random"))),
             ("BERT-base", tuple(model_weights("BERT-base")), (("normal", "ramp"),)),
         ]
-    out = []
+    out: list[GlobalCase] = []
     for name, geometries, variants in pools:
         for dtype in DTYPES:
             for kind, previous in variants:

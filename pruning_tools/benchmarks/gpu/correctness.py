@@ -11,6 +11,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -257,7 +258,8 @@ def scenario_model(dtype: torch.dtype = torch.float32) -> nn.Module:
             "head": nn.Linear(100, 10),
         }
     ).to(dtype)
-    model["conv"].to(memory_format=torch.channels_last)
+    # torch's Module.to overloads omit the documented memory_format
+    model["conv"].to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 
@@ -269,7 +271,17 @@ SCENARIO_DICT = {
     "head.weight": {"sparsity": 0.7, "balance": "global"},
     **{f"{layer}.bias": {"sparsity": 0.5, "balance": "global"} for layer in ("conv", "pw", "up", "fc", "head")},
 }
-SCHEDULE = {"pretrain_step": 1, "sparse_step": 6, "frequency": 2}
+
+
+class Schedule(TypedDict):
+    """The ``Prune`` schedule arguments of the scenario."""
+
+    pretrain_step: int
+    sparse_step: int
+    frequency: int
+
+
+SCHEDULE: Schedule = {"pretrain_step": 1, "sparse_step": 6, "frequency": 2}
 STEPS = 10
 
 
@@ -356,11 +368,10 @@ def follow_training(
                 p.masked_fill_(torch.rand(p.shape, generator=torch.Generator().manual_seed(p.numel())) < 0.25, 0)
     dev_model = scenario_model(dtype)
     dev_model.load_state_dict(ref_model.state_dict())
-    options = {**SCHEDULE, "restore_sparsity": moved}
-    ref = Prune(ref_model, prune_dict=SCENARIO_DICT, **options)
+    ref = Prune(ref_model, prune_dict=SCENARIO_DICT, restore_sparsity=moved, **SCHEDULE)
     if not moved:
         dev_model.to(device)
-    dev = Prune(dev_model, prune_dict=SCENARIO_DICT, prune_device=prune_device, **options)
+    dev = Prune(dev_model, prune_dict=SCENARIO_DICT, prune_device=prune_device, restore_sparsity=moved, **SCHEDULE)
     if moved:
         dev_model.to(device)
     for step in range(1, STEPS + 1):
@@ -417,7 +428,7 @@ def prune_rows(device: torch.device, profile: bool = True) -> list[Row]:
     ]
     runs += [follow_training(device, torch.float32, pd, profile, moved=True) for pd in ("default", "cpu")]
     for run in runs:
-        problems = {
+        problems: dict[str, Sequence[object]] = {
             "masks differ at steps": run.mask_mismatch_steps,
             "weights differ (bits) at steps": run.weight_mismatch_steps,
             "masks on the wrong device": run.wrong_device,

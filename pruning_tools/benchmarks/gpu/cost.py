@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 from torch import nn
@@ -68,9 +69,7 @@ def refresh_rows(model_name: str, device: torch.device, rounds: int, quick: bool
     for label, balance, bank, s in PATTERNS:
         prev = our_refresh(weights, [None] * len(weights), balance, bank, s / 2)
         ws = [w * m for w, m in zip(weights, prev)]
-        tasks[label] = device_task(
-            lambda ws=ws, prev=prev, b=balance, k=bank, s=s: our_refresh(ws, prev, b, k, s), device
-        )
+        tasks[label] = device_task(partial(our_refresh, ws, prev, balance, bank, s), device)
     timings = interleaved(tasks, rounds)
     memory = timings["memory pass"]
     memory_s = memory.median / 10

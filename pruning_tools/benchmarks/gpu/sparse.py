@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -129,8 +130,8 @@ def one_shape(
         err, dense_err, scale = errors(F.linear(x, ws), F.linear(x, w), ref)
         close[b] = close_enough(err, dense_err, scale, dtype)
         detail[b] = f"error {err:.3g} vs dense {dense_err:.3g} (scale {scale:.3g})"
-        tasks[f"dense {b}"] = device_task(lambda x=x: F.linear(x, w), device, repeat)
-        tasks[f"sparse {b}"] = device_task(lambda x=x: F.linear(x, ws), device, repeat)
+        tasks[f"dense {b}"] = device_task(partial(F.linear, x, w), device, repeat)
+        tasks[f"sparse {b}"] = device_task(partial(F.linear, x, ws), device, repeat)
     timings = interleaved(tasks, rounds, rotate=True)
     speedup = {b: paired_ratio(timings[f"dense {b}"], timings[f"sparse {b}"]) for b in batches}
     return ShapeResult(exact, close, detail, speedup)
@@ -228,8 +229,8 @@ def bank_sparse_rows(
                     passed += 1
                 else:
                     failing.append(f"{label} batch {b}")
-                tasks[f"dense {b}"] = device_task(lambda x=x, fc=fc: fc(x), device, repeat)
-                tasks[f"bank {b}"] = device_task(lambda x=x, m=sparse: m(x), device, repeat)
+                tasks[f"dense {b}"] = device_task(partial(fc, x), device, repeat)
+                tasks[f"bank {b}"] = device_task(partial(sparse, x), device, repeat)
             timings = interleaved(tasks, rounds, rotate=True)
         speed[f"{label} [{out_f}, {in_f}]"] = {
             b: paired_ratio(timings[f"dense {b}"], timings[f"bank {b}"]) for b in batches
