@@ -90,10 +90,9 @@ def read_state_file(path: str | Path) -> dict:
         raise ValueError(f"{not_state}: {error}") from error
     if metadata.get("format") != STATE_FORMAT:
         raise ValueError(not_state)
-    try:
-        state = json.loads(metadata["state"])
-    except (KeyError, ValueError) as error:
-        raise ValueError(f"{not_state}: its 'state' metadata is missing or not JSON ({error})") from error
+    if "state" not in metadata:
+        raise ValueError(f"{not_state}: its 'state' metadata is missing")
+    state = integrity.parse_json(metadata["state"], f"{path}: its 'state' metadata")
     if not isinstance(state, dict):
         raise ValueError(f"{not_state}: its 'state' metadata is a {type(state).__name__}, expected a dict")
     tensor_keys = {entry.key for entry in S.PER_PARAMETER_TENSORS}
@@ -111,12 +110,15 @@ def read_state_file(path: str | Path) -> dict:
 
 def read_state(path: str | Path) -> dict:
     """A pruner state from a file: the safetensors file of ``Prune.save``, or a ``state_dict()`` saved
-    with ``torch.save`` (read with ``weights_only=True``: no pickle code runs)."""
-    path = Path(path)
+    with ``torch.save`` (read with ``weights_only=True``: no pickle code runs). Only regular files are
+    read; a compressed record may not unpack beyond ``integrity.allocation_limit``."""
+    path = integrity.regular_file(path)
     if path.suffix.lower() == ".safetensors":
         return read_state_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = integrity.load_torch(path)
+    except integrity.AllocationLimitError:
+        raise
     except Exception as error:  # unpickling errors come in many types
         raise ValueError(f"{path} is not a pruner state ({type(error).__name__}: {error})") from error
     if not S.is_state(state):
