@@ -166,6 +166,7 @@ class Pruner:
     _mask_targets: dict[str, float]
     _pooled_initial: float | None  # size-weighted initial sparsity of the global pool, computed once
     _nan_warned: set[str]  # parameters whose NaN weights were reported
+    skipped_score_steps: int  # steps whose non-finite gradients added nothing to the movement scores
     _criterion: Magnitude | Movement
 
     # ------------------------------------------------------------ adapter hooks
@@ -361,6 +362,7 @@ class Pruner:
         self._initial = {}
         self._pooled_initial = None
         self._nan_warned = set()
+        self.skipped_score_steps = 0
         for name, spec in self.config.params.items():
             w = self._read(name)
             self._masks[name] = self._existing_zeros(w) if restore else None
@@ -406,12 +408,33 @@ class Pruner:
         return self._initial[name]
 
     def _accumulate_scores(self) -> None:
-        """Add this step's term to the criterion's scores (nothing for magnitude)."""
+        """Add this step's term to the criterion's scores (nothing for magnitude). A step whose new
+        scores would not all be finite, on any rank, adds nothing to any of them (``criteria``): one
+        warning, the first time."""
         if isinstance(self._criterion, Magnitude):
             return
+        proposed = {}
         for name in self.config.params:
             w = self._strategy.local(self._read(name))
-            self._criterion.accumulate(name, w, self._bridge.grad(name))
+            new = self._criterion.proposed(name, w, self._bridge.grad(name))
+            if new is not None:
+                proposed[name] = new
+        flags = [torch.isfinite(s).all().cpu() for s in proposed.values()]
+        if self._strategy.all_ranks(torch.stack(flags).all() if flags else torch.tensor(True)):
+            for name, new in proposed.items():
+                self._criterion.commit(name, new)
+            return
+        self.skipped_score_steps += 1
+        if self.skipped_score_steps == 1:
+            bad = [name for name, ok in zip(proposed, flags) if not bool(ok)]
+            warnings.warn(
+                f"criterion='movement': step {self._step} has non-finite gradients or weights "
+                f"({', '.join(bad) or 'on another rank'}; a mixed-precision step skipped by GradScaler?): it adds "
+                "nothing to the movement scores, as the optimizer skipped it (reported once; the count is "
+                "Prune.skipped_score_steps)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _nan_report(self, name: str) -> M.NanReport:
         """What the mask functions call when ``name`` holds NaN weights: one warning per parameter."""
