@@ -171,15 +171,21 @@ def _mask_against_target(
     """What is wrong with a mask for the target it was made for, or None. A mask never keeps more than
     its target's budget (every bank, under ``balance="fix"``; the whole tensor under ``"none"``), and
     keeps exactly that budget when nothing was pruned before the pruner began (``initial_sparsity``
-    0: the targets only rise, so a refresh always had enough live weights to choose from). Global
-    masks share one pooled budget and are not checked one by one; nor is the count of an unstructured
-    mask of a shard (its budget is the whole tensor's)."""
+    0: the targets only rise, so a refresh always had enough live weights to choose from). A mask made
+    of the model's own zeros (``restore_sparsity`` / ``fix_sparsity``, its target the initial sparsity)
+    follows no bank budget: it keeps exactly the weights that were not zero. Global masks share one
+    pooled budget and are not checked one by one; nor are counts of a shard against a whole tensor's."""
     target, initial = numbers["mask_targets"][name], numbers["initial_sparsity"][name]
     numel = math.prod(local)
     if spec.balance == "global" or numel == 0:
         return None
     mask = M.unpack_bits(packed, local)
     kept = int(mask.sum())
+    if initial > 0 and target == initial:  # the model's own zeros, not a budget
+        allowed = G.keep_count(numel, target)
+        if local == spec.shape and kept != allowed:
+            return f"it keeps {kept} of {numel} weights, where the initial sparsity {initial} leaves {allowed}"
+        return None
     if spec.balance == "fix":
         budget = G.bank_budget(G.row_length(local, spec.layout, spec.out_dim), spec.bank_size, target)
         allowed = G.row_count(local, spec.layout, spec.out_dim) * (budget.full_banks * budget.keep + budget.tail_keep)

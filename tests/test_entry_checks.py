@@ -149,16 +149,24 @@ def test_a_mask_keeping_more_than_its_target_is_refused(name):
         prune.load_state_dict(state)
 
 
-def test_masks_that_agree_with_their_targets_load_with_restored_zeros_too():
+@pytest.mark.parametrize("option", ["restore_sparsity", "fix_sparsity"])
+def test_masks_that_agree_with_their_targets_load_with_restored_zeros_too(option):
+    """Every state a pruner writes loads: at step 0 a restored mask is the model's own zeros (here not
+    bank-balanced: one bank of each row empty, the other full), later ones keep within the budgets."""
     _, prune, state = trained_state()
     prune.load_state_dict(state)
     model = make_model()
     with torch.no_grad():
-        model[0].weight[:, :8] = 0  # whole banks already zero: they keep fewer than the budget
-    restored = Prune(model, 0, 4, 2, {"0.weight": 0.75}, bank_size=8, restore_sparsity=True)
-    for _ in range(4):
+        model[0].weight[:, :8] = 0
+    restored = Prune(model, 0, 4, 2, {"0.weight": 0.75}, bank_size=8, **{option: True})
+    for _ in range(5):
+        restored.load_state_dict(restored.state_dict())
         restored.prune()
-    restored.load_state_dict(restored.state_dict())
+    state = restored.state_dict()
+    state["masks"]["0.weight"] = M.pack_bits(torch.ones(32, 16, dtype=torch.bool))
+    if option == "fix_sparsity":  # the mask of the model's own zeros, with one weight more
+        with pytest.raises(ValueError, match="where the initial sparsity 0.5 leaves 256"):
+            restored.load_state_dict(state)
 
 
 # ---------------------------------------------------------------- settings given at the point of entry
