@@ -167,6 +167,7 @@ class Pruner:
     _pooled_initial: float | None  # size-weighted initial sparsity of the global pool, computed once
     _nan_warned: set[str]  # parameters whose NaN weights were reported
     skipped_score_steps: int  # steps whose non-finite gradients added nothing to the movement scores
+    _skipped_since_refresh: int
     _criterion: Magnitude | Movement
 
     # ------------------------------------------------------------ adapter hooks
@@ -363,6 +364,7 @@ class Pruner:
         self._pooled_initial = None
         self._nan_warned = set()
         self.skipped_score_steps = 0
+        self._skipped_since_refresh = 0
         for name, spec in self.config.params.items():
             w = self._read(name)
             self._masks[name] = self._existing_zeros(w) if restore else None
@@ -425,6 +427,7 @@ class Pruner:
                 self._criterion.commit(name, new)
             return
         self.skipped_score_steps += 1
+        self._skipped_since_refresh += 1
         if self.skipped_score_steps == 1:
             bad = [name for name, ok in zip(proposed, flags) if not bool(ok)]
             warnings.warn(
@@ -453,7 +456,17 @@ class Pruner:
 
     def _refresh(self) -> None:
         pool = []
-        scores = {name: self._criterion.scores(name) for name in self.config.params}  # raises before any change
+        try:
+            scores = {name: self._criterion.scores(name) for name in self.config.params}  # raises before any change
+        except RuntimeError as error:
+            if self._skipped_since_refresh:
+                raise RuntimeError(
+                    f"{error}; {self._skipped_since_refresh} step(s) since then had non-finite gradients or "
+                    "weights and added nothing (Prune.skipped_score_steps): the training has diverged, or every "
+                    "mixed-precision step was skipped"
+                ) from error
+            raise
+        self._skipped_since_refresh = 0
         for name, spec in self.config.params.items():
             target = self.target(name)
             self._mask_targets[name] = target
