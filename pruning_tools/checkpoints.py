@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import geometry as G
+from .integrity import AllocationLimitError, load_torch, regular_file
 from .masks import check_banks
 
 SUFFIXES = {".pt": "torch", ".pth": "torch", ".bin": "torch", ".safetensors": "safetensors", ".params": "mxnet"}
@@ -42,7 +43,7 @@ _MXNET_MAGIC = (0x112).to_bytes(8, "little")  # first 8 bytes of an NDArray list
 
 def sniff(path: str | Path) -> str | None:
     """The format a file's first bytes show (``"torch"``, ``"safetensors"``, ``"mxnet"``), or None."""
-    with open(path, "rb") as f:
+    with open(regular_file(path), "rb") as f:
         head = f.read(9)
         size = f.seek(0, 2)
     if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
@@ -63,14 +64,18 @@ def _weights_only_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {text[:200]}"
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+def read_checkpoint(
+    path: str | Path, *, max_bytes: int | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """All tensors of a checkpoint file, by name, and the bank geometry of those a packed file
     (``export.save_packed``) stores packed: ``(tensors, {name: {"bank_size", "layout", "out_dim"}})``.
 
     The format is chosen by the suffix; a file whose first bytes show another format is an error
     saying so. A packed file is read as what it encodes: the dense tensors ``load_packed`` rebuilds.
+    Only regular files are read (``integrity.regular_file``); what a file declares is bounded by
+    ``integrity.allocation_limit`` (``max_bytes``), checked before anything is allocated.
     """
-    path = Path(path)
+    path = regular_file(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise ValueError(
@@ -84,11 +89,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         )
     if kind == "torch":
         try:
-            return _flatten(torch.load(path, map_location="cpu", weights_only=True)), {}
+            return _flatten(load_torch(path, max_bytes)), {}
+        except AllocationLimitError:
+            raise
         except Exception as exc:  # pickle errors come in many types
             raise ValueError(f"{path}: not a PyTorch weights-only checkpoint ({_weights_only_reason(exc)})") from exc
     if kind == "safetensors":
-        return _read_safetensors(path)
+        return _read_safetensors(path, max_bytes)
     try:
         import mxnet as mx
     except ImportError as exc:
@@ -105,14 +112,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return {name: torch.from_numpy(array.asnumpy()) for name, array in loaded.items()}, {}
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+def _read_safetensors(path: Path, max_bytes: int | None) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     from . import export
     from .integrity import load_file
 
     tensors, metadata = load_file(path)  # checksums verified where the file has them (files we wrote)
     if export.METADATA_KEY not in metadata:
         return {name: tensors[name] for name in sorted(tensors)}, {}
-    contents = export.parse_packed(tensors, metadata, path)
+    contents = export.parse_packed(tensors, metadata, path, max_bytes=max_bytes)
     geometry = {
         name: {"bank_size": t.bank_size, "layout": t.layout, "out_dim": t.out_dim}
         for name, t in contents.items()
@@ -171,6 +178,8 @@ def inspect_file(
     sparsity: float | None = None,
     match: tuple[str, ...] = (),
     transposed: tuple[str, ...] = (),
+    *,
+    max_bytes: int | None = None,
 ) -> dict:
     """Report of every tensor of ``path`` (or those whose name matches one of the globs ``match``).
 
@@ -181,7 +190,7 @@ def inspect_file(
     every listed tensor (1-D ones too); ``"checked"`` is the number of them with a bank check (>= 2
     dims), and ``"balanced"`` is None when nothing was checked.
     """
-    tensors, geometry = read_checkpoint(path)
+    tensors, geometry = read_checkpoint(path, max_bytes=max_bytes)
     names = [n for n in tensors if not match or any(fnmatch.fnmatchcase(n, m) for m in match)]
     out_dims = {n: 1 for n in names if any(fnmatch.fnmatchcase(n, t) for t in transposed) and tensors[n].dim() >= 2}
     rows = []

@@ -64,9 +64,15 @@ def check_bool(argument: str, value: Any) -> bool:
     return value
 
 
+MAX_BANK_SIZE = 2**31 - 1  # what the kernels, the packed files and the index dtypes address
+
+
 def check_bank_size(argument: str, value: Any) -> int:
-    """A bank size: an int >= 2 (or an integral float), as ``check_step`` reads it."""
-    return check_step(argument, value, minimum=2)
+    """An integer in ``[2, 2**31 - 1]`` (an integral float is that integer)."""
+    size = check_step(argument, value, minimum=2)
+    if size > MAX_BANK_SIZE:
+        _fail(argument, value, f"an integer in [2, {MAX_BANK_SIZE}] (2**31 - 1)")
+    return size
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,7 @@ def resolve_prune_dict(
     aliases = {alias: name for alias, name in (aliases or {}).items() if alias not in shapes}
     spellings = [(name, name) for name in names] + list(aliases.items())  # (spelling, name)
     chosen: dict[str, tuple[bool, str, dict, set[str]]] = {}  # name -> (exact, key, options, explicit)
+    named_by: dict[str, list[tuple[str, bool, dict, frozenset[str]]]] = {}  # name -> (key, exact, options, spellings)
     for key, value in prune_dict.items():
         if not isinstance(key, str):
             _fail("prune_dict key", key, "a parameter name or glob pattern (str)")
@@ -239,9 +246,13 @@ def resolve_prune_dict(
         exact = key in shapes or key in aliases
         if exact:
             matches = [aliases.get(key, key)]
+            spelled = {matches[0]: frozenset([key])}
         else:
-            hits = {name for spelling, name in spellings if fnmatch.fnmatch(spelling, key)}
-            matches = [name for name in names if name in hits]
+            spelled = {}
+            for spelling, name in spellings:
+                if fnmatch.fnmatch(spelling, key):
+                    spelled[name] = spelled.get(name, frozenset()) | {spelling}
+            matches = [name for name in names if name in spelled]
         what = (not_parameters or {}).get(key)
         if not matches and what is not None:
             raise ValueError(f"prune_dict key {key!r} names {what}, not a parameter: only parameters are pruned")
@@ -249,8 +260,10 @@ def resolve_prune_dict(
             close = difflib.get_close_matches(key, [s for s, _ in spellings], n=3, cutoff=0.4) or names[:3]
             raise ValueError(f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}")
         for name in matches:
+            named_by.setdefault(name, []).append((key, exact, options, spelled[name]))
             if exact or not chosen.get(name, (False,))[0]:
                 chosen[name] = (exact, key, options, explicit)
+    _check_spellings(named_by, chosen)
     out_dims, layouts, dtypes = out_dims or {}, layouts or {}, dtypes or {}
     resolved, caught_low_dim = {}, []
     for name in names:
@@ -277,6 +290,36 @@ def resolve_prune_dict(
             stacklevel=4,
         )
     return resolved
+
+
+def _check_spellings(
+    named_by: Mapping[str, list[tuple[str, bool, dict, frozenset[str]]]],
+    chosen: Mapping[str, tuple[bool, str, dict, set[str]]],
+) -> None:
+    """One parameter given different settings under different spellings (a tied weight's two names,
+    a wrapper's prefix): two exact names are a ``ValueError``; otherwise the usual rule applies (an exact
+    name over a pattern, else the later key) and a warning names the parameter, the keys and the winner.
+    Keys that match one same spelling override each other as usual, silently."""
+    conflicts = []
+    for name, sources in named_by.items():
+        for i, (key_a, exact_a, options_a, spelled_a) in enumerate(sources):
+            for key_b, exact_b, options_b, spelled_b in sources[i + 1 :]:
+                if options_a == options_b or spelled_a & spelled_b:
+                    continue
+                if exact_a and exact_b:
+                    raise ValueError(
+                        f"prune_dict keys {key_a!r} and {key_b!r} name one parameter ({name}: a tied weight, or "
+                        f"another spelling of it) with different settings {options_a} and {options_b}: expected "
+                        "one setting per parameter; give it under one name"
+                    )
+                conflicts.append(f"{name} by {key_a!r} and {key_b!r} ({chosen[name][1]!r} applies)")
+    if conflicts:
+        warnings.warn(
+            "prune_dict gives one parameter different settings under different names (a tied weight, or "
+            f"another spelling of it): {'; '.join(conflicts)}. The rule: an exact name wins over a pattern, "
+            "else the later key; list the parameter once to silence this",
+            stacklevel=5,
+        )
 
 
 def make_config(

@@ -10,6 +10,11 @@
   is ``+0.0`` and adds nothing more. One float32 score per pruned weight (4 bytes, beside the
   parameter; the shard's shape under FSDP2), not accumulated after the last refresh.
 
+  Non-finite terms: a step whose ``w * g`` holds an inf or a NaN in any parameter (what a mixed-precision
+  step that ``GradScaler`` skips leaves in the gradients), or would make a score overflow, adds nothing to
+  any score, as ``GradScaler`` skips the whole optimizer step (``Pruner`` warns once; under FSDP2 every rank
+  skips it when one does). The scores therefore stay finite, and every state saved can be loaded.
+
 The pruner owns one criterion object; it asks ``scores(name)`` at a refresh (``None``: rank by
 ``|w|``) and hands the scores to ``masks.py``. Framework-free apart from torch tensors.
 """
@@ -61,12 +66,24 @@ class Movement:
         self._seen = dict.fromkeys(shapes, 0)  # steps with a gradient since the last refresh
 
     def accumulate(self, name: str, w: Tensor, grad: Tensor | None) -> bool:
-        """``S[name] -= w * grad`` (float32); returns False when there is no gradient to add."""
-        if grad is None:
+        """``S[name] -= w * grad`` (float32); returns False when there is no gradient to add, or when
+        the result would not be finite (nothing is added then: see the module's rule)."""
+        new = self.proposed(name, w, grad)
+        if new is None or not bool(torch.isfinite(new).all()):
             return False
-        self._scores[name].addcmul_(w.detach().float(), grad.detach().float(), value=-1.0)
-        self._seen[name] += 1
+        self.commit(name, new)
         return True
+
+    def proposed(self, name: str, w: Tensor, grad: Tensor | None) -> Tensor | None:
+        """``S[name] - w * grad`` (float32, a new tensor; the scores unchanged), or None without a gradient."""
+        if grad is None:
+            return None
+        return self._scores[name].addcmul(w.detach().float(), grad.detach().float(), value=-1.0)
+
+    def commit(self, name: str, new: Tensor) -> None:
+        """Make ``new`` (a ``proposed`` tensor, checked finite) the scores of ``name``: one more step seen."""
+        self._scores[name] = new
+        self._seen[name] += 1
 
     def scores(self, name: str) -> Tensor | None:
         """The accumulated scores of ``name`` (float32, the parameter's or shard's shape).

@@ -355,6 +355,10 @@ class LocalMasks:
     def banks_balanced(self, w: Tensor, spec: Any, sparsity: float) -> bool:
         return M.check_banks(w, spec.bank_size, spec.layout, spec.out_dim, sparsity).balanced
 
+    def all_ranks(self, flag: Tensor) -> bool:
+        """Whether the 0-dim bool ``flag`` holds on every rank sharing the parameters (this one alone here)."""
+        return bool(flag)
+
 
 class ShardedMasks(LocalMasks):
     """DTensors split on dim 0 across ranks (FSDP2), mixed with plain tensors: masks of the local
@@ -371,6 +375,13 @@ class ShardedMasks(LocalMasks):
         pooled = [name for name, spec in specs.items() if spec.balance == "global"]
         if pooled:
             _common_info([params[n] for n in pooled], pooled)  # one process group for one threshold
+        self._device = next((info.device for info in infos.values() if info.split), torch.device("cpu"))
+
+    def all_ranks(self, flag: Tensor) -> bool:
+        """``flag`` on every rank of the default group (every rank calls ``prune()``): one all-reduce."""
+        x = flag.to(self._device, torch.int32).reshape(1)
+        dist.all_reduce(x, op=dist.ReduceOp.MIN)
+        return bool(x)
 
     def local(self, t: Tensor) -> Tensor:
         return local(t)

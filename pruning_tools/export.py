@@ -455,26 +455,29 @@ def safetensors_bytes(tensors: Mapping[str, Tensor]) -> int:
     return 8 + math.ceil(len(text) / 8) * 8 + offset
 
 
-def read_packed(path: str | Path) -> dict[str, PackedTensor | Tensor]:
+def read_packed(path: str | Path, *, max_bytes: int | None = None) -> dict[str, PackedTensor | Tensor]:
     """Read a packed file without unpacking: ``{name: PackedTensor or dense Tensor}``, file order.
 
     The file's checksums are verified first (``integrity.IntegrityError`` names a damaged tensor).
-    Errors are ``ValueError`` naming the file (and the tensor, when one is at fault).
+    Errors are ``ValueError`` naming the file (and the tensor, when one is at fault). The dense
+    tensors its packed ones declare may not exceed ``integrity.allocation_limit`` (``max_bytes``, or
+    by default 256 times the file's size, at least 64 MiB): ``integrity.AllocationLimitError``.
     """
     flat, raw = integrity.load_file(path, framework="pt")
-    return parse_packed(flat, raw, path)
+    return parse_packed(flat, raw, path, max_bytes=max_bytes)
 
 
 def parse_packed(
-    flat: Mapping[str, Tensor], raw: Mapping[str, str], path: str | Path = "packed file"
+    flat: Mapping[str, Tensor],
+    raw: Mapping[str, str],
+    path: str | Path = "packed file",
+    *,
+    max_bytes: int | None = None,
 ) -> dict[str, PackedTensor | Tensor]:
     """``read_packed`` of tensors and metadata already read from ``path`` (``integrity.load_file``)."""
     if METADATA_KEY not in raw:
         raise ValueError(f"{path} is not a packed file: its metadata has no {METADATA_KEY!r} entry")
-    try:
-        meta = json.loads(raw[METADATA_KEY])
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: the {METADATA_KEY!r} metadata is not JSON ({error})") from error
+    meta = integrity.parse_json(raw[METADATA_KEY], f"{path}: the {METADATA_KEY!r} metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else meta
         raise ValueError(f"{path} has format {found!r}: expected {FORMAT!r}")
@@ -484,8 +487,15 @@ def parse_packed(
     for key, t in flat.items():
         if SEP not in key:
             out[key] = t
-    for name, m in meta["packed"].items():
-        out[name] = _packed_from_file(path, name, m, flat)
+        elif key.rpartition(SEP)[0] not in meta["packed"] or key.rpartition(SEP)[2] not in PARTS:
+            raise ValueError(f"{path}: tensor {key!r} is part of no packed tensor its metadata lists")
+    both = sorted(name for name in meta["packed"] if name in out)
+    if both:
+        raise ValueError(f"{path}: {both} are stored both dense and packed: expected one tensor per name")
+    packed = {name: _packed_from_file(path, name, m, flat) for name, m in meta["packed"].items()}
+    declared = sum(math.prod(p.shape) * p.values.element_size() for p in packed.values())
+    integrity.check_allocation(path, declared, f"its {len(packed)} packed tensors, unpacked,", max_bytes)
+    out.update(packed)
     return out
 
 
@@ -512,9 +522,10 @@ def _packed_from_file(path: str | Path, name: str, m: Any, flat: Mapping[str, Te
     return p
 
 
-def load_packed(path: str | Path) -> dict[str, Tensor]:
-    """Dense state dict rebuilt from a packed file (non-zeros bit-exact, zeros ``+0.0``)."""
-    return unpack_all(read_packed(path), path)
+def load_packed(path: str | Path, *, max_bytes: int | None = None) -> dict[str, Tensor]:
+    """Dense state dict rebuilt from a packed file (non-zeros bit-exact, zeros ``+0.0``); ``max_bytes``:
+    see ``read_packed``."""
+    return unpack_all(read_packed(path, max_bytes=max_bytes), path)
 
 
 def unpack_all(contents: Mapping[str, PackedTensor | Tensor], path: str | Path = "packed file") -> dict[str, Tensor]:

@@ -1,4 +1,5 @@
-"""Checksums of the safetensors files we write, verified on every load; atomic writes.
+"""Checksums of the safetensors files we write, verified on every load; atomic writes; what any file
+we read may make us do.
 
 Every safetensors file the library writes (pruner state, packed export, the demo's weights) carries,
 in its metadata under ``CHECKSUM_KEY``, the SHA-256 of each tensor (its dtype, shape and bytes) and of
@@ -6,6 +7,13 @@ the rest of the metadata. ``load_file`` recomputes them and raises ``IntegrityEr
 ``ValueError``) naming the file and the damaged tensor, or the metadata. A truncated file (a torn
 write) or a damaged header is refused by ``safetensors`` itself: also an ``IntegrityError``.
 Files without the entry (written by other tools or by an older release) load unverified.
+
+Every path the library reads goes through ``regular_file`` first: a FIFO, a character device or a
+socket (which would block a reader forever, or stream without end) is refused before it is opened.
+What a file declares is bounded by what it holds: ``check_allocation`` refuses, before anything is
+allocated, a file whose declared sizes would make a reader build more than ``allocation_limit`` bytes
+(by default 256 times the file's size, at least 64 MiB; ``PRUNING_TOOLS_MAX_DENSE_BYTES`` or a
+reader's ``max_bytes`` argument sets another limit, in bytes, for genuinely huge all-zero tensors).
 
 SHA-256 from the standard library runs at about 1 GB/s on one core: not a security measure (anyone
 who edits a file can recompute it), a guard against flipped bits and half-written files.
@@ -22,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +46,100 @@ ALGORITHM = "sha256"
 
 class IntegrityError(ValueError):
     """A file is damaged: truncated, unreadable, or a tensor or its metadata does not match its checksum."""
+
+
+class NotRegularFileError(ValueError):
+    """A path to read names a FIFO, a character or block device, or a socket: reading it could block
+    forever or never end."""
+
+
+class AllocationLimitError(ValueError):
+    """A file declares sizes that would make a reader allocate more than ``allocation_limit``."""
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket"}  # fmt: skip
+
+
+def regular_file(path: str | Path, argument: str = "path") -> Path:
+    """``path`` as a ``Path`` when it names a regular file (a symlink to one is followed); checked with
+    ``os.stat``, which never blocks, before anything opens it. A directory is ``IsADirectoryError``,
+    a missing file ``FileNotFoundError``, a FIFO, device or socket ``NotRegularFileError``; each names
+    ``argument`` and the path."""
+    path = Path(path)
+    mode = os.stat(path).st_mode  # FileNotFoundError, PermissionError: as open() would say
+    if stat.S_ISREG(mode):
+        return path
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{argument}={str(path)!r} is a directory: expected a regular file")
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    raise NotRegularFileError(f"{argument}={str(path)!r} is {kind}: expected a regular file")
+
+
+LIMIT_VARIABLE = "PRUNING_TOOLS_MAX_DENSE_BYTES"
+EXPANSION = 256  # bytes a file may make us allocate per byte it holds (a packed 1-of-256 bank: about 205)
+FLOOR = 64 << 20  # what any file may make us allocate, however small
+
+
+def allocation_limit(file_bytes: int, max_bytes: int | None = None) -> int:
+    """Bytes a reader may allocate for what one file of ``file_bytes`` declares: ``max_bytes`` when
+    given, else the environment variable ``PRUNING_TOOLS_MAX_DENSE_BYTES`` when set, else
+    ``max(256 * file_bytes, 64 MiB)``."""
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes={max_bytes!r} is not allowed: expected an integer number of bytes >= 0")
+        return max_bytes
+    text = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if text:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"{LIMIT_VARIABLE}={text!r} is not allowed: expected an integer number of bytes >= 0")
+        return value
+    return max(EXPANSION * file_bytes, FLOOR)
+
+
+def check_allocation(path: str | Path, declared_bytes: int, what: str, max_bytes: int | None = None) -> None:
+    """Raise ``AllocationLimitError`` naming ``path`` when ``declared_bytes`` (what the sizes the file
+    declares would make us allocate: ``what``) exceed ``allocation_limit`` for the file's size. Call it
+    before allocating."""
+    file_bytes = os.stat(path).st_size if os.path.exists(path) else 0
+    limit = allocation_limit(file_bytes, max_bytes)
+    if declared_bytes > limit:
+        raise AllocationLimitError(
+            f"{path}: {what} would take {declared_bytes} bytes, more than the {limit} bytes a file of {file_bytes} "
+            f"bytes may make us allocate; if the file is trusted, raise the limit with {LIMIT_VARIABLE}=<bytes> "
+            "(or the reader's max_bytes argument)"
+        )
+
+
+def load_torch(path: str | Path, max_bytes: int | None = None) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` (no pickle code runs) of a regular
+    file whose records, uncompressed, fit ``allocation_limit`` (a zip record may be compressed: a small
+    file could unpack to gigabytes). Its own errors are left to the caller to word."""
+    import zipfile
+
+    import torch
+
+    path = regular_file(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+        check_allocation(path, declared, "its records, uncompressed,", max_bytes)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``json.loads(text)``; text that is not JSON, or nested too deeply to parse, is a ``ValueError``
+    naming ``where`` (the file and its entry)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply to be read") from None
+    except ValueError as error:  # json.JSONDecodeError, and numbers of more than 4300 digits
+        raise ValueError(f"{where} is not JSON ({error})") from error
 
 
 def _raw_bytes(t: Any) -> tuple[str, tuple[int, ...], np.ndarray]:
@@ -87,7 +191,7 @@ def verify(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, 
     if CHECKSUM_KEY not in metadata:
         return False
     try:
-        entry = json.loads(metadata[CHECKSUM_KEY])
+        entry = parse_json(metadata[CHECKSUM_KEY], f"{path}: its checksum entry")
         expected, algorithm, meta_digest = dict(entry["tensors"]), entry["algorithm"], entry["metadata"]
     except (ValueError, KeyError, TypeError) as error:
         raise IntegrityError(f"{path}: its checksum entry {CHECKSUM_KEY!r} is damaged ({error})") from error
@@ -118,9 +222,14 @@ def save_file(tensors: Mapping[str, Any], path: str | Path, metadata: Mapping[st
         from safetensors.numpy import save_file as write
     else:
         from safetensors.torch import save_file as write  # type: ignore[assignment]
+    from safetensors import SafetensorError
+
     signed = signed_metadata(tensors, metadata)
-    with atomic_path(path) as tmp:
-        write(dict(tensors), str(tmp), metadata=signed)
+    try:
+        with atomic_path(path) as tmp:
+            write(dict(tensors), str(tmp), metadata=signed)
+    except SafetensorError as error:  # a full disk, for one: not an OSError of its own
+        raise OSError(f"cannot write {path}: {error}") from error
 
 
 def load_file(path: str | Path, framework: str = "pt") -> tuple[dict[str, Any], dict[str, str]]:
@@ -131,6 +240,7 @@ def load_file(path: str | Path, framework: str = "pt") -> tuple[dict[str, Any], 
     """
     from safetensors import SafetensorError, safe_open
 
+    regular_file(path)
     try:
         with safe_open(str(path), framework=framework) as f:
             metadata = dict(f.metadata() or {})
@@ -143,4 +253,20 @@ def load_file(path: str | Path, framework: str = "pt") -> tuple[dict[str, Any], 
     return tensors, metadata
 
 
-__all__ = ["CHECKSUM_KEY", "IntegrityError", "load_file", "save_file", "signed_metadata", "tensor_digest", "verify"]
+__all__ = [
+    "CHECKSUM_KEY",
+    "LIMIT_VARIABLE",
+    "AllocationLimitError",
+    "IntegrityError",
+    "NotRegularFileError",
+    "allocation_limit",
+    "check_allocation",
+    "load_file",
+    "load_torch",
+    "parse_json",
+    "regular_file",
+    "save_file",
+    "signed_metadata",
+    "tensor_digest",
+    "verify",
+]

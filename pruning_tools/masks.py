@@ -270,6 +270,7 @@ def bank_mask(
     path works block by block over the output channels (``geometry.row_blocks``), so its temporaries
     stay a fraction of ``w``; the compiled kernel needs none beyond the mask.
     """
+    bank_size = check_bank_size("bank_size", bank_size)
     if w.numel() == 0:
         return torch.ones_like(w, dtype=torch.bool)
     budget = G.bank_budget(G.row_length(w.shape, layout, out_dim), bank_size, sparsity)

@@ -90,10 +90,9 @@ def read_state_file(path: str | Path) -> dict:
         raise ValueError(f"{not_state}: {error}") from error
     if metadata.get("format") != STATE_FORMAT:
         raise ValueError(not_state)
-    try:
-        state = json.loads(metadata["state"])
-    except (KeyError, ValueError) as error:
-        raise ValueError(f"{not_state}: its 'state' metadata is missing or not JSON ({error})") from error
+    if "state" not in metadata:
+        raise ValueError(f"{not_state}: its 'state' metadata is missing")
+    state = integrity.parse_json(metadata["state"], f"{path}: its 'state' metadata")
     if not isinstance(state, dict):
         raise ValueError(f"{not_state}: its 'state' metadata is a {type(state).__name__}, expected a dict")
     tensor_keys = {entry.key for entry in S.PER_PARAMETER_TENSORS}
@@ -111,12 +110,15 @@ def read_state_file(path: str | Path) -> dict:
 
 def read_state(path: str | Path) -> dict:
     """A pruner state from a file: the safetensors file of ``Prune.save``, or a ``state_dict()`` saved
-    with ``torch.save`` (read with ``weights_only=True``: no pickle code runs)."""
-    path = Path(path)
+    with ``torch.save`` (read with ``weights_only=True``: no pickle code runs). Only regular files are
+    read; a compressed record may not unpack beyond ``integrity.allocation_limit``."""
+    path = integrity.regular_file(path)
     if path.suffix.lower() == ".safetensors":
         return read_state_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = integrity.load_torch(path)
+    except integrity.AllocationLimitError:
+        raise
     except Exception as error:  # unpickling errors come in many types
         raise ValueError(f"{path} is not a pruner state ({type(error).__name__}: {error})") from error
     if not S.is_state(state):
@@ -174,6 +176,8 @@ class Pruner:
     _mask_targets: dict[str, float]
     _pooled_initial: float | None  # size-weighted initial sparsity of the global pool, computed once
     _nan_warned: set[str]  # parameters whose NaN weights were reported
+    skipped_score_steps: int  # steps whose non-finite gradients added nothing to the movement scores
+    _skipped_since_refresh: int
     _criterion: Magnitude | Movement
 
     # ------------------------------------------------------------ adapter hooks
@@ -369,6 +373,8 @@ class Pruner:
         self._initial = {}
         self._pooled_initial = None
         self._nan_warned = set()
+        self.skipped_score_steps = 0
+        self._skipped_since_refresh = 0
         for name, spec in self.config.params.items():
             w = self._read(name)
             self._masks[name] = self._existing_zeros(w) if restore else None
@@ -414,12 +420,34 @@ class Pruner:
         return self._initial[name]
 
     def _accumulate_scores(self) -> None:
-        """Add this step's term to the criterion's scores (nothing for magnitude)."""
+        """Add this step's term to the criterion's scores (nothing for magnitude). A step whose new
+        scores would not all be finite, on any rank, adds nothing to any of them (``criteria``): one
+        warning, the first time."""
         if isinstance(self._criterion, Magnitude):
             return
+        proposed = {}
         for name in self.config.params:
             w = self._strategy.local(self._read(name))
-            self._criterion.accumulate(name, w, self._bridge.grad(name))
+            new = self._criterion.proposed(name, w, self._bridge.grad(name))
+            if new is not None:
+                proposed[name] = new
+        flags = [torch.isfinite(s).all().cpu() for s in proposed.values()]
+        if self._strategy.all_ranks(torch.stack(flags).all() if flags else torch.tensor(True)):
+            for name, new in proposed.items():
+                self._criterion.commit(name, new)
+            return
+        self.skipped_score_steps += 1
+        self._skipped_since_refresh += 1
+        if self.skipped_score_steps == 1:
+            bad = [name for name, ok in zip(proposed, flags) if not bool(ok)]
+            warnings.warn(
+                f"criterion='movement': step {self._step} has non-finite gradients or weights "
+                f"({', '.join(bad) or 'on another rank'}; a mixed-precision step skipped by GradScaler?): it adds "
+                "nothing to the movement scores, as the optimizer skipped it (reported once; the count is "
+                "Prune.skipped_score_steps)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _nan_report(self, name: str) -> M.NanReport:
         """What the mask functions call when ``name`` holds NaN weights: one warning per parameter."""
@@ -438,7 +466,17 @@ class Pruner:
 
     def _refresh(self) -> None:
         pool = []
-        scores = {name: self._criterion.scores(name) for name in self.config.params}  # raises before any change
+        try:
+            scores = {name: self._criterion.scores(name) for name in self.config.params}  # raises before any change
+        except RuntimeError as error:
+            if self._skipped_since_refresh:
+                raise RuntimeError(
+                    f"{error}; {self._skipped_since_refresh} step(s) since then had non-finite gradients or "
+                    "weights and added nothing (Prune.skipped_score_steps): the training has diverged, or every "
+                    "mixed-precision step was skipped"
+                ) from error
+            raise
+        self._skipped_since_refresh = 0
         for name, spec in self.config.params.items():
             target = self.target(name)
             self._mask_targets[name] = target

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import PruneConfig, check_sparsity
+from . import geometry as G
+from . import masks as M
+from .config import ParamSpec, PruneConfig, check_sparsity
 
 STATE_FORMAT = "pruning_tools.Prune/1"
 
@@ -148,6 +150,10 @@ def validate_state(state: Any, config: PruneConfig, local_shapes: Mapping[str, t
                 continue
             out[name] = _tensor(where, given[name], tensor_entry, tuple(local_shapes[name]))
         tensors[tensor_entry.key] = out
+    for name, packed in tensors["masks"].items():
+        problem = _mask_against_target(packed, config.params[name], values, name, tuple(local_shapes[name]))
+        if problem:
+            raise ValueError(f"state['masks'][{name!r}] contradicts its target: {problem}")
     scored = set(tensors.get("scores", {}))
     if config.criterion == "movement" and scored != set(names):
         raise ValueError(
@@ -157,6 +163,41 @@ def validate_state(state: Any, config: PruneConfig, local_shapes: Mapping[str, t
     if config.criterion != "movement" and scored:
         raise ValueError(f"state['scores'] holds movement scores, but this pruner has criterion={config.criterion!r}")
     return ValidState(int(step), values, tensors)
+
+
+def _mask_against_target(
+    packed: Tensor, spec: ParamSpec, numbers: Mapping[str, Mapping[str, float]], name: str, local: tuple[int, ...]
+) -> str | None:
+    """What is wrong with a mask for the target it was made for, or None. A mask never keeps more than
+    its target's budget (every bank, under ``balance="fix"``; the whole tensor under ``"none"``), and
+    keeps exactly that budget when nothing was pruned before the pruner began (``initial_sparsity``
+    0: the targets only rise, so a refresh always had enough live weights to choose from). A mask made
+    of the model's own zeros (``restore_sparsity`` / ``fix_sparsity``, its target the initial sparsity)
+    follows no bank budget: it keeps exactly the weights that were not zero. Global masks share one
+    pooled budget and are not checked one by one; nor are counts of a shard against a whole tensor's."""
+    target, initial = numbers["mask_targets"][name], numbers["initial_sparsity"][name]
+    numel = math.prod(local)
+    if spec.balance == "global" or numel == 0:
+        return None
+    mask = M.unpack_bits(packed, local)
+    kept = int(mask.sum())
+    if initial > 0 and target == initial:  # the model's own zeros, not a budget
+        allowed = G.keep_count(numel, target)
+        if local == spec.shape and kept != allowed:
+            return f"it keeps {kept} of {numel} weights, where the initial sparsity {initial} leaves {allowed}"
+        return None
+    if spec.balance == "fix":
+        budget = G.bank_budget(G.row_length(local, spec.layout, spec.out_dim), spec.bank_size, target)
+        allowed = G.row_count(local, spec.layout, spec.out_dim) * (budget.full_banks * budget.keep + budget.tail_keep)
+        if not M.check_banks(mask.to(torch.uint8), spec.bank_size, spec.layout, spec.out_dim, target).balanced:
+            return f"some bank keeps more than the {budget.keep} weights of target {target}"
+    elif local == spec.shape:
+        allowed = G.keep_count(numel, target)
+    else:
+        return None
+    if kept > allowed or (initial == 0 and kept != allowed):
+        return f"it keeps {kept} of {numel} weights, where target {target} keeps {allowed}"
+    return None
 
 
 def _per_parameter(state: Mapping[str, Any], key: str, names: list[str], every: bool) -> Mapping[str, Any]:

@@ -288,6 +288,11 @@ class Prune(Pruner):
             not_parameters=bridge.not_parameters(),
         )
         for name in self.config.params:
+            if D.local(bridge.read(name)).is_meta:
+                raise ValueError(
+                    f"prune_dict entry {name!r} is on the meta device (a shape without data): build the pruner once "
+                    "the model's weights exist (after to_empty() and initialisation, or load_state_dict(assign=True))"
+                )
             if not bridge.is_floating(name):
                 raise TypeError(
                     f"prune_dict entry {name!r} has dtype {bridge.read(name).dtype}: "

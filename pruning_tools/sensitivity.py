@@ -39,6 +39,7 @@ from . import geometry as G
 from . import masks as M
 from .atomic import atomic_open, write_text
 from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity, check_step, resolve_prune_dict
+from .integrity import parse_json, regular_file
 
 DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 SWEEP_BALANCES = ("fix", "none")  # one parameter at a time: "global" is the same as "none"
@@ -167,8 +168,9 @@ class SensitivityTable:
 
     @classmethod
     def load_json(cls, path: str | Path) -> SensitivityTable:
-        """A table written by ``save_json``."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read ``save_json``'s file (a regular file; JSON nested too deeply is a ``ValueError``)."""
+        path = regular_file(path)
+        return cls.from_dict(parse_json(path.read_text(), str(path)))
 
     def save_csv(self, path: str | Path) -> Path:
         """One row per (parameter, level): parameter, size, level, realised sparsity, score, drop

@@ -194,6 +194,29 @@ def say_replacing(directory: Path, earlier: list[str]) -> None:
         )
 
 
+def write_run(write: Callable[..., Any], result: dict, out: Path) -> Any:
+    """``write(result, out, committed)`` (a demo's ``write_outputs``: one run's files written apart,
+    then moved into ``out``); if it is interrupted (Ctrl-C, a full disk) say on stderr what ``out`` now
+    holds, then let the error go on."""
+    committed: list[Path] = []
+    try:
+        return write(result, out, committed)
+    except BaseException:
+        if not committed:
+            click.echo(f"interrupted while writing: {printable(out)} holds what it held before (nothing of this run)",
+                       err=True)  # fmt: skip
+        else:
+            from ..demo.run_files import check_run
+
+            landed = ", ".join(p.name for p in committed)
+            click.echo(
+                f"interrupted while moving this run's files into {printable(out)}: {printable(landed)} landed; "
+                f"the rest is the earlier run's; results.json checks: {printable('; '.join(check_run(out)) or 'ok')}",
+                err=True,
+            )
+        raise
+
+
 class Written:
     """The files a command writes, and which of them it replaced: ``before(path)`` before writing
     each one (or ``add(paths, existed)`` afterwards, with what existed before), ``report()`` at the end

@@ -30,6 +30,7 @@ from ._common import (
     output_directory,
     say_replacing,
     shown,
+    write_run,
 )
 
 FRAMEWORKS = ("mxnet", "pytorch")
@@ -207,7 +208,7 @@ def demo(
     from ..demo import recipe
     from ..demo.data import load_mnist
     from ..demo.outputs import OUTPUT_NAMES, write_outputs
-    from ..demo.trainer import load_backend, train_mnist
+    from ..demo.trainer import check_prune_dict, load_backend, train_mnist
 
     out_console = console()
     try:
@@ -215,6 +216,10 @@ def demo(
     except ImportError as exc:
         hint = " (install the extra: pip install 'bank-pruning-tools[mxnet]')" if framework == "mxnet" else ""
         raise click.ClickException(f"--framework {framework} is not available: {exc}{hint}") from exc
+    try:  # before the data, the output directory and the banner
+        check_prune_dict(framework, prune_dict, balance, bank_size)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--prune-dict") from exc
     data_dir = mnist_data_dir(data_dir, download)
     out = output_directory(out, "--out")  # before the training, not after it
     earlier = earlier_files(out, OUTPUT_NAMES)
@@ -224,9 +229,8 @@ def demo(
         except (OSError, RuntimeError, ValueError) as exc:
             raise click.ClickException(f"--download failed: {exc}") from exc
     total_epochs = epochs or recipe.EPOCHS
-    out_console.print(
-        f"[bold]demo[/] {framework}: sparsity {sparsity} balance {balance} bank {bank_size} -> {shown(out)}"
-    )
+    what = f"sparsity {sparsity}" if prune_dict is None else f"prune_dict {shown(json.dumps(prune_dict))}"
+    out_console.print(f"[bold]demo[/] {framework}: {what} balance {balance} bank {bank_size} -> {shown(out)}")
     say_replacing(out, earlier)
     with Progress(
         TextColumn("{task.description}"),
@@ -270,7 +274,7 @@ def demo(
     if framework == "pytorch" and result.get("pruner_state") is not None:
         result["deployment"] = _deploy(result, data_dir, limit, threads)
     started = time.perf_counter()
-    files, notes = write_outputs(result, out)
+    files, notes = write_run(write_outputs, result, out)
     for note in notes:
         out_console.print(f"[yellow]note:[/] {shown(note)}")
     counted = list(result["layer_sparsity"])

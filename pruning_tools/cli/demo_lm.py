@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ._common import Written, console, earlier_files, output_directory, say_replacing, shown
+from ._common import Written, console, earlier_files, output_directory, say_replacing, shown, write_run
 
 DEFAULT_DATA = Path("data/python-docs")  # relative to the current directory (a checkout)
 DEFAULT_OUT = "runs/demo-lm"
@@ -99,7 +99,7 @@ def run_lm(ctx: click.Context) -> None:
     )
     if not result["balanced"]:
         out_console.print("[bold red]warning:[/] the pruner's check() failed after fine-tuning")
-    files, notes = write_lm_outputs(result, out)
+    files, notes = write_run(write_lm_outputs, result, out)
     for note in notes:
         out_console.print(note, markup=False, highlight=False)
     out_console.print(

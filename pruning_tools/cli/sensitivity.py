@@ -45,6 +45,12 @@ def load_user_model(spec: str) -> tuple[Any, Callable[[Any], float]]:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
         raise click.BadParameter(f"{spec!r}: {error}", param_hint="--model") from error
+    if not callable(function):
+        raise click.BadParameter(
+            f"{spec!r} names a {type(function).__name__}, not a function: expected 'pkg.module:function', a "
+            "function returning (model, evaluate)",
+            param_hint="--model",
+        )
     result = function()
     if not (isinstance(result, tuple) and len(result) == 2 and callable(result[1])):
         raise click.BadParameter(

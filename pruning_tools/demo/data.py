@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_open, atomic_path
+from ..integrity import AllocationLimitError, allocation_limit, check_allocation, regular_file
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -101,7 +102,7 @@ def write_idx_dir(directory: str | Path, data: MnistData) -> Path:
 
 def _digest(path: Path, algorithm: str) -> str:
     h = hashlib.new(algorithm)
-    with path.open("rb") as f:
+    with regular_file(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -112,13 +113,23 @@ def _verify_sums(directory: Path) -> None:
     sums = directory / "SHA256SUMS"
     if not sums.is_file():
         return
-    for line in sums.read_text().splitlines():
+    for line in regular_file(sums).read_text().splitlines():
         if not line.strip():
             continue
         expected, name = line.split()[:2]
         name = name.lstrip("*")
         if name in FILES.values() and _digest(directory / name, "sha256") != expected:
             raise ValueError(f"{directory / name}: SHA-256 does not match {sums}; the file is damaged")
+
+
+def _read_bounded(stream, path: Path) -> bytes:
+    """All of a decompressing ``stream`` of the file ``path``, refused (``integrity.AllocationLimitError``)
+    once it exceeds what a file of its size may make us allocate: a small archive cannot unpack to gigabytes."""
+    limit = allocation_limit(path.stat().st_size)
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        check_allocation(path, len(data), "its content, decompressed (at least),")
+    return data
 
 
 def _has_files(directory: Path) -> bool:
@@ -142,9 +153,12 @@ def _read_idx_dir(directory: Path, stamp: tuple) -> MnistData:
     _verify_sums(directory)
     arrays = {}
     for field, filename in FILES.items():
+        path = regular_file(directory / filename)
         try:
-            with gzip.open(directory / filename, "rb") as f:
-                arrays[field] = parse_idx(f.read())
+            with gzip.open(path, "rb") as f:
+                arrays[field] = parse_idx(_read_bounded(f, path))
+        except AllocationLimitError:
+            raise
         except (OSError, EOFError, ValueError) as error:  # not gzip, truncated, not IDX
             raise ValueError(f"{directory / filename}: not a gzipped IDX file ({error})") from error
     for split in ("train", "test"):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
+
+from .run_files import staged_run, write_manifest
 
 NOT_IN_JSON = ("weights", "pruner_state", "model")
 PLOTS_HINT = "no plots: matplotlib is not installed (pip install 'bank-pruning-tools[plots]')"
@@ -20,20 +21,28 @@ OUTPUT_NAMES = (  # every file write_outputs may write
 )
 
 
-def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[str]]:
+def write_outputs(
+    result: dict, out: str | Path, committed: list[Path] | None = None
+) -> tuple[dict[str, Path], list[str]]:
     """Write a ``train_mnist`` result into ``out``: ``weights.safetensors`` (every parameter and
     buffer, checksummed), ``pruner_state.safetensors`` (``Prune.save``'s format: no pickle),
-    ``results.json`` (everything else) and the PNG figures when matplotlib is installed. Every file is
-    written atomically (``pruning_tools.atomic``): a failed run never leaves a half-written file.
+    ``results.json`` (everything else, and the SHA-256 of every other file) and the PNG figures when
+    matplotlib is installed. The files are written apart and moved into ``out`` together, the manifest
+    last (``demo.run_files``): an interrupted write leaves the earlier run whole; ``committed``
+    receives each file as it lands in ``out``.
 
     Returns ``(files written by kind, notes for the user)``.
     """
-    from ..atomic import write_text
+    out = Path(out)
+    with staged_run(out, [] if committed is None else committed) as staging:
+        files, notes = _write(result, staging)
+    return {kind: out / path.name for kind, path in files.items()}, notes
+
+
+def _write(result: dict, out: Path) -> tuple[dict[str, Path], list[str]]:
     from ..integrity import save_file
     from ..pruner import write_state_file
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = {"weights": out / "weights.safetensors", "results": out / "results.json"}
     notes = []
     save_file({name: np.array(w, order="C") for name, w in result["weights"].items()}, files["weights"])
@@ -57,5 +66,5 @@ def write_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[
         )
     summary = {k: v for k, v in result.items() if k not in NOT_IN_JSON}
     summary["files"] = {k: p.name for k, p in files.items()}
-    write_text(files["results"], json.dumps(summary, indent=1, default=str) + "\n")
+    write_manifest(out, summary)
     return files, notes

@@ -30,6 +30,35 @@ def load_backend(framework: str) -> type:
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
+def check_prune_dict(framework: str, prune_dict: dict[str, Any] | None, balance: str, bank_size: int) -> None:
+    """Resolve ``prune_dict`` against the demo network of ``framework`` now, before any data is read: a
+    key that matches no parameter, or a bad setting, is the pruner's ``ValueError`` at once."""
+    if prune_dict is None:
+        return
+    backend = importlib.import_module(f"{__package__}.{BACKENDS[framework][0]}")
+    net = backend.SimpleCNN()
+    if framework == "mxnet":
+        net.initialize()  # deferred: names now, shapes at the first batch (the pruner waits for them)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the run itself reports what the pruner says
+        backend.Prune(net, 0, 1, 1, prune_dict, balance=balance, bank_size=bank_size)
+
+
+def library_notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The messages of the warnings this library raised; any other package's warning (an import's
+    deprecation notice, say) is handed back to Python, which shows it as usual."""
+    notes = []
+    for w in caught:
+        if Path(w.filename).resolve().is_relative_to(PACKAGE):
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return notes
+
+
+PACKAGE = Path(__file__).resolve().parents[1]  # pruning_tools/
+
+
 def train_mnist(
     data_dir: str | Path | None = None,
     *,
@@ -106,7 +135,7 @@ def _train(backend_class: type, data_dir, settings: dict, on_epoch, on_batch) ->
                 balance=settings["balance"],
                 bank_size=settings["bank_size"],
             )
-        notes += [str(w.message) for w in caught]
+        notes += library_notes(caught)
         settings.update(pretrain_step=pretrain, sparse_step=ramp, frequency=frequency)
 
     sample_period = sample_every(total_steps)
@@ -120,7 +149,7 @@ def _train(backend_class: type, data_dir, settings: dict, on_epoch, on_batch) ->
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     loss_sum += backend.train_step(index, step, prune)
-                notes += [str(w.message) for w in caught]
+                notes += library_notes(caught)
             else:
                 loss_sum += backend.train_step(index, step, prune)
             seen += len(index)

@@ -442,15 +442,17 @@ def load_bank_sparse(
     example_inputs: Any = None,
     min_speedup: float = MIN_SPEEDUP,
     min_weights: int = MIN_WEIGHTS,
+    max_bytes: int | None = None,
 ) -> ConversionReport:
     """Load a packed file (``export.save_packed``, ``pruning-tools export``) into ``model``, an instance
     of the architecture it was exported from: its packed weights become bank-sparse layers (or dense
     weights, where the rule of ``to_bank_sparse`` keeps a layer dense), every other tensor of the file
     is loaded into the parameter or buffer of that name. Every tensor of the file must be a tensor of
     the model with its shape, and every parameter and buffer of the model must be in the file (as
-    ``load_state_dict(strict=True)``); the file is checked before anything is changed.
+    ``load_state_dict(strict=True)``); the file is checked before anything is changed. ``max_bytes``:
+    the bound on what the file may make us allocate (``export.read_packed``).
     """
-    tensors = read_packed(path)
+    tensors = read_packed(path, max_bytes=max_bytes)
     own = dict(model.state_dict(keep_vars=True))
     unexpected = sorted(set(tensors) - set(own))
     missing = sorted(set(own) - set(tensors))

@@ -50,20 +50,8 @@ Geometry = Union[int, ParamSpec]
 class _Fast(NamedTuple):
     """What the eager path checked, and what it must find unchanged to skip the checks."""
 
-    described: native.Described
+    entry: ops.Checked  # its signature: what the kernel reads of the five tensors; its storages: held
     lib: Any
-    values: Tensor
-    indices: Tensor
-    tail_values: Tensor
-    tail_indices: Tensor
-    bias: Tensor | None
-    versions: tuple[int, int]  # of indices and tail_indices (-1: inference tensors, never changed in place)
-
-
-def _versions(indices: Tensor, tail_indices: Tensor) -> tuple[int, int]:
-    if indices.is_inference() or tail_indices.is_inference():
-        return (-1, -1)
-    return (indices._version, tail_indices._version)
 
 
 def _eager(x: Tensor) -> bool:
@@ -116,32 +104,21 @@ class _BankSparse(nn.Module):
     # ------------------------------------------------------------ the eager path
 
     def _fast_path(self) -> _Fast | None:
-        """The kernel descriptor of the current buffers, rebuilt (and checked) when a buffer was
-        replaced or its indices changed in place; None where the kernel cannot serve them."""
+        """The kernel descriptor of the current buffers, rebuilt (and checked) when what the kernel reads
+        of them changed (``ops.signature``: a buffer replaced, its storage swapped, its indices changed in
+        place); None where the kernel cannot serve them."""
         b = self._buffers
+        parts = (b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"])
         fast = self._fast
         lib = _native.library("bank_sparse")
-        if (
-            fast is not None
-            and fast.lib is lib
-            and b["values"] is fast.values
-            and b["indices"] is fast.indices
-            and b["tail_values"] is fast.tail_values
-            and b["tail_indices"] is fast.tail_indices
-            and b["bias"] is fast.bias
-            and (
-                fast.versions[0] < 0  # inference tensors: no in-place change outside inference mode
-                or (fast.indices._version == fast.versions[0] and fast.tail_indices._version == fast.versions[1])
-            )
-        ):
+        if fast is not None and fast.lib is lib and fast.entry.signature == ops.signature(parts):
             return fast
         if lib is None:
             return None
-        parts = [b[part] for part in PARTS]
-        described = ops.checked(*parts, b["bias"], self.bank_size, self.row_len, self.kernel_positions, "packed weight")
-        if described is None:
+        entry = ops.checked_entry(*parts, self.bank_size, self.row_len, self.kernel_positions, "packed weight")
+        if entry.described is None:
             return None
-        self._fast = _Fast(described, lib, *parts, b["bias"], _versions(parts[1], parts[3]))
+        self._fast = _Fast(entry, lib)
         return self._fast
 
     # ------------------------------------------------------------ state
@@ -233,7 +210,7 @@ class BankSparseLinear(_BankSparse):
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # [batch, in]
         fast = self._fast_path() if _eager(x2) else None
         if fast is not None:
-            y = native.linear(fast.described, x2 if x2.is_contiguous() else x2.contiguous())
+            y = native.linear(fast.entry.described, x2 if x2.is_contiguous() else x2.contiguous())
         else:
             b = self._buffers
             op = ops.BankLinearFunction.apply if _needs_grad(x2, b["bias"]) else ops.bank_linear
@@ -360,7 +337,7 @@ class BankSparseConv(_BankSparse):
         if fast is not None:
             size = ops.out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)
             if min(size) >= 1:
-                return native.conv2d(fast.described, _planar(x), kernel, stride, padding, dilation, size)
+                return native.conv2d(fast.entry.described, _planar(x), kernel, stride, padding, dilation, size)
         b = self._buffers
         op = ops.BankConv2dFunction.apply if _needs_grad(x, b["bias"]) else ops.bank_conv2d
         return op(x, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], self.bank_size,

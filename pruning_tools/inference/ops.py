@@ -7,21 +7,22 @@ shape function) and work with autograd (gradients through the input).
 - ``torch.ops.pruning_tools.bank_conv2d(x [n, c, h, w], ..., bank_size, kernel [2], stride [2],
   padding [4] (top, bottom, left, right), dilation [2]) -> [n, rows / (kh * kw), oh, ow]``
 
-One implementation serves every device: the C kernel for float32 CPU tensors where it builds, else
-the pure-PyTorch ``reference``. The packed tensors are checked (``export.check_packed``) before any
-product runs; checked weights are remembered by identity and version, so a loop over the same weights
-checks them once. Registered from Python: a ``torch.library`` operator called from Python costs about
-10 µs of dispatch here (measured; a C++ operator on torch's stable ABI cost the same, its overhead is in
-the Python-side call), so the modules call the kernel directly in eager mode and use these operators
-when tracing, compiling or exporting. Gradients (through the input and bias) come from
-``BankLinearFunction`` / ``BankConv2dFunction``, which the modules use when autograd needs them.
+One implementation serves every device: the C kernel for float32 CPU tensors where it builds, else the
+pure-PyTorch ``reference``. The packed tensors are checked (``export.check_packed``) before any product
+runs; checked weights are remembered by identity and by what the kernel reads of them (``signature``:
+addresses, sizes, strides, dtypes, devices, versions), so a loop over the same weights checks them once
+and a storage swapped under them is checked again. Registered from Python: a ``torch.library`` operator
+called from Python costs about 10 µs of dispatch here (measured; a C++ operator on torch's stable ABI
+cost the same, its overhead is in the Python-side call), so the modules call the kernel directly in
+eager mode and use these operators when tracing, compiling or exporting. Gradients (through the input
+and bias) come from ``BankLinearFunction`` / ``BankConv2dFunction``, which the modules use when autograd
+needs them.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,8 +42,51 @@ _LIB.define(
 )
 
 CACHE_SIZE = 1024  # checked weights remembered (a model's layers); the oldest are checked again
-_checked: OrderedDict[tuple, tuple[list, native.Described | None, tuple[int, int]]] = OrderedDict()
-_recent: dict[int, tuple] = {}  # id(indices) -> (weakrefs of the five tensors, geometry, versions, descriptor)
+# No weak references to the tensors (they would forbid ``torch.utils.swap_tensors``): an entry holds
+# the storages it checked, so an address in a signature is that memory for as long as it is remembered.
+_checked: OrderedDict[tuple, Checked] = OrderedDict()  # (signature, ids of the viewed buffers, geometry) ->
+_recent: dict[int, tuple[tuple, tuple, Checked]] = {}  # id(indices) -> (ids of the five tensors, geometry, entry)
+
+
+def signature(tensors: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]) -> tuple:
+    """What the kernel reads of ``(values, indices, tail_values, tail_indices, bias)``: of each, its
+    address, sizes, strides, dtype, device and version counter (``-1`` for an inference tensor, which
+    has none). A storage swapped under a tensor (``share_memory()``, ``.data =``, ``set_()``,
+    ``load_state_dict(assign=True)``) changes its address; a write in place, its version. Written out
+    flat: this runs on every eager call of a converted layer."""
+    v, i, tv, ti, b = tensors
+    try:
+        key = (v.data_ptr(), v.shape, v.stride(), v.dtype, v.device, v._version,
+               i.data_ptr(), i.shape, i.stride(), i.dtype, i.device, i._version,
+               tv.data_ptr(), tv.shape, tv.stride(), tv.dtype, tv.device, tv._version,
+               ti.data_ptr(), ti.shape, ti.stride(), ti.dtype, ti.device, ti._version)  # fmt: skip
+    except RuntimeError:  # an inference tensor among them
+        key = tuple(x for t in (v, i, tv, ti) for x in (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device,
+                                                          _version(t)))  # fmt: skip
+    if b is None:
+        return key
+    return (*key, b.data_ptr(), b.shape, b.stride(), b.dtype, b.device, _version(b))
+
+
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor: no in-place change outside inference mode
+        return -1
+
+
+class Checked(NamedTuple):
+    """A checked weight: the signature it was checked under, its descriptor (None: the kernel cannot
+    serve it), and its storages, held so that no other tensor can take their addresses while it is
+    remembered (an address seen again is the memory that was checked)."""
+
+    signature: tuple
+    described: native.Described | None
+    storages: tuple
+
+
+def _remember(tensors: tuple[Tensor | None, ...], described: native.Described | None) -> Checked:
+    return Checked(signature(tensors), described, tuple(t.untyped_storage() for t in tensors if t is not None))
 
 
 def _owner(t: Tensor) -> Tensor:
@@ -67,35 +111,46 @@ def checked(
     channel) and return the kernel's descriptor, or None where the kernel cannot serve them. A
     ``ValueError`` naming ``where`` for anything inconsistent.
 
-    Remembered by the tensors (or the buffers they view: identity, address, shape) and the indices'
-    versions, so a loop over the same weights checks them once."""
+    Remembered by the tensors (or the buffers they view) and their ``signature`` (addresses, sizes,
+    strides, dtypes, devices, versions), so a loop over the same weights checks them once, and a
+    storage swapped under one of them is checked again."""
+    return checked_entry(values, indices, tail_values, tail_indices, bias, bank_size, row_len, kernel_positions,
+                         where).described  # fmt: skip
+
+
+def checked_entry(
+    values: Tensor,
+    indices: Tensor,
+    tail_values: Tensor,
+    tail_indices: Tensor,
+    bias: Tensor | None,
+    bank_size: int,
+    row_len: int,
+    kernel_positions: int = 1,
+    where: str = "bank-sparse weight",
+) -> Checked:
+    """``checked``, with the signature and storages it was checked under (what a module caches)."""
     geometry = (bank_size, row_len, kernel_positions)
-    versions = (
-        (-1, -1) if indices.is_inference() or tail_indices.is_inference() else (indices._version, tail_indices._version)
-    )
-    recent = _recent.get(id(indices))
-    if recent is not None and recent[1] == geometry and recent[2] == versions:
-        refs = recent[0]
-        if refs[1]() is indices and refs[0]() is values and refs[2]() is tail_values and refs[3]() is tail_indices:
-            if (bias is None and refs[4] is None) or (refs[4] is not None and refs[4]() is bias):
-                return recent[3]
-    described = _checked_slow(values, indices, tail_values, tail_indices, bias, geometry, versions, where)
-    refs = [None if t is None else weakref.ref(t) for t in (values, indices, tail_values, tail_indices, bias)]
-    _recent[id(indices)] = (refs, geometry, versions, described)
+    parts = (values, indices, tail_values, tail_indices, bias)
+    ids = tuple(map(id, parts))
+    recent = _recent.get(ids[1])
+    if recent is not None and recent[0] == ids and recent[1] == geometry and recent[2].signature == signature(parts):
+        return recent[2]
+    entry = _checked_slow(parts, geometry, where)
+    _recent[ids[1]] = (ids, geometry, entry)
     while len(_recent) > CACHE_SIZE:
         del _recent[next(iter(_recent))]
-    return described
+    return entry
 
 
-def _checked_slow(values, indices, tail_values, tail_indices, bias, geometry, versions, where):
+def _checked_slow(parts: tuple, geometry: tuple[int, int, int], where: str) -> Checked:
     """``checked`` for tensors seen before under other objects (views made anew for each call) or never."""
+    values, indices, tail_values, tail_indices, bias = parts
     bank_size, row_len, kernel_positions = geometry
-    parts = (values, indices, tail_values, tail_indices, bias)
-    owners = [None if t is None else _owner(t) for t in parts]
-    key = (*(None if t is None else (id(o), t.data_ptr(), t.shape, t.dtype) for t, o in zip(parts, owners)), *geometry)
+    key = (signature(parts), *(None if t is None else id(_owner(t)) for t in parts), *geometry)
     hit = _checked.get(key)
-    if hit is not None and hit[2] == versions and all(r is None or r() is o for r, o in zip(hit[0], owners)):
-        return hit[1]
+    if hit is not None:
+        return hit
     rows = values.shape[0] if values.dim() else 0
     check_packed(PackedTensor(values, indices, tail_values, tail_indices, (rows, row_len), bank_size), where)
     out_c = rows // kernel_positions
@@ -103,11 +158,18 @@ def _checked_slow(values, indices, tail_values, tail_indices, bias, geometry, ve
         raise ValueError(f"{where}: {rows} rows are not a whole number of {kernel_positions} kernel positions")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_c or not bias.is_floating_point()):
         raise ValueError(f"{where}: bias of shape {list(bias.shape)} ({bias.dtype}): expected a float [{out_c}]")
-    described = native.describe(values, indices, tail_values, tail_indices, bias, bank_size, row_len)
-    _checked[key] = ([None if o is None else weakref.ref(o) for o in owners], described, versions)
+    entry = _remember(parts, native.describe(values, indices, tail_values, tail_indices, bias, bank_size, row_len))
+    _checked[key] = entry
     while len(_checked) > CACHE_SIZE:
         _checked.popitem(last=False)
-    return described
+    return entry
+
+
+def check_input(x: Tensor, op: str) -> None:
+    """The input dtype rule of the layers replaced (``nn.Linear``, ``nn.Conv*``): floating point only;
+    an integer, bool or complex input is a ``TypeError`` (the dense layers raise too)."""
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: input of dtype {x.dtype} is not allowed: expected a floating-point tensor")
 
 
 def _native_input(x: Tensor, described: native.Described | None) -> bool:
@@ -115,6 +177,7 @@ def _native_input(x: Tensor, described: native.Described | None) -> bool:
 
 
 def _bank_linear(x, values, indices, tail_values, tail_indices, bias, bank_size):
+    check_input(x, "bank_linear")
     if x.dim() != 2:
         raise ValueError(f"bank_linear: input of shape {list(x.shape)} is not allowed: expected [batch, in]")
     described = checked(values, indices, tail_values, tail_indices, bias, bank_size, x.shape[1])
@@ -133,6 +196,7 @@ def out_size(size: tuple[int, int], kernel, stride, padding, dilation) -> tuple[
 
 
 def _check_conv_args(x: Tensor, kernel, stride, padding, dilation) -> None:
+    check_input(x, "bank_conv2d")
     if x.dim() != 4:
         raise ValueError(f"bank_conv2d: input of shape {list(x.shape)} is not allowed: expected [n, c, h, w]")
     if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0 or max(stride) > 8:
@@ -163,6 +227,7 @@ _LIB.impl("bank_conv2d", _bank_conv2d, "CompositeExplicitAutograd")
 
 @torch.library.register_fake(f"{NAMESPACE}::bank_linear")
 def _bank_linear_fake(x, values, indices, tail_values, tail_indices, bias, bank_size):
+    check_input(x, "bank_linear")
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -170,6 +235,7 @@ def _bank_linear_fake(x, values, indices, tail_values, tail_indices, bias, bank_
 def _bank_conv2d_fake(
     x, values, indices, tail_values, tail_indices, bias, bank_size, kernel, stride, padding, dilation
 ):
+    check_input(x, "bank_conv2d")
     oh, ow = out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)
     return x.new_empty(x.shape[0], values.shape[0] // (kernel[0] * kernel[1]), oh, ow)
 
@@ -227,4 +293,16 @@ class BankConv2dFunction(torch.autograd.Function):
 bank_linear = torch.ops.pruning_tools.bank_linear.default
 bank_conv2d = torch.ops.pruning_tools.bank_conv2d.default
 
-__all__ = ["NAMESPACE", "BankConv2dFunction", "BankLinearFunction", "bank_conv2d", "bank_linear", "checked", "out_size"]
+__all__ = [
+    "NAMESPACE",
+    "BankConv2dFunction",
+    "BankLinearFunction",
+    "Checked",
+    "bank_conv2d",
+    "bank_linear",
+    "check_input",
+    "checked",
+    "checked_entry",
+    "out_size",
+    "signature",
+]

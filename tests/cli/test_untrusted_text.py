@@ -138,6 +138,6 @@ def test_terminal_keeps_its_width(monkeypatch):
 
 def test_names_in_a_prune_dict_error_are_escaped(tmp_path, tiny_mnist):
     result = invoke("demo", "--prune-dict", '{"\\u001b[2Jconv9.weight": 0.5}', "--data", tiny_mnist, "--out", tmp_path)
-    line = assert_one_line_error(result, "matches no parameter", exit_codes=(1,))
+    line = assert_one_line_error(result, "matches no parameter", exit_codes=(2,))
     assert "\\x1b[2Jconv9.weight" in line
     assert_safe(result.output)

@@ -8,7 +8,6 @@ fine-tune with ``Prune(..., restore_sparsity=True)`` (``experiments.FINETUNE``: 
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +20,7 @@ import torch
 from ...post_training import oneshot
 from ...pruner import write_state_file
 from ...pytorch_pruning import Prune
+from ..run_files import staged_run, write_manifest
 from . import experiments as X
 from .data import load_corpus
 from .model import GPTConfig
@@ -134,17 +134,25 @@ def _run(data_dir, sparsity, balance, bank_size, method, steps, seed, limit, con
 NOT_IN_JSON = ("weights", "dense_weights", "pruner_state")
 
 
-def write_lm_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], list[str]]:
+def write_lm_outputs(
+    result: dict, out: str | Path, committed: list[Path] | None = None
+) -> tuple[dict[str, Path], list[str]]:
     """``weights.safetensors`` (pruned, fine-tuned), ``dense_weights.safetensors``,
-    ``pruner_state.safetensors`` (``Prune.save``'s format), ``results.json`` and, with matplotlib,
-    ``layer_sparsity.png`` and ``bank_histogram.png``. Returns ``(files by kind, notes)``. Every file
-    is written atomically (``pruning_tools.atomic``), the safetensors files with checksums
+    ``pruner_state.safetensors`` (``Prune.save``'s format), ``results.json`` (with the SHA-256 of every
+    other file) and, with matplotlib, ``layer_sparsity.png`` and ``bank_histogram.png``. Returns
+    ``(files by kind, notes)``. The files are written apart and moved into ``out`` together, the
+    manifest last (``demo.run_files``): an interrupted write leaves the earlier run whole; ``committed``
+    receives each file as it lands in ``out``. The safetensors files carry checksums
     (``pruning_tools.integrity``)."""
-    from ...atomic import write_text
+    out = Path(out)
+    with staged_run(out, [] if committed is None else committed) as staging:
+        files, notes = _write_lm(result, staging)
+    return {kind: out / path.name for kind, path in files.items()}, notes
+
+
+def _write_lm(result: dict, out: Path) -> tuple[dict[str, Path], list[str]]:
     from ...integrity import save_file
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = {
         "weights": out / "weights.safetensors",
         "dense_weights": out / "dense_weights.safetensors",
@@ -169,7 +177,7 @@ def write_lm_outputs(result: dict, out: str | Path) -> tuple[dict[str, Path], li
         )
     summary = {k: v for k, v in result.items() if k not in NOT_IN_JSON}
     summary["files"] = {k: p.name for k, p in files.items()}
-    write_text(files["results"], json.dumps(summary, indent=1, default=str) + "\n")
+    write_manifest(out, summary)
     return files, notes
 
 

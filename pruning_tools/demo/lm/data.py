@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...integrity import check_allocation, regular_file
+
 ARCHIVE = "python-3.11.2-docs-rst.tar.xz"
 SUMS = "SHA256SUMS"
 SPLIT_MODULUS = 20  # a document goes to test when its path hash % 20 == 0, to validation when == 1
@@ -50,12 +52,12 @@ def verify(data_dir: str | Path) -> None:
     directory = Path(data_dir)
     if not has_corpus(directory):
         raise FileNotFoundError(f"{directory} does not hold the LM corpus ({ARCHIVE} and {SUMS})")
-    for line in (directory / SUMS).read_text().splitlines():
+    for line in regular_file(directory / SUMS).read_text().splitlines():
         if not line.strip():
             continue
         expected, name = line.split(maxsplit=1)
         path = directory / name.strip().lstrip("*")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(regular_file(path).read_bytes()).hexdigest()
         if digest != expected:
             raise ValueError(f"{path}: SHA-256 {digest} differs from {expected} in {SUMS}: the file is damaged")
 
@@ -71,10 +73,14 @@ def load_corpus(data_dir: str | Path) -> Corpus:
     directory = Path(data_dir)
     verify(directory)
     parts: dict[str, list[bytes]] = {"train": [], "valid": [], "test": []}
-    with lzma.open(directory / ARCHIVE) as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
+    archive_path = regular_file(directory / ARCHIVE)
+    declared = 0
+    with lzma.open(archive_path) as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
         documents = []
         for member in archive:
             if member.isfile():
+                declared += member.size
+                check_allocation(archive_path, declared, "its documents, unpacked,")
                 handle = archive.extractfile(member)
                 if handle is not None:
                     documents.append((member.name, handle.read()))
