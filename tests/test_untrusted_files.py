@@ -201,7 +201,7 @@ def test_ordinary_packed_files_stay_well_inside_the_limit(tmp_path):
     from pruning_tools.masks import bank_mask
 
     w *= bank_mask(w, None, 63 / 64, bank_size=64)
-    report = export.save_packed({"w": w}, tmp_path / "p.safetensors")
+    report = export.save_packed({"w": w}, tmp_path / "p.safetensors", bank_size=64)
     assert w.numel() * 4 < integrity.EXPANSION * report.packed_bytes
     assert torch.equal(export.load_packed(tmp_path / "p.safetensors")["w"], w)
 

@@ -56,7 +56,7 @@ def library_notes(caught: list[warnings.WarningMessage]) -> list[str]:
     return notes
 
 
-PACKAGE = Path(__file__).resolve().parents[1]  # pruning_tools/
+PACKAGE = Path(__file__).resolve().parent.parent  # the installed pruning_tools/ package (warnings raised by its code)
 
 
 def train_mnist(
