@@ -232,7 +232,19 @@ class Prune(Pruner):
       or ``"movement"`` (``-sum w * grad`` accumulated over the steps; ``pruning_tools.criteria``), which
       needs ``prune()`` called while the gradients are still there (after ``optimizer.step()``,
       before ``zero_grad()``).
+    - ``structure``: ``"none"`` (single weights, as above) or ``"channel"``: whole output channels,
+      attention heads and MLP neurons, each with every slice coupled to it (keyword only; then
+      ``Prune(...)`` is a ``pruning_tools.structured.StructuredPrune`` and ``pruning_tools.shrink``
+      removes them for real). ``example_inputs`` (a tuple of positional inputs or a dict of keyword
+      inputs) feed the one traced forward; ``round_to`` keeps channel counts at multiples of it.
     """
+
+    def __new__(cls, *args: Any, structure: Any = "none", **kwargs: Any) -> Prune:
+        if cls is Prune and structure == "channel":
+            from .structured.pruner import StructuredPrune
+
+            return super().__new__(StructuredPrune)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -249,7 +261,15 @@ class Prune(Pruner):
         bank_size: int = 64,
         layout: str = "channels_last",
         criterion: str = "magnitude",
+        structure: str = "none",
+        example_inputs: Any = None,
+        round_to: int = 1,
     ) -> None:
+        if example_inputs is not None:
+            raise ValueError(
+                f"example_inputs={type(example_inputs).__name__} is not allowed with structure={structure!r}: "
+                "it feeds the trace of structure='channel' only"
+            )
         bridge = TorchBridge(model)
         self.config: PruneConfig = make_config(
             pretrain_step,
@@ -269,7 +289,14 @@ class Prune(Pruner):
             dtypes=bridge.dtypes(),
             criterion=criterion,
             not_parameters=bridge.not_parameters(),
+            structure=structure,
+            round_to=round_to,
         )
+        if self.config.structure != "none":
+            raise TypeError(
+                f"structure={structure!r} is built by Prune itself (a StructuredPrune); subclass "
+                "pruning_tools.structured.StructuredPrune to customise it"
+            )
         for name in self.config.params:
             if not bridge.is_floating(name):
                 raise TypeError(
