@@ -88,7 +88,11 @@ PER_PARAMETER_TENSORS: tuple[ParamTensors, ...] = (
 )
 TOP_LEVEL = ("format", "step", "config")
 OPTIONAL = ("structure",)  # the channel groups of a structure="channel" pruner (pruning_tools.structured)
-SETTING_DEFAULTS = {"criterion": "magnitude", "structure": "none", "round_to": 1}  # what a state written before a setting existed implies
+SETTING_DEFAULTS = {
+    "criterion": "magnitude",
+    "structure": "none",
+    "round_to": 1,
+}  # what a state written before a setting existed implies
 
 
 @dataclass
@@ -115,10 +119,7 @@ def validate_state(state: Any, config: PruneConfig, local_shapes: Mapping[str, t
     if not is_state(state):
         raise ValueError(f"state is not a pruner state of format {STATE_FORMAT!r}")
     allowed = (
-        TOP_LEVEL
-        + tuple(e.key for e in PER_PARAMETER_NUMBERS)
-        + tuple(e.key for e in PER_PARAMETER_TENSORS)
-        + OPTIONAL
+        TOP_LEVEL + tuple(e.key for e in PER_PARAMETER_NUMBERS) + tuple(e.key for e in PER_PARAMETER_TENSORS) + OPTIONAL
     )
     unknown = sorted(str(key) for key in set(state) - set(allowed))
     if unknown:

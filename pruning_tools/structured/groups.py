@@ -61,8 +61,11 @@ class Group:
             raise ValueError(f"{where} is not a channel group: expected a dict with producers, buffers, slices")
         slices: dict[tuple[str, int], tuple[tuple[int, ...], ...]] = {}
         units = None
-        for entry in data["slices"] if isinstance(data["slices"], list) else [None]:
-            ok = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+        entries: list[Any] = data["slices"] if isinstance(data["slices"], list) else [None]
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 3):
+                raise ValueError(f"{where}['slices'] entry {entry!r:.200} is not [name, dim, [[index, ...], ...]]")
+            ok = isinstance(entry[0], str)
             ok = ok and isinstance(entry[1], int) and entry[1] in (0, 1) and isinstance(entry[2], list)
             rows = entry[2] if ok else []
             ok = ok and all(isinstance(u, list) and all(type(i) is int and i >= 0 for i in u) for u in rows)
@@ -108,8 +111,12 @@ class Plan:
         if not isinstance(left, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in left.items()):
             raise ValueError(f"{where}['left_dense'] is not a dict of names to reasons")
         layers = data["layers"]
-        for path, info in layers.items() if isinstance(layers, Mapping) else [(None, None)]:
-            ok = isinstance(info, Mapping) and set(info) == {"weight", "kind", "positions"}
+        if not isinstance(layers, Mapping):
+            raise ValueError(f"{where}['layers'] is not a dict of layer records")
+        for path, info in layers.items():
+            if not isinstance(info, Mapping) or set(info) != {"weight", "kind", "positions"}:
+                raise ValueError(f"{where}['layers'][{path!r}] is not a layer record")
+            ok = True
             ok = ok and isinstance(info["weight"], str) and info["kind"] in ("linear", "conv")
             if not ok or type(info["positions"]) is not int or info["positions"] < 0:
                 raise ValueError(f"{where}['layers'][{path!r}] is not a layer record")
@@ -156,9 +163,9 @@ def build_plan(trace: Trace, order: Sequence[str]) -> Plan:
                 left_dense.setdefault(name, "its coupled units have unequal widths")
             continue
         found.sort(key=lambda u: u[key[0]][0])
-        slices = {k: tuple(tuple(u[k]) for u in found) for k in key}
+        unit_slices = {k: tuple(tuple(u[k]) for u in found) for k in key}
         buffers = tuple(n for n, _ in key if n in trace.buffers)
-        groups.append(Group(slices, tuple(producers), buffers))
+        groups.append(Group(unit_slices, tuple(producers), buffers))
     groups.sort(key=lambda g: (rank.get(g.producers[0], len(rank)), next(iter(g.slices.values()))[0][0]))
     return Plan(groups, left_dense, dict(trace.layers))
 
@@ -186,7 +193,11 @@ def unit_scores(group: Group, tensors: Mapping[str, Tensor]) -> Tensor:
         t = tensors.get(name)
         if t is None:
             continue
-        per_channel = t.detach().double().pow(2).sum([d for d in range(t.dim()) if d != dim]) if t.dim() > 1 else t.detach().double().pow(2)
+        per_channel = (
+            t.detach().double().pow(2).sum([d for d in range(t.dim()) if d != dim])
+            if t.dim() > 1
+            else t.detach().double().pow(2)
+        )
         total += per_channel.cpu()[torch.tensor(idx)].sum(1)
     return total.sqrt()
 

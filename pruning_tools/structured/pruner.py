@@ -86,7 +86,7 @@ class StructuredPrune(Prune):
         shapes = bridge.shapes()
         specs: dict[str, ParamSpec] = {}
         for g, target in zip(self.plan.groups, targets):
-            for name, dim in g.slices:
+            for name, _ in g.slices:
                 if name not in shapes:
                     continue  # a buffer: sliced by shrink, never masked
                 old = specs.get(name)

@@ -61,8 +61,11 @@ class ShrinkReport:
                 + (f" ({g.units_before} -> {g.units_after} units)" if g.units_before != g.channels_before else "")
             )
         ratio = lambda a, b: f"{b / a:.3f}x" if a else "n/a"  # noqa: E731
-        lines.append(f"  parameters: {self.params_before:,} -> {self.params_after:,} ({ratio(self.params_before, self.params_after)})")
-        lines.append(f"  MACs: {self.macs_before:,} -> {self.macs_after:,} ({ratio(self.macs_before, self.macs_after)})")
+        params = ratio(self.params_before, self.params_after)
+        lines.append(f"  parameters: {self.params_before:,} -> {self.params_after:,} ({params})")
+        lines.append(
+            f"  MACs: {self.macs_before:,} -> {self.macs_after:,} ({ratio(self.macs_before, self.macs_after)})"
+        )
         if self.left_dense:
             lines.append(f"  left dense ({len(self.left_dense)}):")
             lines.extend(f"    {name}: {why}" for name, why in self.left_dense.items())
@@ -124,7 +127,9 @@ def _common_parent(names: list[str]) -> str:
 
 def _macs(model: nn.Module, layers: Mapping[str, Mapping[str, Any]]) -> int:
     params = dict(model.named_parameters())
-    return sum(int(info["positions"]) * params[info["weight"]].numel() for info in layers.values() if info["weight"] in params)
+    return sum(
+        int(info["positions"]) * params[info["weight"]].numel() for info in layers.values() if info["weight"] in params
+    )
 
 
 def _count(model: nn.Module) -> int:
@@ -172,7 +177,9 @@ def shrink(model: nn.Module, prune: Any) -> ShrinkReport:
     for g, gone in zip(plan.groups, removed):
         p0 = g.producers[0]
         width = g.width(p0)
-        report.groups.append(GroupChange(list(g.producers), g.units, g.units - len(gone), g.units * width, (g.units - len(gone)) * width))
+        report.groups.append(
+            GroupChange(list(g.producers), g.units, g.units - len(gone), g.units * width, (g.units - len(gone)) * width)
+        )
     # ---- every check passed: change the model
     replaced: dict[int, Tensor] = {}
     with torch.no_grad():
@@ -183,17 +190,23 @@ def shrink(model: nn.Module, prune: Any) -> ShrinkReport:
                 continue
             new = old.detach()
             for dim, gone_idx in dims.items():
-                keep = torch.tensor([i for i in range(new.shape[dim]) if i not in gone_idx], dtype=torch.long, device=new.device)
+                keep = torch.tensor(
+                    [i for i in range(new.shape[dim]) if i not in gone_idx], dtype=torch.long, device=new.device
+                )
                 new = new.index_select(dim, keep)
-            value = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
+            value = (
+                nn.Parameter(new.clone(), requires_grad=old.requires_grad)
+                if isinstance(old, nn.Parameter)
+                else new.clone()
+            )
             replaced[id(old)] = value
         for module in model.modules():
             for key, t in list(module._parameters.items()):
                 if t is not None and id(t) in replaced:
                     module._parameters[key] = replaced[id(t)]  # type: ignore[assignment]
-            for key, t in list(module._buffers.items()):
-                if t is not None and id(t) in replaced:
-                    module._buffers[key] = replaced[id(t)]
+            for key, b in list(module._buffers.items()):
+                if b is not None and id(b) in replaced:
+                    module._buffers[key] = replaced[id(b)]
     for update in plans:
         update()
     for update in heads:
@@ -203,6 +216,12 @@ def shrink(model: nn.Module, prune: Any) -> ShrinkReport:
     if pruner is not None:
         pruner.mark_spent()
     return report
+
+
+def _weight_shape(module: nn.Module) -> torch.Size:
+    weight = module._parameters["weight"]
+    assert weight is not None
+    return weight.shape
 
 
 def _module_update(modules: Mapping[str, nn.Module], name: str, dims: Mapping[int, set[int]]) -> Any:
@@ -224,13 +243,20 @@ def _module_update(modules: Mapping[str, nn.Module], name: str, dims: Mapping[in
 
         return conv
     if isinstance(module, nn.Linear):
-        return lambda: setattr(module, "out_features", module.weight.shape[0]) or setattr(
-            module, "in_features", module.weight.shape[1]
-        )
+        linear = module
+
+        def resize_linear() -> None:
+            linear.out_features, linear.in_features = linear.weight.shape
+
+        return resize_linear
     if is_transposed_linear(module):
-        return lambda: setattr(module, "nf", module.weight.shape[1])
+        return lambda: setattr(module, "nf", _weight_shape(module)[1])
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return lambda: setattr(module, "num_features", module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0])
+        return lambda: setattr(
+            module,
+            "num_features",
+            module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0],
+        )
     if isinstance(module, nn.Embedding):
         return lambda: setattr(module, "embedding_dim", module.weight.shape[1])
     raise ValueError(f"{path} ({type(module).__name__}) holds removed channels of {name!r} but shrink cannot resize it")
@@ -255,7 +281,9 @@ def _head_updates(model: nn.Module, plan: G.Plan, removed: list[list[int]]) -> l
     config_updates: list[tuple[Any, str, int]] = []
     layers = getattr(config, "num_hidden_layers", None)
     if config is not None and isinstance(layers, int):
-        ratios = {(g.units, g.units - len(gone)) for g, gone in zip(plan.groups, removed) if g.width(g.producers[0]) > 1}
+        ratios = {
+            (g.units, g.units - len(gone)) for g, gone in zip(plan.groups, removed) if g.width(g.producers[0]) > 1
+        }
         head_groups = sum(g.width(g.producers[0]) > 1 for g in plan.groups)
         if head_groups == layers and len(ratios) == 1:
             units, kept = next(iter(ratios))
@@ -269,7 +297,11 @@ def _head_updates(model: nn.Module, plan: G.Plan, removed: list[list[int]]) -> l
                     config_updates.append((config, attr, value * kept // units))
         size = getattr(config, "intermediate_size", None)
         if isinstance(size, int):
-            sizes = [g.units - len(gone) for g, gone in zip(plan.groups, removed) if g.units == size and g.width(g.producers[0]) == 1]
+            sizes = [
+                g.units - len(gone)
+                for g, gone in zip(plan.groups, removed)
+                if g.units == size and g.width(g.producers[0]) == 1
+            ]
             if len(sizes) == layers and len(set(sizes)) == 1:
                 config_updates.append((config, "intermediate_size", sizes[0]))
 

@@ -35,7 +35,7 @@ IDENTITY = {
     "__neg__", "abs", "exp", "sqrt", "rsqrt", "square", "erf", "clamp", "clamp_", "clip", "softplus", "hardswish",
     "hardsigmoid", "hardtanh", "hardtanh_", "relu6", "leaky_relu", "leaky_relu_", "elu", "mish", "sin", "cos", "log",
     "sigmoid_", "tanh_", "gelu_", "nan_to_num", "alpha_dropout", "feature_alpha_dropout", "dropout1d", "dropout2d",
-    "dropout3d", "__pos__", "reciprocal", "log1p", "expm1", "selu", "celu", "glu_", "silu_", "hardswish_",
+    "dropout3d", "__pos__", "reciprocal", "log1p", "expm1", "selu", "celu", "glu_", "hardswish_",
 }  # fmt: skip
 ELEMENTWISE = {
     "add", "__add__", "__radd__", "add_", "__iadd__", "sub", "__sub__", "__rsub__", "sub_", "__isub__", "mul",
@@ -262,7 +262,8 @@ class Recorder(TorchFunctionMode):
         target, index, value = args[0], args[1], args[2]
         base = self.get(target)
         lab = base.clone() if base is not None else L.full_unlabeled(target.shape, target.device)
-        lab[index] = self.get(value) if self.get(value) is not None else L.UNLABELED
+        written = self.get(value)
+        lab[index] = written if written is not None else L.UNLABELED
         self.set(target, lab)
 
     def _elementwise(self, flat: list, out: Any, reason: str) -> None:
@@ -545,7 +546,7 @@ def trace(model: nn.Module, example_inputs: Any = None) -> Trace:
                     recorder.trace.couplings.pin(lab, "a model output")
     except Exception as error:
         where = recorder._path[-1] if recorder._path else "the model"
-        if example_inputs is None and isinstance(error, TypeError) and not recorder._path:
+        if example_inputs is None and isinstance(error, TypeError) and len(recorder._path) <= 1:
             raise ValueError(
                 f"example_inputs=None is not allowed for this model: its forward needs inputs ({error}); pass "
                 "example_inputs=(x,) or a dict of keyword inputs"

@@ -91,7 +91,9 @@ class HFLogits(nn.Module):
 
 
 def prune_and_shrink(name: str, fraction: float = 0.5) -> tuple[nn.Module, tuple, Tensor, Prune, object]:
-    """Build, prune ``fraction`` of every channel group at once, shrink; ``(model, inputs, masked output, prune, report)``."""
+    """Build, prune ``fraction`` of every channel group at once, shrink.
+
+    Returns ``(model, inputs, masked output, prune, report)``."""
     build, inputs_of, _ = MODELS[name]
     torch.manual_seed(0)
     model, inputs = build(), inputs_of()
@@ -137,7 +139,9 @@ def test_shrunk_equals_masked_trains_and_exports(name: str, tmp_path) -> None:
     with torch.no_grad():
         expected = _tensor(model(*inputs))
     path = tmp_path / "shrunk.onnx"
-    if hasattr(getattr(model, "config", None), "use_cache"):  # Hugging Face: an explicit mask keeps mask-building ops ONNX lacks out
+    if hasattr(
+        getattr(model, "config", None), "use_cache"
+    ):  # Hugging Face: an explicit mask keeps mask-building ops ONNX lacks out
         model, inputs = HFLogits(model), (inputs[0], torch.ones_like(inputs[0]))
     export_onnx(model, inputs, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

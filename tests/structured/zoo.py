@@ -39,7 +39,11 @@ class ResNet18(nn.Module):
         stages, inplanes = [], width
         for i, n in enumerate(blocks):
             planes = width * 2**i
-            stages.append(nn.Sequential(*[BasicBlock(inplanes if j == 0 else planes, planes, 2 if i and not j else 1) for j in range(n)]))
+            stages.append(
+                nn.Sequential(
+                    *[BasicBlock(inplanes if j == 0 else planes, planes, 2 if i and not j else 1) for j in range(n)]
+                )
+            )
             inplanes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -104,7 +108,9 @@ class DenseNet(nn.Module):
         self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.layers = nn.ModuleList(DenseLayer(16 + i * growth, growth) for i in range(3))
         width = 16 + 3 * growth
-        self.transition = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 16, 1, bias=False), nn.AvgPool2d(2))
+        self.transition = nn.Sequential(
+            nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 16, 1, bias=False), nn.AvgPool2d(2)
+        )
         self.norm = nn.BatchNorm2d(16)
         self.fc = nn.Linear(16, classes)
 
