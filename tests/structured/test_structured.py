@@ -290,3 +290,54 @@ def test_load_shrunk_refuses_other_architecture_and_tampered_file(tmp_path) -> N
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError):
         load_shrunk(ConvNet(), path)
+
+
+# ------------------------------------------------------------------ one-shot
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "flap"])
+def test_oneshot_channels_then_shrink(method: str) -> None:
+    from pruning_tools import oneshot
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    calibration = [torch.randn(64, 16) + 1.0 for _ in range(3)]  # a non-zero mean for FLAP to fold in
+    dense = model(calibration[0]).detach()
+    report = oneshot(model, calibration, {"0.weight": 0.5}, method=method, structure="channel", round_to=4)
+    assert report.prune.channel_sparsity() == {"0.weight": 0.5}
+    assert (report.compensated == ["2.weight"]) == (method == "flap")
+    masked = model(calibration[0]).detach()
+    shrink(model, report.prune)
+    assert model[0].out_features == 16 and model[2].in_features == 16
+    assert rel_err(model(calibration[0]), masked) <= 1e-4
+    assert rel_err(masked, dense) < 1.0
+
+
+def test_oneshot_flap_beats_magnitude_on_shifted_inputs() -> None:
+    """Channels with a large constant part and little variance: FLAP removes them and folds their mean
+    into the next bias, magnitude keeps them (their weights are large): FLAP's output error is lower."""
+    from pruning_tools import oneshot
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 8)).eval()
+        with torch.no_grad():
+            model[0].weight[:16] *= 0.01  # rows 0-15 carry almost nothing but their bias
+            model[0].bias[:16] = 5.0
+        return model
+
+    x = [torch.randn(128, 16)]
+    errors = {}
+    for method in ("magnitude", "flap"):
+        model = build()
+        dense = model(x[0]).detach()
+        oneshot(model, x, {"0.weight": 0.5}, method=method, structure="channel")
+        errors[method] = rel_err(model(x[0]).detach(), dense)
+    assert errors["flap"] < errors["magnitude"]
+
+
+def test_oneshot_channels_refuses_sparsegpt() -> None:
+    from pruning_tools import oneshot
+
+    with pytest.raises(ValueError, match="method='sparsegpt' is not allowed"):
+        oneshot(ConvNet(), [inputs()], {"*": 0.5}, method="sparsegpt", structure="channel")
