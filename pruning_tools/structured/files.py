@@ -53,10 +53,8 @@ def save_shrunk(model: nn.Module, path: str | Path) -> None:
     fresh instance of the original architecture. Atomic: a failed write leaves an earlier file intact."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
-    tensors = {
-        name: np.ascontiguousarray(
-            t.detach().cpu().float().numpy() if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()
-        )
+    tensors = {  # bfloat16 (no numpy type) stored as float32, cast back on load from the recorded dtype
+        name: np.array(t.detach().cpu().float().numpy() if t.dtype == torch.bfloat16 else t.detach().cpu().numpy())
         for name, t in model.state_dict().items()
     }
     dtypes = {name: str(t.dtype).replace("torch.", "") for name, t in model.state_dict().items()}
