@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from benchmarks import structured_models as zoo
 from benchmarks.models import bert_encoder, resnet50
 from pruning_tools import Prune, shrink
 from pruning_tools.demo.lm.model import GPT, GPTConfig
 from pruning_tools.demo.torch_backend import SimpleCNN
-from tests.structured import zoo
 
 TOLERANCE = 1e-4
 

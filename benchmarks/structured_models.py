@@ -1,4 +1,4 @@
-"""Tiny models of the architectures structured pruning must handle, written here (no torchvision)."""
+"""Small models of the architectures structured pruning must handle (tests and benchmarks; no torchvision)."""
 
 from __future__ import annotations
 
