@@ -57,6 +57,11 @@ class StructuredPrune(Prune):
         round_to: int = 1,
     ) -> None:
         bridge = TorchBridge(model)
+        if any(bridge.spelled[name] != name for name in bridge.names()):
+            raise ValueError(
+                "model=OptimizedModule is not allowed with structure='channel': build the pruner on the model "
+                "before torch.compile (a shrunk model is compiled afresh)"
+            )
         with warnings.catch_warnings():  # the note on biases matched by a glob concerns single-weight masks
             warnings.filterwarnings("ignore", message="prune_dict patterns also match")
             config = make_config(
@@ -167,6 +172,11 @@ class StructuredPrune(Prune):
         state = super()._plain_state()
         state["structure"] = self.plan.to_dict()
         return state
+
+    def broadcast_masks(self, src: int = 0, group: Any = None) -> None:
+        """As ``Prune.broadcast_masks``; the removed units follow the received masks."""
+        super().broadcast_masks(src, group)
+        self._removed = [G.removed_units(g, self.masks()) for g in self.plan.groups]
 
     def mark_spent(self) -> None:
         """Called by ``shrink``: the model's tensors no longer have the shapes this pruner masks."""

@@ -341,3 +341,18 @@ def test_oneshot_channels_refuses_sparsegpt() -> None:
 
     with pytest.raises(ValueError, match="method='sparsegpt' is not allowed"):
         oneshot(ConvNet(), [inputs()], {"*": 0.5}, method="sparsegpt", structure="channel")
+
+
+def test_compiled_model_is_refused() -> None:
+    compiled = torch.compile(ConvNet())
+    with pytest.raises(ValueError, match="before torch.compile"):
+        Prune(compiled, 0, 0, 1, {"*": 0.5}, structure="channel", example_inputs=inputs())
+
+
+def test_shrunk_model_compiles() -> None:
+    model, prune = make()
+    prune.prune()
+    expected = model(*inputs()).detach()
+    shrink(model, prune)
+    compiled = torch.compile(model, backend="eager")
+    assert rel_err(compiled(*inputs()), expected) <= 1e-4
