@@ -238,9 +238,13 @@ def masks_for(
 
 def removed_units(group: Group, masks: Mapping[str, Tensor]) -> list[int]:
     """Units of ``group`` masked in every parameter member (what ``shrink`` removes)."""
-    gone = []
-    for u in range(group.units):
-        slices = [(name, dim, idx[u]) for (name, dim), idx in group.slices.items() if name in masks]
-        if slices and all(not bool(masks[n].index_select(d, torch.tensor(i)).any()) for n, d, i in slices):
-            gone.append(u)
-    return gone
+    kept = torch.zeros(group.units, dtype=torch.bool)
+    seen = False
+    for (name, dim), idx in group.slices.items():
+        mask = masks.get(name)
+        if mask is None:
+            continue
+        alive = mask.any(dim=[d for d in range(mask.dim()) if d != dim]) if mask.dim() > 1 else mask  # [size]
+        kept |= alive.cpu()[torch.tensor(idx)].any(1)
+        seen = True
+    return [u for u in range(group.units) if seen and not bool(kept[u])]
