@@ -267,6 +267,12 @@ def _targeted(plan: G.Plan, listed: Mapping[str, ParamSpec], round_to: int) -> t
                 f"prune_dict target {target} for {list(given)} is not allowed: it would remove every one of "
                 f"the {g.units} units of their group; expected a target leaving at least one"
             )
+        if G.kept_units(g.units, target, round_to, g.width(g.producers[0])) == g.units:
+            warnings.warn(
+                f"round_to={round_to} keeps every one of the {g.units} units of {list(g.producers)} at target "
+                f"{target}: no multiple of {round_to} channels below their count exists, so they stay whole",
+                stacklevel=4,
+            )
         chosen.append(g)
         targets.append(target)
     stay = {

@@ -356,3 +356,8 @@ def test_shrunk_model_compiles() -> None:
     shrink(model, prune)
     compiled = torch.compile(model, backend="eager")
     assert rel_err(compiled(*inputs()), expected) <= 1e-4
+
+
+def test_round_to_that_keeps_a_group_whole_says_so() -> None:
+    with pytest.warns(UserWarning, match="round_to=32 keeps every one of the 8 units"):
+        make(prune_dict={"conv3.weight": 0.5}, round_to=32)
