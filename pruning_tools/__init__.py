@@ -2,7 +2,8 @@
 pruning with calibration data (magnitude, Wanda, SparseGPT) for PyTorch.
 
 ``from pruning_tools import Prune`` is ``pruning_tools.pytorch_pruning.Prune``;
-``pruning_tools.oneshot(model, calibration, prune_dict, method=...)`` is ``pruning_tools.oneshot.oneshot``.
+``pruning_tools.oneshot(model, calibration, prune_dict, method=...)`` is ``pruning_tools.oneshot.oneshot``;
+``shrink``, ``save_shrunk`` and ``load_shrunk`` come from ``pruning_tools.structured`` (structured pruning).
 The top-level names are imported on first use, so ``import pruning_tools`` (and the command line's
 ``--help``) stays light.
 """
@@ -29,6 +30,9 @@ _EXPORTS = {
     "target_sparsity": "schedule",
     "to_bank_sparse": "inference",
     "load_bank_sparse": "inference",
+    "shrink": "structured.shrink",
+    "save_shrunk": "structured.files",
+    "load_shrunk": "structured.files",
 }
 
 if TYPE_CHECKING:
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
     from .post_training import oneshot
     from .pytorch_pruning import Prune
     from .schedule import schedule_step, target_sparsity
+    from .structured.files import load_shrunk, save_shrunk
+    from .structured.shrink import shrink
 
 
 def __getattr__(name: str) -> Any:
@@ -58,7 +64,10 @@ __all__ = [
     "check_banks",
     "oneshot",
     "load_bank_sparse",
+    "load_shrunk",
+    "save_shrunk",
     "schedule_step",
+    "shrink",
     "target_sparsity",
     "to_bank_sparse",
     "unstructured_mask",

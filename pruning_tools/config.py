@@ -20,6 +20,7 @@ PRUNE_DEVICES = ("default", "cpu")
 CRITERIA = ("magnitude", "movement")  # what a training-time refresh ranks by (pruning_tools.criteria)
 PARAM_OPTION_KEYS = ("sparsity", "balance", "bank_size", "layout", "out_dim")
 OUT_DIMS = (0, 1)
+STRUCTURES = ("none", "channel")  # what a mask removes: single weights, or whole channels (pruning_tools.structured)
 
 
 def _fail(argument: str, value: Any, allowed: str) -> None:
@@ -151,6 +152,8 @@ class PruneConfig:
     layout: str
     params: dict[str, ParamSpec] = field(default_factory=dict)
     criterion: str = "magnitude"
+    structure: str = "none"
+    round_to: int = 1
 
     def to_dict(self) -> dict:
         """Plain data (for state_dict and results files)."""
@@ -340,6 +343,8 @@ def make_config(
     dtypes: Mapping[str, str] | None = None,
     criterion: Any = "magnitude",
     not_parameters: Mapping[str, str] | None = None,
+    structure: Any = "none",
+    round_to: Any = 1,
 ) -> PruneConfig:
     """Validate every constructor argument and resolve prune_dict against ``shapes`` (the other
     mappings as in ``resolve_prune_dict``)."""
@@ -348,6 +353,19 @@ def make_config(
         "bank_size": check_bank_size("bank_size", bank_size),
         "layout": check_choice("layout", layout, LAYOUTS),
     }
+    structure = check_choice("structure", structure, STRUCTURES)
+    round_to = check_step("round_to", round_to, minimum=1)
+    if structure == "none" and round_to != 1:
+        _fail("round_to", round_to, "1 unless structure='channel' (it rounds the kept channel counts)")
+    if structure != "none" and isinstance(prune_dict, Mapping):
+        for key, value in prune_dict.items():
+            if isinstance(value, Mapping) and set(value) != {"sparsity"}:
+                _fail(
+                    f"prune_dict[{key!r}]",
+                    dict(value),
+                    "a sparsity (or {'sparsity': s}) with structure='channel': balance, bank_size, layout and "
+                    "out_dim describe single-weight masks (bank-balance the shrunk model with a second Prune)",
+                )
     return PruneConfig(
         pretrain_step=check_step("pretrain_step", pretrain_step),
         sparse_step=check_step("sparse_step", sparse_step),
@@ -359,5 +377,7 @@ def make_config(
         bank_size=defaults["bank_size"],
         layout=defaults["layout"],
         criterion=check_choice("criterion", criterion, CRITERIA),
+        structure=structure,
+        round_to=round_to,
         params=resolve_prune_dict(prune_dict, shapes, defaults, out_dims, layouts, aliases, dtypes, not_parameters),
     )

@@ -89,7 +89,12 @@ PER_PARAMETER_TENSORS: tuple[ParamTensors, ...] = (
     ParamTensors("scores", torch.float32, lambda shape: shape, lambda name, numbers: False, _finite),
 )
 TOP_LEVEL = ("format", "step", "config")
-SETTING_DEFAULTS = {"criterion": "magnitude"}  # what a state written before a setting existed implies
+OPTIONAL = ("structure",)  # the channel groups of a structure="channel" pruner (pruning_tools.structured)
+SETTING_DEFAULTS = {
+    "criterion": "magnitude",
+    "structure": "none",
+    "round_to": 1,
+}  # what a state written before a setting existed implies
 
 
 @dataclass
@@ -115,11 +120,14 @@ def validate_state(state: Any, config: PruneConfig, local_shapes: Mapping[str, t
     """
     if not is_state(state):
         raise ValueError(f"state is not a pruner state of format {STATE_FORMAT!r}")
-    allowed = TOP_LEVEL + tuple(e.key for e in PER_PARAMETER_NUMBERS) + tuple(e.key for e in PER_PARAMETER_TENSORS)
+    allowed = (
+        TOP_LEVEL + tuple(e.key for e in PER_PARAMETER_NUMBERS) + tuple(e.key for e in PER_PARAMETER_TENSORS) + OPTIONAL
+    )
     unknown = sorted(str(key) for key in set(state) - set(allowed))
     if unknown:
         raise ValueError(f"state has unknown entries {unknown}: expected only {list(allowed)}")
-    missing = [key for key in allowed if key not in state and key not in [e.key for e in PER_PARAMETER_TENSORS]]
+    optional = [e.key for e in PER_PARAMETER_TENSORS] + list(OPTIONAL)
+    missing = [key for key in allowed if key not in state and key not in optional]
     if missing:
         raise ValueError(f"state lacks the entries {missing}")
     step = state["step"]

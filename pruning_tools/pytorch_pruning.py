@@ -249,7 +249,22 @@ class Prune(Pruner):
             ``"movement"`` (``-sum w * grad`` accumulated over the steps; ``pruning_tools.criteria``),
             which needs ``prune()`` called while the gradients are still there (after
             ``optimizer.step()``, before ``zero_grad()``).
+        structure: ``"none"`` (single weights, as above) or ``"channel"`` (keyword only): whole output
+            channels, attention heads and MLP neurons, each with every slice coupled to it; ``Prune(...)``
+            is then a ``pruning_tools.structured.StructuredPrune`` and ``pruning_tools.shrink`` removes
+            them for real. The ``prune_dict`` value is the fraction of a weight's output channels removed.
+        example_inputs: With ``structure="channel"``, the inputs of the one traced forward that finds
+            the coupling: a tuple of positional inputs or a dict of keyword inputs (keyword only).
+        round_to: With ``structure="channel"``, kept channel counts are multiples of it (keyword only;
+            ``round_to=64`` leaves whole banks for ``balance="fix"`` on the shrunk model).
     """
+
+    def __new__(cls, *args: Any, structure: Any = "none", **kwargs: Any) -> Prune:
+        if cls is Prune and structure == "channel":
+            from .structured.pruner import StructuredPrune
+
+            return super().__new__(StructuredPrune)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -266,7 +281,15 @@ class Prune(Pruner):
         bank_size: int = 64,
         layout: str = "channels_last",
         criterion: str = "magnitude",
+        structure: str = "none",
+        example_inputs: Any = None,
+        round_to: int = 1,
     ) -> None:
+        if example_inputs is not None:
+            raise ValueError(
+                f"example_inputs={type(example_inputs).__name__} is not allowed with structure={structure!r}: "
+                "it feeds the trace of structure='channel' only"
+            )
         bridge = TorchBridge(model)
         self.config: PruneConfig = make_config(
             pretrain_step,
@@ -286,7 +309,14 @@ class Prune(Pruner):
             dtypes=bridge.dtypes(),
             criterion=criterion,
             not_parameters=bridge.not_parameters(),
+            structure=structure,
+            round_to=round_to,
         )
+        if self.config.structure != "none":
+            raise TypeError(
+                f"structure={structure!r} is built by Prune itself (a StructuredPrune); subclass "
+                "pruning_tools.structured.StructuredPrune to customise it"
+            )
         for name in self.config.params:
             if D.local(bridge.read(name)).is_meta:
                 raise ValueError(

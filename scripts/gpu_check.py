@@ -15,6 +15,8 @@ Sections (``--section``, repeatable; all by default), code in ``pruning_tools/be
   ``prune()`` on steps without a refresh (counted with the CUDA sync debug mode and the profiler);
 - ``cost``: refresh ÷ one memory pass, ``prune()`` ÷ ``_foreach_mul_``, a ResNet-50 training step
   (batch 64, bf16 autocast) with ÷ without ``prune()`` (goal <= 1.02x);
+- ``shrunk``: structured pruning: a shrunk ResNet-50 / BERT-base on the device against the
+  unpruned model (``benchmarks/gpu/shrunk.py``);
 - ``sparse``: 2:4 weights through ``torch.sparse.to_sparse_semi_structured`` (CUTLASS, cuSPARSELt,
   where supported): outputs equal the masked dense ones, speed against dense ``F.linear`` for
   BERT-base and LLM shapes at batch 1 / 16 / 256; ``BankSparseLinear`` (bank 64) on the device.
@@ -38,11 +40,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import click
 import torch
 
-from pruning_tools.benchmarks.gpu import cases, correctness, cost, sparse
+from pruning_tools.benchmarks.gpu import cases, correctness, cost, shrunk, sparse
 from pruning_tools.benchmarks.gpu.report import EXIT_NO_CUDA, Report, Row, info_row
 from pruning_tools.benchmarks.harness import load_average, machine
 
-SECTIONS = ("masks", "prune", "cost", "sparse")
+SECTIONS = ("masks", "prune", "cost", "shrunk", "sparse")
 
 
 def no_cuda_message() -> str:
@@ -122,6 +124,9 @@ def run_sections(
     if "cost" in chosen:
         log(started, "cost: refresh, re-apply, training step")
         rows += guarded("cost", lambda: cost.cost_rows(device, quick))
+    if "shrunk" in chosen:
+        log(started, "shrunk: structured pruning, shrunk against unpruned")
+        rows += guarded("shrunk", lambda: shrunk.shrunk_rows(device, quick))
     if "sparse" in chosen:
         log(started, "sparse: 2:4 semi-structured, BankSparseLinear")
         rows += guarded("2:4", lambda: sparse_section(device, quick))

@@ -8,8 +8,8 @@ single-process engine is ``masks.global_masks`` with whatever ``PRUNING_TOOLS_KE
 (torchvision layout, ``benchmarks.models``), one 3x3 conv and all conv/linear weights
 at once. Prints ratios of the fastest of ``--repeat`` interleaved rounds, never bare times.
 
-    python benchmarks/distributed.py --threads 1
-    PRUNING_TOOLS_KERNEL=torch python benchmarks/distributed.py --threads 1
+    python -m pruning_tools.benchmarks.distributed --threads 1
+    PRUNING_TOOLS_KERNEL=torch python -m pruning_tools.benchmarks.distributed --threads 1
 """
 
 from __future__ import annotations

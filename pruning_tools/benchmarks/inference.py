@@ -20,8 +20,8 @@ left dense (attention products, softmax, norms, the RGB stem) keep their time. B
 / r), with f the converted layers' share of the dense model's multiply-adds and r the smaller of
 the two reductions.
 
-    python benchmarks/inference.py                  # the tables of docs/results/inference.md (about 15 minutes)
-    python benchmarks/inference.py --quick          # tiny models, seconds (what the tests run)
+    python -m pruning_tools.benchmarks.inference  # the tables of docs/results/inference.md (about 15 minutes)
+    python -m pruning_tools.benchmarks.inference --quick  # tiny models, seconds (what the tests run)
     pruning-tools bench --inference --json out.json --markdown out.md
 """
 

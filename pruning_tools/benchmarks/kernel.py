@@ -4,8 +4,8 @@ For each weight shape, sparsity and batch size the three products ``y = x Wᵀ +
 interleaved (the order rotates every repetition) and the medians are compared, so load from
 other processes on the machine hits all three alike. Prints milliseconds and the ratios.
 
-    python benchmarks/kernel.py                 # the one-layer table of docs/results/inference.md (2 threads)
-    python benchmarks/kernel.py --reps 20 --shape 768x3072 --keep 4
+    python -m pruning_tools.benchmarks.kernel  # the one-layer table of docs/results/inference.md (2 threads)
+    python -m pruning_tools.benchmarks.kernel --reps 20 --shape 768x3072 --keep 4
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ devices, versions). Three ways to call the same kernel run interleaved, each tas
 
 Prints microseconds per call and the ratios; ``module / identity`` is the cost the signature adds.
 
-    python benchmarks/layer_cache.py                     # 64x256, batch 1
-    python benchmarks/layer_cache.py --shape 768x768 --batch 8
+    python -m pruning_tools.benchmarks.layer_cache  # 64x256, batch 1
+    python -m pruning_tools.benchmarks.layer_cache --shape 768x768 --batch 8
 """
 
 from __future__ import annotations

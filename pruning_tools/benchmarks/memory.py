@@ -1,7 +1,7 @@
 """Peak extra memory of the pruner's operations, as a multiple of the weight's size, from one run.
 
-    python benchmarks/memory.py                     # 256 MiB fp32 weights, PyTorch path and C kernel
-    python benchmarks/memory.py --size-mib 1024 --json docs/memory.json --markdown docs/memory.md
+    python -m pruning_tools.benchmarks.memory  # 256 MiB fp32 weights, PyTorch path and C kernel
+    python -m pruning_tools.benchmarks.memory --size-mib 1024 --json docs/memory.json --markdown docs/memory.md
 
 How it measures: each case runs in a fresh Python process (``--child``), which builds its weight and
 pruner, then resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, Linux) and reads

@@ -1,8 +1,8 @@
 """How a mask refresh scales with the number of parameters, and what small tensors cost, from one run.
 
-    python benchmarks/scaling.py                    # the tables of docs/results/memory-scale.md (a few minutes)
-    python benchmarks/scaling.py --quick            # seconds: smaller counts, fewer rounds
-    python benchmarks/scaling.py --json s.json --markdown s.md
+    python -m pruning_tools.benchmarks.scaling  # the tables of docs/results/memory-scale.md (a few minutes)
+    python -m pruning_tools.benchmarks.scaling --quick  # seconds: smaller counts, fewer rounds
+    python -m pruning_tools.benchmarks.scaling --json s.json --markdown s.md
 
 1. ``balance="global"`` refresh against the number of parameters (PyTorch; MXNet when installed):
    time per refresh per parameter, relative to the smallest count. Linear scaling reads 1.0 at every

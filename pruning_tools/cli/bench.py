@@ -28,6 +28,12 @@ QUICK_CAVEAT = (
     help="Whole models (BERT, GPT, ResNet-50, Linear) bank-sparse vs dense eager vs onnxruntime, at 93.75 % and 90 %.",
 )
 @click.option(
+    "--structured",
+    is_flag=True,
+    help="Structured pruning: ResNet-50 and BERT-base shrunk 50 % vs unpruned, eager and onnxruntime, "
+    "Torch-Pruning side by side (when installed), shrunk + bank-sparse.",
+)
+@click.option(
     "--rounds",
     type=click.IntRange(1),
     default=None,
@@ -58,6 +64,7 @@ QUICK_CAVEAT = (
 def bench(
     quick: bool,
     inference: bool,
+    structured: bool,
     rounds: int | None,
     train_rounds: int | None,
     threads: int | None,
@@ -72,6 +79,23 @@ def bench(
     for path, option in ((json_path, "--json"), (md_path, "--markdown")):
         if path:
             output_file(path, option)  # before the run, not after it
+    if inference and structured:
+        raise click.UsageError("--inference and --structured are two runs: pass one")
+    if structured:
+        from pruning_tools.benchmarks import structured as shrunk_models
+
+        result = shrunk_models.run(quick, (threads,) if threads else (1, 2), rounds)
+        table = shrunk_models.to_markdown(result) + (f"\n{QUICK_CAVEAT}\n" if quick else "")
+        click.echo(table)
+        written = Written()
+        if json_path:
+            with atomic_open(written.before(json_path), "w") as f:
+                json.dump(result, f, indent=1)
+        if md_path:
+            with atomic_open(written.before(md_path), "w") as f:
+                f.write(table)
+        written.report()
+        return
     if inference:
         from pruning_tools.benchmarks import inference as whole_models
 

@@ -132,6 +132,14 @@ def epoch_line(record: dict, epochs: int) -> str:
 )
 @click.option("--bank-size", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option(
+    "--structure",
+    type=click.Choice(["none", "channel"]),
+    default="none",
+    show_default=True,
+    help="channel: remove whole conv filters (--sparsity is the fraction of channels removed; --balance and "
+    "--bank-size do not apply), then shrink the model and save it as shrunk.safetensors.",
+)
+@click.option(
     "--prune-dict",
     "prune_dict",
     default=None,
@@ -182,6 +190,7 @@ def demo(
     sparsity,
     balance,
     bank_size,
+    structure,
     prune_dict,
     epochs,
     batch_size,
@@ -203,6 +212,8 @@ def demo(
     for option, value in (("--method", method), ("--steps", steps), ("--calibration", calibration)):
         if value is not None:
             raise click.UsageError(f"{option} is an option of --task lm")
+    if structure == "channel" and framework != "pytorch":
+        raise click.UsageError("--structure channel needs --framework pytorch")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..demo import recipe
@@ -230,7 +241,8 @@ def demo(
             raise click.ClickException(f"--download failed: {exc}") from exc
     total_epochs = epochs or recipe.EPOCHS
     what = f"sparsity {sparsity}" if prune_dict is None else f"prune_dict {shown(json.dumps(prune_dict))}"
-    out_console.print(f"[bold]demo[/] {framework}: {what} balance {balance} bank {bank_size} -> {shown(out)}")
+    pattern = "whole channels" if structure == "channel" else f"balance {balance} bank {bank_size}"
+    out_console.print(f"[bold]demo[/] {framework}: {what} {pattern} -> {shown(out)}")
     say_replacing(out, earlier)
     with Progress(
         TextColumn("{task.description}"),
@@ -263,6 +275,7 @@ def demo(
             on_epoch=on_epoch,
             on_batch=on_batch,
             threads=threads,
+            structure=structure,
         )
     for note in result.get("notes", []):
         out_console.print(f"[yellow]note:[/] {shown(note)}")
@@ -271,10 +284,12 @@ def demo(
             "[bold red]warning:[/] the pruner's check() failed: some bank or tensor holds more "
             "non-zeros than its budget (see `pruning-tools inspect`)"
         )
-    if framework == "pytorch" and result.get("pruner_state") is not None:
+    if framework == "pytorch" and result.get("pruner_state") is not None and structure == "none":
         result["deployment"] = _deploy(result, data_dir, limit, threads)
     started = time.perf_counter()
     files, notes = write_run(write_outputs, result, out)
+    if structure == "channel" and result.get("pruner_state") is not None:
+        files["shrunk"] = _shrink(result, out, data_dir, limit, out_console)  # after the run's files
     for note in notes:
         out_console.print(f"[yellow]note:[/] {shown(note)}")
     counted = list(result["layer_sparsity"])
@@ -300,6 +315,31 @@ def demo(
             f"batches of 1000, {d['speedup_one']:.2f}x on one; to_bank_sparse's rule at batch 1000 converts: {rule}",
             highlight=False,
         )
+
+
+def _shrink(result: dict, out: Path, data_dir, limit, out_console) -> Path:
+    """Remove the masked channels of the trained model, check its test accuracy, save it."""
+    import numpy as np
+    import torch
+
+    from ..demo.data import load_mnist
+    from ..demo.torch_backend import evaluate, to_tensor
+    from ..structured.files import save_shrunk
+    from ..structured.shrink import shrink
+
+    model = result["model"]
+    report = shrink(model, result["pruner_state"])
+    data = load_mnist(data_dir).head(limit)
+    accuracy = evaluate(model, to_tensor(data.test_images), torch.from_numpy(data.test_labels.astype(np.int64)))
+    path = out / "shrunk.safetensors"
+    save_shrunk(model, path)
+    out_console.print(str(report), highlight=False)
+    out_console.print(
+        f"shrunk model: test accuracy {accuracy:.2%} (masked model {result['test_accuracy']:.2%}), saved to "
+        f"{shown(path)} (load_shrunk(SimpleCNN(), path))",
+        highlight=False,
+    )
+    return path
 
 
 def _deploy(result: dict, data_dir, limit, threads: int) -> dict:

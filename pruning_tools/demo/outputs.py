@@ -18,6 +18,7 @@ OUTPUT_NAMES = (  # every file write_outputs may write
     "sparsity_schedule.png",
     "layer_sparsity.png",
     "bank_histogram.png",
+    "shrunk.safetensors",
 )
 
 

@@ -106,6 +106,10 @@ class TorchBackend:
     def pruner(self, *args: Any, **kwargs: Any) -> Prune:
         return Prune(self.model, *args, **kwargs)
 
+    def example_inputs(self) -> tuple[Tensor]:
+        """Two test images, the forward that ``structure="channel"`` traces."""
+        return (self.test_x[:2],)
+
     def batches(self) -> Iterator[Tensor]:
         """One epoch of shuffled index batches."""
         self.model.train()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..config import STRUCTURES, check_choice
 from .data import load_mnist
 from .recipe import epoch_record, make_settings, pruning_steps, sample_every, steps_per_epoch, total_target
 
@@ -74,6 +75,7 @@ def train_mnist(
     on_epoch: Callable[[dict], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     threads: int | None = 1,
+    structure: str = "none",
 ) -> dict:
     """Train ``SimpleCNN`` on MNIST: dense warm-up -> gradual pruning -> fine-tune at fixed sparsity.
 
@@ -90,6 +92,9 @@ def train_mnist(
     "wall_seconds", "notes" (pruner warnings), "weights": {name: numpy array} (every parameter and
     buffer), "pruner_state" (``Prune.state_dict()``, None when dense), "model"}``.
     """
+    check_choice("structure", structure, STRUCTURES)
+    if structure != "none" and framework != "pytorch":
+        raise ValueError(f"structure={structure!r} is not allowed with framework={framework!r}: expected 'pytorch'")
     backend_class = load_backend(framework)
     settings = make_settings(
         data_dir,
@@ -103,6 +108,7 @@ def train_mnist(
         limit=limit,
         threads=threads,
         framework=framework,
+        structure=structure,
     )
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -127,14 +133,14 @@ def _train(backend_class: type, data_dir, settings: dict, on_epoch, on_batch) ->
         pretrain, ramp, frequency = pruning_steps(total_steps, per_epoch)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            prune = backend.pruner(
-                pretrain,
-                ramp,
-                frequency,
-                prune_dict if prune_dict is not None else backend.default_prune_dict(sparsity),
-                balance=settings["balance"],
-                bank_size=settings["bank_size"],
-            )
+            targets = prune_dict if prune_dict is not None else backend.default_prune_dict(sparsity)
+            if settings["structure"] == "channel":  # whole channels, traced on two test images
+                structured = {"structure": "channel", "example_inputs": backend.example_inputs()}
+                prune = backend.pruner(pretrain, ramp, frequency, targets, **structured)
+            else:
+                prune = backend.pruner(
+                    pretrain, ramp, frequency, targets, balance=settings["balance"], bank_size=settings["bank_size"]
+                )
         notes += library_notes(caught)
         settings.update(pretrain_step=pretrain, sparse_step=ramp, frequency=frequency)
 

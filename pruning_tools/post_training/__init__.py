@@ -130,7 +130,9 @@ def oneshot(
     damp: float = 0.01,
     block_size: int = 128,
     progress: Progress | None = None,
-) -> OneShotReport:
+    structure: str = "none",
+    round_to: int = 1,
+) -> Any:
     """Prune ``model`` once with calibration data; see the module docstring.
 
     - ``calibration``: an iterable of batches (a tensor, a tuple or a dict of tensors each, fed as
@@ -143,8 +145,22 @@ def oneshot(
       ``block_size``: columns per lazy update block.
     - ``progress(done, total, name)``: called after each layer.
 
+    - ``structure="channel"``: remove whole output channels, heads and neurons instead
+      (``pruning_tools.structured.oneshot``: ``method`` "magnitude", "wanda" or "flap"; ``round_to``);
+      returns a ``ChannelOneShotReport`` whose ``prune`` goes to ``pruning_tools.shrink``.
+
     Returns an ``OneShotReport``. The model is modified in place (pruned weights exactly ``+0.0``).
     """
+    if check_choice("structure", structure, ("none", "channel")) == "channel":
+        from ..structured.oneshot import METHODS as CHANNEL_METHODS
+        from ..structured.oneshot import oneshot_channels
+
+        check_choice("method", method, CHANNEL_METHODS)
+        if calibration is None:
+            raise ValueError("calibration=None is not allowed with structure='channel': its first batch is traced")
+        return oneshot_channels(model, calibration, prune_dict, method, round_to=round_to, forward=forward)
+    if round_to != 1:
+        raise ValueError(f"round_to={round_to!r} is not allowed: expected 1 unless structure='channel'")
     started = time.perf_counter()
     method = check_choice("method", method, METHODS)
     if not isinstance(model, nn.Module):

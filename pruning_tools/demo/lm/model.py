@@ -36,16 +36,17 @@ class SelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.heads = config.heads
+        self.head_dim = config.d_model // config.heads
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)  # 3 x [b, t, d]
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))  # [b, h, t, d/h]
+        b, t, _ = x.shape  # sizes inside attention come from the weights, so a model with heads removed runs
+        q, k, v = self.qkv(x).split(self.qkv.out_features // 3, dim=2)  # 3 x [b, t, heads * head_dim]
+        q, k, v = (z.view(b, t, -1, self.head_dim).transpose(1, 2) for z in (q, k, v))  # [b, h, t, head_dim]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))  # [b, t, d]
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # [b, t, d]
 
 
 class MLP(nn.Module):
