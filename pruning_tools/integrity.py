@@ -128,7 +128,52 @@ def load_torch(path: str | Path, max_bytes: int | None = None) -> Any:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
         check_allocation(path, declared, "its records, uncompressed,", max_bytes)
+    else:  # the format before PyTorch 1.6: each storage is allocated at its declared size, then read
+        check_allocation(path, _legacy_storage_bytes(path), "its storages", max_bytes)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+_ELEMENT_BYTES = {"Double": 8, "Long": 8, "ComplexFloat": 8, "ComplexDouble": 16, "Float": 4, "Int": 4, "Half": 2,
+                  "BFloat16": 2, "Short": 2, "Byte": 1, "Char": 1, "Bool": 1}  # fmt: skip
+
+
+class _Stub:
+    """What every global of a scanned pickle becomes: it accepts anything and runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _legacy_storage_bytes(path: Path) -> int:
+    """Bytes the storages of a legacy ``torch.save`` file declare (its persistent ids: ``("storage",
+    type, key, location, numel, ...)``), found by unpickling with every global replaced by ``_Stub``:
+    no code of the file runs and nothing is allocated for the storages. A file that is not such a
+    pickle declares nothing here (``torch.load`` then says what it is)."""
+    import pickle
+
+    declared = 0
+
+    class Scan(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return type(name, (_Stub,), {})
+
+        def persistent_load(self, pid: Any) -> Any:
+            nonlocal declared
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[4], int):
+                kind = getattr(pid[1], "__name__", "").removesuffix("Storage")
+                declared += max(0, pid[4]) * _ELEMENT_BYTES.get(kind, 8)
+            return None
+
+    with open(path, "rb") as f:
+        try:
+            for _ in range(4):  # magic number, protocol, system info, then the tensors
+                Scan(f).load()
+        except Exception:  # noqa: BLE001 - not a legacy pickle (or damaged): torch.load words it
+            pass
+    return declared
 
 
 def parse_json(text: str, where: str) -> Any:

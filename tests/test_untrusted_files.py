@@ -221,6 +221,21 @@ def test_a_compressed_torch_record_may_not_unpack_beyond_the_limit(tmp_path):
         make_prune().load(path)
 
 
+def test_a_legacy_torch_file_may_not_declare_storages_beyond_the_limit(tmp_path):
+    """The format before PyTorch 1.6 allocates each storage at its declared size before reading it."""
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.arange(4.0)}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(checkpoints.read_checkpoint(path)[0]["w"], torch.arange(4.0))
+    data = path.read_bytes()  # the storage's numel (4) and the tensor's size (4), as pickle opcodes
+    big = tmp_path / "big.pt"
+    big.write_bytes(data.replace(b"cpuq\x06K\x04N", b"cpuq\x06J\x00\x00\x00\x40N", 1))  # 2**30 floats
+    assert big.read_bytes() != data
+    with pytest.raises(integrity.AllocationLimitError, match="its storages would take 4294967296 bytes"):
+        checkpoints.read_checkpoint(big)
+    with pytest.raises(integrity.AllocationLimitError):
+        make_prune().load(big)
+
+
 def test_a_gzip_bomb_in_the_demo_data_is_refused(tmp_path):
     for name in mnist_data.FILES.values():
         with gzip.open(tmp_path / name, "wb") as f:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import check_choice
-from ..oneshot import capture as C
+from ..post_training import capture as C
 from . import groups as G
 from .pruner import StructuredPrune
 from .trace import is_transposed_linear
