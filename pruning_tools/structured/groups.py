@@ -181,6 +181,7 @@ def kept_units(units: int, target: float, round_to: int, width: int) -> int:
 
 
 def removes_everything(units: int, target: float) -> bool:
+    """Whether removing the fraction ``target`` of ``units`` (rounded half up) leaves none."""
     return units - math.floor(target * units + 0.5) <= 0
 
 

@@ -122,4 +122,5 @@ def broadcast_label(label: Tensor, shape: torch.Size) -> Tensor | None:
 
 
 def full_unlabeled(shape: torch.Size, device: torch.device | None = None) -> Tensor:
+    """An int64 tensor of ``shape`` whose every element is ``UNLABELED`` (no channel label)."""
     return torch.full(tuple(shape), UNLABELED, dtype=torch.int64, device=device)

@@ -33,6 +33,8 @@ CONFIG_HEADS = ("num_attention_heads", "num_key_value_heads", "n_head")
 
 @dataclass
 class GroupChange:
+    """What ``shrink`` did to one group: its producers and its units and channels before and after."""
+
     producers: list[str]
     units_before: int
     units_after: int
