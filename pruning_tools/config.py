@@ -12,7 +12,7 @@ import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NoReturn
 
 BALANCES = ("fix", "none", "global")
 LAYOUTS = ("channels_last", "flat", "last_dim")  # rows of a weight: pruning_tools.geometry
@@ -228,6 +228,19 @@ def resolve_prune_dict(
     ``not_parameters`` maps names the model holds that are not parameters (buffers, MXNet auxiliary
     states) to what they are: a key naming one is refused saying so; patterns never match them.
     """
+    _check_prune_dict(prune_dict)
+    names = list(shapes)
+    aliases = {alias: name for alias, name in (aliases or {}).items() if alias not in shapes}
+    chosen, named_by = _match_keys(prune_dict, shapes, defaults, aliases, not_parameters or {})
+    _check_spellings(named_by, chosen)
+    resolved, caught_low_dim = _build_specs(names, chosen, shapes, out_dims or {}, layouts or {}, dtypes or {})
+    if caught_low_dim:
+        _warn_low_dim(caught_low_dim)
+    return resolved
+
+
+def _check_prune_dict(prune_dict: Any) -> None:
+    """Refuse a prune_dict that is None, not a mapping or empty."""
     if prune_dict is None:
         raise ValueError(
             "prune_dict=None is not allowed: expected a dict mapping parameter names or glob "
@@ -237,8 +250,20 @@ def resolve_prune_dict(
         _fail("prune_dict", prune_dict, "a dict mapping parameter names or glob patterns to sparsities")
     if not prune_dict:
         _fail("prune_dict", dict(prune_dict), "a non-empty dict, e.g. {'*.weight': 0.9}")
+
+
+def _match_keys(
+    prune_dict: Mapping,
+    shapes: Mapping[str, tuple[int, ...]],
+    defaults: dict,
+    aliases: Mapping[str, str],
+    not_parameters: Mapping[str, str],
+) -> tuple[
+    dict[str, tuple[bool, str, dict, set[str]]],
+    dict[str, list[tuple[str, bool, dict, frozenset[str]]]],
+]:
+    """Apply the keys in order: the key chosen per parameter name, and every key that named it."""
     names = list(shapes)
-    aliases = {alias: name for alias, name in (aliases or {}).items() if alias not in shapes}
     spellings = [(name, name) for name in names] + list(aliases.items())  # (spelling, name)
     chosen: dict[str, tuple[bool, str, dict, set[str]]] = {}  # name -> (exact, key, options, explicit)
     named_by: dict[str, list[tuple[str, bool, dict, frozenset[str]]]] = {}  # name -> (key, exact, options, spellings)
@@ -247,27 +272,50 @@ def resolve_prune_dict(
             _fail("prune_dict key", key, "a parameter name or glob pattern (str)")
         options, explicit = _param_options(key, value, defaults)
         exact = key in shapes or key in aliases
-        if exact:
-            matches = [aliases.get(key, key)]
-            spelled = {matches[0]: frozenset([key])}
-        else:
-            spelled = {}
-            for spelling, name in spellings:
-                if fnmatch.fnmatch(spelling, key):
-                    spelled[name] = spelled.get(name, frozenset()) | {spelling}
-            matches = [name for name in names if name in spelled]
-        what = (not_parameters or {}).get(key)
-        if not matches and what is not None:
-            raise ValueError(f"prune_dict key {key!r} names {what}, not a parameter: only parameters are pruned")
+        spelled = _spellings_matched(key, exact, aliases, spellings)
+        matches = [aliases.get(key, key)] if exact else [name for name in names if name in spelled]
         if not matches:
-            close = difflib.get_close_matches(key, [s for s, _ in spellings], n=3, cutoff=0.4) or names[:3]
-            raise ValueError(f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}")
+            _fail_unmatched(key, names, spellings, not_parameters)
         for name in matches:
             named_by.setdefault(name, []).append((key, exact, options, spelled[name]))
             if exact or not chosen.get(name, (False,))[0]:
                 chosen[name] = (exact, key, options, explicit)
-    _check_spellings(named_by, chosen)
-    out_dims, layouts, dtypes = out_dims or {}, layouts or {}, dtypes or {}
+    return chosen, named_by
+
+
+def _spellings_matched(
+    key: str, exact: bool, aliases: Mapping[str, str], spellings: list[tuple[str, str]]
+) -> dict[str, frozenset[str]]:
+    """Parameter name -> the spellings of it that ``key`` matches (itself when exact, else as a glob)."""
+    if exact:
+        return {aliases.get(key, key): frozenset([key])}
+    spelled: dict[str, frozenset[str]] = {}
+    for spelling, name in spellings:
+        if fnmatch.fnmatch(spelling, key):
+            spelled[name] = spelled.get(name, frozenset()) | {spelling}
+    return spelled
+
+
+def _fail_unmatched(
+    key: str, names: list[str], spellings: list[tuple[str, str]], not_parameters: Mapping[str, str]
+) -> NoReturn:
+    """Refuse a key that matches no parameter, naming what it names instead or the closest names."""
+    what = not_parameters.get(key)
+    if what is not None:
+        raise ValueError(f"prune_dict key {key!r} names {what}, not a parameter: only parameters are pruned")
+    close = difflib.get_close_matches(key, [s for s, _ in spellings], n=3, cutoff=0.4) or names[:3]
+    raise ValueError(f"prune_dict key {key!r} matches no parameter of the model; closest names: {close}")
+
+
+def _build_specs(
+    names: list[str],
+    chosen: Mapping[str, tuple[bool, str, dict, set[str]]],
+    shapes: Mapping[str, tuple[int, ...]],
+    out_dims: Mapping[str, int],
+    layouts: Mapping[str, str],
+    dtypes: Mapping[str, str],
+) -> tuple[dict[str, ParamSpec], list[str]]:
+    """One ParamSpec per chosen name in model order, and the low-dim names a pattern caught."""
     resolved, caught_low_dim = {}, []
     for name in names:
         if name not in chosen:
@@ -284,15 +332,18 @@ def resolve_prune_dict(
         if not exact and len(shape) < 2 and options["sparsity"] > 0:
             caught_low_dim.append(name)
         resolved[name] = ParamSpec(**options, out_dim=out_dim, shape=shape, dtype=str(dtypes.get(name, "")))
-    if caught_low_dim:
-        warnings.warn(
-            f"prune_dict patterns also match {len(caught_low_dim)} parameter{'s' * (len(caught_low_dim) != 1)} "
-            f"with fewer than 2 dims (biases, norm gains), pruned unstructured: {caught_low_dim}; to keep them "
-            "dense, list only parameters "
-            "with p.dim() > 1, e.g. {n: 0.9 for n, p in model.named_parameters() if p.dim() > 1}",
-            stacklevel=4,
-        )
-    return resolved
+    return resolved, caught_low_dim
+
+
+def _warn_low_dim(caught_low_dim: list[str]) -> None:
+    """Warn once that patterns caught parameters with fewer than 2 dims (pruned unstructured)."""
+    warnings.warn(
+        f"prune_dict patterns also match {len(caught_low_dim)} parameter{'s' * (len(caught_low_dim) != 1)} "
+        f"with fewer than 2 dims (biases, norm gains), pruned unstructured: {caught_low_dim}; to keep them "
+        "dense, list only parameters "
+        "with p.dim() > 1, e.g. {n: 0.9 for n, p in model.named_parameters() if p.dim() > 1}",
+        stacklevel=5,  # one more than resolve_prune_dict's own call needed
+    )
 
 
 def _check_spellings(

@@ -38,7 +38,7 @@ import torch
 from . import geometry as G
 from . import masks as M
 from .atomic import atomic_open, write_text
-from .config import LAYOUTS, check_bank_size, check_choice, check_sparsity, check_step, resolve_prune_dict
+from .config import LAYOUTS, ParamSpec, check_bank_size, check_choice, check_sparsity, check_step, resolve_prune_dict
 from .integrity import parse_json, regular_file
 
 DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -270,44 +270,16 @@ def sweep(
     balance = check_choice("balance", balance, SWEEP_BALANCES)
     bank_size = check_bank_size("bank_size", bank_size)
     layout = check_choice("layout", layout, LAYOUTS)
-    if not callable(evaluate):
-        raise TypeError(f"evaluate={evaluate!r} is not allowed: expected a callable model -> score")
-    if not isinstance(higher_is_better, bool):
-        raise ValueError(f"higher_is_better={higher_is_better!r} is not allowed: expected True or False")
+    _check_evaluation(evaluate, higher_is_better)
     snapped = snap_levels(levels, balance, bank_size)
     weights = _bridge_of(model)
     shapes = weights.shapes()
-    if params is None:
-        params = weights.prunable()
-    elif isinstance(params, str):
-        params = [params]
-    if not params:
-        raise ValueError(f"params={params!r} is not allowed: expected parameter names or glob patterns")
     defaults = {"balance": balance, "bank_size": bank_size, "layout": layout}
-    specs = resolve_prune_dict(
-        {key: 0.0 for key in params}, shapes, defaults, weights.out_dims(), weights.layouts(layout), weights.aliases()
-    )
+    specs = _swept_specs(weights, params, shapes, defaults)
     names = list(specs)
-
-    report = _text_progress if progress is True else (progress or None)
-    if report is not None and not callable(report):
-        raise TypeError(f"progress={progress!r} is not allowed: expected True, False or a callable")
+    report = _progress_report(progress)
     baseline = _score(evaluate, model)
-    scores = [[math.nan] * len(snapped) for _ in names]
-    done, total = 0, len(names) * len(snapped)
-    for i, name in enumerate(names):
-        spec, dense = specs[name], weights.read(name).detach().clone()
-        try:
-            for j, level in enumerate(snapped):
-                keep = M.compute_mask(dense, None, level, spec.balance, spec.bank_size, spec.layout, spec.out_dim)
-                weights.write(name, dense)
-                weights.apply_mask(name, keep)  # the pruner's own way: pruned weights exactly +0.0
-                scores[i][j] = _score(evaluate, model)
-                done += 1
-                if report is not None:
-                    report(done, total, name, level)
-        finally:
-            weights.write(name, dense)
+    scores = _score_levels(model, evaluate, weights, specs, snapped, report)
     return SensitivityTable(
         names=names,
         levels=snapped,
@@ -321,6 +293,67 @@ def sweep(
         higher_is_better=higher_is_better,
         layouts={n: specs[n].layout for n in names if specs[n].layout != layout},
     )
+
+
+def _check_evaluation(evaluate: Any, higher_is_better: Any) -> None:
+    """Refuse an ``evaluate`` that is not callable and a ``higher_is_better`` that is not a bool."""
+    if not callable(evaluate):
+        raise TypeError(f"evaluate={evaluate!r} is not allowed: expected a callable model -> score")
+    if not isinstance(higher_is_better, bool):
+        raise ValueError(f"higher_is_better={higher_is_better!r} is not allowed: expected True or False")
+
+
+def _swept_specs(
+    weights: ModelWeights,
+    params: str | Sequence[str] | None,
+    shapes: Mapping[str, tuple[int, ...]],
+    defaults: dict[str, Any],
+) -> dict[str, ParamSpec]:
+    """The spec of every parameter ``params`` names (default: every prunable one), in model order."""
+    if params is None:
+        params = weights.prunable()
+    elif isinstance(params, str):
+        params = [params]
+    if not params:
+        raise ValueError(f"params={params!r} is not allowed: expected parameter names or glob patterns")
+    unpruned = {key: 0.0 for key in params}
+    out_dims, layouts, aliases = weights.out_dims(), weights.layouts(defaults["layout"]), weights.aliases()
+    return resolve_prune_dict(unpruned, shapes, defaults, out_dims, layouts, aliases)
+
+
+def _progress_report(progress: bool | Progress) -> Progress | None:
+    """The callable to report progress with (the text line for True), None for False."""
+    report = _text_progress if progress is True else (progress or None)
+    if report is not None and not callable(report):
+        raise TypeError(f"progress={progress!r} is not allowed: expected True, False or a callable")
+    return report
+
+
+def _score_levels(
+    model: Any,
+    evaluate: Callable[[Any], float],
+    weights: ModelWeights,
+    specs: Mapping[str, ParamSpec],
+    levels: list[float],
+    report: Progress | None,
+) -> list[list[float]]:
+    """Scores ``[parameter][level]``: each parameter pruned alone at each level, restored after."""
+    scores = [[math.nan] * len(levels) for _ in specs]
+    done, total = 0, len(specs) * len(levels)
+    for i, (name, spec) in enumerate(specs.items()):
+        dense = weights.read(name).detach().clone()
+        try:
+            for j, level in enumerate(levels):
+                keep = M.compute_mask(dense, None, level, spec.balance, spec.bank_size, spec.layout, spec.out_dim)
+                weights.write(name, dense)
+                weights.apply_mask(name, keep)  # the pruner's own way: pruned weights exactly +0.0
+                scores[i][j] = _score(evaluate, model)
+                done += 1
+                if report is not None:
+                    report(done, total, name, level)
+        finally:
+            weights.write(name, dense)
+    return scores
 
 
 Progress = Callable[[int, int, str, float], None]  # (done, total, parameter, level)

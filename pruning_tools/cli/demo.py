@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,6 +33,9 @@ from ._common import (
     shown,
     write_run,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 FRAMEWORKS = ("mxnet", "pytorch")
 DEFAULT_DATA_DIRS = (Path("data/mnist"), Path("../shared/datasets/mnist"))  # relative to the current directory
@@ -205,45 +209,90 @@ def demo(
 
     With --task lm: train a small GPT on the Python documentation (data/python-docs/), prune it one-shot
     to --sparsity/--balance/--bank-size, fine-tune it; files in runs/demo-lm unless --out is given."""
+    ctx = click.get_current_context()
     if task == "lm":
         from .demo_lm import run_lm
 
-        return run_lm(click.get_current_context())
-    for option, value in (("--method", method), ("--steps", steps), ("--calibration", calibration)):
-        if value is not None:
-            raise click.UsageError(f"{option} is an option of --task lm")
-    if structure == "channel" and framework != "pytorch":
-        raise click.UsageError("--structure channel needs --framework pytorch")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        return run_lm(ctx)
+    return run_mnist(ctx)
 
-    from ..demo import recipe
-    from ..demo.data import load_mnist
-    from ..demo.outputs import OUTPUT_NAMES, write_outputs
-    from ..demo.trainer import check_prune_dict, load_backend, train_mnist
+
+def run_mnist(ctx: click.Context) -> None:
+    """Run the MNIST demo with the options of the ``demo`` command in ``ctx``."""
+    options = ctx.params
+    _refuse_lm_options(options)
+    if options["structure"] == "channel" and options["framework"] != "pytorch":
+        raise click.UsageError("--structure channel needs --framework pytorch")
+    from ..demo.outputs import OUTPUT_NAMES
 
     out_console = console()
+    _check_framework_and_prune_dict(options)
+    data_dir = mnist_data_dir(options["data_dir"], options["download"])
+    out = output_directory(options["out"], "--out")  # before the training, not after it
+    earlier = earlier_files(out, OUTPUT_NAMES)
+    if options["download"]:
+        data_dir = _download(data_dir)
+    framework, prune_dict = options["framework"], options["prune_dict"]
+    what = f"sparsity {options['sparsity']}" if prune_dict is None else f"prune_dict {shown(json.dumps(prune_dict))}"
+    if options["structure"] == "channel":
+        pattern = "whole channels"
+    else:
+        pattern = f"balance {options['balance']} bank {options['bank_size']}"
+    out_console.print(f"[bold]demo[/] {framework}: {what} {pattern} -> {shown(out)}")
+    say_replacing(out, earlier)
+    result = _train_with_progress(out_console, data_dir, options)
+    _print_training_notes(out_console, result)
+    structured = options["structure"] == "channel"
+    if framework == "pytorch" and result.get("pruner_state") is not None and not structured:
+        result["deployment"] = _deploy(result, data_dir, options["limit"], options["threads"])
+    _write_outputs(out_console, result, out, earlier)
+    if structured and result.get("pruner_state") is not None:
+        _shrink(result, out, data_dir, options["limit"], out_console)  # after the run's files
+    if "deployment" in result:
+        _print_deployment(out_console, result["deployment"])
+
+
+def _refuse_lm_options(options: dict[str, Any]) -> None:
+    """Refuse the options of the LM demo given without --task lm."""
+    for name in ("method", "steps", "calibration"):
+        if options[name] is not None:
+            raise click.UsageError(f"--{name} is an option of --task lm")
+
+
+def _check_framework_and_prune_dict(options: dict[str, Any]) -> None:
+    """Load the framework's backend and check --prune-dict against the demo network, before any data."""
+    from ..demo.trainer import check_prune_dict, load_backend
+
+    framework = options["framework"]
     try:
         load_backend(framework)
     except ImportError as exc:
         hint = " (install the extra: pip install 'bank-pruning-tools[mxnet]')" if framework == "mxnet" else ""
         raise click.ClickException(f"--framework {framework} is not available: {exc}{hint}") from exc
     try:  # before the data, the output directory and the banner
-        check_prune_dict(framework, prune_dict, balance, bank_size)
+        check_prune_dict(framework, options["prune_dict"], options["balance"], options["bank_size"])
     except (ValueError, TypeError) as exc:
         raise click.BadParameter(str(exc), param_hint="--prune-dict") from exc
-    data_dir = mnist_data_dir(data_dir, download)
-    out = output_directory(out, "--out")  # before the training, not after it
-    earlier = earlier_files(out, OUTPUT_NAMES)
-    if download:
-        try:
-            data_dir = Path(load_mnist(data_dir, download_missing=True).source)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise click.ClickException(f"--download failed: {exc}") from exc
-    total_epochs = epochs or recipe.EPOCHS
-    what = f"sparsity {sparsity}" if prune_dict is None else f"prune_dict {shown(json.dumps(prune_dict))}"
-    pattern = "whole channels" if structure == "channel" else f"balance {balance} bank {bank_size}"
-    out_console.print(f"[bold]demo[/] {framework}: {what} {pattern} -> {shown(out)}")
-    say_replacing(out, earlier)
+
+
+def _download(data_dir: Path | None) -> Path:
+    """Fetch the missing MNIST files (--download); the directory they are in."""
+    from ..demo.data import load_mnist
+
+    try:
+        return Path(load_mnist(data_dir, download_missing=True).source)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(f"--download failed: {exc}") from exc
+
+
+def _train_with_progress(out_console: Console, data_dir: Path | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Train and prune under a transient progress bar, one line per epoch; the training's result."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..demo import recipe
+    from ..demo.trainer import train_mnist
+
+    total_epochs = options["epochs"] or recipe.EPOCHS
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -261,22 +310,26 @@ def demo(
         def on_batch(batch: int, batches: int) -> None:
             progress.update(task, completed=batch, total=batches)
 
-        result = train_mnist(
+        return train_mnist(
             data_dir,
-            framework=framework,
-            sparsity=sparsity,
-            balance=balance,
-            bank_size=bank_size,
-            prune_dict=prune_dict,
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            limit=limit,
+            framework=options["framework"],
+            sparsity=options["sparsity"],
+            balance=options["balance"],
+            bank_size=options["bank_size"],
+            prune_dict=options["prune_dict"],
+            epochs=options["epochs"],
+            batch_size=options["batch_size"],
+            seed=options["seed"],
+            limit=options["limit"],
             on_epoch=on_epoch,
             on_batch=on_batch,
-            threads=threads,
-            structure=structure,
+            threads=options["threads"],
+            structure=options["structure"],
         )
+
+
+def _print_training_notes(out_console: Console, result: dict[str, Any]) -> None:
+    """The training's notes, and a warning when the pruner's check failed."""
     for note in result.get("notes", []):
         out_console.print(f"[yellow]note:[/] {shown(note)}")
     if result.get("balanced") is False:
@@ -284,12 +337,14 @@ def demo(
             "[bold red]warning:[/] the pruner's check() failed: some bank or tensor holds more "
             "non-zeros than its budget (see `pruning-tools inspect`)"
         )
-    if framework == "pytorch" and result.get("pruner_state") is not None and structure == "none":
-        result["deployment"] = _deploy(result, data_dir, limit, threads)
+
+
+def _write_outputs(out_console: Console, result: dict[str, Any], out: Path, earlier: list[str]) -> None:
+    """Write the run's files into ``out``; print the notes, the totals, every file and the stale ones."""
+    from ..demo.outputs import write_outputs
+
     started = time.perf_counter()
     files, notes = write_run(write_outputs, result, out)
-    if structure == "channel" and result.get("pruner_state") is not None:
-        files["shrunk"] = _shrink(result, out, data_dir, limit, out_console)  # after the run's files
     for note in notes:
         out_console.print(f"[yellow]note:[/] {shown(note)}")
     counted = list(result["layer_sparsity"])
@@ -306,18 +361,20 @@ def demo(
     if stale:
         left = shown(", ".join(stale))
         out_console.print(f"[yellow]note:[/] left from an earlier run, not rewritten by this one: {left}")
-    if "deployment" in result:
-        d = result["deployment"]
-        rule = ", ".join(d["rule_converted"]) or "none: measured slower"
-        out_console.print(
-            f"bank-sparse ({', '.join(d['converted'])}): test accuracy {d['accuracy']:.2%} (masked model "
-            f"{d['masked_accuracy']:.2%}); {d['speedup']:.2f}x the masked model's speed on test images in "
-            f"batches of 1000, {d['speedup_one']:.2f}x on one; to_bank_sparse's rule at batch 1000 converts: {rule}",
-            highlight=False,
-        )
 
 
-def _shrink(result: dict, out: Path, data_dir, limit, out_console) -> Path:
+def _print_deployment(out_console: Console, d: dict[str, Any]) -> None:
+    """The converted model's accuracy and speed against the masked model's."""
+    rule = ", ".join(d["rule_converted"]) or "none: measured slower"
+    out_console.print(
+        f"bank-sparse ({', '.join(d['converted'])}): test accuracy {d['accuracy']:.2%} (masked model "
+        f"{d['masked_accuracy']:.2%}); {d['speedup']:.2f}x the masked model's speed on test images in "
+        f"batches of 1000, {d['speedup_one']:.2f}x on one; to_bank_sparse's rule at batch 1000 converts: {rule}",
+        highlight=False,
+    )
+
+
+def _shrink(result: dict, out: Path, data_dir: Path | None, limit: int | None, out_console: Console) -> Path:
     """Remove the masked channels of the trained model, check its test accuracy, save it."""
     import numpy as np
     import torch

@@ -10,11 +10,15 @@ first N bytes of every split); of this task: ``--method``, ``--steps``, ``--cali
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
 from ._common import Written, console, earlier_files, output_directory, say_replacing, shown, write_run
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEFAULT_DATA = Path("data/python-docs")  # relative to the current directory (a checkout)
 DEFAULT_OUT = "runs/demo-lm"
@@ -31,22 +35,9 @@ MNIST_ONLY = ("framework", "prune_dict", "epochs", "batch_size", "download")
 
 def run_lm(ctx: click.Context) -> None:
     """Run the LM demo with the options of the ``demo`` command in ``ctx``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..demo.lm.app import run_lm_demo, write_lm_outputs
-    from ..demo.lm.data import has_corpus
-
     options = ctx.params
-    given = [name for name in MNIST_ONLY if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise click.UsageError(f"{flags}: not an option of --task lm (they belong to the MNIST demo)")
-    data_dir = options["data_dir"] or DEFAULT_DATA
-    if not has_corpus(data_dir):
-        raise click.UsageError(f"no LM corpus in {data_dir}/: pass --data DIR (the repository's data/python-docs/)")
-    out = options["out"] if ctx.get_parameter_source("out") is not ParameterSource.DEFAULT else DEFAULT_OUT
-    out = output_directory(out, "--out")  # before the training, not after it
-    earlier = earlier_files(out, OUTPUT_NAMES)
+    _refuse_mnist_options(ctx)
+    data_dir, out, earlier = _lm_paths(ctx)
     method = options["method"] or "sparsegpt"
     out_console = console()
     out_console.print(
@@ -55,6 +46,38 @@ def run_lm(ctx: click.Context) -> None:
         highlight=False,
     )
     say_replacing(out, earlier)
+    result = _run_with_progress(out_console, data_dir, options, method)
+    _print_stages(out_console, result)
+    _write_outputs(out_console, result, out, earlier)
+
+
+def _refuse_mnist_options(ctx: click.Context) -> None:
+    """Refuse the options of the MNIST demo given with --task lm."""
+    given = [name for name in MNIST_ONLY if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{flags}: not an option of --task lm (they belong to the MNIST demo)")
+
+
+def _lm_paths(ctx: click.Context) -> tuple[Path, Path, list[str]]:
+    """The corpus directory (checked), the output directory and the earlier run's files in it."""
+    from ..demo.lm.data import has_corpus
+
+    options = ctx.params
+    data_dir = options["data_dir"] or DEFAULT_DATA
+    if not has_corpus(data_dir):
+        raise click.UsageError(f"no LM corpus in {data_dir}/: pass --data DIR (the repository's data/python-docs/)")
+    out = options["out"] if ctx.get_parameter_source("out") is not ParameterSource.DEFAULT else DEFAULT_OUT
+    out = output_directory(out, "--out")  # before the training, not after it
+    return data_dir, out, earlier_files(out, OUTPUT_NAMES)
+
+
+def _run_with_progress(out_console: Console, data_dir: Path, options: dict[str, Any], method: str) -> dict[str, Any]:
+    """Train, prune one-shot and fine-tune under a transient progress bar; the demo's result."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..demo.lm.app import run_lm_demo
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -71,7 +94,7 @@ def run_lm(ctx: click.Context) -> None:
         def on_layer(done: int, total: int, name: str) -> None:
             progress.update(bar, description=f"one-shot {method}: {name}", completed=done, total=total)
 
-        result = run_lm_demo(
+        return run_lm_demo(
             data_dir,
             sparsity=options["sparsity"],
             balance=options["balance"],
@@ -85,6 +108,10 @@ def run_lm(ctx: click.Context) -> None:
             on_log=on_log,
             on_layer=on_layer,
         )
+
+
+def _print_stages(out_console: Console, result: dict[str, Any]) -> None:
+    """One line per stage (test perplexity, time), the one-shot's cost, and a failed check."""
     for stage, data in result["stages"].items():
         out_console.print(
             f"{stage:<9} test perplexity {data['test']['perplexity']:.3f} per byte "
@@ -99,6 +126,12 @@ def run_lm(ctx: click.Context) -> None:
     )
     if not result["balanced"]:
         out_console.print("[bold red]warning:[/] the pruner's check() failed after fine-tuning")
+
+
+def _write_outputs(out_console: Console, result: dict[str, Any], out: Path, earlier: list[str]) -> None:
+    """Write the run's files into ``out``, print the notes and the total, and name every file."""
+    from ..demo.lm.app import write_lm_outputs
+
     files, notes = write_run(write_lm_outputs, result, out)
     for note in notes:
         out_console.print(note, markup=False, highlight=False)

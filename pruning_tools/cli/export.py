@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..config import LAYOUTS
 from ._common import Fraction, Written, console, library_errors, output_file, printable, shown
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..export import ExportReport
 
 
 def _same_bits(a, b) -> bool:
@@ -109,12 +115,20 @@ def export(
     banks up to 256); everything else stays dense. Prints the size against a dense safetensors file.
     OUT must differ from CHECKPOINT and from --pruner-state; an existing OUT is replaced, and said so.
     """
-    import torch
-    from rich.table import Table
+    _check_out(out, checkpoint, pruner_state)
+    written = Written()
+    tensors = _selected_tensors(checkpoint, prefix)
+    out_dims, specs = _export_specs(tensors, transposed, sparsity, pruner_state)
+    report = _save(tensors, out, written, bank_size, layout, out_dims, dense_fallback, specs)
+    out_console = console()
+    _print_report(out_console, report, tensors, checkpoint, out)
+    if verify:
+        _verify(out_console, out, tensors)
+    written.report()
 
-    from ..checkpoints import load_tensors
-    from ..export import NotBankBalancedError, load_packed, save_packed
 
+def _check_out(out: Path, checkpoint: Path, pruner_state: Path | None) -> None:
+    """Refuse an OUT that is not a writable .safetensors file or that is one of the inputs."""
     output_file(out, "OUT")
     if out.suffix.lower() != ".safetensors":
         raise click.BadParameter(
@@ -123,7 +137,12 @@ def export(
     for source, what in ((checkpoint, "CHECKPOINT"), (pruner_state, "--pruner-state")):
         if source is not None and out.exists() and out.samefile(source):
             raise click.BadParameter(f"{out} is also {what}: writing it would replace its input", param_hint="OUT")
-    written = Written()
+
+
+def _selected_tensors(checkpoint: Path, prefix: str) -> dict:
+    """The checkpoint's tensors whose names start with ``prefix``, the prefix stripped; never none."""
+    from ..checkpoints import load_tensors
+
     tensors = load_tensors(checkpoint)
     if prefix:
         tensors = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
@@ -132,15 +151,38 @@ def export(
             f"no tensor in {checkpoint} starts with {prefix!r}" if prefix else f"{checkpoint} holds no tensor",
             param_hint="--prefix" if prefix else "CHECKPOINT",
         )
+    return tensors
+
+
+def _export_specs(
+    tensors: dict, transposed: tuple[str, ...], sparsity: float | None, pruner_state: Path | None
+) -> tuple[dict[str, int], dict]:
+    """Output dims of the --transposed tensors, and the per-tensor specs of --sparsity and --pruner-state."""
     import fnmatch
 
     out_dims = {n: 1 for n, t in tensors.items() if t.dim() >= 2 and any(fnmatch.fnmatchcase(n, g) for g in transposed)}
     specs = {name: {"sparsity": sparsity} for name in tensors} if sparsity is not None else {}
     if pruner_state is not None:
         specs.update(_pruner_specs(pruner_state, tensors))
+    return out_dims, specs
+
+
+def _save(
+    tensors: dict,
+    out: Path,
+    written: Written,
+    bank_size: int,
+    layout: str,
+    out_dims: dict[str, int],
+    dense_fallback: bool,
+    specs: dict,
+) -> ExportReport:
+    """Write the packed file; a tensor that is not bank-balanced is an error saying what to pass."""
+    from ..export import NotBankBalancedError, save_packed
+
     try:
         written.before(out)
-        report = save_packed(
+        return save_packed(
             tensors,
             out,
             bank_size=bank_size,
@@ -155,6 +197,11 @@ def export(
             "or store it dense with --dense-fallback."
         ) from e
 
+
+def _print_report(out_console: Console, report: ExportReport, tensors: dict, checkpoint: Path, out: Path) -> None:
+    """A table of how each tensor is stored, then the sizes against a dense safetensors file."""
+    from rich.table import Table
+
     table = Table("tensor", "shape", "stored as", "bytes", title=f"{shown(checkpoint)} → {shown(out)}")
     for name, p in report.packed.items():
         tail = f" + tail {p.tail_k}/{p.row_len % p.bank_size}" if p.row_len % p.bank_size else ""
@@ -164,16 +211,21 @@ def export(
         how = "dense (not bank-balanced)" if name in report.fallback else "dense"
         t = tensors[name]
         table.add_row(shown(name), str(list(t.shape)), how, f"{t.numel() * t.element_size():,}")
-    out_console = console()
     out_console.print(table)
     out_console.print(
         f"dense safetensors: {_size(report.dense_bytes)}, packed: {_size(report.packed_bytes)}, "
         f"ratio: {report.ratio:.4f}"
     )
-    if verify:
-        back = load_packed(out)
-        wrong = sorted(n for n, t in tensors.items() if not _same_bits(back.get(n, torch.empty(0)), t.detach().cpu()))
-        if wrong:
-            raise click.ClickException(f"{out}: rebuilt tensors differ from the checkpoint: {wrong}")
-        out_console.print(f"verified: all {len(tensors)} tensors rebuilt bit-exactly (zeros as +0.0)")
-    written.report()
+
+
+def _verify(out_console: Console, out: Path, tensors: dict) -> None:
+    """Reload OUT and compare every tensor bit by bit with the checkpoint's."""
+    import torch
+
+    from ..export import load_packed
+
+    back = load_packed(out)
+    wrong = sorted(n for n, t in tensors.items() if not _same_bits(back.get(n, torch.empty(0)), t.detach().cpu()))
+    if wrong:
+        raise click.ClickException(f"{out}: rebuilt tensors differ from the checkpoint: {wrong}")
+    out_console.print(f"verified: all {len(tensors)} tensors rebuilt bit-exactly (zeros as +0.0)")

@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -24,6 +24,9 @@ from ._common import (
     say_replacing,
     shown,
 )
+
+if TYPE_CHECKING:
+    from ..sensitivity import SensitivityTable
 
 OUTPUT_NAMES = (
     "dense.safetensors",
@@ -269,8 +272,37 @@ def sensitivity(
     progress,
 ) -> None:
     """Prune one parameter at a time, one-shot; score; restore; suggest a prune_dict."""
-    from ..atomic import write_text
-    from ..sensitivity import overall_sparsity, predicted_drop, snap_levels, suggest_prune_dict, sweep
+    level_values = _checked_levels(levels, balance, bank_size, target, uniform)
+    out = output_directory(out, "--out")  # before the training and the sweep, not after them
+    say_replacing(out, earlier_files(out, OUTPUT_NAMES))
+    written = Written()
+    if model_spec is None:
+        from .demo import mnist_data_dir
+
+        data_dir = mnist_data_dir(data_dir, download=False)
+        model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out, score, written)
+    else:
+        model, evaluate = load_user_model(model_spec)
+    table = _run_sweep(model, evaluate, params, level_values, balance, bank_size, layout, lower_is_better, progress)
+    _print_table(table)
+    table.save_json(written.before(out / "sensitivity.json"))
+    table.save_csv(written.before(out / "sensitivity.csv"))
+    report, bars = _suggestion(table, target, uniform, max_drop, out, written)
+    plots_missing = not _plot(table, bars if report is not None else None, out, written)
+    written.report(err=True)
+    if plots_missing:
+        click.echo("no plots: matplotlib is not installed (pip install 'bank-pruning-tools[plots]')", err=True)
+    if report is None:
+        click.echo("pass --target, --uniform or --max-drop for a suggested prune_dict", err=True)
+    else:
+        click.echo(json.dumps(report, indent=1))
+
+
+def _checked_levels(
+    levels: str, balance: str, bank_size: int, target: float | None, uniform: float | None
+) -> list[float]:
+    """--levels as numbers the pattern can realise, and --target and --uniform not both; before any work."""
+    from ..sensitivity import snap_levels
 
     try:
         level_values = [float(v) for v in levels.split(",") if v.strip()]
@@ -282,19 +314,26 @@ def sensitivity(
         snap_levels(level_values, balance, bank_size)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--levels") from error
-    out = output_directory(out, "--out")  # before the training and the sweep, not after them
-    say_replacing(out, earlier_files(out, OUTPUT_NAMES))
-    written = Written()
-    if model_spec is None:
-        from .demo import mnist_data_dir
+    return level_values
 
-        data_dir = mnist_data_dir(data_dir, download=False)
-        model, evaluate = mnist_model(data_dir, weights, epochs, limit, score_images, seed, out, score, written)
-    else:
-        model, evaluate = load_user_model(model_spec)
+
+def _run_sweep(
+    model: Any,
+    evaluate: Callable[[Any], float],
+    params: tuple[str, ...],
+    level_values: list[float],
+    balance: str,
+    bank_size: int,
+    layout: str,
+    lower_is_better: bool,
+    progress: bool,
+) -> SensitivityTable:
+    """The sweep under a progress bar; the library's errors about the model as usage errors."""
+    from ..sensitivity import sweep
+
     try:
         with _progress_bar(progress) as report_progress:
-            table = sweep(
+            return sweep(
                 model,
                 evaluate,
                 list(params) or None,
@@ -307,41 +346,52 @@ def sensitivity(
             )
     except (ValueError, TypeError) as error:
         raise click.UsageError(str(error)) from error
-    _print_table(table)
-    table.save_json(written.before(out / "sensitivity.json"))
-    table.save_csv(written.before(out / "sensitivity.csv"))
+
+
+def _suggestion(
+    table: SensitivityTable,
+    target: float | None,
+    uniform: float | None,
+    max_drop: float | None,
+    out: Path,
+    written: Written,
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, float]]]:
+    """The suggested prune_dict's report, written to suggestion.json (None when none was asked for),
+    and the targets to plot by label."""
+    from ..atomic import write_text
+    from ..sensitivity import overall_sparsity, predicted_drop, suggest_prune_dict
+
     if uniform is not None:
         target = overall_sparsity(table, {name: uniform for name in table.names})
-    suggestion = None
-    if target is not None or max_drop is not None:
-        try:
-            suggestion = suggest_prune_dict(table, target, max_drop)
-        except ValueError as error:
-            written.report(err=True)
-            raise click.UsageError(str(error)) from error
-        report = {
-            "prune_dict": suggestion,
-            "overall_sparsity": overall_sparsity(table, suggestion),
-            "predicted_drop": predicted_drop(table, suggestion),
-            "target": target,
-            "max_drop": max_drop,
-        }
-        bars = {"suggested": suggestion}
-        if uniform is not None:
-            bars[f"uniform {uniform}"] = {name: uniform for name in table.names}
-            report["uniform"] = uniform
-        write_text(written.before(out / "suggestion.json"), json.dumps(report, indent=1) + "\n")
-    plots_missing = importlib.util.find_spec("matplotlib") is None  # the optional extra "plots"
-    if not plots_missing:
-        from ..demo.sensitivity_plots import plot_curves, plot_targets
+    if target is None and max_drop is None:
+        return None, {}
+    try:
+        suggestion = suggest_prune_dict(table, target, max_drop)
+    except ValueError as error:
+        written.report(err=True)
+        raise click.UsageError(str(error)) from error
+    report: dict[str, Any] = {
+        "prune_dict": suggestion,
+        "overall_sparsity": overall_sparsity(table, suggestion),
+        "predicted_drop": predicted_drop(table, suggestion),
+        "target": target,
+        "max_drop": max_drop,
+    }
+    bars = {"suggested": suggestion}
+    if uniform is not None:
+        bars[f"uniform {uniform}"] = {name: uniform for name in table.names}
+        report["uniform"] = uniform
+    write_text(written.before(out / "suggestion.json"), json.dumps(report, indent=1) + "\n")
+    return report, bars
 
-        plot_curves(table, written.before(out / "sensitivity.png"))
-        if suggestion is not None:
-            plot_targets(table, bars, written.before(out / "targets.png"))
-    written.report(err=True)
-    if plots_missing:
-        click.echo("no plots: matplotlib is not installed (pip install 'bank-pruning-tools[plots]')", err=True)
-    if suggestion is None:
-        click.echo("pass --target, --uniform or --max-drop for a suggested prune_dict", err=True)
-    else:
-        click.echo(json.dumps(report, indent=1))
+
+def _plot(table: SensitivityTable, bars: dict[str, dict[str, float]] | None, out: Path, written: Written) -> bool:
+    """Plot the curves, and the targets when there are ``bars``; False when matplotlib is missing."""
+    if importlib.util.find_spec("matplotlib") is None:  # the optional extra "plots"
+        return False
+    from ..demo.sensitivity_plots import plot_curves, plot_targets
+
+    plot_curves(table, written.before(out / "sensitivity.png"))
+    if bars is not None:
+        plot_targets(table, bars, written.before(out / "targets.png"))
+    return True
