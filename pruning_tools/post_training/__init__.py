@@ -152,51 +152,22 @@ def oneshot(
     Returns an ``OneShotReport``. The model is modified in place (pruned weights exactly ``+0.0``).
     """
     if check_choice("structure", structure, ("none", "channel")) == "channel":
-        from ..structured.oneshot import METHODS as CHANNEL_METHODS
-        from ..structured.oneshot import oneshot_channels
-
-        check_choice("method", method, CHANNEL_METHODS)
-        if calibration is None:
-            raise ValueError("calibration=None is not allowed with structure='channel': its first batch is traced")
-        return oneshot_channels(model, calibration, prune_dict, method, round_to=round_to, forward=forward)
+        return _oneshot_channels(model, calibration, prune_dict, method, round_to, forward)
     if round_to != 1:
         raise ValueError(f"round_to={round_to!r} is not allowed: expected 1 unless structure='channel'")
     started = time.perf_counter()
     method = check_choice("method", method, METHODS)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
-    defaults: dict[str, Any] = {
-        "balance": check_choice("balance", balance, BALANCES),
-        "bank_size": check_bank_size("bank_size", bank_size),
-        "layout": check_choice("layout", layout, LAYOUTS),
-    }
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp <= 0:
-        raise ValueError(f"damp={damp!r} is not allowed: expected a finite number > 0 (the paper uses 0.01)")
+    defaults = _check_options(balance, bank_size, layout, damp, forward, progress)
     block_size = check_step("block_size", block_size, minimum=1)
-    for argument, value in (("forward", forward), ("progress", progress)):
-        if value is not None and not callable(value):
-            raise TypeError(f"{argument}={value!r} is not allowed: expected a callable or None")
     bridge = TorchBridge(model)  # names, shapes, out dims and layouts exactly as Prune reads them
-    layouts = bridge.layouts(defaults["layout"])
     specs = resolve_prune_dict(
-        prune_dict, bridge.shapes(), defaults, bridge.out_dims(), layouts, bridge.aliases(), bridge.dtypes()
-    )
+        prune_dict, bridge.shapes(), defaults, bridge.out_dims(), bridge.layouts(defaults["layout"]),
+        bridge.aliases(), bridge.dtypes(),
+    )  # fmt: skip
     params = {name: bridge.parameter(name) for name in specs}
-    for name in specs:
-        if not params[name].is_floating_point():
-            raise TypeError(
-                f"prune_dict entry {name!r} has dtype {params[name].dtype}: expected a floating-point weight"
-            )
-        if D.is_sharded(params[name]):
-            raise ValueError(f"{name} is a sharded DTensor: oneshot needs whole weights (gather the model first)")
-    if method != "magnitude":
-        pooled = [n for n, s in specs.items() if s.balance == "global"]
-        if pooled:
-            raise ValueError(
-                f"balance='global' is not allowed with method={method!r} (for {pooled}): one threshold across layers "
-                "needs every layer's scores at once, while calibration prunes one layer after another; "
-                "use balance='none' (per tensor) or method='magnitude'"
-            )
+    _check_weights(params, specs, method)
     modules = dict(model.named_modules())
     described = {
         name: L.describe(name, bridge.spelled[name], spec, params[name], modules) for name, spec in specs.items()
@@ -209,14 +180,76 @@ def oneshot(
     if calibration is None and method != "magnitude":
         raise ValueError(f"calibration=None is not allowed with method={method!r}: expected an iterable of batches")
     batches = None if calibration is None else C.as_batches(calibration, forward is not None)
-    run_forward = forward or C.default_forward
+    job = _Pruning(model, params, specs, described, method, batches, forward or C.default_forward, blocks, damp,
+                   block_size)  # fmt: skip
+    job.progress = progress
+    _run(job, model)
+    report = job.report
+    report.batches = len(batches or ())
+    report.seconds = time.perf_counter() - started
+    report.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return report
 
+
+def _oneshot_channels(
+    model: nn.Module,
+    calibration: Iterable[Any] | None,
+    prune_dict: Mapping[str, Any],
+    method: str,
+    round_to: int,
+    forward: Callable[[nn.Module, Any], Any] | None,
+) -> Any:
+    """``oneshot(..., structure="channel")``: whole channels scored with the calibration data."""
+    from ..structured.oneshot import METHODS as CHANNEL_METHODS
+    from ..structured.oneshot import oneshot_channels
+
+    check_choice("method", method, CHANNEL_METHODS)
+    if calibration is None:
+        raise ValueError("calibration=None is not allowed with structure='channel': its first batch is traced")
+    return oneshot_channels(model, calibration, prune_dict, method, round_to=round_to, forward=forward)
+
+
+def _check_options(
+    balance: str, bank_size: int, layout: str, damp: float, forward: Any, progress: Any
+) -> dict[str, Any]:
+    """The pattern defaults (``balance``, ``bank_size``, ``layout``) validated; ``damp`` and the callables checked."""
+    defaults: dict[str, Any] = {
+        "balance": check_choice("balance", balance, BALANCES),
+        "bank_size": check_bank_size("bank_size", bank_size),
+        "layout": check_choice("layout", layout, LAYOUTS),
+    }
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp <= 0:
+        raise ValueError(f"damp={damp!r} is not allowed: expected a finite number > 0 (the paper uses 0.01)")
+    for argument, value in (("forward", forward), ("progress", progress)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{argument}={value!r} is not allowed: expected a callable or None")
+    return defaults
+
+
+def _check_weights(params: Mapping[str, Tensor], specs: Mapping[str, ParamSpec], method: str) -> None:
+    """Every listed weight floating-point and whole (not a shard); no pooled pattern with calibration."""
+    for name in specs:
+        if not params[name].is_floating_point():
+            raise TypeError(
+                f"prune_dict entry {name!r} has dtype {params[name].dtype}: expected a floating-point weight"
+            )
+        if D.is_sharded(params[name]):
+            raise ValueError(f"{name} is a sharded DTensor: oneshot needs whole weights (gather the model first)")
+    pooled = [n for n, s in specs.items() if s.balance == "global"]
+    if method != "magnitude" and pooled:
+        raise ValueError(
+            f"balance='global' is not allowed with method={method!r} (for {pooled}): one threshold across layers "
+            "needs every layer's scores at once, while calibration prunes one layer after another; "
+            "use balance='none' (per tensor) or method='magnitude'"
+        )
+
+
+def _run(job: _Pruning, model: nn.Module) -> None:
+    """Run ``job`` in eval mode without gradients, the training flag restored; an error names what was written."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            job = _Pruning(model, params, specs, described, method, batches, run_forward, blocks, damp, block_size)
-            job.progress = progress
             try:
                 job.run()
             except (ValueError, TypeError, RuntimeError) as error:
@@ -225,11 +258,6 @@ def oneshot(
                 raise
     finally:
         model.train(was_training)
-    report = job.report
-    report.batches = len(batches or ())
-    report.seconds = time.perf_counter() - started
-    report.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return report
 
 
 def pattern_name(spec: ParamSpec) -> str:
