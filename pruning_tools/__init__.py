@@ -29,10 +29,11 @@ _EXPORTS = {
     "target_sparsity": "schedule",
     "to_bank_sparse": "inference",
     "load_bank_sparse": "inference",
+    "calibrate": "inference",
 }
 
 if TYPE_CHECKING:
-    from .inference import load_bank_sparse, to_bank_sparse
+    from .inference import calibrate, load_bank_sparse, to_bank_sparse
     from .masks import BankCheck, bank_mask, check_banks, unstructured_mask
     from .oneshot import oneshot
     from .pytorch_pruning import Prune
@@ -55,6 +56,7 @@ __all__ = [
     "BankCheck",
     "Prune",
     "bank_mask",
+    "calibrate",
     "check_banks",
     "oneshot",
     "load_bank_sparse",

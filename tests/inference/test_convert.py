@@ -29,6 +29,7 @@ from ..fake_layers import Conv1D
 from .conftest import TOL
 
 EVERY = dict(min_speedup=0.01, min_weights=0)  # convert every bank-balanced layer
+pytestmark = pytest.mark.usefixtures("fixed_rule")  # which layers the default rule converts: the same everywhere
 
 
 def cnn() -> nn.Sequential:
