@@ -12,12 +12,12 @@ is the modelled speedup (interpolated in log ``n`` between the calibrated sizes)
 ``example_inputs`` converts a layer when its *worst* calibrated size still reaches ``min_speedup``, so
 a layer is converted only where it is faster at every input size calibrated.
 
-Families: ``linear`` (rows 1, 8, 64, 256: decoding, small batches, token blocks), ``conv`` (a 3×3
-convolution at 7², 14², 28² positions) and ``conv1x1``. The result is cached in the kernels' cache
-directory (``_native.cache_dir()``), keyed by CPU model, instruction-set level, engine, thread count,
-torch version and the kernel's source, so it runs once per machine and setting; ``calibrate()``
-runs it again. The cached file is untrusted: one that does not read back as a valid calibration is
-measured again.
+Families: ``linear`` (layers of 256² and 1024² weights at rows 1, 8, 64, 256: decoding, small
+batches, token blocks), ``conv`` (a 3×3 convolution at 7², 14², 28² positions) and ``conv1x1``.
+The result is cached in the kernels' cache directory (``_native.cache_dir()``), keyed by CPU model,
+instruction-set level, engine, thread count, torch version and the kernel's source, so it runs once
+per machine and setting; ``calibrate()`` runs it again. The cached file is untrusted: one that does
+not read back as a valid calibration is measured again.
 """
 
 from __future__ import annotations
@@ -41,18 +41,27 @@ from ..atomic import write_text
 from ..masks import bank_mask
 
 FAMILIES = ("linear", "conv", "conv1x1")
-VERSION = 1  # of the file format and the shapes measured
+VERSION = 2  # of the file format and the shapes measured
 M = TypeVar("M", nn.Linear, nn.Conv2d)
 KEEP = 4  # of 64: the shapes are timed at 93.75 % (the model scales with the stored slots)
 
 
 @dataclass(frozen=True)
 class Point:
-    """The cost model of one family at one input size ``n`` (rows or output positions)."""
+    """The cost model of one family for a layer of ``weights`` dense weights at input size ``n`` (rows
+    or output positions)."""
 
+    weights: int
     n: int
     dense_ns_per_mac: float
     sparse_ns_per_slot: float
+
+
+def _between(x: float, x0: float, x1: float) -> float:
+    """Where ``x`` lies from ``x0`` (0) to ``x1`` (1) in log scale, clamped to [0, 1]."""
+    if x1 <= x0:
+        return 0.0
+    return min(1.0, max(0.0, (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))))
 
 
 @dataclass(frozen=True)
@@ -62,36 +71,49 @@ class Calibration:
     key: dict[str, str]  # what it was measured for (cpu, isa, engine, threads, torch, kernel)
     dense_call_us: float
     sparse_call_us: float
-    points: dict[str, tuple[Point, ...]]  # family -> points, by increasing n
+    points: dict[str, tuple[Point, ...]]  # family -> points, by layer size then input size
     seconds: float = 0.0  # how long the measurement took
 
     def expected(self, family: str, weights: int, stored: int, n: int | None = None) -> float:
         """Modelled dense ÷ bank-sparse time of a layer with ``weights`` dense weights and ``stored`` packed
-        slots, on an input of ``n`` rows / output positions (None: the worst calibrated size)."""
-        points = self.points[family]
+        slots, on an input of ``n`` rows / output positions (None: the worst calibrated size). Rates are
+        interpolated in log scale between the calibrated input sizes and layer sizes (clamped at the ends)."""
         if n is None:
-            return min(self._at(p, weights, stored, p.n) for p in points)
-        if n <= points[0].n:
-            return self._at(points[0], weights, stored, n)
-        for lo, hi in zip(points, points[1:]):
-            if n <= hi.n:
-                a = (math.log(n) - math.log(lo.n)) / (math.log(hi.n) - math.log(lo.n))
-                mixed = Point(
-                    n,
-                    lo.dense_ns_per_mac * (1 - a) + hi.dense_ns_per_mac * a,
-                    lo.sparse_ns_per_slot * (1 - a) + hi.sparse_ns_per_slot * a,
-                )
-                return self._at(mixed, weights, stored, n)
-        return self._at(points[-1], weights, stored, n)
+            return min(self._speedup(family, weights, stored, m) for m in self._sizes(family))
+        return self._speedup(family, weights, stored, n)
 
     def span(self, family: str, weights: int, stored: int) -> tuple[float, float]:
-        """The smallest and largest modelled speedup over the calibrated sizes."""
-        values = [self._at(p, weights, stored, p.n) for p in self.points[family]]
+        """The smallest and largest modelled speedup over the calibrated input sizes."""
+        values = [self._speedup(family, weights, stored, m) for m in self._sizes(family)]
         return min(values), max(values)
 
-    def _at(self, p: Point, weights: int, stored: int, n: int) -> float:
-        dense = self.dense_call_us * 1e3 + n * weights * p.dense_ns_per_mac
-        sparse = self.sparse_call_us * 1e3 + n * stored * p.sparse_ns_per_slot
+    def _sizes(self, family: str) -> list[int]:
+        return sorted({p.n for p in self.points[family]})
+
+    def _rates(self, family: str, weights: int, n: int) -> tuple[float, float]:
+        """(dense ns per multiply-add, bank-sparse ns per slot) of a layer of ``weights`` at size ``n``."""
+        by_layer: dict[int, list[Point]] = {}
+        for p in self.points[family]:
+            by_layer.setdefault(p.weights, []).append(p)
+
+        def at_n(points: list[Point]) -> tuple[float, float]:
+            lo = max((p for p in points if p.n <= n), key=lambda p: p.n, default=min(points, key=lambda p: p.n))
+            hi = min((p for p in points if p.n >= n), key=lambda p: p.n, default=max(points, key=lambda p: p.n))
+            a = _between(n, lo.n, hi.n)
+            return (lo.dense_ns_per_mac * (1 - a) + hi.dense_ns_per_mac * a,
+                    lo.sparse_ns_per_slot * (1 - a) + hi.sparse_ns_per_slot * a)  # fmt: skip
+
+        sizes = sorted(by_layer)
+        small = max((w for w in sizes if w <= weights), default=sizes[0])
+        large = min((w for w in sizes if w >= weights), default=sizes[-1])
+        a = _between(weights, small, large)
+        (d0, s0), (d1, s1) = at_n(by_layer[small]), at_n(by_layer[large])
+        return d0 * (1 - a) + d1 * a, s0 * (1 - a) + s1 * a
+
+    def _speedup(self, family: str, weights: int, stored: int, n: int) -> float:
+        dense_rate, sparse_rate = self._rates(family, weights, n)
+        dense = self.dense_call_us * 1e3 + n * weights * dense_rate
+        sparse = self.sparse_call_us * 1e3 + n * stored * sparse_rate
         return dense / sparse
 
     def to_json(self) -> str:
@@ -108,9 +130,9 @@ class Calibration:
                 raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
             points = {
                 family: tuple(
-                    Point(int(p["n"]), float(p["dense_ns_per_mac"]), float(p["sparse_ns_per_slot"]))
+                    Point(int(p["weights"]), int(p["n"]), float(p["dense_ns_per_mac"]), float(p["sparse_ns_per_slot"]))
                     for p in data["points"][family]
-                )  # fmt: skip
+                )
                 for family in FAMILIES
             }
             out = cls(
@@ -128,8 +150,8 @@ class Calibration:
         if not all(math.isfinite(v) and 0 < v < 1e9 for v in numbers):
             raise ValueError("not a calibration file (a rate or cost that is not a positive finite number)")
         for family, ps in points.items():
-            if not ps or any(p.n < 1 for p in ps) or [p.n for p in ps] != sorted({p.n for p in ps}):
-                raise ValueError(f"not a calibration file (sizes of {family!r} not increasing from 1)")
+            if not ps or any(p.n < 1 or p.weights < 1 for p in ps) or len({(p.weights, p.n) for p in ps}) != len(ps):
+                raise ValueError(f"not a calibration file (sizes of {family!r} not distinct positive integers)")
         return out
 
 
@@ -254,16 +276,18 @@ def _times(dense: Callable[[], object], sparse: Callable[[], object], rounds: in
 
 
 def _shapes() -> dict[str, list[tuple[nn.Linear | nn.Conv2d, torch.Tensor, int]]]:
-    """family -> (dense layer, input, n) at each calibrated size."""
+    """family -> (dense layer, input, n) at each calibrated size: linear layers of 256² and 1024²
+    weights at 1, 8, 64 and 256 rows; convolutions at 7², 14² and 28² output positions."""
     g = torch.Generator().manual_seed(0)
-    fc = _pruned(nn.Linear(1024, 1024), g)
+    out: dict[str, list[tuple[nn.Linear | nn.Conv2d, torch.Tensor, int]]] = {"linear": [], "conv": [], "conv1x1": []}
+    for features in (256, 1024):
+        fc = _pruned(nn.Linear(features, features), g)
+        out["linear"] += [(fc, torch.randn(n, features, generator=g), n) for n in (1, 8, 64, 256)]
     conv = _pruned(nn.Conv2d(128, 128, 3, padding=1), g)
+    out["conv"] = [(conv, torch.randn(1, 128, s, s, generator=g), s * s) for s in (7, 14, 28)]
     pointwise = _pruned(nn.Conv2d(512, 128, 1), g)
-    return {
-        "linear": [(fc, torch.randn(n, 1024, generator=g), n) for n in (1, 8, 64, 256)],
-        "conv": [(conv, torch.randn(1, 128, s, s, generator=g), s * s) for s in (7, 14, 28)],
-        "conv1x1": [(pointwise, torch.randn(1, 512, s, s, generator=g), s * s) for s in (7, 14, 28)],
-    }
+    out["conv1x1"] = [(pointwise, torch.randn(1, 512, s, s, generator=g), s * s) for s in (7, 14, 28)]
+    return out
 
 
 def measure(k: dict[str, str] | None = None, rounds: int = 5) -> Calibration:
@@ -283,7 +307,7 @@ def measure(k: dict[str, str] | None = None, rounds: int = 5) -> Calibration:
             out = []
             sparse_module: BankSparseLinear | BankSparseConv | None = None
             for layer, xin, n in cases:
-                if sparse_module is None:
+                if sparse_module is None or sparse_module.weight_shape != tuple(layer.weight.shape):
                     sparse_module = (
                         BankSparseLinear.from_linear(layer) if family == "linear" else BankSparseConv.from_conv(layer)
                     )
@@ -296,7 +320,7 @@ def measure(k: dict[str, str] | None = None, rounds: int = 5) -> Calibration:
                 td, ts = _times(run_dense, run_sparse, rounds, calls)
                 dense_rate = max(td - dense_call, td * 0.05) * 1e9 / (n * weights)
                 sparse_rate = max(ts - sparse_call, ts * 0.05) * 1e9 / (n * stored)
-                out.append(Point(n, dense_rate, sparse_rate))
+                out.append(Point(weights, n, dense_rate, sparse_rate))
             points[family] = tuple(out)
     return Calibration(k or key(), dense_call * 1e6, sparse_call * 1e6, points, time.perf_counter() - started)
 

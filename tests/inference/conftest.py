@@ -51,9 +51,9 @@ FIXED_RULE = calibration.Calibration(
     1.0,
     1.0,
     {
-        "linear": (calibration.Point(1, 1.0, 4.0), calibration.Point(256, 1.0, 4.0)),
-        "conv": (calibration.Point(49, 1.0, 5.0), calibration.Point(784, 1.0, 5.0)),
-        "conv1x1": (calibration.Point(49, 1.0, 5.0), calibration.Point(784, 1.0, 5.0)),
+        "linear": (calibration.Point(65536, 1, 1.0, 4.0), calibration.Point(65536, 256, 1.0, 4.0)),
+        "conv": (calibration.Point(65536, 49, 1.0, 5.0), calibration.Point(65536, 784, 1.0, 5.0)),
+        "conv1x1": (calibration.Point(65536, 49, 1.0, 5.0), calibration.Point(65536, 784, 1.0, 5.0)),
     },
 )
 

@@ -39,7 +39,9 @@ def fake_measure(calls: list):
 def test_measured_on_this_machine_for_every_family():
     result = calib.measure()
     assert set(result.points) == set(calib.FAMILIES)
-    assert [p.n for p in result.points["linear"]] == [1, 8, 64, 256]
+    assert [(p.weights, p.n) for p in result.points["linear"]] == [
+        (w, n) for w in (256**2, 1024**2) for n in (1, 8, 64, 256)
+    ]
     for points in result.points.values():
         assert all(p.dense_ns_per_mac > 0 and p.sparse_ns_per_slot > 0 for p in points)
     assert result.dense_call_us > 0 and result.sparse_call_us > 0
@@ -74,7 +76,9 @@ def test_cached_beside_the_kernels_keyed_by_setting_and_rerun_by_calibrate(monke
         lambda d: "not json {",
         lambda d: json.dumps({**d, "version": 99}),
         lambda d: json.dumps({**d, "dense_call_us": -1.0}),
-        lambda d: json.dumps({**d, "points": {**d["points"], "linear": [{"n": 8, "dense_ns_per_mac": 1.0}]}}),
+        lambda d: json.dumps(
+            {**d, "points": {**d["points"], "linear": [{"weights": 9, "n": 8, "dense_ns_per_mac": 1.0}]}}
+        ),
         lambda d: json.dumps({**d, "points": {**d["points"], "conv": []}}),
         lambda d: json.dumps({**d, "key": {**d["key"], "cpu": "another CPU"}}),
         lambda d: json.dumps({**d, "sparse_call_us": float("nan")}).replace("NaN", "1e999"),
@@ -98,7 +102,7 @@ def test_the_cost_model():
         {},
         2.0,  # µs per dense call
         4.0,  # µs per bank-sparse call
-        {f: (calib.Point(1, 1.0, 2.0), calib.Point(100, 1.0, 8.0)) for f in calib.FAMILIES},
+        {f: (calib.Point(16000, 1, 1.0, 2.0), calib.Point(16000, 100, 1.0, 8.0)) for f in calib.FAMILIES},
     )
     weights, stored = 16000, 1000
     at_1 = (2000 + 1 * weights * 1.0) / (4000 + 1 * stored * 2.0)
@@ -110,6 +114,11 @@ def test_the_cost_model():
     assert rule.span("conv", weights, stored) == (min(at_1, at_100), max(at_1, at_100))
     middle = rule.expected("linear", weights, stored, 10)  # interpolated in log n: rate 5 ns per slot
     assert math.isclose(middle, (2000 + 10 * weights) / (4000 + 10 * stored * 5.0))
+    two = calib.Calibration({}, 2.0, 4.0, {f: (calib.Point(100, 1, 1.0, 2.0), calib.Point(10000, 1, 3.0, 2.0))
+                                           for f in calib.FAMILIES})  # fmt: skip
+    # a layer of 1000 weights lies halfway (log scale) between the two calibrated layers: dense rate 2 ns
+    assert math.isclose(two.expected("linear", 1000, 100, 1), (2000 + 1000 * 2.0) / (4000 + 100 * 2.0))
+    assert math.isclose(two.expected("linear", 10**6, 100, 1), (2000 + 10**6 * 3.0) / (4000 + 100 * 2.0))
 
 
 def pruned_mlp():
@@ -122,7 +131,7 @@ def pruned_mlp():
 
 def test_the_default_rule_follows_the_machine():
     model, prune = pruned_mlp()
-    slow = calib.Calibration({}, 1.0, 1.0, {f: (calib.Point(1, 1.0, 40.0),) for f in calib.FAMILIES})
+    slow = calib.Calibration({}, 1.0, 1.0, {f: (calib.Point(1000, 1, 1.0, 40.0),) for f in calib.FAMILIES})
     with calib.use_calibration(slow):  # a machine where the kernel is 40x slower per slot: nothing pays
         report = to_bank_sparse(copy.deepcopy(model), prune.state_dict())
     assert report.converted == [] and "too little sparsity for this machine" in report.layers[0].reason
