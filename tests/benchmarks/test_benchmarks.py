@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from benchmarks import kernel
 from benchmarks.masks import PATTERNS, _same_up_to_ties
 from benchmarks.models import bert_like, prunable_weights, resnet50
+from pruning_tools import _native
 from pruning_tools import geometry as G
 from pruning_tools.cli import main
 
@@ -124,3 +125,4 @@ def test_inference_benchmark_quick(tmp_path):
     assert result["runs"][0]["threads"] == 1 and "load average" in result["runs"][0]
     table = (tmp_path / "inference.md").read_text()
     assert "| model | shape | threads | sparsity |" in table and "GPT decoder" in table
+    assert f"kernel ISA {_native.isa.chosen()}" in table and f"CPU {_native.isa.cpu_model()}" in result["header"]
