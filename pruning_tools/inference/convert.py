@@ -40,6 +40,7 @@ from ..config import ParamSpec
 from ..export import NotBankBalancedError, PackedTensor, read_packed, unpack, worth_packing
 from . import calibration as calib
 from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path, restore
+from .fold import conv_bn_pairs, fold
 from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported, is_conv1d
 
 MIN_WEIGHTS = 16384  # below: the ~5 µs of a call rivals the dense product
@@ -382,8 +383,22 @@ def _decide(
                     layer.converted, layer.reason = False, "the whole model was slower converted: undone"
             report.notes.append(f"the converted model measured {report.measured_speedup:.2f}x: every conversion undone")
             return report
+    folded, why = conv_bn_pairs(model, [name for name, (c, _) in chosen.items() if c.family != "linear"])
     for name, (_, new) in chosen.items():
         _set(model, name, new)
+    for conv_name, bn_name in folded:
+        m = chosen[conv_name][0].module
+        new_conv, new_bn = fold(
+            chosen[conv_name][1], model.get_submodule(bn_name), (m.stride, m.padding, m.dilation, m.padding_mode)
+        )
+        _set(model, conv_name, new_conv)
+        _set(model, bn_name, new_bn)
+    if folded:
+        report.notes.append(
+            f"BatchNorm folded into the converted convolution before it in eval mode: {len(folded)} pairs"
+        )
+    elif why:
+        report.notes.append(why)
     changed = disable_fused_path(model, set(chosen))
     if changed:
         names = sorted({name for name, m in model.named_modules() for module, _, _ in changed if m is module})
@@ -433,7 +448,7 @@ def to_bank_sparse(
     ``bank_size`` applies to every weight and the budget is each weight's measured sparsity.
     ``example_inputs``: an input of ``model`` (a tensor, a tuple of positional arguments, or a dict of
     keyword arguments): the rule is then measured on it, and so is the whole model's speedup.
-    ``min_speedup``, ``min_weights``: the rule's thresholds (``min_speedup=0.01, min_weights=0``
+    ``min_speedup``, ``min_weights``: the rule's thresholds (``min_speedup=1e-9, min_weights=0``
     converts every bank-balanced layer). The converted model computes the masked model's outputs (up
     to float rounding).
     """
