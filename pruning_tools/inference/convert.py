@@ -41,6 +41,7 @@ from ..export import NotBankBalancedError, PackedTensor, read_packed, unpack, wo
 from . import calibration as calib
 from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path, restore
 from .fold import conv_bn_pairs, fold
+from .hf_saving import refuse_save_pretrained
 from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported, is_conv1d
 
 MIN_WEIGHTS = 16384  # below: the ~5 µs of a call rivals the dense product
@@ -399,6 +400,9 @@ def _decide(
         )
     elif why:
         report.notes.append(why)
+    if chosen and refuse_save_pretrained(model, list(chosen)):
+        report.notes.append("save_pretrained refused on this model (from_pretrained cannot read bank-sparse layers): "
+                            "use pruning-tools export + load_bank_sparse")  # fmt: skip
     changed = disable_fused_path(model, set(chosen))
     if changed:
         names = sorted({name for name, m in model.named_modules() for module, _, _ in changed if m is module})
