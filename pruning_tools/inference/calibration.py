@@ -260,18 +260,24 @@ def _pruned(module: M, generator: torch.Generator) -> M:
     return module.eval()
 
 
-def _times(dense: Callable[[], object], sparse: Callable[[], object], rounds: int, calls: int) -> tuple[float, float]:
+def _times(
+    dense: Callable[[], object], sparse: Callable[[], object], rounds: int, calls: int, budget_s: float = 0.1
+) -> tuple[float, float]:
     """Seconds per call of ``dense`` and ``sparse``: the fastest of ``rounds`` interleaved rounds of
-    ``calls`` each (load from other processes only ever adds time)."""
+    ``calls`` each (load from other processes only ever adds time); after two rounds it stops once
+    ``budget_s`` is spent (a machine so loaded that one product takes many times its usual time)."""
     dense(), sparse()  # warm: kernels built, caches filled
     d: list[float] = []
     s: list[float] = []
+    started = time.perf_counter()
     for r in range(rounds):
         for f, out in ((dense, d), (sparse, s)) if r % 2 == 0 else ((sparse, s), (dense, d)):
             t0 = time.perf_counter()
             for _ in range(calls):
                 f()
             out.append((time.perf_counter() - t0) / calls)
+        if r >= 1 and time.perf_counter() - started > budget_s:
+            break
     return min(d), min(s)
 
 
