@@ -33,10 +33,11 @@ _EXPORTS = {
     "shrink": "structured.shrink",
     "save_shrunk": "structured.files",
     "load_shrunk": "structured.files",
+    "calibrate": "inference",
 }
 
 if TYPE_CHECKING:
-    from .inference import load_bank_sparse, to_bank_sparse
+    from .inference import calibrate, load_bank_sparse, to_bank_sparse
     from .masks import BankCheck, bank_mask, check_banks, unstructured_mask
     from .post_training import oneshot
     from .pytorch_pruning import Prune
@@ -61,6 +62,7 @@ __all__ = [
     "BankCheck",
     "Prune",
     "bank_mask",
+    "calibrate",
     "check_banks",
     "oneshot",
     "load_bank_sparse",

@@ -3,7 +3,8 @@
 Each kernel is plain C99 (+ OpenMP where it helps) with no torch headers, built by the system C
 compiler (``$CC`` or ``cc``) in about a second at first use and loaded with ``ctypes``. The shared
 library is cached under ``$PRUNING_TOOLS_CACHE`` (default ``~/.cache/pruning_tools``), keyed by the
-source, the flags, the compiler and the CPU, so a later process loads it without compiling. A kernel
+source, the flags, the compiler and (for a kernel built ``per_isa``) the instruction-set level, so a
+later process loads it without compiling. A kernel
 with a ``python_module`` is also built as that CPython extension where Python's headers are found
 (``module(name)``: the same code, called without ctypes' per-call argument conversion).
 
@@ -11,7 +12,9 @@ with a ``python_module`` is also built as that CPython extension where Python's 
   zeroing for the mask engine (wrapped by ``mask_kernels``).
 - ``bank_sparse`` (``bank_sparse.c``): ``y = x Wᵀ + b`` and k×k convolutions from packed banks
   (``pruning_tools.inference``); every entry point checks its sizes once per call, and only runs on a
-  weight whose indices its own ``bank_check`` has read.
+  weight whose indices its own ``bank_check`` has read. Built once per instruction-set level
+  (``isa``: AVX-512, AVX2 + FMA, portable), the level chosen at run time from the CPU's flags or forced
+  by ``PRUNING_TOOLS_ISA`` / ``use_isa(level)``.
 
 ``PRUNING_TOOLS_SANITIZE=address`` builds every kernel with AddressSanitizer (a separate cache entry;
 the process must preload the sanitizer's runtime, see ``scripts/test.sh``).
@@ -45,6 +48,9 @@ from pathlib import Path
 
 import torch  # noqa: F401  (loads torch's OpenMP runtime first, so the kernels share its threads)
 
+from . import isa
+from .isa import use_isa
+
 ENGINES = ("auto", "native", "torch")
 HERE = Path(__file__).parent
 
@@ -59,6 +65,7 @@ class Kernel:
     flags: tuple[str, ...]  # -fopenmp is dropped (one thread) when the compiler lacks OpenMP
     signatures: dict[str, tuple[list, object]]  # function -> (argtypes, restype)
     python_module: str | None = None  # also built as this CPython extension where Python.h is found
+    per_isa: bool = False  # one build per instruction-set level (isa.FLAGS), the level chosen at run time
 
 
 def _mask_select_signatures() -> dict[str, tuple[list, object]]:
@@ -78,7 +85,7 @@ KERNELS = {
     ),
     "bank_sparse": Kernel(
         HERE / "bank_sparse.c",
-        ("-O3", "-march=native", "-std=gnu99", "-fopenmp", "-shared", "-fPIC"),
+        ("-O3", "-std=gnu99", "-fopenmp", "-shared", "-fPIC"),
         {  # descriptors are pointers to pruning_tools.inference.native.BankWeight / ConvGeometry
             "bank_check": ([_P, _P], ctypes.c_int),  # weight, int64 *where
             "bank_linear": ([_P, _P, _I, _I, _P], ctypes.c_int),  # weight, x, batch, in_features, y
@@ -86,20 +93,23 @@ KERNELS = {
             "bank_set_threads": ([ctypes.c_int], None),
         },
         python_module="_bank_sparse",  # linear / conv2d without ctypes' per-call conversions (module())
+        per_isa=True,
     ),
 }
 
 SANITIZERS = {"address": ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")}
 
 
-def flags_of(kernel: Kernel, python: bool = True) -> tuple[str, ...]:
-    """The compiler flags of ``kernel``: plus a sanitizer's when ``PRUNING_TOOLS_SANITIZE`` names one
+def flags_of(kernel: Kernel, python: bool = True, level: str | None = None) -> tuple[str, ...]:
+    """The compiler flags of ``kernel``: plus, for a kernel built ``per_isa``, those of instruction-set
+    ``level`` (default: ``isa.chosen()``), plus a sanitizer's when ``PRUNING_TOOLS_SANITIZE`` names one
     (``address``: AddressSanitizer, for tests; the process must preload the sanitizer's runtime), plus
     (``python``) those building its CPython extension module where Python.h is found."""
     sanitizer = os.environ.get("PRUNING_TOOLS_SANITIZE", "")
     if sanitizer and sanitizer not in SANITIZERS:
         raise ValueError(f"PRUNING_TOOLS_SANITIZE={sanitizer!r} is not allowed: expected one of {sorted(SANITIZERS)}")
-    flags = (*kernel.flags, *SANITIZERS.get(sanitizer, ()))
+    own = isa.FLAGS[level or isa.chosen()] if kernel.per_isa else ()
+    flags = (*kernel.flags, *own, *SANITIZERS.get(sanitizer, ()))
     extension = _python_flags() if python and kernel.python_module else None
     return (*flags, *extension) if extension else flags
 
@@ -112,9 +122,11 @@ def _python_flags() -> tuple[str, ...] | None:
     return (f"-I{include}", "-DBANK_PYTHON_MODULE")
 
 
-_loaded: dict[str, ctypes.CDLL | None] = {}  # kernel name -> library, None once it failed (or engine "torch")
-_modules: dict[str, object | None] = {}  # kernel name -> its extension module (None: ctypes only)
-_errors: dict[str, str] = {}  # kernel name -> why it is None
+# keyed by the kernel's name, plus "@level" for a kernel built per instruction-set level
+_loaded: dict[str, ctypes.CDLL | None] = {}  # key -> library, None once it failed (or engine "torch")
+_modules: dict[str, object | None] = {}  # key -> its extension module (None: ctypes only)
+_errors: dict[str, str] = {}  # key -> why it is None
+_threads = [0]  # set_threads()'s last value
 
 
 class _Override(threading.local):
@@ -168,6 +180,7 @@ def reset() -> None:
         _modules.clear()
         _errors.clear()
         _from_environment.clear()
+        isa.reset()
 
 
 def cache_dir() -> Path:
@@ -175,27 +188,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PRUNING_TOOLS_CACHE") or Path.home() / ".cache" / "pruning_tools")
 
 
-def _cpu_signature() -> str:
-    """CPU model and feature flags (``-march=native`` code must not run on another CPU)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name", "Features"))}))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
 def _compiler() -> list[str]:
     return (os.environ.get("CC") or "cc").split()
 
 
-def library_path(source: Path, flags: Sequence[str]) -> Path:
-    """Where the library compiled from ``source`` with ``flags`` by this compiler for this CPU is cached."""
+def library_path(source: Path, flags: Sequence[str], level: str = "") -> Path:
+    """Where the library compiled from ``source`` with ``flags`` (those of instruction-set ``level``,
+    where it is built per level) by this compiler is cached. The flags name every instruction the build
+    may use (no ``-march=native``), so the file runs on any CPU of its level."""
     cc = _compiler()
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256(
-        "\0".join([source.read_text(), " ".join(flags), " ".join(cc), version, _cpu_signature()]).encode()
+        "\0".join([source.read_text(), " ".join(flags), " ".join(cc), version, platform.machine(), level]).encode()
     ).hexdigest()[:16]
-    return cache_dir() / f"{source.stem}-{key}.so"
+    return cache_dir() / f"{source.stem}-{level + '-' if level else ''}{key}.so"
 
 
 def _build(target: Path, source: Path, flags: Sequence[str]) -> None:
@@ -220,22 +226,23 @@ def _build(target: Path, source: Path, flags: Sequence[str]) -> None:
             os.unlink(tmp)
 
 
-def compiled(source: Path, flags: Sequence[str]) -> Path:
+def compiled(source: Path, flags: Sequence[str], level: str = "") -> Path:
     """Path of the cached shared library of ``source``, compiling it first if needed."""
-    path = library_path(source, flags)
+    path = library_path(source, flags, level)
     if not path.exists():
         _build(path, source, flags)
     return path
 
 
-def _load(kernel: Kernel) -> tuple[ctypes.CDLL, object | None]:
+def _load(kernel: Kernel, level: str) -> tuple[ctypes.CDLL, object | None]:
     """The library (ctypes) and, for a kernel with a ``python_module``, the same file imported as that
-    extension module (None where it cannot be built: the library alone, through ctypes)."""
+    extension module (None where it cannot be built: the library alone, through ctypes). ``level``:
+    the instruction-set level of a kernel built ``per_isa`` ("" for the others)."""
     module, path = None, None
-    full, plain = flags_of(kernel), flags_of(kernel, python=False)
+    full, plain = flags_of(kernel, level=level or None), flags_of(kernel, python=False, level=level or None)
     if full != plain:
         try:
-            path = compiled(kernel.source, full)
+            path = compiled(kernel.source, full, level)
         except (OSError, RuntimeError, subprocess.SubprocessError):
             path = None  # no Python headers that work: the plain library
     if path is not None:
@@ -246,43 +253,55 @@ def _load(kernel: Kernel) -> tuple[ctypes.CDLL, object | None]:
                 spec.loader.exec_module(module)
             except ImportError:
                 module = None  # the library still loads through ctypes
-    lib = ctypes.CDLL(str(path if path is not None else compiled(kernel.source, plain)))
+    lib = ctypes.CDLL(str(path if path is not None else compiled(kernel.source, plain, level)))
     for name, (argtypes, restype) in kernel.signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
+    if hasattr(lib, "bank_set_threads"):
+        lib.bank_set_threads(_threads[0])  # as set_threads() left it for the builds loaded before
     return lib, module
 
 
+def _key(name: str) -> tuple[str, str]:
+    """``(key of the loaded tables, instruction-set level or "")`` of kernel ``name`` now."""
+    if name in KERNELS and KERNELS[name].per_isa:
+        level = isa.chosen()
+        return f"{name}@{level}", level
+    return name, ""
+
+
 def library(name: str) -> ctypes.CDLL | None:
-    """The loaded kernel ``name`` (a key of ``KERNELS``), or ``None`` where the PyTorch path is to be used."""
-    lib = _loaded.get(name)
+    """The loaded kernel ``name`` (a key of ``KERNELS``; built for the instruction-set level in force
+    where it is built per level), or ``None`` where the PyTorch path is to be used."""
+    key, level = _key(name)
+    lib = _loaded.get(key)
     chosen = engine()
     if lib is not None and chosen != "torch":  # the common case, checked first: this runs on every forward
         return lib
     if chosen == "torch":
         return None
-    if name not in _loaded:
+    if key not in _loaded:
         with _lock:
-            if name not in _loaded:
+            if key not in _loaded:
                 try:
-                    _loaded[name], _modules[name] = _load(KERNELS[name])
+                    _loaded[key], _modules[key] = _load(KERNELS[name], level)
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no compiler, build or load error
-                    _loaded[name], _errors[name] = None, f"{type(e).__name__}: {e}"
+                    _loaded[key], _errors[key] = None, f"{type(e).__name__}: {e}"
                     if chosen == "auto":
                         warnings.warn(
-                            f"{name} kernel unavailable, using the PyTorch path ({_errors[name]})",
+                            f"{name} kernel unavailable, using the PyTorch path ({_errors[key]})",
                             RuntimeWarning,
                             stacklevel=3,
                         )
-    if _loaded[name] is None and chosen == "native":
-        raise KernelUnavailableError(f"engine 'native' but the {name} kernel is unavailable: {_errors.get(name)}")
-    return _loaded[name]
+    if _loaded[key] is None and chosen == "native":
+        raise KernelUnavailableError(f"engine 'native' but the {name} kernel is unavailable: {_errors.get(key)}")
+    return _loaded[key]
 
 
 def module(name: str) -> object | None:
     """The extension module of kernel ``name`` (same code as ``library(name)``, called without ctypes),
     or None where it is not built (no Python headers) or the library is unavailable."""
-    return _modules.get(name) if library(name) is not None else None
+    return _modules.get(_key(name)[0]) if library(name) is not None else None
 
 
 def set_threads(n: int) -> None:
@@ -290,9 +309,11 @@ def set_threads(n: int) -> None:
     (``n = 0``: the default, ``torch.get_num_threads()`` minus the cores other processes keep busy)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n={n!r} is not allowed: expected an integer >= 0")
-    lib = library("bank_sparse")
-    if lib is not None:
-        lib.bank_set_threads(n)
+    _threads[0] = n
+    library("bank_sparse")  # (built and loaded now, as before)
+    for key, lib in list(_loaded.items()):  # every level's build keeps its own setting
+        if lib is not None and key.startswith("bank_sparse@"):
+            lib.bank_set_threads(n)
 
 
 __all__ = [
@@ -308,6 +329,8 @@ __all__ = [
     "library_path",
     "module",
     "reset",
+    "isa",
     "set_threads",
     "use_engine",
+    "use_isa",
 ]

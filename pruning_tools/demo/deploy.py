@@ -50,7 +50,7 @@ def deploy(result: dict, data_dir: str | Path | None, limit: int | None = None, 
     batch, one = x[:BATCH], x[:1]
     rule = to_bank_sparse(copy.deepcopy(masked), state, example_inputs=batch)
     fast = copy.deepcopy(masked)
-    report = to_bank_sparse(fast, state, min_speedup=1e-3, min_weights=0)
+    report = to_bank_sparse(fast, state, min_speedup=1e-9, min_weights=0)
     with torch.no_grad():
         speedup = _speedup(lambda: masked(batch), lambda: fast(batch), rounds)
         speedup_one = _speedup(lambda: masked(one), lambda: fast(one), 20 * rounds)

@@ -12,13 +12,16 @@ groups 1) and 1×1 ``nn.Conv3d``; the projections of ``nn.MultiheadAttention`` (
 ``out_dim=1``). A layer stays dense, with the reason in the report, when it is not pruned
 bank-balanced, too small, too little sparse, or (with ``example_inputs``) measured no faster.
 
-The rule. Without ``example_inputs`` it is a model of this machine: a layer converts when it holds at
-least ``MIN_WEIGHTS`` weights and its modelled speedup, ``EFFICIENCY[kind] * weights / stored``
-(stored: the packed slots), reaches ``min_speedup``; ``EFFICIENCY`` is the fraction of dense speed per
-multiply-add the kernels reach (measured with ``pruning_tools.benchmarks.inference``). With ``example_inputs``
-each candidate layer is timed, dense against bank-sparse, on the input it receives in one forward
-pass of the model, and converts only when measured at least ``min_speedup`` faster; then the whole
-model is timed before and after, and every conversion is undone should it be slower as a whole.
+The rule. Without ``example_inputs`` it is a model of the user's machine, measured there: a layer
+converts when it holds at least ``MIN_WEIGHTS`` weights and its modelled speedup reaches
+``min_speedup`` at *every* input size the calibration timed (``calibration``: this machine's dense and
+bank-sparse speed per layer family and input size, measured at first use in a few tenths of a second
+and cached; ``pruning_tools.calibrate()`` measures again). The report's "expected" is that worst case,
+with the span over input sizes beside it. With ``example_inputs`` each candidate layer is timed, dense
+against bank-sparse, on the input it receives in one forward pass of the model, and converts only when
+measured at least ``min_speedup`` faster (its "expected" is then the model's at that input's size);
+then the whole model is timed before and after, and every conversion is undone should it be slower
+as a whole.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ from torch import Tensor, nn
 from ..config import ParamSpec
 from ..export import NotBankBalancedError, PackedTensor, read_packed, unpack, worth_packing
 from ..layer_kinds import is_transposed_linear
+from . import calibration as calib
 from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path, restore
+from .fold import conv_bn_pairs, fold
+from .hf_saving import refuse_save_pretrained
 from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported
 
 MIN_WEIGHTS = 16384  # below: the ~5 µs of a call rivals the dense product
 MIN_SPEEDUP = 1.2
-EFFICIENCY = {"linear": 0.25, "conv": 0.2}  # kernel speed per stored weight / dense speed per weight
 
 
 # ---------------------------------------------------------------- the report
@@ -57,7 +62,8 @@ class LayerReport:
     reason: str  # why it stayed dense, or what it became
     weights: int = 0  # dense weights of the layer's bank-sparse candidates
     stored: int = 0  # packed slots (kept weights, and padding of banks holding fewer)
-    expected_speedup: float | None = None  # modelled (see the module docstring)
+    expected_speedup: float | None = None  # modelled from the calibration: worst input size, or example_inputs'
+    expected_span: tuple[float, float] | None = None  # modelled, smallest and largest over the calibrated sizes
     measured_speedup: float | None = None  # timed dense / bank-sparse on the layer's input (example_inputs)
 
 
@@ -94,7 +100,7 @@ class ConversionReport:
                     "bank-sparse" if layer.converted else "dense",
                     str(layer.weights),
                     kept,
-                    "-" if layer.expected_speedup is None else f"{layer.expected_speedup:.1f}x",
+                    _expected(layer),
                     "-" if layer.measured_speedup is None else f"{layer.measured_speedup:.2f}x",
                     layer.reason,
                 )
@@ -107,6 +113,15 @@ class ConversionReport:
         return "\n".join([*lines, total, *self.notes])
 
 
+def _expected(layer: LayerReport) -> str:
+    if layer.expected_speedup is None:
+        return "-"
+    text = f"{layer.expected_speedup:.1f}x"
+    if layer.expected_span is not None:
+        text += f" ({layer.expected_span[0]:.1f}-{layer.expected_span[1]:.1f})"
+    return text
+
+
 # ---------------------------------------------------------------- candidates
 
 
@@ -117,7 +132,7 @@ class _Candidate:
     name: str
     module: nn.Module
     kind: str
-    family: str  # "linear" or "conv": which efficiency applies
+    family: str  # "linear", "conv" or "conv1x1": which calibrated family models it
     weights: dict[str, Tensor]  # e.g. {"weight": ...} or {"in_proj_weight": ..., "out_proj.weight": ...}
     why_not: str | None = None  # structurally unsupported
 
@@ -150,8 +165,9 @@ def _candidates(model: nn.Module) -> list[_Candidate]:
         elif isinstance(module, nn.Linear) or is_transposed_linear(module):
             found.append(_Candidate(name, module, _kind(module), "linear", {"weight": module.weight}))
         elif isinstance(module, nn.modules.conv._ConvNd):
+            family = "conv1x1" if all(k == 1 for k in module.kernel_size) else "conv"
             found.append(
-                _Candidate(name, module, _kind(module), "conv", {"weight": module.weight}, conv_unsupported(module))
+                _Candidate(name, module, _kind(module), family, {"weight": module.weight}, conv_unsupported(module))
             )
     for c in found:
         if not c.name and c.why_not is None:
@@ -218,13 +234,21 @@ def _bound(module: nn.Module, args: tuple, kwargs: dict) -> Callable[[], object]
 
 
 def _record_inputs(model: nn.Module, modules: Sequence[nn.Module], example_inputs: Any) -> dict[int, tuple]:
-    """``id(module) -> (args, kwargs)`` of the first call of each of ``modules`` in one forward pass."""
+    """``id(module) -> (args, kwargs, n)`` of the first call of each of ``modules`` in one forward pass;
+    ``n``: the rows of its input (linear layers, attention) or its output positions (convolutions)."""
     seen: dict[int, tuple] = {}
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         seen.setdefault(id(module), (args, kwargs))
 
+    def size(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if id(module) in seen and len(seen[id(module)]) == 2:
+            out = output[0] if isinstance(output, tuple) else output
+            channels = out.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else out.shape[-1]
+            seen[id(module)] = (*seen[id(module)], max(1, out.numel() // max(1, channels)))
+
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+    handles += [m.register_forward_hook(size, with_kwargs=True) for m in modules]
     try:
         with torch.no_grad():
             _call(model, example_inputs)
@@ -292,6 +316,7 @@ def _decide(
     if isinstance(min_weights, bool) or not isinstance(min_weights, int) or min_weights < 0:
         raise ValueError(f"min_weights={min_weights!r} is not allowed: expected an integer >= 0")
     report = ConversionReport()
+    rule: calib.Calibration | None = None  # measured (or read) once a layer needs it
     chosen: dict[str, tuple[_Candidate, nn.Module]] = {}
     pending: list[tuple[_Candidate, LayerReport, dict[str, PackedTensor]]] = []
     for c in found:
@@ -308,18 +333,23 @@ def _decide(
                 reasons.append(result if len(c.weights) == 1 else f"{pname}: {result}")
                 continue
             stored = result.values.numel() + result.tail_values.numel()
-            expected = EFFICIENCY[c.family] * w.numel() / max(1, stored)
+            rule = rule or calib.calibration()
+            expected = rule.expected(c.family, w.numel(), max(1, stored))
             label = f"{pname}: " if len(c.weights) > 1 else ""
             layer.weights += w.numel()
             layer.stored += stored
             if example_inputs is None and w.numel() < min_weights:
                 reasons.append(f"{label}too small ({w.numel()} < {min_weights} weights)")
             elif example_inputs is None and expected < min_speedup:
-                reasons.append(f"{label}too little sparsity (modelled {expected:.1f}x < {min_speedup}x)")
+                reasons.append(
+                    f"{label}too little sparsity for this machine (modelled {expected:.2f}x < {min_speedup}x "
+                    "at its worst calibrated input size)"
+                )
             else:
                 packed[pname] = result
-        if layer.weights:
-            layer.expected_speedup = EFFICIENCY[c.family] * layer.weights / max(1, layer.stored)
+        if layer.weights and rule is not None:
+            layer.expected_speedup = rule.expected(c.family, layer.weights, max(1, layer.stored))
+            layer.expected_span = rule.span(c.family, layer.weights, max(1, layer.stored))
         if not packed:
             layer.reason = "; ".join(reasons) or "nothing to convert"
             continue
@@ -335,7 +365,9 @@ def _decide(
             if id(c.module) not in inputs:
                 layer.reason = "not called by example_inputs: kept dense"
                 continue
-            args, kwargs = inputs[id(c.module)]
+            args, kwargs, *n = inputs[id(c.module)]
+            if n and rule is not None:
+                layer.expected_speedup = rule.expected(c.family, layer.weights, max(1, layer.stored), n[0])
             with torch.no_grad():
                 layer.measured_speedup = _median_ratio(_bound(c.module, args, kwargs), _bound(new, args, kwargs), 0.05)
             if layer.measured_speedup < min_speedup:
@@ -353,8 +385,25 @@ def _decide(
                     layer.converted, layer.reason = False, "the whole model was slower converted: undone"
             report.notes.append(f"the converted model measured {report.measured_speedup:.2f}x: every conversion undone")
             return report
+    folded, why = conv_bn_pairs(model, [name for name, (c, _) in chosen.items() if c.family != "linear"])
     for name, (_, new) in chosen.items():
         _set(model, name, new)
+    for conv_name, bn_name in folded:
+        m = chosen[conv_name][0].module
+        new_conv, new_bn = fold(
+            chosen[conv_name][1], model.get_submodule(bn_name), (m.stride, m.padding, m.dilation, m.padding_mode)
+        )
+        _set(model, conv_name, new_conv)
+        _set(model, bn_name, new_bn)
+    if folded:
+        report.notes.append(
+            f"BatchNorm folded into the converted convolution before it in eval mode: {len(folded)} pairs"
+        )
+    elif why:
+        report.notes.append(why)
+    if chosen and refuse_save_pretrained(model, list(chosen)):
+        report.notes.append("save_pretrained refused on this model (from_pretrained cannot read bank-sparse layers): "
+                            "use pruning-tools export + load_bank_sparse")  # fmt: skip
     changed = disable_fused_path(model, set(chosen))
     if changed:
         names = sorted({name for name, m in model.named_modules() for module, _, _ in changed if m is module})
@@ -404,7 +453,7 @@ def to_bank_sparse(
     ``bank_size`` applies to every weight and the budget is each weight's measured sparsity.
     ``example_inputs``: an input of ``model`` (a tensor, a tuple of positional arguments, or a dict of
     keyword arguments): the rule is then measured on it, and so is the whole model's speedup.
-    ``min_speedup``, ``min_weights``: the rule's thresholds (``min_speedup=0.01, min_weights=0``
+    ``min_speedup``, ``min_weights``: the rule's thresholds (``min_speedup=1e-9, min_weights=0``
     converts every bank-balanced layer). The converted model computes the masked model's outputs (up
     to float rounding).
     """

@@ -11,6 +11,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from pruning_tools import _native
 from pruning_tools import geometry as G
 from pruning_tools.benchmarks import kernel
 from pruning_tools.benchmarks.masks import PATTERNS, _same_up_to_ties
@@ -132,3 +133,37 @@ def test_inference_benchmark_quick(tmp_path):
     assert result["runs"][0]["threads"] == 1 and "load average" in result["runs"][0]
     table = (tmp_path / "inference.md").read_text()
     assert "| model | shape | threads | sparsity |" in table and "GPT decoder" in table
+    assert f"kernel ISA {_native.isa.chosen()}" in table and f"CPU {_native.isa.cpu_model()}" in result["header"]
+
+
+def test_isa_benchmark_runs_every_level(tmp_path):
+    """``benchmarks/isa.py``: each level this CPU runs is checked against dense and timed (no speed asserted)."""
+    from pruning_tools.benchmarks import isa
+
+    run = CliRunner().invoke(isa.main, ["--reps", "1", "--keep", "4", "--rows", "2", "--no-conv"])
+    assert run.exit_code == 0, run.output
+    for level in _native.isa.supported():
+        assert f"{level} ×" in run.output
+    assert "Linear 3072x768, 2 rows" in run.output
+
+
+def test_default_rule_check_reports_whole_model_and_layers():
+    """``benchmarks/default_rule.py``: a model converted with default arguments, timed whole and per layer."""
+    import torch
+    from torch import nn
+
+    from pruning_tools.benchmarks import default_rule
+    from pruning_tools.inference import calibration
+
+    fixed = calibration.Calibration(
+        {}, 1.0, 1.0, {f: (calibration.Point(1000, 1, 1.0, 2.0),) for f in calibration.FAMILIES}
+    )
+    with calibration.use_calibration(fixed):  # 16x fewer slots at half the speed each: 8x, converted
+        row = default_rule.check_model(
+            "tiny", lambda: nn.Sequential(nn.Linear(256, 128)), torch.randn(4, 256), 0.9375, 1
+        )
+    assert row["converted"] == "1 of 1" and row["whole"] > 0 and row["verdict"] in ("slower", "not slower")
+    (layer,) = row["layers"]
+    assert layer["name"] == "0" and layer["n"] == 4 and layer["measured"] > 0
+    assert math.isclose(layer["expected"], fixed.expected("linear", 256 * 128, 128 * 4 * 4, 4))
+    assert default_rule.summary([row]).count("| tiny |") == 1

@@ -28,7 +28,7 @@ def test_attention_with_masks_and_weights(path, batch_first, kdim):
     holder = nn.ModuleDict({"attn": nn.MultiheadAttention(64, 4, batch_first=batch_first, kdim=kdim, vdim=kdim)})
     prune = prune_all(holder)
     reference = copy.deepcopy(holder["attn"])  # the masked dense attention
-    report = to_bank_sparse(holder, prune, min_speedup=0.01, min_weights=0)
+    report = to_bank_sparse(holder, prune, min_speedup=1e-9, min_weights=0)
     converted = holder["attn"]
     assert report.converted == ["attn"] and isinstance(converted, BankSparseMultiheadAttention)
     n, length, source = 3, 5, 7
@@ -62,7 +62,7 @@ def test_attention_with_masks_and_weights(path, batch_first, kdim):
 
 def test_the_model_itself_is_not_swapped():
     mha = nn.MultiheadAttention(64, 4)
-    report = to_bank_sparse(mha, prune_all(mha), min_speedup=0.01, min_weights=0)
+    report = to_bank_sparse(mha, prune_all(mha), min_speedup=1e-9, min_weights=0)
     assert report.converted == [] and "wrap it" in report.layers[0].reason
 
 
@@ -83,7 +83,7 @@ def transformer_pair(kind: str):
 def test_transformer_stacks_in_both_modes(path, kind, training):
     model, prune = transformer_pair(kind)
     converted = copy.deepcopy(model)
-    report = to_bank_sparse(converted, prune.state_dict(), min_speedup=0.01, min_weights=0)
+    report = to_bank_sparse(converted, prune.state_dict(), min_speedup=1e-9, min_weights=0)
     assert len(report.converted) == (6 if kind == "encoder" else 8)  # per layer: attention(s), linear1, linear2
     model.train(training)
     converted.train(training)
@@ -109,7 +109,7 @@ def test_encoder_under_compile(path):
     model, prune = transformer_pair("encoder")
     model.eval()
     converted = copy.deepcopy(model)
-    to_bank_sparse(converted, prune.state_dict(), min_speedup=0.01, min_weights=0)
+    to_bank_sparse(converted, prune.state_dict(), min_speedup=1e-9, min_weights=0)
     x = torch.randn(2, 9, 64)
     torch._dynamo.reset()
     with torch.no_grad():

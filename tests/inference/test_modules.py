@@ -350,7 +350,9 @@ def test_random_layers_equal_masked_dense(out_f, in_f, bank_size, sparsity, batc
     x = torch.randn(batch, in_f)
     with torch.no_grad():
         expected = F.linear(x, fc.weight, fc.bias)
-        torch.testing.assert_close(sparse(x), expected, **TOL)  # C kernel where it builds
+        for level in _native.isa.supported():  # the C kernel of every level, where it builds
+            with _native.use_isa(level):
+                torch.testing.assert_close(sparse(x), expected, **TOL)
         with _native.use_engine("torch"):
             torch.testing.assert_close(sparse(x), expected, **TOL)  # fallback
 
@@ -376,6 +378,8 @@ def test_random_convs_equal_masked_dense(cin, cout, k, stride, padding, dilation
     x = torch.randn(batch, cin, *hw)
     with torch.no_grad():
         expected = conv(x)
-        torch.testing.assert_close(sparse(x), expected, **TOL)
+        for level in _native.isa.supported():
+            with _native.use_isa(level):
+                torch.testing.assert_close(sparse(x), expected, **TOL)
         with _native.use_engine("torch"):
             torch.testing.assert_close(sparse(x), expected, **TOL)

@@ -87,7 +87,9 @@ def test_build_is_cached(monkeypatch, tmp_path):
     _native.reset()
     assert _native.library("bank_sparse") is not None
     built = list(tmp_path.glob("bank_sparse-*.so"))
-    assert len(built) == 1 and built[0] == _native.library_path(BANK_SPARSE.source, _native.flags_of(BANK_SPARSE))
+    level = _native.isa.chosen()
+    flags = _native.flags_of(BANK_SPARSE)
+    assert len(built) == 1 and built[0] == _native.library_path(BANK_SPARSE.source, flags, level)
     _native.reset()
 
     def no_compiling(*args):

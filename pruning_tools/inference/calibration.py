@@ -1,0 +1,340 @@
+"""How fast the bank-sparse layers are on *this* machine: the constants of ``to_bank_sparse``'s rule.
+
+A short calibration (a few layer shapes, a few tenths of a second) times masked dense PyTorch and the
+bank-sparse modules, interleaved, at a few input sizes per layer family, and fits per size a cost model
+
+    time(dense)  = dense_call_us  + n · weights · dense_ns_per_mac
+    time(sparse) = sparse_call_us + n · stored  · sparse_ns_per_slot
+
+with ``n`` the rows of a linear layer's input (tokens, batch) or a convolution's output positions,
+``weights`` the dense weights and ``stored`` the packed slots. ``expected(family, weights, stored, n)``
+is the modelled speedup (interpolated in log ``n`` between the calibrated sizes); the rule without
+``example_inputs`` converts a layer when its *worst* calibrated size still reaches ``min_speedup``, so
+a layer is converted only where it is faster at every input size calibrated.
+
+Families: ``linear`` (layers of 256² and 1024² weights at rows 1, 8, 64, 256: decoding, small
+batches, token blocks), ``conv`` (a 3×3 convolution at 7², 14², 28² positions) and ``conv1x1``.
+The result is cached in the kernels' cache directory (``_native.cache_dir()``), keyed by CPU model,
+instruction-set level, engine, thread count, torch version and the kernel's source, so it runs once
+per machine and setting; ``calibrate()`` runs it again. The cached file is untrusted: one that does
+not read back as a valid calibration is measured again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from .. import _native
+from ..atomic import write_text
+from ..masks import bank_mask
+
+FAMILIES = ("linear", "conv", "conv1x1")
+VERSION = 2  # of the file format and the shapes measured
+M = TypeVar("M", nn.Linear, nn.Conv2d)
+KEEP = 4  # of 64: the shapes are timed at 93.75 % (the model scales with the stored slots)
+
+
+@dataclass(frozen=True)
+class Point:
+    """The cost model of one family for a layer of ``weights`` dense weights at input size ``n`` (rows
+    or output positions)."""
+
+    weights: int
+    n: int
+    dense_ns_per_mac: float
+    sparse_ns_per_slot: float
+
+
+def _between(x: float, x0: float, x1: float) -> float:
+    """Where ``x`` lies from ``x0`` (0) to ``x1`` (1) in log scale, clamped to [0, 1]."""
+    if x1 <= x0:
+        return 0.0
+    return min(1.0, max(0.0, (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-call costs (µs) and per-size rates of dense and bank-sparse layers on one machine and setting."""
+
+    key: dict[str, str]  # what it was measured for (cpu, isa, engine, threads, torch, kernel)
+    dense_call_us: float
+    sparse_call_us: float
+    points: dict[str, tuple[Point, ...]]  # family -> points, by layer size then input size
+    seconds: float = 0.0  # how long the measurement took
+
+    def expected(self, family: str, weights: int, stored: int, n: int | None = None) -> float:
+        """Modelled dense ÷ bank-sparse time of a layer with ``weights`` dense weights and ``stored`` packed
+        slots, on an input of ``n`` rows / output positions (None: the worst calibrated size). Rates are
+        interpolated in log scale between the calibrated input sizes and layer sizes (clamped at the ends)."""
+        if n is None:
+            return min(self._speedup(family, weights, stored, m) for m in self._sizes(family))
+        return self._speedup(family, weights, stored, n)
+
+    def span(self, family: str, weights: int, stored: int) -> tuple[float, float]:
+        """The smallest and largest modelled speedup over the calibrated input sizes."""
+        values = [self._speedup(family, weights, stored, m) for m in self._sizes(family)]
+        return min(values), max(values)
+
+    def _sizes(self, family: str) -> list[int]:
+        return sorted({p.n for p in self.points[family]})
+
+    def _rates(self, family: str, weights: int, n: int) -> tuple[float, float]:
+        """(dense ns per multiply-add, bank-sparse ns per slot) of a layer of ``weights`` at size ``n``."""
+        by_layer: dict[int, list[Point]] = {}
+        for p in self.points[family]:
+            by_layer.setdefault(p.weights, []).append(p)
+
+        def at_n(points: list[Point]) -> tuple[float, float]:
+            lo = max((p for p in points if p.n <= n), key=lambda p: p.n, default=min(points, key=lambda p: p.n))
+            hi = min((p for p in points if p.n >= n), key=lambda p: p.n, default=max(points, key=lambda p: p.n))
+            a = _between(n, lo.n, hi.n)
+            return (lo.dense_ns_per_mac * (1 - a) + hi.dense_ns_per_mac * a,
+                    lo.sparse_ns_per_slot * (1 - a) + hi.sparse_ns_per_slot * a)  # fmt: skip
+
+        sizes = sorted(by_layer)
+        small = max((w for w in sizes if w <= weights), default=sizes[0])
+        large = min((w for w in sizes if w >= weights), default=sizes[-1])
+        a = _between(weights, small, large)
+        (d0, s0), (d1, s1) = at_n(by_layer[small]), at_n(by_layer[large])
+        return d0 * (1 - a) + d1 * a, s0 * (1 - a) + s1 * a
+
+    def _speedup(self, family: str, weights: int, stored: int, n: int) -> float:
+        dense_rate, sparse_rate = self._rates(family, weights, n)
+        dense = self.dense_call_us * 1e3 + n * weights * dense_rate
+        sparse = self.sparse_call_us * 1e3 + n * stored * sparse_rate
+        return dense / sparse
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["version"] = VERSION
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        """Read a calibration file (untrusted): a ``ValueError`` for anything but a valid one."""
+        try:
+            data = json.loads(text)
+            if data.get("version") != VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
+            points = {
+                family: tuple(
+                    Point(int(p["weights"]), int(p["n"]), float(p["dense_ns_per_mac"]), float(p["sparse_ns_per_slot"]))
+                    for p in data["points"][family]
+                )
+                for family in FAMILIES
+            }
+            out = cls(
+                {str(k): str(v) for k, v in data["key"].items()},
+                float(data["dense_call_us"]),
+                float(data["sparse_call_us"]),
+                points,
+                float(data.get("seconds", 0.0)),
+            )
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
+            raise ValueError(f"not a calibration file ({type(error).__name__}: {error})") from None
+        numbers = [out.dense_call_us, out.sparse_call_us] + [
+            v for ps in points.values() for p in ps for v in (p.dense_ns_per_mac, p.sparse_ns_per_slot)
+        ]
+        if not all(math.isfinite(v) and 0 < v < 1e9 for v in numbers):
+            raise ValueError("not a calibration file (a rate or cost that is not a positive finite number)")
+        for family, ps in points.items():
+            if not ps or any(p.n < 1 or p.weights < 1 for p in ps) or len({(p.weights, p.n) for p in ps}) != len(ps):
+                raise ValueError(f"not a calibration file (sizes of {family!r} not distinct positive integers)")
+        return out
+
+
+# ---------------------------------------------------------------- the key and the file
+
+
+def key() -> dict[str, str]:
+    """What a calibration depends on: CPU, instruction-set level and engine, threads, torch, kernel."""
+    engine = _native.engine()
+    native = engine != "torch" and _native.library("bank_sparse") is not None
+    source = _native.KERNELS["bank_sparse"].source.read_bytes()
+    return {
+        "cpu": _native.isa.cpu_model(),
+        "isa": _native.isa.chosen() if native else "-",
+        "engine": "native" if native else "torch",
+        "threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "kernel": hashlib.sha256(source).hexdigest()[:12],
+    }
+
+
+def path_of(k: dict[str, str]) -> Path:
+    digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
+    return _native.cache_dir() / f"calibration-{digest}.json"
+
+
+_memory: dict[str, Calibration] = {}  # path -> calibration, this process
+_fixed = threading.local()  # use_calibration's, per thread
+_lock = threading.Lock()
+
+
+def calibration() -> Calibration:
+    """The calibration of this machine and setting: ``use_calibration``'s, else the one measured in this
+    process or cached on disk, else measured now (and cached)."""
+    fixed = getattr(_fixed, "value", None)
+    if fixed is not None:
+        return fixed
+    k = key()
+    path = path_of(k)
+    found = _memory.get(str(path))
+    if found is not None:
+        return found
+    with _lock:
+        if str(path) not in _memory:
+            try:
+                cached = Calibration.from_json(path.read_text())
+                if cached.key != k:
+                    raise ValueError("measured for another setting")
+                _memory[str(path)] = cached
+            except (OSError, ValueError, UnicodeDecodeError):
+                _memory[str(path)] = _measure_and_save(k, path)
+        return _memory[str(path)]
+
+
+def calibrate() -> Calibration:
+    """Measure this machine again (the current thread count, instruction-set level and engine), cache
+    the result beside the compiled kernels and return it. Takes a few tenths of a second."""
+    k = key()
+    path = path_of(k)
+    with _lock:
+        _memory[str(path)] = _measure_and_save(k, path)
+        return _memory[str(path)]
+
+
+@contextlib.contextmanager
+def use_calibration(value: Calibration) -> Iterator[None]:
+    """Use ``value`` instead of this machine's calibration inside the ``with`` block (this thread): a rule
+    that does not depend on the machine (tests), or one measured elsewhere."""
+    if not isinstance(value, Calibration):
+        raise TypeError(f"value={type(value).__name__} is not allowed: expected a Calibration")
+    previous = getattr(_fixed, "value", None)
+    _fixed.value = value
+    try:
+        yield
+    finally:
+        _fixed.value = previous
+
+
+def _measure_and_save(k: dict[str, str], path: Path) -> Calibration:
+    result = measure(k)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, result.to_json())
+    except OSError:
+        pass  # a read-only cache: measured again by the next process
+    return result
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _pruned(module: M, generator: torch.Generator) -> M:
+    """``module`` with random weights, ``KEEP`` of every 64 input channels kept per (channels-last) row."""
+    weight: torch.Tensor = module.weight
+    bias = module.bias
+    with torch.no_grad():
+        w = torch.randn(weight.shape, generator=generator)
+        rows = w.permute(0, 2, 3, 1).reshape(-1, w.shape[1]) if w.dim() == 4 else w
+        mask = bank_mask(rows, None, 1 - KEEP / 64, 64)
+        if w.dim() == 4:
+            o, c, kh, kw = w.shape
+            mask = mask.reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+        weight.copy_(w * mask)
+        if bias is not None:
+            bias.copy_(torch.randn(bias.shape, generator=generator))
+    return module.eval()
+
+
+def _times(
+    dense: Callable[[], object], sparse: Callable[[], object], rounds: int, calls: int, budget_s: float = 0.1
+) -> tuple[float, float]:
+    """Seconds per call of ``dense`` and ``sparse``: the fastest of ``rounds`` interleaved rounds of
+    ``calls`` each (load from other processes only ever adds time); after two rounds it stops once
+    ``budget_s`` is spent (a machine so loaded that one product takes many times its usual time)."""
+    dense(), sparse()  # warm: kernels built, caches filled
+    d: list[float] = []
+    s: list[float] = []
+    started = time.perf_counter()
+    for r in range(rounds):
+        for f, out in ((dense, d), (sparse, s)) if r % 2 == 0 else ((sparse, s), (dense, d)):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            out.append((time.perf_counter() - t0) / calls)
+        if r >= 1 and time.perf_counter() - started > budget_s:
+            break
+    return min(d), min(s)
+
+
+def _shapes() -> dict[str, list[tuple[nn.Linear | nn.Conv2d, torch.Tensor, int]]]:
+    """family -> (dense layer, input, n) at each calibrated size: linear layers of 256² and 1024²
+    weights at 1, 8, 64 and 256 rows; convolutions at 7², 14² and 28² output positions."""
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, list[tuple[nn.Linear | nn.Conv2d, torch.Tensor, int]]] = {"linear": [], "conv": [], "conv1x1": []}
+    for features in (256, 1024):
+        fc = _pruned(nn.Linear(features, features), g)
+        out["linear"] += [(fc, torch.randn(n, features, generator=g), n) for n in (1, 8, 64, 256)]
+    conv = _pruned(nn.Conv2d(128, 128, 3, padding=1), g)
+    out["conv"] = [(conv, torch.randn(1, 128, s, s, generator=g), s * s) for s in (7, 14, 28)]
+    pointwise = _pruned(nn.Conv2d(512, 128, 1), g)
+    out["conv1x1"] = [(pointwise, torch.randn(1, 512, s, s, generator=g), s * s) for s in (7, 14, 28)]
+    return out
+
+
+def measure(k: dict[str, str] | None = None, rounds: int = 5) -> Calibration:
+    """Time dense and bank-sparse layers on this machine now (no cache): the per-call costs from a
+    trivial layer, then the per-size rates of each family with those costs taken off."""
+    from .modules import BankSparseConv, BankSparseLinear
+
+    started = time.perf_counter()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        tiny = _pruned(nn.Linear(64, 16), g)
+        tiny_sparse = BankSparseLinear.from_linear(tiny)
+        x = torch.randn(1, 64, generator=g)
+        dense_call, sparse_call = _times(lambda: tiny(x), lambda: tiny_sparse(x), rounds, 50)
+        points: dict[str, tuple[Point, ...]] = {}
+        for family, cases in _shapes().items():
+            out = []
+            sparse_module: BankSparseLinear | BankSparseConv | None = None
+            for layer, xin, n in cases:
+                if sparse_module is None or sparse_module.weight_shape != tuple(layer.weight.shape):
+                    sparse_module = (
+                        BankSparseLinear.from_linear(layer) if family == "linear" else BankSparseConv.from_conv(layer)
+                    )
+                packed = sparse_module.packed()
+                weights = math.prod(packed.shape)
+                stored = packed.values.numel() + packed.tail_values.numel()
+                run_dense = lambda m=layer, v=xin: m(v)  # noqa: E731
+                run_sparse = lambda m=sparse_module, v=xin: m(v)  # noqa: E731
+                calls = max(1, min(20, int(2e6 / (n * weights / 16 + 1))))  # ~1 ms of sparse work per round
+                td, ts = _times(run_dense, run_sparse, rounds, calls)
+                dense_rate = max(td - dense_call, td * 0.05) * 1e9 / (n * weights)
+                sparse_rate = max(ts - sparse_call, ts * 0.05) * 1e9 / (n * stored)
+                out.append(Point(weights, n, dense_rate, sparse_rate))
+            points[family] = tuple(out)
+    return Calibration(k or key(), dense_call * 1e6, sparse_call * 1e6, points, time.perf_counter() - started)
+
+
+def reset() -> None:
+    """Forget the calibrations held in this process (the files stay)."""
+    with _lock:
+        _memory.clear()
+
+
+__all__ = ["Calibration", "Point", "calibrate", "calibration", "measure", "reset", "use_calibration"]
