@@ -11,7 +11,6 @@ import torch
 from pruning_tools import load_bank_sparse, pytorch_pruning, to_bank_sparse
 from pruning_tools.export import save_packed
 from pruning_tools.inference import calibration
-from pruning_tools.pruner import pruned_specs
 
 from ..tiny_transformers import tiny_bert
 from .conftest import TOL
@@ -63,7 +62,7 @@ def test_the_documented_path_keeps_the_model(tmp_path):
     with torch.no_grad():
         expected = model(**inputs).logits
     path = tmp_path / "bert.packed.safetensors"
-    save_packed(model.state_dict(), path, specs=pruned_specs(prune))
+    save_packed(model, path, prune)
     fresh = tiny_bert(seed=5).eval()  # another initialisation of the architecture
     report = load_bank_sparse(fresh, path, **EVERY)
     assert report.converted
