@@ -11,7 +11,7 @@ moves were cut short (some files of the new run beside the earlier run's manifes
 >>> out = pathlib.Path(tempfile.mkdtemp())
 >>> with staged_run(out, []) as staging:
 ...     _ = (staging / "a.txt").write_text("new")
-...     write_manifest(staging, {"files": {"a": "a.txt"}})
+...     _ = write_manifest(staging, {"files": {"a": "a.txt"}})
 >>> sorted(p.name for p in out.iterdir()), check_run(out)
 (['a.txt', 'results.json'], [])
 """
