@@ -201,6 +201,13 @@ class Pruner:
         c = self.config
         return target_sparsity(t, c.pretrain_step, c.sparse_step, self._initial_of(name), spec.sparsity)
 
+    def weight(self, name: str) -> Any:
+        """The tensor this pruner masks for parameter ``name``: the model's own parameter, as it holds it
+        now (a ``KeyError`` for a name the pruner does not prune)."""
+        if name not in self.config.params:
+            raise KeyError(f"{name!r} is not pruned by this pruner (it prunes {sorted(self.config.params)[:5]}...)")
+        return self._bridge.read(name)
+
     def mask_target(self, name: str) -> float:
         """The target sparsity the current mask of ``name`` was made for (its budget in ``check()``)."""
         return self._mask_targets[name]

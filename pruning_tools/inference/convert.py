@@ -294,8 +294,7 @@ def _spec_source(pruner: Any, model: nn.Module) -> dict[str, ParamSpec] | None:
                 f"pruner does not belong to this model: {name!r} has shape {list(spec.shape)} in the pruner and "
                 f"{list(params[name].shape)} in the model"
             )
-        bridge = getattr(pruner, "_bridge", None)
-        if bridge is not None and bridge.read(name) is not params[name]:
+        if isinstance(pruner, Pruner) and pruner.weight(name) is not params[name]:
             raise ValueError(
                 f"pruner does not belong to this model: its {name!r} is another tensor than the model's "
                 "(to convert a copy of the pruned model, pass prune.state_dict())"
