@@ -63,6 +63,26 @@ class PackedTensor:
     bank_size: int
     layout: str = "channels_last"
     out_dim: int = 0  # 1 for ConvTranspose weights
+    # What check_packed passed (or pack() made): the parts themselves, their versions, the geometry. A later
+    # check of the same, unchanged parts is skipped; the kernels' operators still check what they are given.
+    checked: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
+
+    def fingerprint(self) -> tuple[Any, ...] | None:
+        """The parts, their version counters and the geometry: what a check holds for (None where a part
+        keeps no version counter, e.g. an inference-mode tensor)."""
+        parts = tuple(self.tensors().values())
+        try:
+            versions = tuple(t._version for t in parts)
+        except (AttributeError, RuntimeError):
+            return None
+        return (parts, versions, tuple(self.shape), self.bank_size, self.layout, self.out_dim)
+
+    def unchanged_since_checked(self) -> bool:
+        """Whether the very parts ``check_packed`` passed (or ``pack`` made) are here, unmodified."""
+        now, then = self.fingerprint(), self.checked
+        if now is None or then is None:
+            return False
+        return all(a is b for a, b in zip(now[0], then[0])) and now[1:] == then[1:]
 
     @property
     def k(self) -> int:
@@ -110,7 +130,16 @@ def check_packed(p: PackedTensor, where: str = "packed tensor") -> None:
     ``tail_values`` / ``tail_indices`` ``[rows, tail_k]`` with ``tail_k <= tail length``; values
     floating, indices of ``index_dtype(bank_size)``; every index inside its bank (tail indices inside the
     tail), strictly increasing within each bank. What the compiled kernels rely on, checked before any
-    of them runs (they check again themselves)."""
+    of them runs (they check again themselves). A packed tensor that passed (or that ``pack`` made) is
+    marked ``checked`` and not checked again."""
+    if p.unchanged_since_checked():
+        return
+    _validate_packed(p, where)
+    p.checked = p.fingerprint()
+
+
+def _validate_packed(p: PackedTensor, where: str) -> None:
+    """Every check of ``check_packed``, run whatever ``p.checked`` says."""
 
     def fail(what: str) -> None:
         raise ValueError(f"{where}: {what}")
@@ -255,7 +284,7 @@ def pack(
     values, positions = _select(banks, k)
     tail_values, tail_positions = _select(tail, tail_k)
     idx = index_dtype(bank_size)
-    return PackedTensor(
+    packed = PackedTensor(
         values.contiguous(),
         positions.to(idx).contiguous(),
         tail_values.contiguous(),
@@ -265,6 +294,8 @@ def pack(
         layout,
         out_dim,
     )
+    packed.checked = packed.fingerprint()  # valid by construction: check_packed asks what it was built as
+    return packed
 
 
 def unpack(p: PackedTensor) -> Tensor:
@@ -512,9 +543,9 @@ def _packed_from_file(path: str | Path, name: str, m: Any, flat: Mapping[str, Te
         raise ValueError(f"{where} is incomplete: the file has no tensor(s) {absent}")
     if not isinstance(m["shape"], list):
         raise ValueError(f"{where}: metadata shape {m['shape']!r} is not allowed: expected a list of sizes")
-    parts = {part: flat[f"{name}{SEP}{part}"] for part in PARTS}
+    values, indices, tail_values, tail_indices = (flat[f"{name}{SEP}{part}"] for part in PARTS)
     p = PackedTensor(
-        **parts, shape=tuple(m["shape"]), bank_size=m["bank_size"], layout=m["layout"], out_dim=m["out_dim"]
+        values, indices, tail_values, tail_indices, tuple(m["shape"]), m["bank_size"], m["layout"], m["out_dim"]
     )
     check_packed(p, where)
     if p.k != m["k"] or p.tail_k != m["tail_k"] or str(p.values.dtype) != f"torch.{m['dtype']}":

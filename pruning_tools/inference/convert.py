@@ -510,13 +510,10 @@ def load_bank_sparse(
         shape = tuple(t.shape) if isinstance(t, PackedTensor) else tuple(t.shape)
         if shape != tuple(own[name].shape):
             raise ValueError(f"{path}: tensor {name!r} has shape {list(shape)}, the model's {list(own[name].shape)}")
-    dense = {name: t for name, t in tensors.items() if not isinstance(t, PackedTensor)}
-    with torch.no_grad():  # dense tensors first (biases, norms, unpruned weights), then the packed ones
-        for name, t in dense.items():
-            own[name].copy_(t)
+    with torch.no_grad():  # the dense tensors (biases, norms, unpruned weights)
         for name, t in tensors.items():
-            if isinstance(t, PackedTensor):
-                own[name].copy_(unpack(t))  # the dense model equals the file; replaced below where faster
+            if not isinstance(t, PackedTensor):
+                own[name].copy_(t)
 
     def packed_of(c: _Candidate, pname: str, w: Tensor) -> PackedTensor | str:
         p = tensors.get(_join(c.name, pname))
@@ -528,7 +525,13 @@ def load_bank_sparse(
             return f"layout {p.layout!r}: banks do not run along the input channels"
         return p
 
-    return _decide(model, _candidates(model), packed_of, example_inputs, min_speedup, min_weights)
+    report = _decide(model, _candidates(model), packed_of, example_inputs, min_speedup, min_weights)
+    left_dense = dict(model.state_dict(keep_vars=True))  # converted layers hold their packed data now
+    with torch.no_grad():  # a packed weight is rebuilt dense only where its layer stays dense
+        for name, t in tensors.items():
+            if isinstance(t, PackedTensor) and name in left_dense:
+                left_dense[name].copy_(unpack(t))
+    return report
 
 
 __all__ = ["ConversionReport", "LayerReport", "load_bank_sparse", "to_bank_sparse"]
