@@ -93,3 +93,14 @@ def test_dir_of_the_package_lists_its_public_names_only():
 
     assert set(dir(pruning_tools)) == {*pruning_tools.__all__, "__version__"}
     assert not {"Any", "TYPE_CHECKING", "annotations", "importlib", "metadata"} & set(dir(pruning_tools))
+
+
+def test_every_function_fits_on_a_screen():
+    """No function of the package is longer than 80 lines (docstring included): long ones split by what they do."""
+    long = {
+        f"{path.relative_to(PACKAGE)}:{node.name}": node.end_lineno - node.lineno + 1
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80
+    }
+    assert long == {}

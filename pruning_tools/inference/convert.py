@@ -302,6 +302,47 @@ def _spec_source(pruner: Any, model: nn.Module) -> dict[str, ParamSpec] | None:
     return specs
 
 
+def _plan(
+    c: _Candidate,
+    layer: LayerReport,
+    packed_of: Callable[[_Candidate, str, Tensor], PackedTensor | str],
+    rule: calib.Calibration | None,
+    by_rule: bool,
+    min_speedup: float,
+    min_weights: int,
+) -> tuple[calib.Calibration | None, dict[str, PackedTensor]]:
+    """Pack ``c``'s weights and keep those the calibrated rule (``by_rule``: no example inputs) expects
+    to gain; fill ``layer``'s sizes, expectation and, when nothing is kept, its reason."""
+    packed: dict[str, PackedTensor] = {}
+    reasons = []
+    for pname, w in c.weights.items():
+        result = packed_of(c, pname, w)
+        if isinstance(result, str):
+            reasons.append(result if len(c.weights) == 1 else f"{pname}: {result}")
+            continue
+        stored = result.values.numel() + result.tail_values.numel()
+        rule = rule or calib.calibration()
+        expected = rule.expected(c.family, w.numel(), max(1, stored))
+        label = f"{pname}: " if len(c.weights) > 1 else ""
+        layer.weights += w.numel()
+        layer.stored += stored
+        if by_rule and w.numel() < min_weights:
+            reasons.append(f"{label}too small ({w.numel()} < {min_weights} weights)")
+        elif by_rule and expected < min_speedup:
+            reasons.append(
+                f"{label}too little sparsity for this machine (modelled {expected:.2f}x < {min_speedup}x "
+                "at its worst calibrated input size)"
+            )
+        else:
+            packed[pname] = result
+    if layer.weights and rule is not None:
+        layer.expected_speedup = rule.expected(c.family, layer.weights, max(1, layer.stored))
+        layer.expected_span = rule.span(c.family, layer.weights, max(1, layer.stored))
+    if not packed:
+        layer.reason = "; ".join(reasons) or "nothing to convert"
+    return rule, packed
+
+
 def _decide(
     model: nn.Module,
     found: list[_Candidate],
@@ -310,6 +351,7 @@ def _decide(
     min_speedup: float,
     min_weights: int,
 ) -> ConversionReport:
+    """Which candidates convert (the calibrated rule, or timings on ``example_inputs``), then convert them."""
     if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or not min_speedup > 0:
         raise ValueError(f"min_speedup={min_speedup!r} is not allowed: expected a number > 0")
     if isinstance(min_weights, bool) or not isinstance(min_weights, int) or min_weights < 0:
@@ -324,36 +366,9 @@ def _decide(
         if c.why_not:
             layer.reason = c.why_not
             continue
-        packed: dict[str, PackedTensor] = {}
-        reasons = []
-        for pname, w in c.weights.items():
-            result = packed_of(c, pname, w)
-            if isinstance(result, str):
-                reasons.append(result if len(c.weights) == 1 else f"{pname}: {result}")
-                continue
-            stored = result.values.numel() + result.tail_values.numel()
-            rule = rule or calib.calibration()
-            expected = rule.expected(c.family, w.numel(), max(1, stored))
-            label = f"{pname}: " if len(c.weights) > 1 else ""
-            layer.weights += w.numel()
-            layer.stored += stored
-            if example_inputs is None and w.numel() < min_weights:
-                reasons.append(f"{label}too small ({w.numel()} < {min_weights} weights)")
-            elif example_inputs is None and expected < min_speedup:
-                reasons.append(
-                    f"{label}too little sparsity for this machine (modelled {expected:.2f}x < {min_speedup}x "
-                    "at its worst calibrated input size)"
-                )
-            else:
-                packed[pname] = result
-        if layer.weights and rule is not None:
-            layer.expected_speedup = rule.expected(c.family, layer.weights, max(1, layer.stored))
-            layer.expected_span = rule.span(c.family, layer.weights, max(1, layer.stored))
-        if not packed:
-            layer.reason = "; ".join(reasons) or "nothing to convert"
-            continue
-        pending.append((c, layer, packed))
-
+        rule, packed = _plan(c, layer, packed_of, rule, example_inputs is None, min_speedup, min_weights)
+        if packed:
+            pending.append((c, layer, packed))
     inputs = (
         _record_inputs(model, [c.module for c, _, _ in pending], example_inputs) if example_inputs is not None else {}
     )
