@@ -280,10 +280,13 @@ def demo(
         )
     if framework == "pytorch" and result.get("pruner_state") is not None and structure == "none":
         result["deployment"] = _deploy(result, data_dir, limit, threads)
+    shrunk_path = None
+    if structure == "channel" and result.get("pruner_state") is not None:  # before writing: results.json has it
+        shrunk_path = _shrink(result, out, data_dir, limit, out_console)
     started = time.perf_counter()
     files, notes = write_outputs(result, out)
-    if structure == "channel" and result.get("pruner_state") is not None:
-        files["shrunk"] = _shrink(result, out, data_dir, limit, out_console)
+    if shrunk_path is not None:
+        files["shrunk"] = shrunk_path
     for note in notes:
         out_console.print(f"[yellow]note:[/] {shown(note)}")
     counted = list(result["layer_sparsity"])
@@ -326,7 +329,14 @@ def _shrink(result: dict, out: Path, data_dir, limit, out_console) -> Path:
     data = load_mnist(data_dir).head(limit)
     accuracy = evaluate(model, to_tensor(data.test_images), torch.from_numpy(data.test_labels.astype(np.int64)))
     path = out / "shrunk.safetensors"
+    out.mkdir(parents=True, exist_ok=True)
     save_shrunk(model, path)
+    result["shrunk"] = {
+        "test_accuracy": accuracy,
+        "params": [report.params_before, report.params_after],
+        "macs": [report.macs_before, report.macs_after],
+        "channels": {", ".join(g.producers): [g.channels_before, g.channels_after] for g in report.groups},
+    }
     out_console.print(str(report), highlight=False)
     out_console.print(
         f"shrunk model: test accuracy {accuracy:.2%} (masked model {result['test_accuracy']:.2%}), saved to "
