@@ -150,11 +150,13 @@ class Recorder(TorchFunctionMode):
     def claim(self, channel: int, member: Member) -> None:
         """``member`` belongs to ``channel``; a slice claimed by two channels couples them (tied weights)."""
         key = (member.name, member.dim, member.index)
-        first = self._claims.setdefault(key, channel)
-        if first == channel and member not in self.trace.members.get(channel, []):
+        first = self._claims.get(key)
+        if first is None:
+            self._claims[key] = channel
             self.trace.members.setdefault(channel, []).append(member)
             return
-        self.trace.couplings.uf.union(first, channel)  # one slice, listed once; "out" wins over "other"
+        if first != channel:
+            self.trace.couplings.uf.union(first, channel)  # one slice, listed once; "out" wins over "other"
         if member.role == "out":
             held = self.trace.members[first]
             held[:] = [replace(m, role="out") if (m.name, m.dim, m.index) == key else m for m in held]
