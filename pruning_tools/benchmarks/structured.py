@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from pruning_tools import Prune, shrink, to_bank_sparse
 from pruning_tools.onnx import export_onnx
 
-from .harness import Task, header, interleaved, paired_ratio
+from .harness import Task, header, interleaved, load_average, paired_ratio
 from .models import resnet50
 
 
@@ -123,6 +123,7 @@ def _count(model: nn.Module) -> int:
 def run(quick: bool, threads: tuple[int, ...] = (1, 2), rounds: int | None = None, tmp: str = "/tmp") -> dict:
     """Every measurement above; returns plain data (``header``, ``rows``, ``pruning``, ``handles``)."""
     rounds = rounds or (1 if quick else 5)
+    title = header("structured pruning benchmark" + (" --quick" if quick else ""), threads[0])
     size, width = (64, 8) if quick else (224, 64)
     tokens = 16 if quick else 128
     resnet = resnet50(width=width).eval()
@@ -177,7 +178,7 @@ def run(quick: bool, threads: tuple[int, ...] = (1, 2), rounds: int | None = Non
                     "speedup": 1.0 / paired_ratio(timing, base), "base": base.task,
                 })  # fmt: skip
     return {
-        "header": header("structured pruning benchmark" + (" --quick" if quick else ""), threads[0]),
+        "header": f"{title}; load average at the end {load_average()}",
         "threads": list(threads),
         "rounds": rounds,
         "rows": rows,

@@ -245,9 +245,9 @@ def run_mnist(ctx: click.Context) -> None:
     structured = options["structure"] == "channel"
     if framework == "pytorch" and result.get("pruner_state") is not None and not structured:
         result["deployment"] = _deploy(result, data_dir, options["limit"], options["threads"])
+    if structured and result.get("pruner_state") is not None:  # before writing: the run's files hold it
+        _shrink(result, data_dir, options["limit"], out_console)
     _write_outputs(out_console, result, out, earlier)
-    if structured and result.get("pruner_state") is not None:
-        _shrink(result, out, data_dir, options["limit"], out_console)  # after the run's files
     if "deployment" in result:
         _print_deployment(out_console, result["deployment"])
 
@@ -374,29 +374,32 @@ def _print_deployment(out_console: Console, d: dict[str, Any]) -> None:
     )
 
 
-def _shrink(result: dict, out: Path, data_dir: Path | None, limit: int | None, out_console: Console) -> Path:
-    """Remove the masked channels of the trained model, check its test accuracy, save it."""
+def _shrink(result: dict, data_dir: Path | None, limit: int | None, out_console: Console) -> None:
+    """Remove the masked channels of the trained model and check its test accuracy; ``result["shrunk"]``
+    records it and the run's files will hold it (``shrunk.safetensors``)."""
     import numpy as np
     import torch
 
     from ..demo.data import load_mnist
     from ..demo.torch_backend import evaluate, to_tensor
-    from ..structured.files import save_shrunk
     from ..structured.shrink import shrink
 
     model = result["model"]
     report = shrink(model, result["pruner_state"])
     data = load_mnist(data_dir).head(limit)
     accuracy = evaluate(model, to_tensor(data.test_images), torch.from_numpy(data.test_labels.astype(np.int64)))
-    path = out / "shrunk.safetensors"
-    save_shrunk(model, path)
+    result["shrunk"] = {
+        "test_accuracy": accuracy,
+        "params": [report.params_before, report.params_after],
+        "macs": [report.macs_before, report.macs_after],
+        "channels": {", ".join(g.producers): [g.channels_before, g.channels_after] for g in report.groups},
+    }
     out_console.print(str(report), highlight=False)
     out_console.print(
-        f"shrunk model: test accuracy {accuracy:.2%} (masked model {result['test_accuracy']:.2%}), saved to "
-        f"{shown(path)} (load_shrunk(SimpleCNN(), path))",
+        f"shrunk model: test accuracy {accuracy:.2%} (masked model {result['test_accuracy']:.2%}), saved as "
+        "shrunk.safetensors (load_shrunk(SimpleCNN(), path))",
         highlight=False,
     )
-    return path
 
 
 def _deploy(result: dict, data_dir, limit, threads: int) -> dict:

@@ -52,6 +52,11 @@ def _write(result: dict, out: Path) -> tuple[dict[str, Path], list[str]]:
         state = dict(result["pruner_state"])
         state["masks"] = {name: np.asarray(packed) for name, packed in state["masks"].items()}
         write_state_file(state, files["pruner_state"])
+    if result.get("shrunk") is not None:  # structure="channel": the model with its channels removed
+        from ..structured.files import save_shrunk
+
+        files["shrunk"] = out / "shrunk.safetensors"
+        save_shrunk(result["model"], files["shrunk"])
     if importlib.util.find_spec("matplotlib") is None:  # the optional extra "plots"
         notes.append(PLOTS_HINT)
     else:

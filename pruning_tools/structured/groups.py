@@ -145,12 +145,13 @@ def build_plan(trace: Trace, order: Sequence[str]) -> Plan:
         slices: dict[tuple[str, int], list[int]] = {}
         for m in members:
             slices.setdefault((m.name, m.dim), []).append(m.index)
-        key = tuple(sorted(slices, key=lambda k: (rank.get(k[0], len(rank)), k)))
+        key = tuple(sorted(slices))  # put in model order once per group, below
         by_key.setdefault(key, []).append({k: sorted(v) for k, v in slices.items()})
         producers_of.setdefault(key, set()).update(outs)
     groups = []
-    for key, found in by_key.items():
-        producers = sorted(producers_of[key], key=lambda n: rank.get(n, len(rank)))
+    for unordered, found in by_key.items():
+        key = tuple(sorted(unordered, key=lambda k: (rank.get(k[0], len(rank)), k)))
+        producers = sorted(producers_of[unordered], key=lambda n: rank.get(n, len(rank)))
         widths = {k: {len(u[k]) for u in found} for k in key}
         if not producers:
             continue

@@ -39,11 +39,13 @@ class Couplings:
     def union_pairs(self, a: Tensor, b: Tensor, reason: str) -> None:
         """Couple ``a[i]`` with ``b[i]`` where both are channels; pin the channel where only one is."""
         a, b = a.reshape(-1), b.reshape(-1)
-        both = (a >= 0) & (b >= 0)
-        if bool(both.any()):
-            pairs = torch.unique(torch.stack([a[both], b[both]]), dim=1)
-            for x, y in pairs.t().tolist():
-                self.uf.union(int(x), int(y))
+        differ = (a >= 0) & (b >= 0) & (a != b)
+        if bool(differ.any()):
+            x, y = a[differ], b[differ]
+            span = int(torch.maximum(x.max(), y.max())) + 1
+            keys = torch.unique(x * span + y)  # one int per distinct pair: a 1-D unique, fast
+            for key in keys.tolist():
+                self.uf.union(key // span, key % span)
         self.pin(a[(a >= 0) & (b < 0)], reason)
         self.pin(b[(b >= 0) & (a < 0)], reason)
 
@@ -51,7 +53,9 @@ class Couplings:
         """Couple every channel on each line of ``label`` along each of ``dims`` (one unit per line)."""
         for d in sorted({d % label.dim() for d in dims} if label.dim() else set()):
             if label.shape[d] > 1:
-                self.union_pairs(label, label.narrow(d, 0, 1).expand_as(label), reason)
+                first = label.narrow(d, 0, 1).expand_as(label)
+                if not torch.equal(label, first):  # constant along d (a channel over positions): nothing to do
+                    self.union_pairs(label, first, reason)
 
     def merge(self, labels: Sequence[Tensor], reason: str) -> Tensor:
         """Labels of an elementwise result whose operands (broadcast to one shape) have ``labels``:

@@ -109,6 +109,23 @@ def _source(prune: Any) -> tuple[G.Plan, dict[str, Tensor], Any]:
     return plan, masks, None
 
 
+def _unwrapped_names(plan: G.Plan, masks: dict[str, Tensor], names: set[str]) -> tuple[G.Plan, dict[str, Tensor]]:
+    """The plan and masks of a pruner built on a DDP wrapper, renamed for the wrapped model
+    (``module.conv1.weight`` -> ``conv1.weight``) when that is the model given; else unchanged."""
+    members = {n for g in plan.groups for n in g.members()}
+    if members <= names or not all(n.startswith("module.") and n[7:] in names for n in members):
+        return plan, masks
+    groups = [
+        G.Group({(n[7:], d): idx for (n, d), idx in g.slices.items()}, tuple(n[7:] for n in g.producers),
+                tuple(n[7:] for n in g.buffers))
+        for g in plan.groups
+    ]  # fmt: skip
+    layers = {
+        k.removeprefix("module."): {**v, "weight": v["weight"].removeprefix("module.")} for k, v in plan.layers.items()
+    }
+    return G.Plan(groups, plan.left_dense, layers), {n.removeprefix("module."): m for n, m in masks.items()}
+
+
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     *path, attr = name.split(".")
     module = model
@@ -142,19 +159,23 @@ def shrink(model: nn.Module, prune: Any) -> ShrinkReport:
     """Remove the channels ``prune`` masked from ``model``, in place; return what changed.
 
     ``prune``: a ``Prune(..., structure="channel")`` built on ``model`` (then spent), its
-    ``state_dict()``, or a state file it saved. The shrunk model computes what the masked one did.
-    Raises ``ValueError`` (nothing changed) when the model is not the pruner's, a shape differs, or a
-    layer holding a removed slice is of a kind whose sizes this function cannot update.
+    ``state_dict()``, or a state file it saved. A pruner built on a DDP wrapper shrinks the wrapped
+    model (``shrink(ddp.module, prune)``; wrap the shrunk model afresh). The shrunk model computes
+    what the masked one did. Raises ``ValueError`` (nothing changed) when the model is not the
+    pruner's, a shape differs, or a layer holding a removed slice is of a kind whose sizes this
+    function cannot update.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
     plan, masks, pruner = _source(prune)
-    if pruner is not None and pruner.model is not model:
+    if pruner is not None and model not in (pruner.model, getattr(pruner.model, "module", None)):
         raise ValueError(
-            "prune was built for another model: expected shrink(model, prune) with the model given to that Prune"
+            "prune was built for another model: expected shrink(model, prune) with the model given to that Prune "
+            "(or the model inside its DistributedDataParallel wrapper)"
         )
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
+    plan, masks = _unwrapped_names(plan, masks, set(params) | set(buffers))
     removed = [G.removed_units(g, masks) for g in plan.groups]
     drop: dict[str, dict[int, set[int]]] = {}  # name -> dim -> indices removed
     for g, gone in zip(plan.groups, removed):

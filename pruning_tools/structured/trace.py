@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -103,10 +103,6 @@ def is_transposed_linear(module: nn.Module) -> bool:
     return any(c.__name__ == "Conv1D" and c.__module__.split(".")[0] == "transformers" for c in type(module).__mro__)
 
 
-def _is_rms_norm(module: nn.Module) -> bool:
-    return type(module).__name__ == "RMSNorm" and isinstance(module, nn.Module) and hasattr(module, "normalized_shape")
-
-
 def is_leaf(module: nn.Module) -> bool:
     """A module recorded whole by its hooks (its inside is not traced)."""
     known = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -154,13 +150,16 @@ class Recorder(TorchFunctionMode):
     def claim(self, channel: int, member: Member) -> None:
         """``member`` belongs to ``channel``; a slice claimed by two channels couples them (tied weights)."""
         key = (member.name, member.dim, member.index)
-        if key in self._claims:
-            self.trace.couplings.uf.union(self._claims[key], channel)
-            if any(m == member for m in self.trace.members.get(self._claims[key], [])):
-                return
-        else:
+        first = self._claims.get(key)
+        if first is None:
             self._claims[key] = channel
-        self.trace.members.setdefault(channel, []).append(member)
+            self.trace.members.setdefault(channel, []).append(member)
+            return
+        if first != channel:
+            self.trace.couplings.uf.union(first, channel)  # one slice, listed once; "out" wins over "other"
+        if member.role == "out":
+            held = self.trace.members[first]
+            held[:] = [replace(m, role="out") if (m.name, m.dim, m.index) == key else m for m in held]
 
     def where(self) -> str:
         return self._path[-1] if self._path else "the model"
@@ -456,7 +455,7 @@ class Recorder(TorchFunctionMode):
                     self.trace.buffers.add(buf)
                     names.append((buf, "other"))
             self.per_channel(x, y, names)
-        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or _is_rms_norm(module):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             lab = self.get(x)
             if lab is not None:
                 ndim = x.dim() - 1 if isinstance(module, nn.GroupNorm) else len(getattr(module, "normalized_shape", ()))

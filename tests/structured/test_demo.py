@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -22,6 +25,8 @@ def test_demo_structure_channel_shrinks_and_saves(tmp_path) -> None:
     masked = float(result.output.split("masked model ")[1].split("%")[0])
     shrunk = float(result.output.split("shrunk model: test accuracy ")[1].split("%")[0])
     assert shrunk == masked
+    recorded = json.loads((out / "results.json").read_text())["shrunk"]
+    assert recorded["params"] == [377480, 96584] and recorded["test_accuracy"] * 100 == pytest.approx(shrunk, abs=0.01)
     model = load_shrunk(SimpleCNN(), out / "shrunk.safetensors")
     assert model.conv3.out_channels == 128 and model.fc.in_features == 512
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)

@@ -361,3 +361,13 @@ def test_shrunk_model_compiles() -> None:
 def test_round_to_that_keeps_a_group_whole_says_so() -> None:
     with pytest.warns(UserWarning, match="round_to=32 keeps every one of the 8 units"):
         make(prune_dict={"conv3.weight": 0.5}, round_to=32)
+
+
+def test_fix_sparsity_keeps_the_removed_units() -> None:
+    model, prune = make()
+    prune.prune()
+    removed = prune.removed_units()
+    _, again = make(model, fix_sparsity=True)
+    assert again.removed_units() == removed
+    again.prune()
+    assert again.removed_units() == removed and again.check()[1]
