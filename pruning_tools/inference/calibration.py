@@ -174,6 +174,7 @@ def key() -> dict[str, str]:
 
 
 def path_of(k: dict[str, str]) -> Path:
+    """The cache file of the calibration keyed by ``k`` (CPU, ISA level, engine, threads, versions)."""
     digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
     return _native.cache_dir() / f"calibration-{digest}.json"
 
