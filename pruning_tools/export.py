@@ -75,6 +75,11 @@ class PackedTensor:
         return self.tail_values.shape[-1]
 
     @property
+    def geometry(self) -> G.BankGeometry:
+        """``(bank_size, layout, out_dim)`` as one validated ``BankGeometry``."""
+        return G.BankGeometry(self.bank_size, self.layout, self.out_dim)
+
+    @property
     def row_len(self) -> int:
         return G.row_length(self.shape, self.layout, self.out_dim)
 
