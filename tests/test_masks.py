@@ -136,7 +136,7 @@ def test_low_and_high_precision(dtype):
 def test_realised_sparsity():
     assert G.realised_sparsity((10, 128), "fix", 0.9) == pytest.approx(1 - 12 / 128)
     assert G.realised_sparsity((10, 1, 3, 3), "fix", 0.9) == 0.0  # rows of length 1
-    assert G.realised_sparsity((10, 1, 3, 3), "fix", 0.9, layout="flat") == pytest.approx(8 / 9)
+    assert G.realised_sparsity((10, 1, 3, 3), "fix", 0.9, G.BankGeometry(layout="flat")) == pytest.approx(8 / 9)
     assert G.realised_sparsity((1000,), "none", 0.9) == pytest.approx(0.9)
 
 
