@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,9 @@ def _weights_only_reason(error: Exception) -> str:
 
 def read_checkpoint(
     path: str | Path, *, max_bytes: int | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, G.BankGeometry]]:
     """All tensors of a checkpoint file, by name, and the bank geometry of those a packed file
-    (``export.save_packed``) stores packed: ``(tensors, {name: {"bank_size", "layout", "out_dim"}})``.
+    (``export.save_packed``) stores packed: ``(tensors, {name: BankGeometry})``.
 
     The format is chosen by the suffix; a file whose first bytes show another format is an error
     saying so. A packed file is read as what it encodes: the dense tensors ``load_packed`` rebuilds.
@@ -112,7 +113,7 @@ def read_checkpoint(
     return {name: torch.from_numpy(array.asnumpy()) for name, array in loaded.items()}, {}
 
 
-def _read_safetensors(path: Path, max_bytes: int | None) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+def _read_safetensors(path: Path, max_bytes: int | None) -> tuple[dict[str, torch.Tensor], dict[str, G.BankGeometry]]:
     from . import export
     from .integrity import load_file
 
@@ -120,11 +121,7 @@ def _read_safetensors(path: Path, max_bytes: int | None) -> tuple[dict[str, torc
     if export.METADATA_KEY not in metadata:
         return {name: tensors[name] for name in sorted(tensors)}, {}
     contents = export.parse_packed(tensors, metadata, path, max_bytes=max_bytes)
-    geometry = {
-        name: {"bank_size": t.bank_size, "layout": t.layout, "out_dim": t.out_dim}
-        for name, t in contents.items()
-        if isinstance(t, export.PackedTensor)
-    }
+    geometry = {name: t.geometry for name, t in contents.items() if isinstance(t, export.PackedTensor)}
     tensors = export.unpack_all(contents, path)
     return {name: tensors[name] for name in sorted(tensors)}, geometry
 
@@ -135,11 +132,10 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)[0]
 
 
-def inspect_tensor(
-    name: str, w: torch.Tensor, bank_size: int, layout: str, sparsity: float | None, out_dim: int = 0
-) -> dict:
+def inspect_tensor(name: str, w: torch.Tensor, geometry: G.BankGeometry, sparsity: float | None) -> dict:
     """One row of the report: shape, non-zeros, sparsity and (for >= 2 dims) the bank check, its rows
-    read with ``layout`` and ``out_dim`` (1: a transposed weight ``[in, out, ...]``)."""
+    read by ``geometry`` (``out_dim`` 1: a transposed weight ``[in, out, ...]``)."""
+    bank_size, layout, out_dim = geometry.bank_size, geometry.layout, geometry.out_dim
     nonzeros = int((w != 0).sum())
     row = {
         "name": name,
@@ -190,15 +186,16 @@ def inspect_file(
     every listed tensor (1-D ones too); ``"checked"`` is the number of them with a bank check (>= 2
     dims), and ``"balanced"`` is None when nothing was checked.
     """
+    default = G.BankGeometry(bank_size, layout)  # the arguments, checked before the file is read
     tensors, geometry = read_checkpoint(path, max_bytes=max_bytes)
     names = [n for n in tensors if not match or any(fnmatch.fnmatchcase(n, m) for m in match)]
     out_dims = {n: 1 for n in names if any(fnmatch.fnmatchcase(n, t) for t in transposed) and tensors[n].dim() >= 2}
     rows = []
     for n in names:
-        g = geometry.get(n, {"bank_size": bank_size, "layout": layout, "out_dim": out_dims.get(n, 0)})
-        rows.append(inspect_tensor(n, tensors[n], g["bank_size"], g["layout"], sparsity, g["out_dim"]))
+        g = geometry.get(n, replace(default, out_dim=out_dims.get(n, 0)))
+        rows.append(inspect_tensor(n, tensors[n], g, sparsity))
         if n in geometry:
-            rows[-1]["packed"] = dict(g)
+            rows[-1]["packed"] = asdict(g)
     numel = sum(r["numel"] for r in rows)
     nonzeros = sum(r["nonzeros"] for r in rows)
     unbalanced = [r["name"] for r in rows if r["balanced"] is False]

@@ -12,7 +12,10 @@ import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from .geometry import BankGeometry
 
 BALANCES = ("fix", "none", "global")
 LAYOUTS = ("channels_last", "flat", "last_dim")  # rows of a weight: pruning_tools.geometry
@@ -100,6 +103,13 @@ class ParamSpec:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def geometry(self) -> BankGeometry:
+        """``(bank_size, layout, out_dim)`` as one validated ``BankGeometry``."""
+        from .geometry import BankGeometry  # deferred: geometry validates with this module's checks
+
+        return BankGeometry(self.bank_size, self.layout, self.out_dim)
 
     def to_dict(self) -> dict:
         """Plain data (JSON-ready)."""

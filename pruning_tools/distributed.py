@@ -283,10 +283,12 @@ def count_nonzero(w: Tensor) -> int:
     return int(info.reduce_sum(n)[0])
 
 
-def banks_balanced(w: Tensor, bank_size: int, layout: str, out_dim: int, sparsity: float) -> bool:
-    """``masks.check_banks(...).balanced`` over the whole tensor (every shard of a DTensor)."""
+def banks_balanced(w: Tensor, geometry: G.BankGeometry, sparsity: float) -> bool:
+    """``masks.check_banks(...).balanced`` over the whole tensor (every shard of a DTensor), its banks
+    cut by ``geometry``."""
     shard = local(w)
-    ok = shard.numel() == 0 or M.check_banks(shard, bank_size, layout, out_dim, sparsity).balanced
+    g = geometry
+    ok = shard.numel() == 0 or M.check_banks(shard, g.bank_size, g.layout, g.out_dim, sparsity).balanced
     info = shard_info(w)
     failures = torch.tensor([0 if ok else 1], dtype=torch.int64)
     return int(info.reduce_sum(failures)[0]) == 0
@@ -420,7 +422,7 @@ class ShardedMasks(LocalMasks):
         return count_nonzero(w)
 
     def banks_balanced(self, w: Tensor, spec: Any, sparsity: float) -> bool:
-        return banks_balanced(w, spec.bank_size, spec.layout, spec.out_dim, sparsity)
+        return banks_balanced(w, spec.geometry, sparsity)
 
 
 def strategy_for(params: Mapping[str, Tensor], specs: Mapping[str, Any]) -> LocalMasks:

@@ -29,9 +29,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ from torch import Tensor
 from . import geometry as G
 from . import integrity
 from . import masks as M
-from .config import LAYOUTS, ParamSpec, check_bank_size, check_choice
+from .config import LAYOUTS, ParamSpec, check_bank_size, check_bool, check_choice
 
 FORMAT = "pruning_tools.packed/1"
 METADATA_KEY = "pruning_tools.packed"
@@ -93,6 +93,11 @@ class PackedTensor:
     def tail_k(self) -> int:
         """Stored weights per tail bank (0: no tail bank)."""
         return self.tail_values.shape[-1]
+
+    @property
+    def geometry(self) -> G.BankGeometry:
+        """``(bank_size, layout, out_dim)`` as one validated ``BankGeometry``."""
+        return G.BankGeometry(self.bank_size, self.layout, self.out_dim)
 
     @property
     def row_len(self) -> int:
@@ -340,15 +345,40 @@ def worth_packing(w: Tensor, bank_size: int) -> bool:
 SpecLike = Union[ParamSpec, Mapping[str, Any]]
 
 
-def _as_pack_options(spec: SpecLike, bank_size: int, layout: str, out_dim: int) -> dict[str, Any]:
-    """``{"dense", "bank_size", "layout", "out_dim", "sparsity"}`` of one tensor: from a ``ParamSpec``
-    (unstructured ones stay dense; ``sparsity`` is the budget's target) or from a plain dict of those keys."""
+class _PackOptions(NamedTuple):
+    """How one tensor of a state dict is stored: dense, or packed by ``geometry`` with the budget of
+    ``sparsity`` (``None``: of its measured sparsity)."""
+
+    dense: bool
+    geometry: G.BankGeometry
+    sparsity: float | None
+
+
+SPEC_KEYS = ("bank_size", "layout", "out_dim", "sparsity", "dense")  # a plain-dict spec of pack_state_dict
+
+
+def _as_pack_options(name: str, spec: SpecLike, default: G.BankGeometry) -> _PackOptions:
+    """The ``_PackOptions`` of tensor ``name``: from a ``ParamSpec`` (unstructured ones stay dense;
+    ``sparsity`` is the budget's target) or from a plain dict with some of ``SPEC_KEYS`` over ``default``."""
     if isinstance(spec, ParamSpec):
-        return {"dense": spec.balance != "fix", "bank_size": spec.bank_size, "layout": spec.layout,
-                "out_dim": spec.out_dim, "sparsity": spec.sparsity}  # fmt: skip
-    options = {"dense": False, "bank_size": bank_size, "layout": layout, "out_dim": out_dim, "sparsity": None}
-    options.update(spec)
-    return options
+        return _PackOptions(spec.balance != "fix", spec.geometry, spec.sparsity)
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"specs[{name!r}]={dict(spec)!r} is not allowed: expected keys among {SPEC_KEYS}")
+    try:
+        geometry = G.BankGeometry(**{**asdict(default), **{k: v for k, v in spec.items() if k in asdict(default)}})
+    except ValueError as error:
+        raise ValueError(f"specs[{name!r}]: {error}") from None
+    dense = check_bool(f"specs[{name!r}]['dense']", spec.get("dense", False))
+    return _PackOptions(dense, geometry, spec.get("sparsity"))
+
+
+def _with_out_dim(default: G.BankGeometry, name: str, out_dim: Any) -> G.BankGeometry:
+    """``default`` with the output dim ``out_dims[name]`` (errors name that entry)."""
+    try:
+        return replace(default, out_dim=out_dim)
+    except ValueError as error:
+        raise ValueError(f"out_dims[{name!r}]: {error}") from None
 
 
 def pack_state_dict(
@@ -371,20 +401,20 @@ def pack_state_dict(
     ``dense_fallback`` is stored dense and listed in the third return value.
     """
     out_dims, specs = dict(out_dims or {}), dict(specs or {})
+    default = G.BankGeometry(bank_size, layout)  # the arguments, checked before any tensor is packed
     packed, dense, fallback = {}, {}, []
     for name, w in tensors.items():
         if not isinstance(w, Tensor):
             raise TypeError(f"tensors[{name!r}] is a {type(w).__name__}: expected a torch.Tensor")
         if SEP in name:
             raise ValueError(f"tensor name {name!r} is not allowed: it must not contain {SEP!r}")
-        options = _as_pack_options(specs.get(name, {}), bank_size, layout, out_dims.get(name, 0))
-        if options["dense"] or not worth_packing(w, int(options["bank_size"])):
+        options = _as_pack_options(name, specs.get(name, {}), _with_out_dim(default, name, out_dims.get(name, 0)))
+        if options.dense or not worth_packing(w, options.geometry.bank_size):
             dense[name] = w.detach().cpu().clone()  # own storage: tied weights save too
             continue
+        g = options.geometry
         try:
-            packed[name] = pack(
-                w, int(options["bank_size"]), options["layout"], int(options["out_dim"]), options["sparsity"], name
-            )
+            packed[name] = pack(w, g.bank_size, g.layout, g.out_dim, options.sparsity, name)
         except NotBankBalancedError:
             if not dense_fallback:
                 raise

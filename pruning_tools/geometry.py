@@ -33,13 +33,50 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from torch import Tensor
 
-# ---------------------------------------------------------------- rows
+from .config import LAYOUTS, OUT_DIMS, check_bank_size, check_choice
+
+# ---------------------------------------------------------------- the geometry of one weight
 
 LAST_DIM = "last_dim"  # the layout of N-D parameters that no convolution owns
+
+
+@dataclass(frozen=True)
+class BankGeometry:
+    """How one weight is cut into banks: the three settings that always travel together.
+
+    - ``bank_size``: weights per full bank (an integer in ``[2, 2**31 - 1]``); the last bank of a row
+      is a shorter tail bank when the row length is not a multiple of it.
+    - ``layout``: how rows are read (``"channels_last"``: a conv weight ``[out, in, *kernel]`` as
+      ``[out * prod(kernel), in]``; ``"flat"``: ``[out, in * prod(kernel)]``; ``"last_dim"``:
+      ``[prod(shape[:-1]), shape[-1]]``). For 2-D weights all three agree.
+    - ``out_dim``: the dim of the output channels, 0 (``[out, in, ...]``) or 1 (ConvTranspose
+      ``[in, out, *kernel]``, a transposed linear ``[in, out]``).
+
+    Validated on construction: a bad value raises ``ValueError`` naming the field, the value and what
+    is allowed (``bool`` is refused for ``out_dim``; an integral float ``bank_size`` becomes an int).
+
+    >>> BankGeometry(4)
+    BankGeometry(bank_size=4, layout='channels_last', out_dim=0)
+    """
+
+    bank_size: int = 64
+    layout: str = "channels_last"
+    out_dim: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bank_size", check_bank_size("bank_size", self.bank_size))
+        check_choice("layout", self.layout, LAYOUTS)
+        if isinstance(self.out_dim, bool) or self.out_dim not in OUT_DIMS:
+            raise ValueError(
+                f"out_dim={self.out_dim!r} is not allowed: expected 0 or 1 "
+                "(the dim of the output channels; 1 for weights [in, out])"
+            )
+        object.__setattr__(self, "out_dim", int(self.out_dim))
 
 
 def to_rows(x: Tensor, layout: str = "channels_last", out_dim: int = 0) -> Tensor:
@@ -158,6 +195,8 @@ def row_strides(shape: Sequence[int], layout: str = "channels_last", out_dim: in
     return RowStrides(out * kernel, inp, 1, 1, out * kernel)
 
 
+DEFAULT_GEOMETRY = BankGeometry()  # banks of 64 along channels-last rows, output channels on dim 0
+
 # ---------------------------------------------------------------- budgets
 
 
@@ -201,32 +240,23 @@ def measured_budget(row_len: int, bank_size: int, sparsity: float) -> BankBudget
 
 
 def realised_sparsity(
-    shape: Sequence[int],
-    balance: str,
-    sparsity: float,
-    bank_size: int = 64,
-    layout: str = "channels_last",
-    out_dim: int = 0,
+    shape: Sequence[int], balance: str, sparsity: float, geometry: BankGeometry = DEFAULT_GEOMETRY
 ) -> float:
-    """The sparsity a pattern actually reaches for a dense tensor of ``shape`` at ``sparsity``."""
+    """The sparsity a pattern actually reaches for a dense tensor of ``shape`` at ``sparsity`` (its
+    banks cut by ``geometry`` when ``balance == "fix"``)."""
     numel = math.prod(shape)
     if numel == 0:
         return 0.0
     if balance != "fix":
         return 1.0 - keep_count(numel, sparsity) / numel
-    row_len = row_length(shape, layout, out_dim)
-    budget = bank_budget(row_len, bank_size, sparsity)
+    row_len = row_length(shape, geometry.layout, geometry.out_dim)
+    budget = bank_budget(row_len, geometry.bank_size, sparsity)
     kept_per_row = budget.full_banks * budget.keep + budget.tail_keep
     return 1.0 - kept_per_row * (numel // row_len) / numel
 
 
 def unreachable(
-    shape: Sequence[int],
-    balance: str,
-    sparsity: float,
-    bank_size: int = 64,
-    layout: str = "channels_last",
-    out_dim: int = 0,
+    shape: Sequence[int], balance: str, sparsity: float, geometry: BankGeometry = DEFAULT_GEOMETRY
 ) -> float | None:
     """The sparsity a dense tensor of ``shape`` will reach when the pattern cannot reach ``sparsity``,
     else ``None``.
@@ -238,15 +268,16 @@ def unreachable(
     stays dense). Unstructured: half a weight of the whole tensor. Overshooting (sparser than asked,
     e.g. a 1x1 conv with rows of 11 at 0.9 keeping 1 of 11, 0.909) is rounding, never unreachable.
 
-    >>> round(unreachable((8, 3, 3, 3), "fix", 0.5, bank_size=4), 4), unreachable((8, 11, 1, 1), "fix", 0.9)
+    >>> round(unreachable((8, 3, 3, 3), "fix", 0.5, BankGeometry(4)), 4), unreachable((8, 11, 1, 1), "fix", 0.9)
     (0.3333, None)
     """
     if math.prod(shape) == 0:
         return None
-    realised = realised_sparsity(shape, balance, sparsity, bank_size, layout, out_dim)
+    realised = realised_sparsity(shape, balance, sparsity, geometry)
     shortfall = sparsity - realised
+    bank_size = geometry.bank_size
     if balance == "fix" and len(shape) >= 2:
-        row_len = row_length(shape, layout, out_dim)
+        row_len = row_length(shape, geometry.layout, geometry.out_dim)
         if row_len < bank_size:
             far = shortfall >= 0.5 / max(1, row_len) - 1e-9  # half a weight of a one-bank row: half the bank
         else:
@@ -265,6 +296,8 @@ def param_layout(shape: Sequence[int], conv_owned: bool, layout: str) -> str:
 __all__ = [
     "LAST_DIM",
     "BankBudget",
+    "BankGeometry",
+    "DEFAULT_GEOMETRY",
     "RowStrides",
     "bank_budget",
     "block",

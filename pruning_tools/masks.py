@@ -270,7 +270,8 @@ def bank_mask(
     path works block by block over the output channels (``geometry.row_blocks``), so its temporaries
     stay a fraction of ``w``; the compiled kernel needs none beyond the mask.
     """
-    bank_size = check_bank_size("bank_size", bank_size)
+    geometry = G.BankGeometry(bank_size, layout, out_dim)  # the arguments, checked
+    bank_size = geometry.bank_size
     if w.numel() == 0:
         return torch.ones_like(w, dtype=torch.bool)
     budget = G.bank_budget(G.row_length(w.shape, layout, out_dim), bank_size, sparsity)
@@ -278,7 +279,7 @@ def bank_mask(
         _check_scores(w, scores)
     ranked_by = w.detach() if scores is None else _kernel_scores(scores)
     if ranked_by is not None and native.library() is not None:  # compiled single pass over the banks
-        fast = native.bank_mask(ranked_by, mask, budget.keep, budget.tail_keep, bank_size, layout, out_dim, on_nan)
+        fast = native.bank_mask(ranked_by, mask, budget.keep, budget.tail_keep, geometry, on_nan)
         if fast is not None:
             return fast
     nans = [0]

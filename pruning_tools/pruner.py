@@ -544,9 +544,7 @@ class Pruner:
                 continue
             if spec.balance == "global":
                 continue
-            realised = G.unreachable(
-                spec.shape, spec.balance, spec.sparsity, spec.bank_size, spec.layout, spec.out_dim
-            )  # fmt: skip
+            realised = G.unreachable(spec.shape, spec.balance, spec.sparsity, spec.geometry)
             if realised is not None:
                 rows = G.row_length(spec.shape, spec.layout, spec.out_dim)
                 where = f", rows of {rows}" if spec.balance == "fix" else ""

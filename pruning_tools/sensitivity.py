@@ -76,11 +76,6 @@ def snap_levels(levels: Iterable[Any] | None = None, balance: str = "fix", bank_
     return sorted(set(values))
 
 
-def realised(shape: Sequence[int], level: float, balance: str, bank_size: int, layout: str, out_dim: int = 0) -> float:
-    """Fraction of zeros a dense tensor of ``shape`` has after one-shot pruning at ``level``."""
-    return G.realised_sparsity(tuple(shape), balance, level, bank_size, layout, out_dim)
-
-
 # ---------------------------------------------------------------- the table
 
 
@@ -113,8 +108,8 @@ class SensitivityTable:
 
     def realised(self, name: str, level: float) -> float:
         """Fraction of zeros parameter ``name`` reaches at ``level`` with this table's pattern."""
-        layout = self.layouts.get(name, self.layout)
-        return realised(self.shapes[name], level, self.balance, self.bank_size, layout, self.out_dims.get(name, 0))
+        geometry = G.BankGeometry(self.bank_size, self.layouts.get(name, self.layout), self.out_dims.get(name, 0))
+        return G.realised_sparsity(tuple(self.shapes[name]), self.balance, level, geometry)
 
     def drops(self) -> list[list[float]]:
         """Score lost against ``baseline`` (positive = worse), ``[len(names), len(levels)]``."""

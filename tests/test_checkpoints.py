@@ -58,3 +58,23 @@ def test_nested_checkpoints_are_flattened_with_dotted_names(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {"fc.weight": torch.ones(2, 2)}, "step": 3, "ema": [torch.zeros(1)]}, path)
     assert sorted(checkpoints.load_tensors(path)) == ["ema.0", "model.fc.weight"]
+
+
+def test_a_packed_file_gives_each_packed_tensor_its_geometry(tmp_path):
+    from pruning_tools.geometry import BankGeometry
+
+    w = torch.zeros(128, 8)  # Conv1D-like [in, out]: banks of 4 along dim 0
+    w[::4] = 1.0
+    path = tmp_path / "p.safetensors"
+    save_packed({"c.weight": w, "c.bias": torch.ones(8)}, path, bank_size=4, out_dims={"c.weight": 1})
+    tensors, geometry = checkpoints.read_checkpoint(path)
+    assert geometry == {"c.weight": BankGeometry(4, "channels_last", 1)}
+    assert torch.equal(tensors["c.weight"], w)
+    row = checkpoints.inspect_file(path, bank_size=64)["tensors"][1]  # sorted: c.bias, c.weight
+    assert (row["name"], row["packed"], row["balanced"]) == (
+        "c.weight",
+        {"bank_size": 4, "layout": "channels_last", "out_dim": 1},
+        True,
+    )
+    with pytest.raises(ValueError, match="bank_size=1 is not allowed"):
+        checkpoints.inspect_file(path, bank_size=1)

@@ -398,3 +398,21 @@ def test_save_packed_takes_the_geometry_from_the_pruner(tmp_path):
 def test_dense_size_is_computed_exactly_without_serialising(spec):
     tensors = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in spec.items()}
     assert E.safetensors_bytes(tensors) == len(safetensors.torch.save(tensors))
+
+
+def test_pack_state_dict_names_the_entry_of_a_bad_spec_or_out_dim():
+    w = torch.randn(4, 8)
+    w = w * bank_mask(w, None, 0.5, bank_size=4)
+    tensors = {"w": w}
+    assert E.pack_state_dict(tensors, specs={"w": {"bank_size": 4, "sparsity": 0.5}})[0]["w"].k == 2
+    assert E.pack_state_dict(tensors, bank_size=4, specs={"w": {"dense": True}})[1].keys() == {"w"}
+    with pytest.raises(ValueError, match=r"specs\['w'\]=.*'bank_sise'.*expected keys among"):
+        E.pack_state_dict(tensors, specs={"w": {"bank_sise": 4}})
+    with pytest.raises(ValueError, match=r"specs\['w'\]: bank_size=1 is not allowed"):
+        E.pack_state_dict(tensors, specs={"w": {"bank_size": 1}})
+    with pytest.raises(ValueError, match=r"specs\['w'\]\['dense'\]='yes' is not allowed"):
+        E.pack_state_dict(tensors, specs={"w": {"dense": "yes"}})
+    with pytest.raises(ValueError, match=r"out_dims\['w'\]: out_dim=2 is not allowed"):
+        E.pack_state_dict(tensors, bank_size=4, out_dims={"w": 2})
+    with pytest.raises(ValueError, match="layout='rows' is not allowed"):
+        E.pack_state_dict(tensors, layout="rows")

@@ -82,3 +82,40 @@ def test_a_tensor_pruned_at_its_target_is_balanced_by_its_measured_sparsity(row_
     if target.full_banks:
         assert measured.keep >= target.keep
     assert measured.tail_keep <= measured.keep  # never looser than a full bank
+
+
+def test_bank_geometry_defaults_and_is_frozen():
+    geometry = G.BankGeometry()
+    assert (geometry.bank_size, geometry.layout, geometry.out_dim) == (64, "channels_last", 0)
+    with pytest.raises(AttributeError):
+        geometry.bank_size = 4  # type: ignore[misc]
+    assert G.BankGeometry(4.0, "flat", 1) == G.BankGeometry(4, "flat", 1)
+    assert type(G.BankGeometry(4.0).bank_size) is int
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"bank_size": 1}, "bank_size=1"),
+        ({"bank_size": 2**31}, "bank_size=2147483648"),
+        ({"bank_size": 4.5}, "bank_size=4.5"),
+        ({"bank_size": True}, "bank_size=True"),
+        ({"layout": "rows"}, "layout='rows'"),
+        ({"out_dim": 2}, "out_dim=2"),
+        ({"out_dim": True}, "out_dim=True"),
+    ],
+)
+def test_bank_geometry_refuses_bad_fields_by_name(kwargs, named):
+    with pytest.raises(ValueError, match=named.replace("(", r"\(")):
+        G.BankGeometry(**kwargs)
+
+
+def test_spec_and_packed_tensor_expose_their_geometry():
+    from pruning_tools.config import ParamSpec
+    from pruning_tools.export import pack
+
+    spec = ParamSpec(0.5, "fix", 4, "flat", 1, (8, 6))
+    assert spec.geometry == G.BankGeometry(4, "flat", 1)
+    assert "geometry" not in spec.to_dict()  # the file format keeps its three keys
+    w = torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 3.0, 0.0, 4.0]])
+    assert pack(w, bank_size=4).geometry == G.BankGeometry(4)

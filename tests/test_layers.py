@@ -134,9 +134,9 @@ def test_an_overshoot_is_not_unreachable():
 
 
 def test_unreachable_rule():
-    assert G.unreachable((16, 1, 3, 3), "fix", 0.5, 4) == 0.0  # rows of 1: half a bank short
-    assert G.unreachable((16, 3, 3, 3), "fix", 0.5, 4) == pytest.approx(1 / 3)
-    assert G.unreachable((16, 3, 3, 3), "fix", 0.5, 4, "flat") is None  # rows of 27 keep 14: rounding
+    assert G.unreachable((16, 1, 3, 3), "fix", 0.5, G.BankGeometry(4)) == 0.0  # rows of 1: half a bank short
+    assert G.unreachable((16, 3, 3, 3), "fix", 0.5, G.BankGeometry(4)) == pytest.approx(1 / 3)
+    assert G.unreachable((16, 3, 3, 3), "fix", 0.5, G.BankGeometry(4, "flat")) is None  # rows of 27 keep 14: rounding
     assert G.unreachable((32, 11, 1, 1), "fix", 0.9) is None  # overshoots
     assert G.unreachable((16, 9), "fix", 0.9) is None  # rows of 9 keep 1 (0.889): rounding
     assert G.unreachable((128, 192), "fix", 1 - 16.5 / 64) is None  # full banks: a tie is rounding

@@ -136,7 +136,7 @@ def test_low_and_high_precision(dtype):
 def test_realised_sparsity():
     assert G.realised_sparsity((10, 128), "fix", 0.9) == pytest.approx(1 - 12 / 128)
     assert G.realised_sparsity((10, 1, 3, 3), "fix", 0.9) == 0.0  # rows of length 1
-    assert G.realised_sparsity((10, 1, 3, 3), "fix", 0.9, layout="flat") == pytest.approx(8 / 9)
+    assert G.realised_sparsity((10, 1, 3, 3), "fix", 0.9, G.BankGeometry(layout="flat")) == pytest.approx(8 / 9)
     assert G.realised_sparsity((1000,), "none", 0.9) == pytest.approx(0.9)
 
 
@@ -230,3 +230,12 @@ def test_check_banks_wants_a_tensor(w):
 def test_check_banks_of_an_empty_tensor(shape):
     report = M.check_banks(torch.zeros(shape))
     assert report.balanced and report.banks == 0 and report.over_budget == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [({"bank_size": 1}, "bank_size=1"), ({"layout": "rows"}, "layout='rows'"), ({"out_dim": 2}, "out_dim=2")],
+)
+def test_bank_mask_refuses_a_bad_geometry_by_name(kwargs, named):
+    with pytest.raises(ValueError, match=f"{named} is not allowed"):
+        M.bank_mask(torch.randn(4, 8), None, 0.5, **kwargs)

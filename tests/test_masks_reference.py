@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pruning_tools import _native
+from pruning_tools import geometry as G
 from pruning_tools import masks as M
 from pruning_tools._native import mask_kernels as native
 
@@ -232,9 +233,9 @@ def test_compiled_kernels_serve_plain_cpu_tensors():
     if native.library() is None:
         pytest.skip("no C compiler here")
     w = torch.randn(16, 64, 3, 3)
-    assert native.bank_mask(w, None, 4, 0, 64, "channels_last", 0) is not None
+    assert native.bank_mask(w, None, 4, 0, G.BankGeometry(64, "channels_last", 0)) is not None
     assert native.largest_masks([w], [None], 100) is not None
-    assert native.bank_mask(w.to(torch.float16), w > 0, 4, 0, 64, "flat", 0) is not None
+    assert native.bank_mask(w.to(torch.float16), w > 0, 4, 0, G.BankGeometry(64, "flat", 0)) is not None
 
 
 @pytest.mark.parametrize("threads", [1, 2])

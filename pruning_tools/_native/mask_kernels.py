@@ -59,14 +59,14 @@ def bank_mask(
     mask: Tensor | None,
     keep: int,
     tail_keep: int,
-    bank_size: int,
-    layout: str,
-    out_dim: int,
+    geometry: G.BankGeometry,
     on_nan: NanReport | None = None,
 ) -> Tensor | None:
-    """Bank-balanced keep-mask (bool, shape of ``w``), or ``None`` when the kernel cannot serve it.
-    ``on_nan(count)`` hears of live NaN weights (pruned first)."""
-    strides = G.row_strides(tuple(w.shape), layout, out_dim)
+    """Bank-balanced keep-mask (bool, shape of ``w``), ``keep`` per full bank and ``tail_keep`` per
+    tail bank of ``geometry``, or ``None`` when the kernel cannot serve it. ``on_nan(count)`` hears of
+    live NaN weights (pruned first)."""
+    bank_size = geometry.bank_size
+    strides = G.row_strides(tuple(w.shape), geometry.layout, geometry.out_dim)
     if strides is None or bank_size > MAX_BANK or not _servable(w, mask):
         return None
     rows, row_len, group, group_stride, step = strides

@@ -29,7 +29,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..config import ParamSpec
 from ..export import NotBankBalancedError, PackedTensor, read_packed, unpack, worth_packing
+from ..geometry import BankGeometry
 from ..layer_kinds import is_transposed_linear
 from . import calibration as calib
 from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path, restore
@@ -472,10 +473,12 @@ def to_bank_sparse(
     to float rounding).
     """
     specs = _spec_source(pruner, model)
+    default = BankGeometry(bank_size)  # validated here, before any layer is looked at
 
     def packed_of(c: _Candidate, pname: str, w: Tensor) -> PackedTensor | str:
         full = _join(c.name, pname)
         out_dim = 1 if is_transposed_linear(c.module) else 0
+        target: float | None = None  # None: the weight's measured sparsity is its budget
         if specs is not None:
             spec = specs.get(full)
             if spec is None:
@@ -484,14 +487,15 @@ def to_bank_sparse(
                 return f"pruned unstructured (balance={spec.balance!r})"
             if spec.out_dim != out_dim:
                 return f"spec out_dim={spec.out_dim}, expected {out_dim} for {c.kind} (pruner without Conv1D support?)"
+            geometry, target = spec.geometry, spec.sparsity
         else:
-            spec = ParamSpec(-1.0, "fix", bank_size, "channels_last", out_dim)
-        if c.family == "conv" and spec.layout != "channels_last" and any(k != 1 for k in w.shape[2:]):
-            return f"layout {spec.layout!r}: banks do not run along the input channels"
-        if not worth_packing(w, spec.bank_size):
+            geometry = replace(default, out_dim=out_dim)
+        if c.family == "conv" and geometry.layout != "channels_last" and any(k != 1 for k in w.shape[2:]):
+            return f"layout {geometry.layout!r}: banks do not run along the input channels"
+        if not worth_packing(w, geometry.bank_size):
             return "dense weight (fewer zeros than one per bank)"
         try:
-            return _pack(w, spec)
+            return _pack(w, geometry, target)
         except NotBankBalancedError as error:
             return f"not bank-balanced ({error})"
 

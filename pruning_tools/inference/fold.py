@@ -19,12 +19,12 @@ BatchNorm passes its input through.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..export import PackedTensor
 from .modules import BankSparseConv
 
 
@@ -90,8 +90,7 @@ class BankSparseConvBN(BankSparseConv):
             packed = self.packed()
             values = packed.values * per_row[:, None, None].to(packed.values.dtype)
             tail = packed.tail_values * per_row[:, None].to(packed.tail_values.dtype)
-            folded_packed = PackedTensor(values, packed.indices, tail, packed.tail_indices, packed.shape,
-                                         packed.bank_size, packed.layout, packed.out_dim)  # fmt: skip
+            folded_packed = replace(packed, values=values, tail_values=tail)  # same geometry and indices
             dtype = b["bias"].dtype if b["bias"] is not None else packed.values.dtype
             folded = BankSparseConv(folded_packed, bias.to(dtype), *self._conv_args).eval()
         self.__dict__["_folded_cache"] = (key, folded)

@@ -44,7 +44,7 @@ from ..export import PARTS, PackedTensor, check_packed, pack, read_packed, unpac
 from ..layer_kinds import is_transposed_linear
 from . import native, ops
 
-Geometry = Union[int, ParamSpec]
+GeometrySource = Union[int, ParamSpec]  # a bank size (channels-last rows), or the pruner's spec of the weight
 
 
 class _Fast(NamedTuple):
@@ -175,7 +175,7 @@ class BankSparseLinear(_BankSparse):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Module, bank_size: Geometry = 64, sparsity: float | None = None
+        cls, linear: nn.Module, bank_size: GeometrySource = 64, sparsity: float | None = None
     ) -> BankSparseLinear:
         """Pack a pruned ``nn.Linear`` (or transformers' ``Conv1D``: weight ``[in, out]``); its weight
         must be bank-balanced (``export.check_balanced``). ``bank_size`` may be the weight's ``ParamSpec``
@@ -186,10 +186,10 @@ class BankSparseLinear(_BankSparse):
             raise TypeError(
                 f"linear={type(linear).__name__} is not allowed: expected a torch.nn.Linear or transformers' Conv1D"
             )
-        spec = _spec(bank_size, sparsity, out_dim=1 if transposed else 0)
-        if transposed and spec.out_dim != 1:
+        geometry, target = _geometry_and_target(bank_size, sparsity, out_dim=1 if transposed else 0)
+        if transposed and geometry.out_dim != 1:
             raise ValueError(f"spec={bank_size} is not allowed for a Conv1D weight [in, out]: expected out_dim=1")
-        return cls(_pack(linear.weight, spec), linear.bias)
+        return cls(_pack(linear.weight, geometry, target), linear.bias)
 
     @classmethod
     def from_file(cls, path: str | Path, name: str) -> BankSparseLinear:
@@ -287,13 +287,16 @@ class BankSparseConv(_BankSparse):
         self._init_packed(packed, bias, self.out_channels)
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, bank_size: Geometry = 64, sparsity: float | None = None) -> BankSparseConv:
+    def from_conv(
+        cls, conv: nn.Module, bank_size: GeometrySource = 64, sparsity: float | None = None
+    ) -> BankSparseConv:
         """Pack a pruned ``nn.Conv1d`` / ``nn.Conv2d`` (groups 1), or a 1×1 ``nn.Conv3d``; ``bank_size``
         as in ``BankSparseLinear.from_linear``."""
         why = conv_unsupported(conv)
         if why:
             raise ValueError(f"conv={conv} is not allowed: {why}")
-        return cls(_pack(conv.weight, _spec(bank_size, sparsity)), conv.bias, conv.stride, conv.padding,
+        geometry, target = _geometry_and_target(bank_size, sparsity)
+        return cls(_pack(conv.weight, geometry, target), conv.bias, conv.stride, conv.padding,
                    conv.dilation, conv.padding_mode)  # fmt: skip
 
     @classmethod
@@ -375,24 +378,28 @@ def conv_unsupported(conv: nn.Module) -> str | None:
 # ---------------------------------------------------------------- helpers
 
 
-def _spec(geometry: Geometry, sparsity: float | None, out_dim: int = 0) -> ParamSpec:
-    """A bank-balanced spec from a bank size (budget: the measured sparsity) or from a pruner's spec."""
-    if isinstance(geometry, ParamSpec):
-        if geometry.balance != "fix":
-            raise ValueError(f"spec={geometry} is not allowed: expected a bank-balanced weight (balance='fix')")
-        return geometry if sparsity is None else ParamSpec(sparsity, "fix", geometry.bank_size, geometry.layout,
-                                                           geometry.out_dim, geometry.shape)  # fmt: skip
-    return ParamSpec(-1.0 if sparsity is None else sparsity, "fix", geometry, "channels_last", out_dim)
+def _geometry_and_target(
+    source: GeometrySource, sparsity: float | None, out_dim: int = 0
+) -> tuple[G.BankGeometry, float | None]:
+    """The bank geometry of a weight and its target sparsity (``None``: its measured sparsity is the
+    budget), from a bank size (channels-last rows, ``out_dim``) or from the pruner's spec of the weight
+    (its geometry, and its sparsity unless ``sparsity`` is given)."""
+    if isinstance(source, ParamSpec):
+        if source.balance != "fix":
+            raise ValueError(f"spec={source} is not allowed: expected a bank-balanced weight (balance='fix')")
+        return source.geometry, source.sparsity if sparsity is None else sparsity
+    return G.BankGeometry(source, "channels_last", out_dim), sparsity
 
 
-def _pack(weight: Tensor, spec: ParamSpec) -> PackedTensor:
-    """Pack ``weight`` by ``spec``; with a target (``sparsity >= 0``) the packed shapes are its budgets."""
-    sparsity = spec.sparsity if spec.sparsity >= 0 else None
+def _pack(weight: Tensor, geometry: G.BankGeometry, sparsity: float | None = None) -> PackedTensor:
+    """Pack ``weight`` by ``geometry``; with a target ``sparsity`` the packed shapes are its budgets
+    (``None``: the budgets of its measured sparsity)."""
     slots = None
     if sparsity is not None:
-        budget = G.bank_budget(G.row_length(tuple(weight.shape), spec.layout, spec.out_dim), spec.bank_size, sparsity)
+        row_len = G.row_length(tuple(weight.shape), geometry.layout, geometry.out_dim)
+        budget = G.bank_budget(row_len, geometry.bank_size, sparsity)
         slots = (budget.keep, budget.tail_keep)
-    return pack(weight, spec.bank_size, spec.layout, spec.out_dim, sparsity, name="weight", slots=slots)
+    return pack(weight, geometry.bank_size, geometry.layout, geometry.out_dim, sparsity, name="weight", slots=slots)
 
 
 def _from_file(path: str | Path, name: str) -> tuple[PackedTensor, Tensor | None]:

@@ -25,7 +25,7 @@ def expected_sparsity(model, balance: str, bank_size: int, sparsity: float) -> f
     total = sum(math.prod(s) for s in shapes)
     if balance == "global":
         return 1 - G.keep_count(total, sparsity) / total
-    zeros = sum(G.realised_sparsity(s, balance, sparsity, bank_size) * math.prod(s) for s in shapes)
+    zeros = sum(G.realised_sparsity(s, balance, sparsity, G.BankGeometry(bank_size)) * math.prod(s) for s in shapes)
     return zeros / total
 
 

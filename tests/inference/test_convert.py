@@ -112,6 +112,14 @@ def test_a_pruner_of_another_model_is_refused():
     assert isinstance(model[2], nn.Conv2d)  # nothing changed
 
 
+def test_a_bad_bank_size_is_refused_before_any_layer_is_looked_at():
+    model, _ = pruned_cnn()
+    for bad in (1, 2.5, True, "64"):
+        with pytest.raises(ValueError, match=f"bank_size={bad!r} is not allowed"):
+            to_bank_sparse(model, bank_size=bad)
+    assert isinstance(model[2], nn.Conv2d)  # nothing changed
+
+
 def test_a_model_without_convertible_layers_is_left_alone():
     model = nn.Sequential(nn.ReLU(), nn.LayerNorm(8))
     report = to_bank_sparse(model)

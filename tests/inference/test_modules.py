@@ -383,3 +383,18 @@ def test_random_convs_equal_masked_dense(cin, cout, k, stride, padding, dilation
                 torch.testing.assert_close(sparse(x), expected, **TOL)
         with _native.use_engine("torch"):
             torch.testing.assert_close(sparse(x), expected, **TOL)
+
+
+def test_the_pruners_spec_or_a_target_sets_the_packed_budget_else_the_measured_sparsity_does():
+    from pruning_tools.config import ParamSpec
+
+    fc = pruned_linear(8, 16, 0.75, bank_size=4)  # 1 of 4 kept per bank
+    assert BankSparseLinear.from_linear(fc, 4).packed().k == 1  # measured budget
+    assert BankSparseLinear.from_linear(fc, 4, sparsity=0.5).packed().k == 2  # the target's budget: 2 slots
+    spec = ParamSpec(0.5, "fix", 4, "channels_last", 0, (8, 16))
+    sparse = BankSparseLinear.from_linear(fc, spec)
+    assert (sparse.packed().k, sparse.packed().geometry) == (2, spec.geometry)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(sparse(x), fc(x), **TOL)
+    with pytest.raises(ValueError, match="expected a bank-balanced weight"):
+        BankSparseLinear.from_linear(fc, ParamSpec(0.5, "none", 4, "channels_last"))
