@@ -155,6 +155,58 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _slices_to_drop(
+    plan: Any, removed: list[list[int]], masks: Mapping[str, Tensor], tensors: Mapping[str, Tensor]
+) -> dict[str, dict[int, set[int]]]:
+    """``{tensor name: {dim: indices removed}}`` of every group's removed units, each tensor checked to be
+    the model's and to hold the group's slices (a ``ValueError`` before anything changes)."""
+    drop: dict[str, dict[int, set[int]]] = {}
+    for g, gone in zip(plan.groups, removed):
+        for (name, dim), idx in g.slices.items():
+            tensor = tensors.get(name)
+            if tensor is None:
+                raise ValueError(f"model has no parameter or buffer {name!r}: prune was built for another model")
+            if name in masks and tuple(tensor.shape) != tuple(masks[name].shape):
+                raise ValueError(
+                    f"model's {name!r} has shape {list(tensor.shape)} but prune's mask {list(masks[name].shape)}: "
+                    "prune was built for another model (or this one was already shrunk)"
+                )
+            if dim >= tensor.dim() or max(max(u) for u in idx) >= tensor.shape[dim]:
+                raise ValueError(f"model's {name!r} of shape {list(tensor.shape)} does not hold the group's slices")
+            if gone:
+                drop.setdefault(name, {}).setdefault(dim, set()).update(i for u in gone for i in idx[u])
+    return drop
+
+
+def _slice_tensors(model: nn.Module, drop: Mapping[str, Mapping[int, set[int]]], tensors: Mapping[str, Tensor]) -> None:
+    """Replace every tensor of ``drop`` in ``model`` (tied ones once) by its slice without the removed indices."""
+    replaced: dict[int, Tensor] = {}
+    with torch.no_grad():
+        for name, dims in drop.items():
+            old = tensors[name]
+            if id(old) in replaced:
+                continue
+            new = old.detach()
+            for dim, gone_idx in dims.items():
+                keep = torch.tensor(
+                    [i for i in range(new.shape[dim]) if i not in gone_idx], dtype=torch.long, device=new.device
+                )
+                new = new.index_select(dim, keep)
+            value = (
+                nn.Parameter(new.clone(), requires_grad=old.requires_grad)
+                if isinstance(old, nn.Parameter)
+                else new.clone()
+            )
+            replaced[id(old)] = value
+        for module in model.modules():
+            for key, t in list(module._parameters.items()):
+                if t is not None and id(t) in replaced:
+                    module._parameters[key] = replaced[id(t)]  # type: ignore[assignment]
+            for key, b in list(module._buffers.items()):
+                if b is not None and id(b) in replaced:
+                    module._buffers[key] = replaced[id(b)]
+
+
 def shrink(model: nn.Module, prune: Any) -> ShrinkReport:
     """Remove the channels ``prune`` masked from ``model``, in place; return what changed.
 
@@ -177,21 +229,7 @@ def shrink(model: nn.Module, prune: Any) -> ShrinkReport:
     buffers = dict(model.named_buffers())
     plan, masks = _unwrapped_names(plan, masks, set(params) | set(buffers))
     removed = [G.removed_units(g, masks) for g in plan.groups]
-    drop: dict[str, dict[int, set[int]]] = {}  # name -> dim -> indices removed
-    for g, gone in zip(plan.groups, removed):
-        for (name, dim), idx in g.slices.items():
-            tensor = params.get(name, buffers.get(name))
-            if tensor is None:
-                raise ValueError(f"model has no parameter or buffer {name!r}: prune was built for another model")
-            if name in masks and tuple(tensor.shape) != tuple(masks[name].shape):
-                raise ValueError(
-                    f"model's {name!r} has shape {list(tensor.shape)} but prune's mask {list(masks[name].shape)}: "
-                    "prune was built for another model (or this one was already shrunk)"
-                )
-            if dim >= tensor.dim() or max(max(u) for u in idx) >= tensor.shape[dim]:
-                raise ValueError(f"model's {name!r} of shape {list(tensor.shape)} does not hold the group's slices")
-            if gone:
-                drop.setdefault(name, {}).setdefault(dim, set()).update(i for u in gone for i in idx[u])
+    drop = _slices_to_drop(plan, removed, masks, {**buffers, **params})
     modules = dict(model.named_modules())
     plans = [_module_update(modules, name, dims) for name, dims in drop.items()]  # raises before any change
     heads = _head_updates(model, plan, removed)
@@ -203,33 +241,7 @@ def shrink(model: nn.Module, prune: Any) -> ShrinkReport:
         report.groups.append(
             GroupChange(list(g.producers), g.units, g.units - len(gone), g.units * width, (g.units - len(gone)) * width)
         )
-    # ---- every check passed: change the model
-    replaced: dict[int, Tensor] = {}
-    with torch.no_grad():
-        for name, dims in drop.items():
-            old = params.get(name, buffers.get(name))
-            assert old is not None
-            if id(old) in replaced:
-                continue
-            new = old.detach()
-            for dim, gone_idx in dims.items():
-                keep = torch.tensor(
-                    [i for i in range(new.shape[dim]) if i not in gone_idx], dtype=torch.long, device=new.device
-                )
-                new = new.index_select(dim, keep)
-            value = (
-                nn.Parameter(new.clone(), requires_grad=old.requires_grad)
-                if isinstance(old, nn.Parameter)
-                else new.clone()
-            )
-            replaced[id(old)] = value
-        for module in model.modules():
-            for key, t in list(module._parameters.items()):
-                if t is not None and id(t) in replaced:
-                    module._parameters[key] = replaced[id(t)]  # type: ignore[assignment]
-            for key, b in list(module._buffers.items()):
-                if b is not None and id(b) in replaced:
-                    module._buffers[key] = replaced[id(b)]
+    _slice_tensors(model, drop, {**buffers, **params})  # every check passed: change the model
     for update in plans:
         update()
     for update in heads:
