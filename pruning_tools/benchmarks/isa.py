@@ -81,10 +81,19 @@ def _in_level(level: str, run: Callable[[], object]) -> Callable[[], object]:
 @click.option("--no-conv", is_flag=True, help="Linear layers only.")
 def main(reps: int, threads: int, levels, keeps, rows, no_conv) -> None:
     """Dense ÷ bank-sparse time per instruction-set level, ratios from one interleaved run."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.set_grad_enabled(False)
     _native.set_threads(threads)
-    levels = tuple(levels) or _native.isa.supported()
+    try:
+        with torch.no_grad():
+            run(reps, threads, tuple(levels) or _native.isa.supported(), keeps, rows, no_conv)
+    finally:  # the process's settings as they were (the tests call main in-process)
+        torch.set_num_threads(previous)
+        _native.set_threads(0)
+
+
+def run(reps: int, threads: int, levels: tuple[str, ...], keeps, rows, no_conv) -> None:
+    """The table of ``main`` (torch's threads and grad mode already set)."""
     console = Console(width=140)
     console.print(
         header("benchmarks/isa.py", threads) + f"; CPU flags: {' '.join(sorted(_native.isa.cpu_flags() & FLAGS))}; "

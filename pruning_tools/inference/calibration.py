@@ -1,6 +1,6 @@
 """How fast the bank-sparse layers are on *this* machine: the constants of ``to_bank_sparse``'s rule.
 
-A short calibration (a few layer shapes, a few tenths of a second) times masked dense PyTorch and the
+A short calibration (a few layer shapes; a few tenths of a second on a free core) times masked dense PyTorch and the
 bank-sparse modules, interleaved, at a few input sizes per layer family, and fits per size a cost model
 
     time(dense)  = dense_call_us  + n · weights · dense_ns_per_mac
@@ -209,7 +209,8 @@ def calibration() -> Calibration:
 
 def calibrate() -> Calibration:
     """Measure this machine again (the current thread count, instruction-set level and engine), cache
-    the result beside the compiled kernels and return it. Takes a few tenths of a second."""
+    the result beside the compiled kernels and return it. Takes a few tenths of a second on a free core
+    (seconds where other processes keep the cores busy and torch uses several threads)."""
     k = key()
     path = path_of(k)
     with _lock:
