@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..config import LAYOUTS
 from ._common import Fraction, Written, console, library_errors, output_file, printable, shown
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def _same_bits(a, b) -> bool:
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
     """Equal shape, dtype and bits (negative zeros read as +0.0: they are stored as zeros)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
