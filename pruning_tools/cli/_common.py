@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 import click
 
@@ -70,7 +70,7 @@ def library_errors(command: F) -> F:
         except LIBRARY_ERRORS as error:
             raise click.ClickException(one_line(error)) from error
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # functools.wraps keeps the signature; the type system cannot see it
 
 
 def console(stderr: bool = False) -> Console:
