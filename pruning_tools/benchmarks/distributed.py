@@ -27,7 +27,8 @@ from pruning_tools.benchmarks.harness import header, interleaved
 from pruning_tools.benchmarks.models import resnet50
 
 
-def sharded(weights, sparsity):
+def sharded(weights: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
+    """Global masks of ``weights`` by the sharded selection, in a world of one."""
     scores = [M.magnitude_scores(w, None).float() for w in weights]
     k = G.keep_count(sum(w.numel() for w in weights), sparsity)
     return D.keep_largest_sharded(scores, k, [True] * len(weights), 0, 1, lambda x: x)

@@ -33,10 +33,10 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -121,7 +121,7 @@ def macs_of(model: nn.Module, run: Callable[[], object]) -> dict[int, int]:
     """``id(module) -> multiply-adds`` of every Linear / conv / attention projection in one run."""
     counts: dict[int, int] = {}
 
-    def hook(module, args, output):
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: Any) -> None:  # output: a tensor or a tuple
         if isinstance(module, nn.MultiheadAttention):
             x = args[0]
             counts[id(module)] = counts.get(id(module), 0) + 4 * x.numel() * module.embed_dim
@@ -254,7 +254,9 @@ def gpt_case(tmp: Path, quick: bool) -> Case:
     def ort_run(threads: int) -> Callable[[], object]:
         s = session(threads)
 
-        def step(token, past_k, past_v):
+        def step(
+            token: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             logits, keys, values = s.run(
                 None, {"tokens": token.numpy(), "past_k": past_k.numpy(), "past_v": past_v.numpy()}
             )
@@ -270,7 +272,7 @@ def _generate(model: GPTDecoder, first: torch.Tensor, tokens: int) -> Callable[[
     return lambda: generate(model, first, *model.empty_cache(), tokens)
 
 
-def resnet(width: int, blocks, classes: int) -> Callable[[], nn.Module]:
+def resnet(width: int, blocks: Sequence[int], classes: int) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         model = resnet50(width=width, num_classes=classes, blocks=blocks)
         for m in model.modules():  # trained-looking norms (the zoo zero-initialises the last of each block)
@@ -342,8 +344,8 @@ def overhead(rounds: int, calls: int = 2000) -> dict[str, float]:
     b = sparse._buffers
     parts = (b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], 64)
 
-    def repeat(f):
-        def run():
+    def repeat(f: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
             for _ in range(calls):
                 f()
 
@@ -524,14 +526,28 @@ def main(argv: list[str] | None = None) -> None:
     @click.option("--rounds", type=click.IntRange(1), default=None, help="Interleaved rounds (default 5; quick 2).")
     @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
     @click.option("--markdown", "md_path", type=click.Path(dir_okay=False), default=None)
-    def cli(quick, threads, models, rounds, json_path, md_path):
+    def cli(
+        quick: bool,
+        threads: tuple[int, ...],
+        models: tuple[str, ...],
+        rounds: int | None,
+        json_path: str | None,
+        md_path: str | None,
+    ) -> None:
         """Whole models: bank-sparse vs dense eager vs onnxruntime, at 93.75 % and 90 %."""
         run(quick, threads, models, rounds, json_path, md_path)
 
     cli.main(args=argv, standalone_mode=True)
 
 
-def run(quick, threads, models, rounds, json_path, md_path) -> dict:
+def run(
+    quick: bool,
+    threads: Sequence[int],
+    models: Iterable[str],
+    rounds: int | None,
+    json_path: str | None,
+    md_path: str | None,
+) -> dict:
     """What ``pruning-tools bench --inference`` runs: the benchmark, its table, the files."""
     previous = torch.get_num_threads()
     title = header(f"benchmarks/inference.py{' --quick' if quick else ''}", max(threads))

@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -91,23 +91,25 @@ def mask_bytes(prune: Prune) -> int:
 # ---------------------------------------------------------------- torch.nn.utils.prune / torch.ao
 
 
-def _torch_prune_tasks(model: nn.Module, dense: dict[str, Tensor], sparsity: float):
+def _torch_prune_tasks(
+    model: nn.Module, dense: dict[str, Tensor], sparsity: float
+) -> tuple[Callable[[], None], Callable[[], None], Callable[[], None], Callable[[], int]]:
     """(setup, per-tensor l1_unstructured run, global_unstructured run, mask-bytes probe)."""
     modules = {f"{n}.weight": m for n, m in model.named_modules() if f"{n}.weight" in dense}
     pairs = [(m, "weight") for m in modules.values()]
 
-    def reset():
+    def reset() -> None:
         for name, m in modules.items():
             if torch_prune.is_pruned(m):
                 torch_prune.remove(m, "weight")
             with torch.no_grad():
                 m.weight.copy_(dense[name])
 
-    def per_tensor():
+    def per_tensor() -> None:
         for m, _ in pairs:
             torch_prune.l1_unstructured(m, "weight", amount=sparsity)
 
-    def global_():
+    def global_() -> None:
         torch_prune.global_unstructured(pairs, pruning_method=torch_prune.L1Unstructured, amount=sparsity)
 
     def extra_bytes() -> int:  # the mask buffer plus the weight recomputed from weight_orig
@@ -119,7 +121,7 @@ def _torch_prune_tasks(model: nn.Module, dense: dict[str, Tensor], sparsity: flo
     return reset, per_tensor, global_, extra_bytes
 
 
-def _weight_norm_task(model: nn.Module, block: tuple[int, int], zeros: int, level: float):
+def _weight_norm_task(model: nn.Module, block: tuple[int, int], zeros: int, level: float) -> WeightNormSparsifier:
     """A prepared WeightNormSparsifier over the Linear layers; ``step()`` recomputes the masks."""
     sparsifier = WeightNormSparsifier(sparsity_level=level, sparse_block_shape=block, zeros_per_block=zeros)
     config = [{"tensor_fqn": f"{n}.weight"} for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -152,7 +154,14 @@ def bench_refresh(model_name: str, model: nn.Module, rounds: int) -> tuple[list[
     for label, balance, bank, s in PATTERNS:
         ws, prev = state[label]
 
-        def run(ws=ws, prev=prev, balance=balance, bank=bank, s=s, label=label):
+        def run(
+            ws: list[Tensor] = ws,
+            prev: list[Tensor] = prev,
+            balance: str = balance,
+            bank: int = bank,
+            s: float = s,
+            label: str = label,
+        ) -> None:
             results[label] = our_refresh(ws, prev, balance, bank, s)
 
         tasks[f"ours {label}"] = Task(run)
@@ -268,13 +277,13 @@ def bench_train_step(model: nn.Module, batch: int, size: int, rounds: int) -> tu
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 10, (batch,))
 
-    def step():
+    def step() -> None:
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    def step_and_prune():
+    def step_and_prune() -> None:
         step()
         prune.prune()
 

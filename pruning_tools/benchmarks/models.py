@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ class ResNet50(nn.Module):
     ``[N, 3, H, W]`` -> logits ``[N, num_classes]``."""
 
     def __init__(
-        self, num_classes: int = 1000, variant: str = "v1b", base_width: int = 64, blocks=(3, 4, 6, 3)
+        self, num_classes: int = 1000, variant: str = "v1b", base_width: int = 64, blocks: Sequence[int] = (3, 4, 6, 3)
     ) -> None:
         super().__init__()
         if variant not in ("v1b", "v1d"):
@@ -107,7 +108,9 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet50(width: int = 64, num_classes: int = 1000, blocks=(3, 4, 6, 3), variant: str = "v1b") -> ResNet50:
+def resnet50(
+    width: int = 64, num_classes: int = 1000, blocks: Sequence[int] = (3, 4, 6, 3), variant: str = "v1b"
+) -> ResNet50:
     """ResNet-50 (torchvision layout by default); smaller ``width``/``blocks`` give a tiny model for tests."""
     return ResNet50(num_classes, variant, width, blocks)
 
@@ -190,8 +193,12 @@ def gpt_decoder(vocab: int = 50257, d: int = 1024, layers: int = 24, heads: int 
     return GPTDecoder(vocab, d, layers, heads)
 
 
+# one decoding step: (tokens, past_k, past_v) -> (logits, past_k, past_v)
+DecodeStep = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
 @torch.no_grad()
-def generate(step, first: Tensor, past_k: Tensor, past_v: Tensor, tokens: int) -> Tensor:
+def generate(step: DecodeStep, first: Tensor, past_k: Tensor, past_v: Tensor, tokens: int) -> Tensor:
     """Greedy decoding, one token at a time: ``step(tokens [N, 1], past_k, past_v) -> (logits, past_k,
     past_v)`` (a ``GPTDecoder`` or an ONNX session wrapped alike). Returns the ``[N, tokens]`` generated."""
     out, token = [], first

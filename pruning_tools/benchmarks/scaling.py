@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,7 @@ def mxnet_scaling(counts: list[int], rounds: int) -> list[dict]:
         counter = {"reads": 0}
         read = prune._bridge.read
 
-        def counted(name, read=read, counter=counter):
+        def counted(name: str, read: Callable[[str], Tensor] = read, counter: dict[str, int] = counter) -> Tensor:
             counter["reads"] += 1
             return read(name)
 

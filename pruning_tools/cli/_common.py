@@ -9,9 +9,12 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,10 +70,10 @@ def library_errors(command: F) -> F:
         except LIBRARY_ERRORS as error:
             raise click.ClickException(one_line(error)) from error
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # functools.wraps keeps the signature; the type system cannot see it
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False) -> Console:
     """A rich console: the terminal's width on a terminal; unlimited width when the output goes to a
     file or a pipe, so that no value, name or path is cut or folded there."""
     from rich.console import Console

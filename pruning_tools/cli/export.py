@@ -12,11 +12,12 @@ from ._common import Fraction, Written, console, library_errors, output_file, pr
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from torch import Tensor
 
     from ..export import ExportReport
 
 
-def _same_bits(a, b) -> bool:
+def _same_bits(a: Tensor, b: Tensor) -> bool:
     """Equal shape, dtype and bits (negative zeros read as +0.0: they are stored as zeros)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False

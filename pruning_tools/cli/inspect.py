@@ -121,7 +121,16 @@ def nothing_checked(report: dict) -> str:
     "(no tensor listed, or none with >= 2 dims).",
 )
 @library_errors
-def inspect(path, bank_size, layout, sparsity, match, transposed, as_json, require_balanced) -> None:
+def inspect(
+    path: str,
+    bank_size: int,
+    layout: str,
+    sparsity: float | None,
+    match: tuple[str, ...],
+    transposed: tuple[str, ...],
+    as_json: bool,
+    require_balanced: bool,
+) -> None:
     """Table of every tensor in PATH (.pt/.pth, .safetensors, MXNet .params): shape, sparsity,
     non-zeros, bank balance with the worst bank, and totals over the listed tensors.
 

@@ -40,7 +40,7 @@ class SimpleCNN(gluon.nn.HybridBlock):
             self.bn3 = gluon.nn.BatchNorm(prefix="bn3_")
             self.fc = gluon.nn.Dense(10, prefix="fc_")  # flattens [N, 256, 2, 2] -> [N, 1024]
 
-    def hybrid_forward(self, F, x):
+    def hybrid_forward(self, F: Any, x: Any) -> Any:  # F: mx.nd or mx.sym; x [B, 1, 28, 28] (MXNet is untyped)
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,8 @@ def save_figure(fig: Any, path: str | Path, dpi: float | None = None) -> None:
         fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display

@@ -9,9 +9,13 @@ after ``PCT_START`` of the steps, random shifts of up to ``MAX_SHIFT`` pixels.
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import BALANCES, check_bank_size, check_choice, check_sparsity, check_step
+
+if TYPE_CHECKING:
+    from ..pruner import Pruner
 
 EPOCHS = 8
 BATCH_SIZE = 128
@@ -27,7 +31,17 @@ MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics (of x / 255)
 
 
 def make_settings(
-    data_dir, *, sparsity, balance, bank_size, prune_dict, epochs, batch_size, seed, limit, **extra: Any
+    data_dir: str | Path | None,
+    *,
+    sparsity: float,
+    balance: str,
+    bank_size: int,
+    prune_dict: dict[str, Any] | None,
+    epochs: int | None,
+    batch_size: int | None,
+    seed: int,
+    limit: int | None,
+    **extra: Any,
 ) -> dict:
     """Check ``train_mnist``'s arguments and gather them, defaults filled in, as plain data."""
     check_sparsity("sparsity", sparsity)
@@ -70,13 +84,15 @@ def sample_every(total_steps: int) -> int:
     return max(1, total_steps // STEP_SAMPLES)
 
 
-def total_target(prune: Any) -> float:
+def total_target(prune: Pruner) -> float:
     """Size-weighted scheduled target of ``prune`` over its parameters (sizes from its specs)."""
     sizes = {name: spec.numel for name, spec in prune.config.params.items()}
     return sum(prune.target(name) * n for name, n in sizes.items()) / max(1, sum(sizes.values()))
 
 
-def epoch_record(epoch: int, test_accuracy: float, loss_sum: float, seen: int, prune: Any, seconds: float) -> dict:
+def epoch_record(
+    epoch: int, test_accuracy: float, loss_sum: float, seen: int, prune: Pruner | None, seconds: float
+) -> dict:
     """The per-epoch record passed to ``on_epoch`` and stored under ``"epochs"``."""
     return {
         "epoch": epoch,

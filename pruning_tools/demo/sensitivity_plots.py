@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..sensitivity import SensitivityTable
 from .plots import save_figure
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _figure(width: float, height: float):
+
+def _figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
     except ImportError as error:  # pragma: no cover - depends on the environment

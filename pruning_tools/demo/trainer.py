@@ -9,20 +9,56 @@ from __future__ import annotations
 import importlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
 
 from ..config import STRUCTURES, check_choice
-from .data import load_mnist
+from ..pruner import Pruner
+from .data import MnistData, load_mnist
 from .recipe import epoch_record, make_settings, pruning_steps, sample_every, steps_per_epoch, total_target
 
 BACKENDS = {"pytorch": ("torch_backend", "TorchBackend"), "mxnet": ("mxnet_backend", "MxnetBackend")}
 
 
-def load_backend(framework: str) -> type:
+Batch = TypeVar("Batch", bound=Sized)  # the indices of one batch: a torch tensor (PyTorch) or a numpy array (MXNet)
+P = TypeVar("P", bound=Pruner)  # the framework's pruner
+
+
+class Backend(Protocol[Batch, P]):
+    """What the shared loop needs from a framework (``TorchBackend``, ``MxnetBackend``): batches, one
+    training step, evaluation, weights, and the pruner of its model."""
+
+    framework: str
+
+    @property
+    def model(self) -> object: ...
+
+    def default_prune_dict(self, sparsity: float) -> dict[str, float]: ...
+
+    def pruner(self, *args: Any, **kwargs: Any) -> P: ...
+
+    def example_inputs(self) -> tuple[Any, ...]:
+        """The inputs of one forward, for structure="channel" (PyTorch only)."""
+        raise NotImplementedError(f"{self.framework}: structure='channel' needs the PyTorch backend")
+
+    def batches(self) -> Iterator[Batch]: ...
+
+    def train_step(self, index: Batch, step: int, prune: P | None) -> float: ...
+
+    def evaluate(self) -> float: ...
+
+    def weights(self) -> dict[str, np.ndarray]: ...
+
+
+# a backend class: ``(data, settings, total_steps) -> backend``
+BackendClass = Callable[[MnistData, dict[str, Any], int], Backend[Any, Any]]
+
+
+def load_backend(framework: str) -> BackendClass:
     """The backend class of ``framework`` (``"pytorch"`` or ``"mxnet"``), imported now (MXNet is an
     optional extra: its ``ImportError`` says how to install it)."""
     if framework not in BACKENDS:
@@ -119,7 +155,13 @@ def train_mnist(
         torch.set_num_threads(previous_threads)
 
 
-def _train(backend_class: type, data_dir, settings: dict, on_epoch, on_batch) -> dict:
+def _train(
+    backend_class: Callable[[MnistData, dict[str, Any], int], Backend[Batch, P]],
+    data_dir: str | Path | None,
+    settings: dict[str, Any],
+    on_epoch: Callable[[dict], None] | None,
+    on_batch: Callable[[int, int], None] | None,
+) -> dict:
     """The loop of ``train_mnist`` (arguments already checked, gathered in ``settings``)."""
     started = time.perf_counter()
     data = load_mnist(data_dir).head(settings["limit"])

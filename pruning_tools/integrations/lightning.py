@@ -44,7 +44,7 @@ from ..pytorch_pruning import Prune  # noqa: E402
 from . import prune_arguments, sparsity_logs  # noqa: E402
 
 
-class PruneCallback(*_bases):  # type: ignore[misc]
+class PruneCallback(*_bases):  # type: ignore[misc]  # bases known at import time only: mypy cannot follow them
     """A Lightning callback that prunes the ``LightningModule`` on ``Prune``'s schedule.
 
     ``pretrain_step``, ``sparse_step`` and ``frequency`` count optimizer steps

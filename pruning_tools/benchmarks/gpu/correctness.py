@@ -11,7 +11,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,9 @@ from pruning_tools.benchmarks.gpu.cases import GlobalCase, MaskCase, case_tensor
 from pruning_tools.benchmarks.gpu.report import Row, check_row, group_counts, info_row
 from pruning_tools.pytorch_pruning import Prune
 from pruning_tools.schedule import is_refresh_step
+
+if TYPE_CHECKING:
+    from torch.profiler import profile
 
 MaskFn = Callable[..., Tensor]  # masks.compute_mask's signature
 GlobalFn = Callable[..., list[Tensor]]  # masks.global_masks's signature
@@ -220,7 +223,7 @@ def _debug_mode_syncs(fn: Callable[[], object], device: torch.device) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def _start_profiler():
+def _start_profiler() -> profile:
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
@@ -228,7 +231,7 @@ def _start_profiler():
     return prof
 
 
-def _sync_calls(prof) -> int:
+def _sync_calls(prof: profile) -> int:
     return sum(1 for e in prof.events() if e.name in SYNC_CALLS)
 
 
@@ -319,7 +322,15 @@ class PruneRun:
     notes: list[str] = field(default_factory=list)
 
 
-def _follow(run: PruneRun, step: int, device_prune: Prune, ref: Prune, device: torch.device, dev_model, ref_model):
+def _follow(
+    run: PruneRun,
+    step: int,
+    device_prune: Prune,
+    ref: Prune,
+    device: torch.device,
+    dev_model: nn.Module,
+    ref_model: nn.Module,
+) -> None:
     """Compare one device pruner with the reference after ``step``."""
     got, expected = device_prune.masks(), ref.masks()
     if any(not torch.equal(got[n].cpu(), expected[n]) for n in expected):

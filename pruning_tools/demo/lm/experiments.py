@@ -111,12 +111,13 @@ def run_oneshot(
     config: GPTConfig,
     dense: Mapping[str, Tensor],
     method: str,
-    pattern: str,
+    pattern: str | tuple[str, int, float],
     eval_bytes: int | None = 131072,
     sequences: int = CALIBRATION,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[dict, GPT]:
-    """One-shot ``method`` at ``PATTERNS[pattern]`` from the dense weights: ``(result, model)``."""
+    """One-shot ``method`` at ``PATTERNS[pattern]`` (or a ``(balance, bank_size, sparsity)`` tuple) from the dense
+    weights: ``(result, model)``."""
     started, load = time.perf_counter(), _load()
     balance, bank_size, sparsity = PATTERNS[pattern] if isinstance(pattern, str) else pattern
     model = from_state(config, dense)
@@ -194,7 +195,7 @@ def run_oneshot_finetune(
 ) -> tuple[dict, GPT]:
     """One-shot pruning, then a short fine-tune with ``Prune(..., restore_sparsity=True)`` (masks kept)."""
     started, load = time.perf_counter(), _load()
-    first, model = run_oneshot(corpus, config, dense, method, pattern, eval_bytes)  # type: ignore[arg-type]
+    first, model = run_oneshot(corpus, config, dense, method, pattern, eval_bytes)
     balance, bank_size, sparsity = (
         first["settings"]["balance"],
         first["settings"]["bank_size"],
