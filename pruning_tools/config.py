@@ -12,10 +12,7 @@ import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, NoReturn
-
-if TYPE_CHECKING:
-    from .geometry import BankGeometry
+from typing import Any, NoReturn
 
 BALANCES = ("fix", "none", "global")
 LAYOUTS = ("channels_last", "flat", "last_dim")  # rows of a weight: pruning_tools.geometry
@@ -80,6 +77,40 @@ def check_bank_size(argument: str, value: Any) -> int:
 
 
 @dataclass(frozen=True)
+class BankGeometry:
+    """How one weight is cut into banks: the three settings that always travel together.
+
+    - ``bank_size``: weights per full bank (an integer in ``[2, 2**31 - 1]``); the last bank of a row
+      is a shorter tail bank when the row length is not a multiple of it.
+    - ``layout``: how rows are read (``"channels_last"``: a conv weight ``[out, in, *kernel]`` as
+      ``[out * prod(kernel), in]``; ``"flat"``: ``[out, in * prod(kernel)]``; ``"last_dim"``:
+      ``[prod(shape[:-1]), shape[-1]]``). For 2-D weights all three agree.
+    - ``out_dim``: the dim of the output channels, 0 (``[out, in, ...]``) or 1 (ConvTranspose
+      ``[in, out, *kernel]``, a transposed linear ``[in, out]``).
+
+    Validated on construction: a bad value raises ``ValueError`` naming the field, the value and what
+    is allowed (``bool`` is refused for ``out_dim``; an integral float ``bank_size`` becomes an int).
+
+    >>> BankGeometry(4)
+    BankGeometry(bank_size=4, layout='channels_last', out_dim=0)
+    """
+
+    bank_size: int = 64
+    layout: str = "channels_last"
+    out_dim: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bank_size", check_bank_size("bank_size", self.bank_size))
+        check_choice("layout", self.layout, LAYOUTS)
+        if isinstance(self.out_dim, bool) or self.out_dim not in OUT_DIMS:
+            raise ValueError(
+                f"out_dim={self.out_dim!r} is not allowed: expected 0 or 1 "
+                "(the dim of the output channels; 1 for weights [in, out])"
+            )
+        object.__setattr__(self, "out_dim", int(self.out_dim))
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     """Resolved pruning settings of one parameter.
 
@@ -107,8 +138,6 @@ class ParamSpec:
     @property
     def geometry(self) -> BankGeometry:
         """``(bank_size, layout, out_dim)`` as one validated ``BankGeometry``."""
-        from .geometry import BankGeometry  # deferred: geometry validates with this module's checks
-
         return BankGeometry(self.bank_size, self.layout, self.out_dim)
 
     def to_dict(self) -> dict:

@@ -33,50 +33,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from torch import Tensor
 
-from .config import LAYOUTS, OUT_DIMS, check_bank_size, check_choice
+from .config import BankGeometry
 
 # ---------------------------------------------------------------- the geometry of one weight
 
 LAST_DIM = "last_dim"  # the layout of N-D parameters that no convolution owns
-
-
-@dataclass(frozen=True)
-class BankGeometry:
-    """How one weight is cut into banks: the three settings that always travel together.
-
-    - ``bank_size``: weights per full bank (an integer in ``[2, 2**31 - 1]``); the last bank of a row
-      is a shorter tail bank when the row length is not a multiple of it.
-    - ``layout``: how rows are read (``"channels_last"``: a conv weight ``[out, in, *kernel]`` as
-      ``[out * prod(kernel), in]``; ``"flat"``: ``[out, in * prod(kernel)]``; ``"last_dim"``:
-      ``[prod(shape[:-1]), shape[-1]]``). For 2-D weights all three agree.
-    - ``out_dim``: the dim of the output channels, 0 (``[out, in, ...]``) or 1 (ConvTranspose
-      ``[in, out, *kernel]``, a transposed linear ``[in, out]``).
-
-    Validated on construction: a bad value raises ``ValueError`` naming the field, the value and what
-    is allowed (``bool`` is refused for ``out_dim``; an integral float ``bank_size`` becomes an int).
-
-    >>> BankGeometry(4)
-    BankGeometry(bank_size=4, layout='channels_last', out_dim=0)
-    """
-
-    bank_size: int = 64
-    layout: str = "channels_last"
-    out_dim: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "bank_size", check_bank_size("bank_size", self.bank_size))
-        check_choice("layout", self.layout, LAYOUTS)
-        if isinstance(self.out_dim, bool) or self.out_dim not in OUT_DIMS:
-            raise ValueError(
-                f"out_dim={self.out_dim!r} is not allowed: expected 0 or 1 "
-                "(the dim of the output channels; 1 for weights [in, out])"
-            )
-        object.__setattr__(self, "out_dim", int(self.out_dim))
 
 
 def to_rows(x: Tensor, layout: str = "channels_last", out_dim: int = 0) -> Tensor:
@@ -296,7 +261,6 @@ def param_layout(shape: Sequence[int], conv_owned: bool, layout: str) -> str:
 __all__ = [
     "LAST_DIM",
     "BankBudget",
-    "BankGeometry",
     "DEFAULT_GEOMETRY",
     "RowStrides",
     "bank_budget",

@@ -1,6 +1,6 @@
 """Benchmark of the mask engine against torch.nn.utils.prune and torch.ao.pruning, in one run.
 
-``pruning-tools bench`` (or ``python -m pruning_tools.benchmarks.masks``) builds ResNet-50 and a
+``pruning-tools bench`` builds ResNet-50 and a
 BERT-base-like Linear stack and times, interleaved round by round (every task once per round,
 so background load hits all of them alike), medians with min/max:
 
@@ -377,9 +377,3 @@ def to_markdown(rows: list[Row], info: dict, header: str) -> str:
         )
     lines += ["", "```json", json.dumps(info, indent=1, default=float), "```", ""]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from pruning_tools.cli.bench import bench
-
-    bench()
