@@ -41,23 +41,31 @@ FRAMEWORKS = ("mxnet", "pytorch")
 DEFAULT_DATA_DIRS = (Path("data/mnist"), Path("../shared/datasets/mnist"))  # relative to the current directory
 
 
+def default_data_dirs() -> tuple[Path, ...]:
+    """Where the demo looks for MNIST by default: a checkout's ``data/mnist/`` and its neighbour, then
+    the user cache that ``--download`` fills (so an installed package finds what it fetched once)."""
+    from ..demo.data import CACHE_DIR
+
+    return (*DEFAULT_DATA_DIRS, CACHE_DIR)
+
+
 def default_data_dir() -> Path | None:
-    """The first of ``DEFAULT_DATA_DIRS`` holding MNIST, or None."""
+    """The first of ``default_data_dirs()`` holding MNIST, or None."""
     from ..demo.data import has_mnist
 
-    return next((d for d in DEFAULT_DATA_DIRS if has_mnist(d)), None)
+    return next((d for d in default_data_dirs() if has_mnist(d)), None)
 
 
 def mnist_data_dir(data_dir: Path | None, download: bool, option: str = "--data") -> Path | None:
     """The MNIST directory to read, checked now (before any training): ``data_dir`` itself, which must
-    hold the four IDX files unless ``download``; by default the first of ``DEFAULT_DATA_DIRS`` that
+    hold the four IDX files unless ``download``; by default the first of ``default_data_dirs()`` that
     does (None with ``download``: the user cache)."""
     from ..demo.data import FILES, has_mnist
 
     if data_dir is None:
         found = default_data_dir()
         if found is None and not download:
-            places = " or ".join(f"{d}/" for d in DEFAULT_DATA_DIRS)
+            places = " or ".join(f"{d}/" for d in default_data_dirs())
             raise click.UsageError(f"no MNIST found in {places}: pass {option} DIR or --download")
         return found
     if download or has_mnist(data_dir):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,3 +191,18 @@ def test_same_machine_same_numbers_and_the_results_page_says_where_that_ends(tmp
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     results = (Path(__file__).resolve().parents[2] / "docs" / "results" / "mnist.md").read_text()
     assert "Reproducible on one machine, not across CPUs" in results and "99.36 %" in results
+
+
+def test_an_installed_package_finds_what_download_fetched(tmp_path, monkeypatch, mnist_dir):
+    """Outside a checkout the demo reads the user cache that --download fills, and says where it looked."""
+    import click
+
+    from pruning_tools.cli.demo import mnist_data_dir
+    from pruning_tools.demo import data
+
+    monkeypatch.chdir(tmp_path)  # no data/mnist/ here
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    with pytest.raises(click.UsageError, match=r"cache.*pass --data DIR or --download"):
+        mnist_data_dir(None, False)
+    monkeypatch.setattr(data, "CACHE_DIR", Path(mnist_dir))
+    assert mnist_data_dir(None, False) == Path(mnist_dir)
