@@ -255,15 +255,33 @@ _LIB.impl("bank_conv2d", _bank_conv2d, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(f"{NAMESPACE}::bank_linear")
-def _bank_linear_fake(x, values, indices, tail_values, tail_indices, bias, bank_size):
+def _bank_linear_fake(
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    tail_values: Tensor,
+    tail_indices: Tensor,
+    bias: Tensor | None,
+    bank_size: int,
+) -> Tensor:
     check_input(x, "bank_linear")
     return x.new_empty(x.shape[0], values.shape[0])
 
 
 @torch.library.register_fake(f"{NAMESPACE}::bank_conv2d")
 def _bank_conv2d_fake(
-    x, values, indices, tail_values, tail_indices, bias, bank_size, kernel, stride, padding, dilation
-):
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    tail_values: Tensor,
+    tail_indices: Tensor,
+    bias: Tensor | None,
+    bank_size: int,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
     check_input(x, "bank_conv2d")
     oh, ow = out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)
     return x.new_empty(x.shape[0], values.shape[0] // (kernel[0] * kernel[1]), oh, ow)
@@ -278,13 +296,22 @@ class BankLinearFunction(torch.autograd.Function):
     """``bank_linear`` with gradients for ``x`` and ``bias`` (the packed weight is constant)."""
 
     @staticmethod
-    def forward(ctx: Any, x, values, indices, tail_values, tail_indices, bias, bank_size):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        values: Tensor,
+        indices: Tensor,
+        tail_values: Tensor,
+        tail_indices: Tensor,
+        bias: Tensor | None,
+        bank_size: int,
+    ) -> Tensor:
         ctx.save_for_backward(values, indices, tail_values, tail_indices)
         ctx.bank_size, ctx.row_len, ctx.has_bias = bank_size, x.shape[1], bias is not None
         return bank_linear(x, values, indices, tail_values, tail_indices, bias, bank_size)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         values, indices, tail_values, tail_indices = ctx.saved_tensors
         weight = reference.dense_rows(values, indices, tail_values, tail_indices, ctx.bank_size, ctx.row_len)
         grad_x = grad @ weight.to(grad)  # [batch, in]
@@ -297,8 +324,19 @@ class BankConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x, values, indices, tail_values, tail_indices, bias, bank_size, kernel, stride, padding, dilation
-    ):
+        ctx: Any,
+        x: Tensor,
+        values: Tensor,
+        indices: Tensor,
+        tail_values: Tensor,
+        tail_indices: Tensor,
+        bias: Tensor | None,
+        bank_size: int,
+        kernel: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int],
+        dilation: Sequence[int],
+    ) -> Tensor:
         ctx.save_for_backward(values, indices, tail_values, tail_indices)
         ctx.bank_size, ctx.has_bias = bank_size, bias is not None
         ctx.geometry = (tuple(x.shape), tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
@@ -307,7 +345,7 @@ class BankConv2dFunction(torch.autograd.Function):
         )
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         values, indices, tail_values, tail_indices = ctx.saved_tensors
         (n, c, h, w), (kh, kw), stride, padding, dilation = ctx.geometry
         rows = reference.dense_rows(values, indices, tail_values, tail_indices, ctx.bank_size, c)  # [o * kh * kw, c]
