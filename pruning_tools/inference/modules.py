@@ -160,9 +160,18 @@ class _BankSparse(nn.Module):
         """The weight as a dense tensor of its original shape (zeros where nothing is stored)."""
         return unpack(self.packed())
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing: list[str],
+        unexpected: list[str],
+        errors: list[str],
+    ) -> None:
         """Check the packed tensors being loaded (a file is untrusted) before they replace the buffers."""
-        incoming = {part: state_dict.get(prefix + part) for part in PARTS}
+        incoming: dict[str, Any] = {part: state_dict.get(prefix + part) for part in PARTS}  # untrusted: checked
         if all(isinstance(t, Tensor) for t in incoming.values()):
             candidate = PackedTensor(**incoming, shape=self.weight_shape, bank_size=self.bank_size,
                                      layout=self.layout, out_dim=self.out_dim)  # fmt: skip
@@ -449,7 +458,9 @@ def _tuple(argument: str, value: Sequence[int] | int, dims: int, minimum: int) -
     return out
 
 
-def _padding(padding, kernel, stride, dilation) -> tuple[tuple[int, int], ...]:
+def _padding(
+    padding: Sequence[int] | int | str, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
     """``(before, after)`` per spatial dim, from an int, a tuple, ``'valid'`` or ``'same'`` (as
     ``nn.Conv``: the extra one of an odd total on the after side)."""
     dims = len(kernel)
@@ -460,6 +471,8 @@ def _padding(padding, kernel, stride, dilation) -> tuple[tuple[int, int], ...]:
             raise ValueError(f"padding='same' is not allowed with stride {stride}: expected stride 1")
         totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return tuple((t // 2, t - t // 2) for t in totals)
+    if isinstance(padding, str):
+        raise ValueError(f"padding={padding!r} is not allowed: expected 'valid', 'same' or {dims} integer(s) >= 0")
     pads = _tuple("padding", padding, dims, minimum=0)
     return tuple((p, p) for p in pads)
 
