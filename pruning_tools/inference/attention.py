@@ -186,7 +186,13 @@ class BankSparseMultiheadAttention(nn.Module):
         )
 
     def _mask(
-        self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, n: int, length: int, source: int, dtype
+        self,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        n: int,
+        length: int,
+        source: int,
+        dtype: torch.dtype,
     ) -> Tensor | None:
         """``attn_mask`` ``[L, S]`` or ``[N * H, L, S]`` and ``key_padding_mask`` ``[N, S]`` as one
         additive mask broadcasting to ``[N, H, L, S]``."""
