@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .modules import BankSparseLinear
+from .modules import BankSparseLinear, module_tensor, module_weight
 
 
 def attention_unsupported(mha: nn.MultiheadAttention) -> str | None:
@@ -36,8 +36,9 @@ def _rows(proj: nn.Module, x: Tensor, start: int, stop: int) -> Tensor:
     """Output features ``[start, stop)`` of a projection (a fused ``[3E, E]`` one)."""
     if isinstance(proj, BankSparseLinear):
         return proj.forward_rows(x, start, stop)
-    bias = None if proj.bias is None else proj.bias[start:stop]
-    return F.linear(x, proj.weight[start:stop], bias)
+    full_bias = module_tensor(proj, "bias")
+    bias = None if full_bias is None else full_bias[start:stop]
+    return F.linear(x, module_weight(proj)[start:stop], bias)
 
 
 def _float_mask(mask: Tensor | None, dtype: torch.dtype, name: str) -> Tensor | None:
@@ -87,7 +88,7 @@ class BankSparseMultiheadAttention(nn.Module):
 
     @property
     def in_proj_bias(self) -> Tensor | None:
-        return None if self.in_proj is None else self.in_proj.bias
+        return None if self.in_proj is None else module_tensor(self.in_proj, "bias")
 
     @classmethod
     def from_module(cls, mha: nn.MultiheadAttention, projections: dict[str, nn.Module]) -> BankSparseMultiheadAttention:
@@ -168,7 +169,10 @@ class BankSparseMultiheadAttention(nn.Module):
     def _project(self, query: Tensor, key: Tensor, value: Tensor, same: bool) -> tuple[Tensor, Tensor, Tensor]:
         e = self.embed_dim
         if self.in_proj is None:
-            return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+            q_proj, k_proj, v_proj = self.q_proj, self.k_proj, self.v_proj
+            if q_proj is None or k_proj is None or v_proj is None:
+                raise RuntimeError("in_proj is None: expected q_proj, k_proj and v_proj modules, found None")
+            return q_proj(query), k_proj(key), v_proj(value)
         if same:
             return self.in_proj(query).split(e, dim=-1)  # one product [N, L, 3E]
         if key is value:
@@ -182,7 +186,13 @@ class BankSparseMultiheadAttention(nn.Module):
         )
 
     def _mask(
-        self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, n: int, length: int, source: int, dtype
+        self,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        n: int,
+        length: int,
+        source: int,
+        dtype: torch.dtype,
     ) -> Tensor | None:
         """``attn_mask`` ``[L, S]`` or ``[N * H, L, S]`` and ``key_padding_mask`` ``[N, S]`` as one
         additive mask broadcasting to ``[N, H, L, S]``."""

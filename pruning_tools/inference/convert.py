@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,7 @@ from . import calibration as calib
 from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path, restore
 from .fold import conv_bn_pairs, fold
 from .hf_saving import refuse_save_pretrained
-from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported
+from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported, module_tensor
 
 MIN_WEIGHTS = 16384  # below: the ~5 µs of a call rivals the dense product
 MIN_SPEEDUP = 1.2
@@ -202,7 +202,7 @@ def _replacement(c: _Candidate, packed: dict[str, PackedTensor]) -> nn.Module:
     elif isinstance(m, nn.modules.conv._ConvNd):
         new = BankSparseConv(packed["weight"], m.bias, m.stride, m.padding, m.dilation, m.padding_mode)
     else:
-        new = BankSparseLinear(packed["weight"], m.bias)
+        new = BankSparseLinear(packed["weight"], module_tensor(m, "bias"))
     device = next(iter(c.weights.values())).device
     return new.to(device).train(m.training)
 
@@ -405,9 +405,9 @@ def _decide(
         _set(model, name, new)
     for conv_name, bn_name in folded:
         m = chosen[conv_name][0].module
-        new_conv, new_bn = fold(
-            chosen[conv_name][1], model.get_submodule(bn_name), (m.stride, m.padding, m.dilation, m.padding_mode)
-        )
+        # conv_bn_pairs pairs only an nn.Conv2d (converted: a BankSparseConv) with the BatchNorm2d after it
+        conv, bn = cast(BankSparseConv, chosen[conv_name][1]), cast(nn.BatchNorm2d, model.get_submodule(bn_name))
+        new_conv, new_bn = fold(conv, bn, (m.stride, m.padding, m.dilation, m.padding_mode))
         _set(model, conv_name, new_conv)
         _set(model, bn_name, new_bn)
     if folded:

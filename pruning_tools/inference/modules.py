@@ -51,6 +51,7 @@ class _Fast(NamedTuple):
     """What the eager path checked, and what it must find unchanged to skip the checks."""
 
     entry: ops.Checked  # its signature: what the kernel reads of the five tensors; its storages: held
+    described: native.Described  # entry.described, which the fast path has (never None here)
     lib: Any
 
 
@@ -73,6 +74,23 @@ def _planar(x: Tensor) -> Tensor:
 
 def _needs_grad(x: Tensor, bias: Tensor | None) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+
+
+def module_tensor(module: nn.Module, name: str) -> Tensor | None:
+    """``module.<name>`` (a parameter or buffer such as ``bias``), None when it is None or absent; a
+    ``TypeError`` when it is something else (a submodule)."""
+    value = getattr(module, name, None)
+    if value is not None and not isinstance(value, Tensor):
+        raise TypeError(f"{type(module).__name__}.{name} is a {type(value).__name__}: expected a tensor or None")
+    return value
+
+
+def module_weight(module: nn.Module) -> Tensor:
+    """``module.weight``; a ``TypeError`` when the module has no weight tensor."""
+    weight = module_tensor(module, "weight")
+    if weight is None:
+        raise TypeError(f"{type(module).__name__} has no weight tensor: expected a module with a weight")
+    return weight
 
 
 class _BankSparse(nn.Module):
@@ -103,12 +121,21 @@ class _BankSparse(nn.Module):
 
     # ------------------------------------------------------------ the eager path
 
+    def _parts(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """The buffers ``(values, indices, tail_values, tail_indices, bias)``; a ``RuntimeError`` when a
+        packed one was set to None."""
+        b = self._buffers
+        values, indices, tail_values, tail_indices = b["values"], b["indices"], b["tail_values"], b["tail_indices"]
+        if values is None or indices is None or tail_values is None or tail_indices is None:
+            missing = [part for part in PARTS if b[part] is None]
+            raise RuntimeError(f"{type(self).__name__}: packed buffers {missing} are None: expected tensors")
+        return values, indices, tail_values, tail_indices, b["bias"]
+
     def _fast_path(self) -> _Fast | None:
         """The kernel descriptor of the current buffers, rebuilt (and checked) when what the kernel reads
         of them changed (``ops.signature``: a buffer replaced, its storage swapped, its indices changed in
         place); None where the kernel cannot serve them."""
-        b = self._buffers
-        parts = (b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"])
+        parts = self._parts()
         fast = self._fast
         lib = _native.library("bank_sparse")
         if fast is not None and fast.lib is lib and fast.entry.signature == ops.signature(parts):
@@ -118,23 +145,33 @@ class _BankSparse(nn.Module):
         entry = ops.checked_entry(*parts, self.bank_size, self.row_len, self.kernel_positions, "packed weight")
         if entry.described is None:
             return None
-        self._fast = _Fast(entry, lib)
+        self._fast = _Fast(entry, entry.described, lib)
         return self._fast
 
     # ------------------------------------------------------------ state
 
     def packed(self) -> PackedTensor:
         """The weight as a ``PackedTensor`` (the module's buffers, not copies)."""
-        b = self._buffers
-        return PackedTensor(*(b[part] for part in PARTS), self.weight_shape, self.bank_size, self.layout, self.out_dim)
+        values, indices, tail_values, tail_indices, _ = self._parts()
+        return PackedTensor(values, indices, tail_values, tail_indices, self.weight_shape, self.bank_size, self.layout,
+                            self.out_dim)  # fmt: skip
 
     def dense_weight(self) -> Tensor:
         """The weight as a dense tensor of its original shape (zeros where nothing is stored)."""
         return unpack(self.packed())
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing: list[str],
+        unexpected: list[str],
+        errors: list[str],
+    ) -> None:
         """Check the packed tensors being loaded (a file is untrusted) before they replace the buffers."""
-        incoming = {part: state_dict.get(prefix + part) for part in PARTS}
+        incoming: dict[str, Any] = {part: state_dict.get(prefix + part) for part in PARTS}  # untrusted: checked
         if all(isinstance(t, Tensor) for t in incoming.values()):
             candidate = PackedTensor(**incoming, shape=self.weight_shape, bank_size=self.bank_size,
                                      layout=self.layout, out_dim=self.out_dim)  # fmt: skip
@@ -189,7 +226,7 @@ class BankSparseLinear(_BankSparse):
         geometry, target = _geometry_and_target(bank_size, sparsity, out_dim=1 if transposed else 0)
         if transposed and geometry.out_dim != 1:
             raise ValueError(f"spec={bank_size} is not allowed for a Conv1D weight [in, out]: expected out_dim=1")
-        return cls(_pack(linear.weight, geometry, target), linear.bias)
+        return cls(_pack(module_weight(linear), geometry, target), module_tensor(linear, "bias"))
 
     @classmethod
     def from_file(cls, path: str | Path, name: str) -> BankSparseLinear:
@@ -199,9 +236,10 @@ class BankSparseLinear(_BankSparse):
         return cls(weight, bias)
 
     def extra_repr(self) -> str:
+        values, _, tail_values, _, bias = self._parts()
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bank_size={self.bank_size}, "
-            f"k={self.values.shape[-1]}, tail_k={self.tail_values.shape[-1]}, bias={self.bias is not None}"
+            f"k={values.shape[-1]}, tail_k={tail_values.shape[-1]}, bias={bias is not None}"
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -210,11 +248,11 @@ class BankSparseLinear(_BankSparse):
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # [batch, in]
         fast = self._fast_path() if _eager(x2) else None
         if fast is not None:
-            y = native.linear(fast.entry.described, x2 if x2.is_contiguous() else x2.contiguous())
+            y = native.linear(fast.described, x2 if x2.is_contiguous() else x2.contiguous())
         else:
-            b = self._buffers
-            op = ops.BankLinearFunction.apply if _needs_grad(x2, b["bias"]) else ops.bank_linear
-            y = op(x2, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], self.bank_size)
+            values, indices, tail_values, tail_indices, bias = self._parts()
+            op = ops.BankLinearFunction.apply if _needs_grad(x2, bias) else ops.bank_linear
+            y = op(x2, values, indices, tail_values, tail_indices, bias, self.bank_size)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def forward_rows(self, x: Tensor, start: int, stop: int) -> Tensor:
@@ -222,9 +260,9 @@ class BankSparseLinear(_BankSparse):
         projection): ``[..., in]`` -> ``[..., stop - start]``."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input of shape {list(x.shape)} is not allowed: expected [..., {self.in_features}]")
-        b = self._buffers
-        parts = [b[part][start:stop] for part in PARTS]  # views: rows of the packed weight
-        bias = None if b["bias"] is None else b["bias"][start:stop]
+        values, indices, tail_values, tail_indices, full_bias = self._parts()
+        parts = (values[start:stop], indices[start:stop], tail_values[start:stop], tail_indices[start:stop])  # views
+        bias = None if full_bias is None else full_bias[start:stop]
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         described = None
         if _eager(x2):
@@ -293,7 +331,7 @@ class BankSparseConv(_BankSparse):
         """Pack a pruned ``nn.Conv1d`` / ``nn.Conv2d`` (groups 1), or a 1×1 ``nn.Conv3d``; ``bank_size``
         as in ``BankSparseLinear.from_linear``."""
         why = conv_unsupported(conv)
-        if why:
+        if why or not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):  # (conv_unsupported checks the class)
             raise ValueError(f"conv={conv} is not allowed: {why}")
         geometry, target = _geometry_and_target(bank_size, sparsity)
         return cls(_pack(conv.weight, geometry, target), conv.bias, conv.stride, conv.padding,
@@ -307,10 +345,11 @@ class BankSparseConv(_BankSparse):
         return cls(weight, bias, **conv_options)
 
     def extra_repr(self) -> str:
+        values, _, tail_values, _, bias = self._parts()
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, bank_size={self.bank_size}, k={self.values.shape[-1]}, "
-            f"tail_k={self.tail_values.shape[-1]}, bias={self.bias is not None}"
+            f"padding={self.padding}, dilation={self.dilation}, bank_size={self.bank_size}, k={values.shape[-1]}, "
+            f"tail_k={tail_values.shape[-1]}, bias={bias is not None}"
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -340,10 +379,10 @@ class BankSparseConv(_BankSparse):
         if fast is not None:
             size = ops.out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)
             if min(size) >= 1:
-                return native.conv2d(fast.entry.described, _planar(x), kernel, stride, padding, dilation, size)
-        b = self._buffers
-        op = ops.BankConv2dFunction.apply if _needs_grad(x, b["bias"]) else ops.bank_conv2d
-        return op(x, b["values"], b["indices"], b["tail_values"], b["tail_indices"], b["bias"], self.bank_size,
+                return native.conv2d(fast.described, _planar(x), kernel, stride, padding, dilation, size)
+        values, indices, tail_values, tail_indices, bias = self._parts()
+        op = ops.BankConv2dFunction.apply if _needs_grad(x, bias) else ops.bank_conv2d
+        return op(x, values, indices, tail_values, tail_indices, bias, self.bank_size,
                   list(kernel), list(stride), list(padding), list(dilation))  # fmt: skip
 
 
@@ -419,7 +458,9 @@ def _tuple(argument: str, value: Sequence[int] | int, dims: int, minimum: int) -
     return out
 
 
-def _padding(padding, kernel, stride, dilation) -> tuple[tuple[int, int], ...]:
+def _padding(
+    padding: Sequence[int] | int | str, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
     """``(before, after)`` per spatial dim, from an int, a tuple, ``'valid'`` or ``'same'`` (as
     ``nn.Conv``: the extra one of an odd total on the after side)."""
     dims = len(kernel)
@@ -430,6 +471,8 @@ def _padding(padding, kernel, stride, dilation) -> tuple[tuple[int, int], ...]:
             raise ValueError(f"padding='same' is not allowed with stride {stride}: expected stride 1")
         totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return tuple((t // 2, t - t // 2) for t in totals)
+    if isinstance(padding, str):
+        raise ValueError(f"padding={padding!r} is not allowed: expected 'valid', 'same' or {dims} integer(s) >= 0")
     pads = _tuple("padding", padding, dims, minimum=0)
     return tuple((p, p) for p in pads)
 

@@ -122,9 +122,11 @@ def describe(
     if code:
         _raise(code, f"a weight [{rows}, {banks}, {k}] (bank {bank_size}, flat position {where.value})")
     module: Any = _native.module("bank_sparse")
-    calls = (module.linear, module.conv2d) if module is not None else (lib.bank_linear, lib.bank_conv2d)
+    linear_call, conv2d_call = (
+        (module.linear, module.conv2d) if module is not None else (lib.bank_linear, lib.bank_conv2d)
+    )
     tensors = (values, indices, tail_values, tail_indices, bias)
-    return Described(weight, ctypes.addressof(weight), rows, *calls, tensors)
+    return Described(weight, ctypes.addressof(weight), rows, linear_call, conv2d_call, tensors)
 
 
 def linear(d: Described, x: Tensor) -> Tensor:

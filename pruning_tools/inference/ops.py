@@ -22,10 +22,12 @@ needs them.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn.grad import conv2d_input
 
 from ..export import PackedTensor, check_packed
 from . import native, reference
@@ -55,6 +57,7 @@ def signature(tensors: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]) -> 
     ``load_state_dict(assign=True)``) changes its address; a write in place, its version. Written out
     flat: this runs on every eager call of a converted layer."""
     v, i, tv, ti, b = tensors
+    key: tuple
     try:
         key = (v.data_ptr(), v.shape, v.stride(), v.dtype, v.device, v._version,
                i.data_ptr(), i.shape, i.stride(), i.dtype, i.device, i._version,
@@ -85,7 +88,9 @@ class Checked(NamedTuple):
     storages: tuple
 
 
-def _remember(tensors: tuple[Tensor | None, ...], described: native.Described | None) -> Checked:
+def _remember(
+    tensors: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None], described: native.Described | None
+) -> Checked:
     return Checked(signature(tensors), described, tuple(t.untyped_storage() for t in tensors if t is not None))
 
 
@@ -172,21 +177,31 @@ def check_input(x: Tensor, op: str) -> None:
         raise TypeError(f"{op}: input of dtype {x.dtype} is not allowed: expected a floating-point tensor")
 
 
-def _native_input(x: Tensor, described: native.Described | None) -> bool:
-    return described is not None and x.device.type == "cpu" and x.dtype == torch.float32
+def _native_input(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32
 
 
-def _bank_linear(x, values, indices, tail_values, tail_indices, bias, bank_size):
+def _bank_linear(
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    tail_values: Tensor,
+    tail_indices: Tensor,
+    bias: Tensor | None,
+    bank_size: int,
+) -> Tensor:
     check_input(x, "bank_linear")
     if x.dim() != 2:
         raise ValueError(f"bank_linear: input of shape {list(x.shape)} is not allowed: expected [batch, in]")
     described = checked(values, indices, tail_values, tail_indices, bias, bank_size, x.shape[1])
-    if _native_input(x, described):
+    if described is not None and _native_input(x):
         return native.linear(described, x.contiguous())
     return reference.linear(x, values, indices, tail_values, tail_indices, bias, bank_size)
 
 
-def out_size(size: tuple[int, int], kernel, stride, padding, dilation) -> tuple[int, int]:
+def out_size(
+    size: tuple[int, int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> tuple[int, int]:
     """``(oh, ow)`` of a convolution of an input ``(h, w)`` (padding: top, bottom, left, right)."""
     h, w = size
     return (
@@ -195,7 +210,9 @@ def out_size(size: tuple[int, int], kernel, stride, padding, dilation) -> tuple[
     )
 
 
-def _check_conv_args(x: Tensor, kernel, stride, padding, dilation) -> None:
+def _check_conv_args(
+    x: Tensor, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> None:
     check_input(x, "bank_conv2d")
     if x.dim() != 4:
         raise ValueError(f"bank_conv2d: input of shape {list(x.shape)} is not allowed: expected [n, c, h, w]")
@@ -204,21 +221,33 @@ def _check_conv_args(x: Tensor, kernel, stride, padding, dilation) -> None:
             f"bank_conv2d: kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation} are not allowed: "
             "expected kernel, stride (<= 8) and dilation >= 1, padding >= 0"
         )
-    if min(out_size(tuple(x.shape[2:]), kernel, stride, padding, dilation)) < 1:
+    if min(out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)) < 1:
         raise ValueError(f"bank_conv2d: input of shape {list(x.shape)} is smaller than the kernel {kernel}")
 
 
-def _bank_conv2d(x, values, indices, tail_values, tail_indices, bias, bank_size, kernel, stride, padding, dilation):
-    kernel, stride, padding, dilation = tuple(kernel), tuple(stride), tuple(padding), tuple(dilation)
-    _check_conv_args(x, kernel, stride, padding, dilation)
-    described = checked(values, indices, tail_values, tail_indices, bias, bank_size, x.shape[1], kernel[0] * kernel[1])
-    if _native_input(x, described):
-        size = out_size(tuple(x.shape[2:]), kernel, stride, padding, dilation)
+def _bank_conv2d(
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    tail_values: Tensor,
+    tail_indices: Tensor,
+    bias: Tensor | None,
+    bank_size: int,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
+    # The schema's int[2] / int[4] lists as the fixed-length tuples the products take.
+    k, s, d = (kernel[0], kernel[1]), (stride[0], stride[1]), (dilation[0], dilation[1])
+    p = (padding[0], padding[1], padding[2], padding[3])
+    _check_conv_args(x, k, s, p, d)
+    described = checked(values, indices, tail_values, tail_indices, bias, bank_size, x.shape[1], k[0] * k[1])
+    if described is not None and _native_input(x):
+        size = out_size((x.shape[2], x.shape[3]), k, s, p, d)
         planar = x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
-        return native.conv2d(described, planar, kernel, stride, padding, dilation, size)
-    return reference.conv2d(
-        x, values, indices, tail_values, tail_indices, bias, bank_size, kernel, stride, padding, dilation
-    )
+        return native.conv2d(described, planar, k, s, p, d, size)
+    return reference.conv2d(x, values, indices, tail_values, tail_indices, bias, bank_size, k, s, p, d)
 
 
 _LIB.impl("bank_linear", _bank_linear, "CompositeExplicitAutograd")  # every device: C kernel or PyTorch
@@ -226,15 +255,33 @@ _LIB.impl("bank_conv2d", _bank_conv2d, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(f"{NAMESPACE}::bank_linear")
-def _bank_linear_fake(x, values, indices, tail_values, tail_indices, bias, bank_size):
+def _bank_linear_fake(
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    tail_values: Tensor,
+    tail_indices: Tensor,
+    bias: Tensor | None,
+    bank_size: int,
+) -> Tensor:
     check_input(x, "bank_linear")
     return x.new_empty(x.shape[0], values.shape[0])
 
 
 @torch.library.register_fake(f"{NAMESPACE}::bank_conv2d")
 def _bank_conv2d_fake(
-    x, values, indices, tail_values, tail_indices, bias, bank_size, kernel, stride, padding, dilation
-):
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    tail_values: Tensor,
+    tail_indices: Tensor,
+    bias: Tensor | None,
+    bank_size: int,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
     check_input(x, "bank_conv2d")
     oh, ow = out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)
     return x.new_empty(x.shape[0], values.shape[0] // (kernel[0] * kernel[1]), oh, ow)
@@ -249,13 +296,22 @@ class BankLinearFunction(torch.autograd.Function):
     """``bank_linear`` with gradients for ``x`` and ``bias`` (the packed weight is constant)."""
 
     @staticmethod
-    def forward(ctx: Any, x, values, indices, tail_values, tail_indices, bias, bank_size):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        values: Tensor,
+        indices: Tensor,
+        tail_values: Tensor,
+        tail_indices: Tensor,
+        bias: Tensor | None,
+        bank_size: int,
+    ) -> Tensor:
         ctx.save_for_backward(values, indices, tail_values, tail_indices)
         ctx.bank_size, ctx.row_len, ctx.has_bias = bank_size, x.shape[1], bias is not None
         return bank_linear(x, values, indices, tail_values, tail_indices, bias, bank_size)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         values, indices, tail_values, tail_indices = ctx.saved_tensors
         weight = reference.dense_rows(values, indices, tail_values, tail_indices, ctx.bank_size, ctx.row_len)
         grad_x = grad @ weight.to(grad)  # [batch, in]
@@ -268,8 +324,19 @@ class BankConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x, values, indices, tail_values, tail_indices, bias, bank_size, kernel, stride, padding, dilation
-    ):
+        ctx: Any,
+        x: Tensor,
+        values: Tensor,
+        indices: Tensor,
+        tail_values: Tensor,
+        tail_indices: Tensor,
+        bias: Tensor | None,
+        bank_size: int,
+        kernel: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int],
+        dilation: Sequence[int],
+    ) -> Tensor:
         ctx.save_for_backward(values, indices, tail_values, tail_indices)
         ctx.bank_size, ctx.has_bias = bank_size, bias is not None
         ctx.geometry = (tuple(x.shape), tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
@@ -278,13 +345,13 @@ class BankConv2dFunction(torch.autograd.Function):
         )
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         values, indices, tail_values, tail_indices = ctx.saved_tensors
         (n, c, h, w), (kh, kw), stride, padding, dilation = ctx.geometry
         rows = reference.dense_rows(values, indices, tail_values, tail_indices, ctx.bank_size, c)  # [o * kh * kw, c]
         weight = rows.reshape(-1, kh, kw, c).permute(0, 3, 1, 2).to(grad)  # [o, c, kh, kw]
         padded = (n, c, h + padding[0] + padding[1], w + padding[2] + padding[3])
-        grad_padded = torch.nn.grad.conv2d_input(padded, weight, grad, stride, 0, dilation)
+        grad_padded = conv2d_input(padded, weight, grad, stride, 0, dilation)
         grad_x = grad_padded[:, :, padding[0] : padding[0] + h, padding[2] : padding[2] + w]
         grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias else None
         return grad_x, None, None, None, None, grad_bias, None, None, None, None, None
