@@ -87,28 +87,14 @@ def bench(
         result = shrunk_models.run(quick, (threads,) if threads else (1, 2), rounds)
         table = shrunk_models.to_markdown(result) + (f"\n{QUICK_CAVEAT}\n" if quick else "")
         click.echo(table)
-        written = Written()
-        if json_path:
-            with atomic_open(written.before(json_path), "w") as f:
-                json.dump(result, f, indent=1)
-        if md_path:
-            with atomic_open(written.before(md_path), "w") as f:
-                f.write(table)
-        written.report()
+        _write(result, table, json_path, md_path)
         return
     if inference:
         from pruning_tools.benchmarks import inference as whole_models
 
         chosen = (threads,) if threads else (1, 2)
         result = whole_models.run(quick, chosen, whole_models.MODELS, rounds, None, None)
-        written = Written()
-        if json_path:
-            with atomic_open(written.before(json_path), "w") as f:
-                json.dump(result, f, indent=1)
-        if md_path:
-            with atomic_open(written.before(md_path), "w") as f:
-                f.write(whole_models.to_markdown(result, result["header"]))
-        written.report()
+        _write(result, whole_models.to_markdown(result, result["header"]), json_path, md_path)
         return
     threads = threads or 1
     from pruning_tools.benchmarks import masks
@@ -129,4 +115,16 @@ def bench(
     if md_path:
         with atomic_open(written.before(md_path), "w") as f:
             f.write(masks.to_markdown(rows, info, title) + (f"\n{QUICK_CAVEAT}\n" if quick else ""))
+    written.report()
+
+
+def _write(result: dict, table: str, json_path: str | None, md_path: str | None) -> None:
+    """``result`` as JSON and ``table`` as Markdown, each where asked (atomically); name every file."""
+    written = Written()
+    if json_path:
+        with atomic_open(written.before(json_path), "w") as f:
+            json.dump(result, f, indent=1)
+    if md_path:
+        with atomic_open(written.before(md_path), "w") as f:
+            f.write(table)
     written.report()
