@@ -389,7 +389,7 @@ def _shrink(result: dict, data_dir: Path | None, limit: int | None, out_console:
     import torch
 
     from ..demo.data import load_mnist
-    from ..demo.torch_backend import evaluate, to_tensor
+    from ..demo.torch_backend import EXAMPLE_IMAGES, evaluate, to_tensor
     from ..structured.shrink import shrink
 
     model = result["model"]
@@ -399,10 +399,12 @@ def _shrink(result: dict, data_dir: Path | None, limit: int | None, out_console:
     result["shrunk"] = {
         "test_accuracy": accuracy,
         "params": [report.params_before, report.params_after],
-        "macs": [report.macs_before, report.macs_after],
+        "macs_per_image": [report.macs_before // EXAMPLE_IMAGES, report.macs_after // EXAMPLE_IMAGES],
         "channels": {", ".join(g.producers): [g.channels_before, g.channels_after] for g in report.groups},
     }
     out_console.print(str(report), highlight=False)
+    per_image = " -> ".join(f"{m:,}" for m in result["shrunk"]["macs_per_image"])
+    out_console.print(f"  (MACs of the {EXAMPLE_IMAGES} traced test images; per image {per_image})", highlight=False)
     out_console.print(
         f"shrunk model: test accuracy {accuracy:.2%} (masked model {result['test_accuracy']:.2%}), saved as "
         "shrunk.safetensors (load_shrunk(SimpleCNN(), path))",

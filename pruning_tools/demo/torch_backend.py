@@ -18,6 +18,8 @@ from ..pytorch_pruning import Prune
 from .data import MnistData
 from .recipe import BATCH_SIZE, EPOCHS, LEARNING_RATE, MAX_SHIFT, MEAN, PCT_START, STD, WEIGHT_DECAY  # noqa: F401
 
+EXAMPLE_IMAGES = 2  # test images of the forward that structure="channel" traces
+
 
 class SimpleCNN(nn.Module):
     """The original example's CNN: three stride-2 3x3 convs with BN + ReLU, then one dense layer.
@@ -107,8 +109,8 @@ class TorchBackend:
         return Prune(self.model, *args, **kwargs)
 
     def example_inputs(self) -> tuple[Tensor]:
-        """Two test images, the forward that ``structure="channel"`` traces."""
-        return (self.test_x[:2],)
+        """``EXAMPLE_IMAGES`` test images, the forward that ``structure="channel"`` traces."""
+        return (self.test_x[:EXAMPLE_IMAGES],)
 
     def batches(self) -> Iterator[Tensor]:
         """One epoch of shuffled index batches."""

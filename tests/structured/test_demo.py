@@ -26,6 +26,7 @@ def test_demo_structure_channel_shrinks_and_saves(tmp_path) -> None:
     shrunk = float(result.output.split("shrunk model: test accuracy ")[1].split("%")[0])
     assert shrunk == masked
     recorded = json.loads((out / "results.json").read_text())["shrunk"]
+    assert recorded["macs_per_image"] == [3_911_488, 997_280]  # conv1 + conv2 + conv3 + fc, one 28 x 28 image
     assert recorded["params"] == [377480, 96584] and recorded["test_accuracy"] * 100 == pytest.approx(shrunk, abs=0.01)
     model = load_shrunk(SimpleCNN(), out / "shrunk.safetensors")
     assert model.conv3.out_channels == 128 and model.fc.in_features == 512
