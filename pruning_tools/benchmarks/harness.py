@@ -42,10 +42,21 @@ class Task:
     max_rounds: int | None = None
 
 
+SETTLE_SECONDS = 0.1  # onnxruntime's pool spins 10-50 ms after a run, on the cores the next task needs
+
+
 def interleaved(
-    tasks: Mapping[str, Task | Callable[[], object]], rounds: int, warmup: int = 1, rotate: bool = False
+    tasks: Mapping[str, Task | Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    rotate: bool = False,
+    settle: float = 0.0,
 ) -> dict[str, Timing]:
-    """Run every task once per round, in turn (``rotate``: the order shifts by one each round)."""
+    """Run every task once per round, in turn (``rotate``: the order shifts by one each round).
+
+    ``settle``: seconds of idling before each timed run, so that the worker threads a task leaves
+    spinning (onnxruntime's, by default; measured: the next PyTorch model 1.5-3x slower without a pause
+    on 2 cores) have gone to sleep before the next task starts."""
     as_tasks = {name: t if isinstance(t, Task) else Task(t) for name, t in tasks.items()}
     names = list(as_tasks)
     timings = {name: Timing(name) for name in names}
@@ -57,6 +68,8 @@ def interleaved(
                 continue
             if task.setup is not None:
                 task.setup()
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
             task.run()
             elapsed = time.perf_counter() - start

@@ -3,7 +3,8 @@
 For each model, the same dense weights are pruned one-shot, bank-balanced (bank 64), at 93.75 %
 (keep 4) and 90 % (keep 6) and converted by ``pruning_tools.to_bank_sparse(model, prune)`` with its
 default rule. Per thread count, every task runs once per round, the order rotating (load from other
-processes hits all alike), and the table gives medians and the ratios of medians:
+processes hits all alike), each after a pause of ``SETTLE_SECONDS`` (onnxruntime's spinning threads
+would otherwise slow the task after it), and the table gives medians and the ratios of medians:
 
 - dense eager: the masked (pruned) model in PyTorch, eval mode (``nn.TransformerEncoder`` takes its
   fused "fast path"), ``torch.no_grad``;
@@ -43,7 +44,7 @@ from torch import nn
 
 from pruning_tools import pytorch_pruning, to_bank_sparse
 from pruning_tools.atomic import atomic_open
-from pruning_tools.benchmarks.harness import Task, header, interleaved, load_average
+from pruning_tools.benchmarks.harness import SETTLE_SECONDS, Task, header, interleaved, load_average
 from pruning_tools.benchmarks.models import GPTDecoder, bert_encoder, generate, gpt_decoder, resnet50
 
 if TYPE_CHECKING:
@@ -379,7 +380,7 @@ def run_cases(cases: list[Case], threads: int, rounds: int) -> tuple[list[Row], 
         if case.slow:  # one untimed call each (kernels built, sessions warm)
             for task in tasks.values():
                 task.run()
-        timings = interleaved(tasks, rounds, warmup=warmup, rotate=True)
+        timings = interleaved(tasks, rounds, warmup=warmup, rotate=True, settle=SETTLE_SECONDS)
         dense = timings["dense"].median
         ort = timings["ort"].median if "ort" in timings else None
         for sparsity in SPARSITIES:

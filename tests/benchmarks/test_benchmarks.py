@@ -167,3 +167,19 @@ def test_default_rule_check_reports_whole_model_and_layers():
     assert layer["name"] == "0" and layer["n"] == 4 and layer["measured"] > 0
     assert math.isclose(layer["expected"], fixed.expected("linear", 256 * 128, 128 * 4 * 4, 4))
     assert default_rule.summary([row]).count("| tiny |") == 1
+
+
+def test_interleaved_pauses_before_each_timed_run_without_timing_the_pause():
+    import time
+
+    from pruning_tools.benchmarks.harness import interleaved
+
+    starts: list[float] = []
+    settle, rounds = 0.05, 3
+    began = time.perf_counter()
+    timings = interleaved({"a": lambda: starts.append(time.perf_counter()), "b": lambda: None}, rounds, settle=settle)
+    elapsed = time.perf_counter() - began
+    runs = 2 * (rounds + 1)  # with the warm-up round
+    timed = sum(sum(t.seconds) for t in timings.values())
+    assert all(later - earlier >= 2 * settle for earlier, later in zip(starts, starts[1:]))  # a's runs: two pauses apart
+    assert timed + runs * settle <= elapsed  # the pauses are outside the timed runs
