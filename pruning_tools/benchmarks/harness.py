@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -42,21 +43,10 @@ class Task:
     max_rounds: int | None = None
 
 
-SETTLE_SECONDS = 0.1  # onnxruntime's pool spins 10-50 ms after a run, on the cores the next task needs
-
-
 def interleaved(
-    tasks: Mapping[str, Task | Callable[[], object]],
-    rounds: int,
-    warmup: int = 1,
-    rotate: bool = False,
-    settle: float = 0.0,
+    tasks: Mapping[str, Task | Callable[[], object]], rounds: int, warmup: int = 1, rotate: bool = False
 ) -> dict[str, Timing]:
-    """Run every task once per round, in turn (``rotate``: the order shifts by one each round).
-
-    ``settle``: seconds of idling before each timed run, so that the worker threads a task leaves
-    spinning (onnxruntime's, by default; measured: the next PyTorch model 1.5-3x slower without a pause
-    on 2 cores) have gone to sleep before the next task starts."""
+    """Run every task once per round, in turn (``rotate``: the order shifts by one each round)."""
     as_tasks = {name: t if isinstance(t, Task) else Task(t) for name, t in tasks.items()}
     names = list(as_tasks)
     timings = {name: Timing(name) for name in names}
@@ -68,8 +58,6 @@ def interleaved(
                 continue
             if task.setup is not None:
                 task.setup()
-            if settle:
-                time.sleep(settle)
             start = time.perf_counter()
             task.run()
             elapsed = time.perf_counter() - start
@@ -112,3 +100,18 @@ def header(title: str, threads: int) -> str:
         f"{title}: {machine()}, torch {torch.__version__}, {threads} thread(s), started {started}, "
         f"load average {load_average()}"
     )
+
+
+def ort_options(threads: int) -> Any:
+    """onnxruntime ``SessionOptions`` for an interleaved run: ``threads`` intra-op threads, one inter-op,
+    every graph optimisation, and **no spinning**: onnxruntime's threads otherwise spin 10-50 ms after
+    each run on the cores the next task needs (measured on 2 cores: the PyTorch model timed after it
+    1.5-3x slower). Not spinning costs onnxruntime itself about 6 % at 2 threads and nothing at 1
+    (ResNet-50, batch 1, timed alone)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options

@@ -3,13 +3,12 @@
 For each model, the same dense weights are pruned one-shot, bank-balanced (bank 64), at 93.75 %
 (keep 4) and 90 % (keep 6) and converted by ``pruning_tools.to_bank_sparse(model, prune)`` with its
 default rule. Per thread count, every task runs once per round, the order rotating (load from other
-processes hits all alike), each after a pause of ``SETTLE_SECONDS`` (onnxruntime's spinning threads
-would otherwise slow the task after it), and the table gives medians and the ratios of medians:
+processes hits all alike), and the table gives medians and the ratios of medians:
 
 - dense eager: the masked (pruned) model in PyTorch, eval mode (``nn.TransformerEncoder`` takes its
   fused "fast path"), ``torch.no_grad``;
 - onnxruntime: the dense ONNX of the same pruned model (``torch.onnx.export``), all graph
-  optimisations, ``intra_op_num_threads`` = threads;
+  optimisations, ``intra_op_num_threads`` = threads, its threads not spinning (``harness.ort_options``);
 - bank-sparse at 93.75 % and at 90 %.
 
 Dense timings are of the 93.75 % model (dense compute does not depend on which weights are zero).
@@ -44,7 +43,7 @@ from torch import nn
 
 from pruning_tools import pytorch_pruning, to_bank_sparse
 from pruning_tools.atomic import atomic_open
-from pruning_tools.benchmarks.harness import SETTLE_SECONDS, Task, header, interleaved, load_average
+from pruning_tools.benchmarks.harness import Task, header, interleaved, load_average, ort_options
 from pruning_tools.benchmarks.models import GPTDecoder, bert_encoder, generate, gpt_decoder, resnet50
 
 if TYPE_CHECKING:
@@ -169,10 +168,7 @@ def onnx_session(model: nn.Module, args: tuple, path: Path, names: dict) -> Call
         torch.backends.mha.set_fastpath_enabled(previous)
 
     def session(threads: int) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), ort_options(threads), providers=["CPUExecutionProvider"])
 
     return session
 
@@ -380,7 +376,7 @@ def run_cases(cases: list[Case], threads: int, rounds: int) -> tuple[list[Row], 
         if case.slow:  # one untimed call each (kernels built, sessions warm)
             for task in tasks.values():
                 task.run()
-        timings = interleaved(tasks, rounds, warmup=warmup, rotate=True, settle=SETTLE_SECONDS)
+        timings = interleaved(tasks, rounds, warmup=warmup, rotate=True)
         dense = timings["dense"].median
         ort = timings["ort"].median if "ort" in timings else None
         for sparsity in SPARSITIES:

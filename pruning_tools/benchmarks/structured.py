@@ -1,7 +1,6 @@
 """Structured pruning: how much faster a shrunk model is, and Torch-Pruning side by side.
 
-One interleaved run per thread count (``harness.interleaved``, with a pause of ``SETTLE_SECONDS`` before
-each timed run for onnxruntime's spinning threads to sleep), medians and paired ratios against the
+One interleaved run per thread count (``harness.interleaved``), medians and paired ratios against the
 unpruned model in the same run:
 
 - ResNet-50 (torchvision layout, 224 x 224) with 50 % of every convolution's output channels removed:
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 from pruning_tools import Prune, shrink, to_bank_sparse
 from pruning_tools.onnx import export_onnx
 
-from .harness import SETTLE_SECONDS, Task, header, interleaved, load_average, paired_ratio
+from .harness import Task, header, interleaved, load_average, ort_options, paired_ratio
 from .models import resnet50
 
 
@@ -102,9 +101,7 @@ def _ort_session(model: nn.Module, inputs: tuple, path: str, threads: int) -> Ca
     import onnxruntime as ort
 
     export_onnx(model, inputs, path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path, ort_options(threads), providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
     return lambda: session.run(None, feeds)
 
@@ -169,7 +166,7 @@ def run(quick: bool, threads: tuple[int, ...] = (1, 2), rounds: int | None = Non
                 "bert shrunk eager": _eager(shrunk_bert, b),
                 "bert shrunk + bank-sparse 87.5%": _eager(both, b),
             }
-            timings = interleaved(tasks, rounds, warmup=1, rotate=True, settle=SETTLE_SECONDS)
+            timings = interleaved(tasks, rounds, warmup=1, rotate=True)
             for name, timing in timings.items():
                 family, _, variant = name.partition(" ")
                 runtime = "onnxruntime" if "onnxruntime" in name else "eager"

@@ -169,17 +169,10 @@ def test_default_rule_check_reports_whole_model_and_layers():
     assert default_rule.summary([row]).count("| tiny |") == 1
 
 
-def test_interleaved_pauses_before_each_timed_run_without_timing_the_pause():
-    import time
+def test_onnxruntime_threads_do_not_spin_into_the_next_task():
+    pytest.importorskip("onnxruntime")
+    from pruning_tools.benchmarks.harness import ort_options
 
-    from pruning_tools.benchmarks.harness import interleaved
-
-    starts: list[float] = []
-    settle, rounds = 0.05, 3
-    began = time.perf_counter()
-    timings = interleaved({"a": lambda: starts.append(time.perf_counter()), "b": lambda: None}, rounds, settle=settle)
-    elapsed = time.perf_counter() - began
-    runs = 2 * (rounds + 1)  # with the warm-up round
-    timed = sum(sum(t.seconds) for t in timings.values())
-    assert all(later - earlier >= 2 * settle for earlier, later in zip(starts, starts[1:]))  # a's runs: two pauses apart
-    assert timed + runs * settle <= elapsed  # the pauses are outside the timed runs
+    options = ort_options(2)
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
