@@ -124,6 +124,7 @@ def test_inference_benchmark_quick(tmp_path):
     result = json.loads(out.read_text())
     rows = result["rows"]
     models = {"Linear 768x3072", "Linear 3072x768", "BERT-base encoder", "GPT decoder", "ResNet-50 b1", "ResNet-50 b32"}
+    models.add("ResNet-50 b1 CL")  # channels-last images
     assert {r["model"] for r in rows} == models and len(rows) == 2 * len(models)
     for r in rows:
         assert r["error"] <= 1e-4, r  # the converted model computes the masked model's outputs
