@@ -33,6 +33,8 @@ import torch_pruning as tp  # noqa: E402
 from torch import nn  # noqa: E402
 
 from pruning_tools import shrink  # noqa: E402
+from pruning_tools.benchmarks.harness import machine  # noqa: E402
+from pruning_tools.benchmarks.inference import macs_of  # noqa: E402
 from pruning_tools.demo.data import load_mnist  # noqa: E402
 from pruning_tools.demo.recipe import make_settings, pruning_steps, steps_per_epoch  # noqa: E402
 from pruning_tools.demo.torch_backend import TorchBackend, evaluate, to_tensor  # noqa: E402
@@ -46,21 +48,10 @@ def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def conv_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-adds of the convolutions and linear layers for one forward of ``x`` ``[1, 1, 28, 28]``."""
-    total = 0
-
-    def hook(module: nn.Module, _: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        per_output = module.weight[0].numel()  # in-channels / groups x kernel, or in_features
-        total += out[0].numel() * per_output
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model.eval()(x)
-    for h in handles:
-        h.remove()
-    return total
+def macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of the convolutions and linear layers for one eval-mode forward of ``x``."""
+    model.eval()
+    return sum(macs_of(model, lambda: model(x)).values())
 
 
 def channels(model: nn.Module) -> dict[str, int]:
@@ -80,7 +71,7 @@ def carry_optimizer_state(optimizer: torch.optim.Optimizer, before: dict[str, nn
         group["params"] = [swap[id(p)] for p in group["params"]]
     for name, old in before.items():
         new, state = after[name], optimizer.state.pop(old, None)
-        keep = {d: [i for i in range(old.shape[d]) if i not in set(idx)] for d, idx in removed.get(name, {}).items()}
+        keep = {d: sorted(set(range(old.shape[d])) - set(idx)) for d, idx in removed.get(name, {}).items()}
         sliced = old.detach()
         for d, kept in keep.items():
             sliced = sliced.index_select(d, torch.tensor(kept))
@@ -112,7 +103,7 @@ def torch_pruning_step(pruner: Any, model: nn.Module, optimizer: torch.optim.Opt
             (dim,) = [d for d in range(p.dim()) if p.shape[d] != old.shape[d]]
             idxs = _indices_of(group, names, name, old.shape[dim] - p.shape[dim])
             already = removed.setdefault(name, {}).setdefault(dim, [])
-            original = [i for i in range(shapes[name][dim]) if i not in set(already)]
+            original = sorted(set(range(shapes[name][dim])) - set(already))
             already.extend(original[i] for i in idxs)  # indices of this group -> of the weight before the step
     carry_optimizer_state(optimizer, before, model, removed)
 
@@ -129,9 +120,17 @@ def _indices_of(group: Any, names: dict[nn.Module, str], name: str, n_removed: i
 
 
 def run_torch_pruning(data_dir: str | None, fraction: float, epochs: int | None, limit: int | None, seed: int) -> dict:
-    """The demo's recipe with Torch-Pruning removing the channels (see the module docstring)."""
-    started = time.perf_counter()
+    """The demo's recipe with Torch-Pruning removing the channels, on one thread as the demo's."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _run_torch_pruning(data_dir, fraction, epochs, limit, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_torch_pruning(data_dir: str | None, fraction: float, epochs: int | None, limit: int | None, seed: int) -> dict:
+    started = time.perf_counter()
     settings = make_settings(data_dir, sparsity=fraction, balance="fix", bank_size=64, prune_dict=None,
                              epochs=epochs, batch_size=None, seed=seed, limit=limit)  # fmt: skip
     data = load_mnist(data_dir).head(limit)
@@ -142,7 +141,7 @@ def run_torch_pruning(data_dir: str | None, fraction: float, epochs: int | None,
     events = [t for t in range(1, total + 1) if is_refresh_step(t, pretrain, ramp, frequency)]
     targets = [target_sparsity(t, pretrain, ramp, 0.0, fraction) for t in events]
     model, example = backend.model, backend.example_inputs()[0]
-    params_before, macs_before = count(model), conv_macs(model, example[:1])
+    params_before, macs_before = count(model), macs(model, example[:1])
     model.eval()  # Torch-Pruning traces one forward: leave the BatchNorm statistics alone
     pruner = tp.pruner.MagnitudePruner(
         model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=fraction,
@@ -165,7 +164,7 @@ def run_torch_pruning(data_dir: str | None, fraction: float, epochs: int | None,
         "settings": settings | {"pretrain_step": pretrain, "sparse_step": ramp, "frequency": frequency},
         "test_accuracy": history[-1]["test_accuracy"],
         "params": [params_before, count(model)],
-        "macs": [macs_before, conv_macs(model, example[:1])],
+        "macs": [macs_before, macs(model, example[:1])],
         "channels": channels(model),
         "pruning_cpu_seconds": pruning_cpu,
         "epochs": history,
@@ -181,7 +180,7 @@ def run_ours(data_dir: str | None, fraction: float, epochs: int | None, limit: i
     data = load_mnist(data_dir).head(limit)
     x = to_tensor(data.test_images).contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(data.test_labels.astype("int64"))
-    params_before, macs_before = count(model), conv_macs(model, x[:1])
+    params_before, macs_before = count(model), macs(model, x[:1])
     cpu = time.process_time()
     shrink(model, result["pruner_state"])
     shrink_cpu = time.process_time() - cpu
@@ -192,7 +191,7 @@ def run_ours(data_dir: str | None, fraction: float, epochs: int | None, limit: i
         "test_accuracy": evaluate(model, x, y),
         "masked_test_accuracy": result["test_accuracy"],
         "params": [params_before, count(model)],
-        "macs": [macs_before, conv_macs(model, x[:1])],
+        "macs": [macs_before, macs(model, x[:1])],
         "channels": channels(model),
         "shrink_cpu_seconds": shrink_cpu,
         "epochs": [{k: e[k] for k in ("epoch", "test_accuracy")} for e in result["epochs"]],
@@ -217,17 +216,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{r['library']:>22} {fraction:.0%}: accuracy {r['test_accuracy']:.4f}, params "
                   f"{r['params'][0]:,} -> {r['params'][1]:,}, channels {r['channels']}", flush=True)  # fmt: skip
     out = {"command": "python scripts/structured_vs_torch_pruning.py " + " ".join(argv or sys.argv[1:]),
-           "cpu": _cpu(), "torch": torch.__version__, "runs": results}  # fmt: skip
+           "cpu": machine(), "torch": torch.__version__, "runs": results}  # fmt: skip
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
     return out
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

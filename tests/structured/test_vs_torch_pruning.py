@@ -77,6 +77,7 @@ def _rows_of(old: dict, params: dict, kept1: list[int]) -> torch.Tensor:
 
 def test_both_libraries_run_the_demo_recipe_and_write_the_results(script, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
+    threads = torch.get_num_threads()
     script.main(["--data-dir", str(MNIST), "--fractions", "0.5", "--epochs", "2", "--limit", "256", "--out", str(out)])
     runs = json.loads(out.read_text())["runs"]
     ours, theirs = runs
@@ -87,3 +88,4 @@ def test_both_libraries_run_the_demo_recipe_and_write_the_results(script, tmp_pa
     assert ours["test_accuracy"] == ours["masked_test_accuracy"]  # shrunk = masked
     assert [e["channels"]["conv1.weight"] for e in theirs["epochs"]][-1] == 32
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in runs)
+    assert torch.get_num_threads() == threads  # both runs train on one thread and restore the count
