@@ -9,7 +9,7 @@ measured at first use for the thread count in force). Then:
   model is slower (ratio below ``1 - NOISE``: a miss; a model with nothing converted is the dense model
   and is not timed);
 - every converted layer: its measured speedup (dense layer ÷ bank-sparse layer on the input it gets in
-  the model's forward pass, the fastest of 7 interleaved rounds, as the calibration times) against
+  the model's forward pass, the fastest of 15 interleaved rounds, as the calibration times) against
   the report's expected one from the calibration at that input's size: the check is
   ``|expected / measured - 1| <= 0.3``.
 
@@ -40,6 +40,7 @@ from pruning_tools.inference import calibration, convert, to_bank_sparse
 
 NOISE = 0.03  # a whole-model ratio within 3 % of 1 is the noise of these machines, not a slowdown
 TOLERANCE = 0.3  # expected within 30 % of measured
+LAYER_ROUNDS = 15  # interleaved rounds per layer: fewer left the fastest at 2 threads varying ±50 % run to run
 
 
 # ---------------------------------------------------------------- the models of the check
@@ -181,13 +182,15 @@ def check_model(name: str, build: Callable[[], nn.Module], x: object, sparsity: 
             continue
         args, kwargs, n = inputs[id(module)]
         new = fast.get_submodule(layer.name)
-        family = "linear" if not isinstance(module, nn.modules.conv._ConvNd) else (
-            "conv1x1" if all(k == 1 for k in module.kernel_size) else "conv")  # fmt: skip
-        expected = rule.expected(family, layer.weights, max(1, layer.stored), n)
+        expected = convert.expected_at_input(rule, module, layer, args, kwargs, n)
         with torch.no_grad():  # timed as the calibration times: the fastest of interleaved rounds
             calls = max(1, min(50, int(2e6 / max(1, n * layer.stored))))
             dense_s, sparse_s = calibration._times(
-                convert._bound(module, args, kwargs), convert._bound(new, args, kwargs), 7, calls
+                convert._bound(module, args, kwargs),
+                convert._bound(new, args, kwargs),
+                LAYER_ROUNDS,
+                calls,
+                budget_s=1.0,
             )
             measured = dense_s / sparse_s
         row["layers"].append({"name": layer.name, "n": n, "expected": expected, "measured": measured,

@@ -8,16 +8,22 @@ bank-sparse modules, interleaved, at a few input sizes per layer family, and fit
 
 with ``n`` the rows of a linear layer's input (tokens, batch) or a convolution's output positions,
 ``weights`` the dense weights and ``stored`` the packed slots. ``expected(family, weights, stored, n)``
-is the modelled speedup (interpolated in log ``n`` between the calibrated sizes); the rule without
-``example_inputs`` converts a layer when its *worst* calibrated size still reaches ``min_speedup``, so
-a layer is converted only where it is faster at every input size calibrated.
+is the modelled speedup (interpolated in log ``n`` between the calibrated sizes and in log ``weights``
+between the calibrated layers); the rule without ``example_inputs`` converts a layer when its *worst*
+calibrated size still reaches ``min_speedup``, so a layer is converted only where it is faster at
+every input size calibrated. Work a module does densely in both forms (the attention products of
+``nn.MultiheadAttention``) is added to both times: ``attention_ns(macs)``, from dense
+``scaled_dot_product_attention`` timed at two sequence lengths.
 
-Families: ``linear`` (layers of 256² and 1024² weights at rows 1, 8, 64, 256: decoding, small
-batches, token blocks), ``conv`` (a 3×3 convolution at 7², 14², 28² positions) and ``conv1x1``.
-The result is cached in the kernels' cache directory (``_native.cache_dir()``), keyed by CPU model,
-instruction-set level, engine, thread count, torch version and the kernel's source, so it runs once
-per machine and setting; ``calibrate()`` runs it again. The cached file is untrusted: one that does
-not read back as a valid calibration is measured again.
+Families: ``linear`` (256 → 256 and 768 → 3072 features at rows 1, 8, 64, 256: decoding, small
+batches, token blocks), ``conv`` (a 3×3 convolution of 128 → 128 channels at 7², 14², 28² positions)
+and ``conv1x1`` (512 → 128 and 1024 → 256 channels at 7², 14², 28²). The result is cached in the
+kernels' cache directory (``_native.cache_dir()``), keyed by CPU model, instruction-set level,
+engine, thread count, torch version and the kernel's source, so it runs once per machine and
+setting; ``calibrate()`` runs it again. The cached file is untrusted: one that does not read back as
+a valid calibration is measured again. A calibration measured while other processes kept the cores
+busy (1-minute load average above the core count) is measured again once the load has halved, so a
+busy moment at first use does not stay the machine's model.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,13 +42,14 @@ from typing import TypeVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .. import _native
 from ..atomic import write_text
 from ..masks import bank_mask
 
 FAMILIES = ("linear", "conv", "conv1x1")
-VERSION = 2  # of the file format and the shapes measured
+VERSION = 3  # of the file format and the shapes measured
 M = TypeVar("M", nn.Linear, nn.Conv2d)
 KEEP = 4  # of 64: the shapes are timed at 93.75 % (the model scales with the stored slots)
 
@@ -73,14 +81,23 @@ class Calibration:
     sparse_call_us: float
     points: dict[str, tuple[Point, ...]]  # family -> points, by layer size then input size
     seconds: float = 0.0  # how long the measurement took
+    attention_call_us: float = 0.0  # dense attention products: per call (0: not modelled)
+    attention_ns_per_mac: float = 0.0  # and per multiply-add of Q·Kᵀ and weights·V
+    load: float = 0.0  # 1-minute load average when measured
 
-    def expected(self, family: str, weights: int, stored: int, n: int | None = None) -> float:
+    def expected(self, family: str, weights: int, stored: int, n: int | None = None, shared_ns: float = 0.0) -> float:
         """Modelled dense ÷ bank-sparse time of a layer with ``weights`` dense weights and ``stored`` packed
-        slots, on an input of ``n`` rows / output positions (None: the worst calibrated size). Rates are
-        interpolated in log scale between the calibrated input sizes and layer sizes (clamped at the ends)."""
+        slots, on an input of ``n`` rows / output positions (None: the worst calibrated size), plus
+        ``shared_ns`` of work both forms do densely (``attention_ns``). Rates are interpolated in log
+        scale between the calibrated input sizes and layer sizes (clamped at the ends)."""
         if n is None:
-            return min(self._speedup(family, weights, stored, m) for m in self._sizes(family))
-        return self._speedup(family, weights, stored, n)
+            return min(self._speedup(family, weights, stored, m, shared_ns) for m in self._sizes(family))
+        return self._speedup(family, weights, stored, n, shared_ns)
+
+    def attention_ns(self, macs: int) -> float:
+        """Modelled time (ns) of dense attention products of ``macs`` multiply-adds (``2·N·L·S·E`` for
+        ``N`` sequences of ``L`` queries and ``S`` keys, embedding ``E``)."""
+        return self.attention_call_us * 1e3 + macs * self.attention_ns_per_mac if macs > 0 else 0.0
 
     def span(self, family: str, weights: int, stored: int) -> tuple[float, float]:
         """The smallest and largest modelled speedup over the calibrated input sizes."""
@@ -110,10 +127,10 @@ class Calibration:
         (d0, s0), (d1, s1) = at_n(by_layer[small]), at_n(by_layer[large])
         return d0 * (1 - a) + d1 * a, s0 * (1 - a) + s1 * a
 
-    def _speedup(self, family: str, weights: int, stored: int, n: int) -> float:
+    def _speedup(self, family: str, weights: int, stored: int, n: int, shared_ns: float = 0.0) -> float:
         dense_rate, sparse_rate = self._rates(family, weights, n)
-        dense = self.dense_call_us * 1e3 + n * weights * dense_rate
-        sparse = self.sparse_call_us * 1e3 + n * stored * sparse_rate
+        dense = self.dense_call_us * 1e3 + n * weights * dense_rate + shared_ns
+        sparse = self.sparse_call_us * 1e3 + n * stored * sparse_rate + shared_ns
         return dense / sparse
 
     def to_json(self) -> str:
@@ -141,9 +158,15 @@ class Calibration:
                 float(data["sparse_call_us"]),
                 points,
                 float(data.get("seconds", 0.0)),
+                float(data["attention_call_us"]),
+                float(data["attention_ns_per_mac"]),
+                float(data["load"]),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
             raise ValueError(f"not a calibration file ({type(error).__name__}: {error})") from None
+        extra = (out.attention_call_us, out.attention_ns_per_mac, out.load)
+        if not all(math.isfinite(v) and 0 <= v < 1e9 for v in extra):
+            raise ValueError("not a calibration file (an attention cost or load that is not a finite number >= 0)")
         numbers = [out.dense_call_us, out.sparse_call_us] + [
             v for ps in points.values() for p in ps for v in (p.dense_ns_per_mac, p.sparse_ns_per_slot)
         ]
@@ -201,10 +224,25 @@ def calibration() -> Calibration:
                 cached = Calibration.from_json(path.read_text())
                 if cached.key != k:
                     raise ValueError("measured for another setting")
+                if measured_when_busy(cached):
+                    raise ValueError("measured while the cores were busy; quieter now")
                 _memory[str(path)] = cached
             except (OSError, ValueError, UnicodeDecodeError):
                 _memory[str(path)] = _measure_and_save(k, path)
         return _memory[str(path)]
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return 0.0
+
+
+def measured_when_busy(cached: Calibration) -> bool:
+    """Whether ``cached`` was measured while other processes kept the cores busy (1-minute load
+    average above the core count) and the load has since halved: then it is measured again."""
+    return cached.load > (os.cpu_count() or 1) and _load() <= cached.load / 2
 
 
 def calibrate() -> Calibration:
@@ -284,18 +322,40 @@ def _times(
 
 
 def _shapes() -> dict[str, list[tuple[nn.Linear | nn.Conv2d, torch.Tensor, int]]]:
-    """family -> (dense layer, input, n) at each calibrated size: linear layers of 256² and 1024²
-    weights at 1, 8, 64 and 256 rows; convolutions at 7², 14² and 28² output positions."""
+    """family -> (dense layer, input, n) at each calibrated size: linear layers of 256 → 256 and 768 → 3072
+    weights at 1, 8, 64 and 256 rows; a 3×3 convolution and two 1×1 ones at 7², 14² and 28² output
+    positions."""
     g = torch.Generator().manual_seed(0)
     out: dict[str, list[tuple[nn.Linear | nn.Conv2d, torch.Tensor, int]]] = {"linear": [], "conv": [], "conv1x1": []}
-    for features in (256, 1024):
-        fc = _pruned(nn.Linear(features, features), g)
+    for features, outputs in ((256, 256), (768, 3072)):
+        fc = _pruned(nn.Linear(features, outputs), g)
         out["linear"] += [(fc, torch.randn(n, features, generator=g), n) for n in (1, 8, 64, 256)]
     conv = _pruned(nn.Conv2d(128, 128, 3, padding=1), g)
     out["conv"] = [(conv, torch.randn(1, 128, s, s, generator=g), s * s) for s in (7, 14, 28)]
-    pointwise = _pruned(nn.Conv2d(512, 128, 1), g)
-    out["conv1x1"] = [(pointwise, torch.randn(1, 512, s, s, generator=g), s * s) for s in (7, 14, 28)]
+    for cin, cout in ((512, 128), (1024, 256)):
+        pointwise = _pruned(nn.Conv2d(cin, cout, 1), g)
+        out["conv1x1"] += [(pointwise, torch.randn(1, cin, s, s, generator=g), s * s) for s in (7, 14, 28)]
     return out
+
+
+def _attention(rounds: int, generator: torch.Generator) -> tuple[float, float]:
+    """(µs per call, ns per multiply-add) of dense ``scaled_dot_product_attention``, 4 heads of 64,
+    fitted through sequence lengths 16 and 256 (``2·H·L²·D`` multiply-adds each)."""
+    timed = []
+    for length in (16, 256):
+        q = torch.randn(1, 4, length, 64, generator=generator)
+        calls = 20 if length == 16 else 2
+        F.scaled_dot_product_attention(q, q, q)  # warm
+        best = math.inf
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                F.scaled_dot_product_attention(q, q, q)
+            best = min(best, (time.perf_counter() - t0) / calls)
+        timed.append((2 * 4 * length * length * 64, best * 1e9))
+    (m0, t0), (m1, t1) = timed
+    rate = max((t1 - t0) / (m1 - m0), t1 * 0.05 / m1)
+    return max(0.0, t0 - m0 * rate) / 1e3, rate
 
 
 def measure(k: dict[str, str] | None = None, rounds: int = 5) -> Calibration:
@@ -304,6 +364,7 @@ def measure(k: dict[str, str] | None = None, rounds: int = 5) -> Calibration:
     from .modules import BankSparseConv, BankSparseLinear
 
     started = time.perf_counter()
+    load = _load()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         tiny = _pruned(nn.Linear(64, 16), g)
@@ -330,7 +391,11 @@ def measure(k: dict[str, str] | None = None, rounds: int = 5) -> Calibration:
                 sparse_rate = max(ts - sparse_call, ts * 0.05) * 1e9 / (n * stored)
                 out.append(Point(weights, n, dense_rate, sparse_rate))
             points[family] = tuple(out)
-    return Calibration(k or key(), dense_call * 1e6, sparse_call * 1e6, points, time.perf_counter() - started)
+        attention_call_us, attention_rate = _attention(rounds, g)
+    seconds = time.perf_counter() - started
+    return Calibration(
+        k or key(), dense_call * 1e6, sparse_call * 1e6, points, seconds, attention_call_us, attention_rate, load
+    )
 
 
 def reset() -> None:
@@ -339,4 +404,13 @@ def reset() -> None:
         _memory.clear()
 
 
-__all__ = ["Calibration", "Point", "calibrate", "calibration", "measure", "reset", "use_calibration"]
+__all__ = [
+    "Calibration",
+    "Point",
+    "calibrate",
+    "calibration",
+    "measure",
+    "measured_when_busy",
+    "reset",
+    "use_calibration",
+]

@@ -63,7 +63,8 @@ class LayerReport:
     reason: str  # why it stayed dense, or what it became
     weights: int = 0  # dense weights of the layer's bank-sparse candidates
     stored: int = 0  # packed slots (kept weights, and padding of banks holding fewer)
-    expected_speedup: float | None = None  # modelled from the calibration: worst input size, or example_inputs'
+    # modelled from the calibration: worst input size (attention: its projections only), or example_inputs'
+    expected_speedup: float | None = None
     expected_span: tuple[float, float] | None = None  # modelled, smallest and largest over the calibrated sizes
     measured_speedup: float | None = None  # timed dense / bank-sparse on the layer's input (example_inputs)
 
@@ -166,14 +167,49 @@ def _candidates(model: nn.Module) -> list[_Candidate]:
         elif isinstance(module, nn.Linear) or is_transposed_linear(module):
             found.append(_Candidate(name, module, _kind(module), "linear", {"weight": module.weight}))
         elif isinstance(module, nn.modules.conv._ConvNd):
-            family = "conv1x1" if all(k == 1 for k in module.kernel_size) else "conv"
             found.append(
-                _Candidate(name, module, _kind(module), family, {"weight": module.weight}, conv_unsupported(module))
+                _Candidate(
+                    name, module, _kind(module), family_of(module), {"weight": module.weight}, conv_unsupported(module)
+                )
             )
     for c in found:
         if not c.name and c.why_not is None:
             c.why_not = "the model itself: conversion replaces child modules (wrap it, e.g. in nn.Sequential)"
     return found
+
+
+def family_of(module: nn.Module) -> str:
+    """The calibrated family that models ``module``: ``"conv1x1"``, ``"conv"`` or ``"linear"``."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv1x1" if all(k == 1 for k in module.kernel_size) else "conv"
+    return "linear"
+
+
+def attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> int:
+    """Multiply-adds of the attention products (Q·Kᵀ and weights·V: ``2·N·L·S·E``) of a call of
+    ``nn.MultiheadAttention`` ``module`` with these arguments; 0 for any other module."""
+    if not isinstance(module, nn.MultiheadAttention):
+        return 0
+    query = args[0] if args else kwargs.get("query")
+    key = args[1] if len(args) > 1 else kwargs.get("key")
+    if not isinstance(query, Tensor) or not isinstance(key, Tensor) or query.dim() not in (2, 3):
+        return 0
+    if query.dim() == 2:  # unbatched [L, E]
+        sequences, length, source = 1, query.shape[0], key.shape[0]
+    elif module.batch_first:  # [N, L, E]
+        sequences, length, source = query.shape[0], query.shape[1], key.shape[1]
+    else:  # [L, N, E]
+        sequences, length, source = query.shape[1], query.shape[0], key.shape[0]
+    return 2 * sequences * length * source * module.embed_dim
+
+
+def expected_at_input(
+    rule: calib.Calibration, module: nn.Module, layer: LayerReport, args: tuple, kwargs: dict, n: int
+) -> float:
+    """The calibration's speedup for ``layer`` (its weights and packed slots) replacing ``module`` on
+    this input of ``n`` rows / output positions, attention products counted on both sides."""
+    shared = rule.attention_ns(attention_macs(module, args, kwargs))
+    return rule.expected(family_of(module), layer.weights, max(1, layer.stored), n, shared)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -382,7 +418,7 @@ def _decide(
                 continue
             args, kwargs, *n = inputs[id(c.module)]
             if n and rule is not None:
-                layer.expected_speedup = rule.expected(c.family, layer.weights, max(1, layer.stored), n[0])
+                layer.expected_speedup = expected_at_input(rule, c.module, layer, args, kwargs, n[0])
             with torch.no_grad():
                 layer.measured_speedup = _median_ratio(_bound(c.module, args, kwargs), _bound(new, args, kwargs), 0.05)
             if layer.measured_speedup < min_speedup:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from torch import nn
 import pruning_tools
 from pruning_tools import _native, pytorch_pruning
 from pruning_tools.inference import calibration as calib
-from pruning_tools.inference import to_bank_sparse
+from pruning_tools.inference import convert, to_bank_sparse
 
 from .conftest import FIXED_RULE
 
@@ -40,8 +42,12 @@ def test_measured_on_this_machine_for_every_family():
     result = calib.measure()
     assert set(result.points) == set(calib.FAMILIES)
     assert [(p.weights, p.n) for p in result.points["linear"]] == [
-        (w, n) for w in (256**2, 1024**2) for n in (1, 8, 64, 256)
+        (w, n) for w in (256**2, 768 * 3072) for n in (1, 8, 64, 256)
     ]
+    assert [(p.weights, p.n) for p in result.points["conv1x1"]] == [
+        (w, s * s) for w in (512 * 128, 1024 * 256) for s in (7, 14, 28)
+    ]
+    assert result.attention_call_us >= 0 and result.attention_ns_per_mac > 0 and result.load >= 0
     for points in result.points.values():
         assert all(p.dense_ns_per_mac > 0 and p.sparse_ns_per_slot > 0 for p in points)
     assert result.dense_call_us > 0 and result.sparse_call_us > 0
@@ -82,8 +88,20 @@ def test_cached_beside_the_kernels_keyed_by_setting_and_rerun_by_calibrate(monke
         lambda d: json.dumps({**d, "points": {**d["points"], "conv": []}}),
         lambda d: json.dumps({**d, "key": {**d["key"], "cpu": "another CPU"}}),
         lambda d: json.dumps({**d, "sparse_call_us": float("nan")}).replace("NaN", "1e999"),
+        lambda d: json.dumps({**d, "attention_ns_per_mac": -0.5}),
+        lambda d: json.dumps({k: v for k, v in d.items() if k != "load"}),
     ],
-    ids=["garbage", "version", "negative", "missing field", "no points", "another key", "infinite"],
+    ids=[
+        "garbage",
+        "version",
+        "negative",
+        "missing field",
+        "no points",
+        "another key",
+        "infinite",
+        "attention",
+        "no load",
+    ],  # fmt: skip
 )
 def test_a_bad_or_foreign_file_is_measured_again(monkeypatch, tamper):
     calls: list = []
@@ -119,6 +137,51 @@ def test_the_cost_model():
     # a layer of 1000 weights lies halfway (log scale) between the two calibrated layers: dense rate 2 ns
     assert math.isclose(two.expected("linear", 1000, 100, 1), (2000 + 1000 * 2.0) / (4000 + 100 * 2.0))
     assert math.isclose(two.expected("linear", 10**6, 100, 1), (2000 + 10**6 * 3.0) / (4000 + 100 * 2.0))
+
+
+def test_measured_while_busy_is_measured_again_once_quieter(monkeypatch):
+    calls: list = []
+    cores = os.cpu_count() or 1
+
+    def busy_measure(k=None, rounds=5):
+        calls.append(k)
+        return dataclasses.replace(fake_measure([])(k), load=4.0 * cores)  # the cores were taken
+
+    monkeypatch.setattr(calib, "measure", busy_measure)
+    monkeypatch.setattr(calib, "_load", lambda: 3.0 * cores)
+    first = calib.calibration()
+    assert first.load == 4.0 * cores and calib.Calibration.from_json(first.to_json()) == first
+    calib.reset()
+    assert calib.calibration() == first and len(calls) == 1  # still busy: the cached one is kept
+    monkeypatch.setattr(calib, "_load", lambda: 0.5)
+    calib.reset()
+    calib.calibration()
+    assert len(calls) == 2  # quieter now: measured again
+    quiet = dataclasses.replace(first, load=0.5)
+    calib.path_of(calib.key()).write_text(quiet.to_json())
+    calib.reset()
+    assert calib.calibration() == quiet and len(calls) == 2  # measured quiet: kept
+
+
+def test_attention_products_count_on_both_sides():
+    rule = dataclasses.replace(FIXED_RULE, attention_call_us=2.0, attention_ns_per_mac=0.5)
+    attention = nn.MultiheadAttention(64, 4, batch_first=True)
+    x = torch.randn(3, 10, 64)
+    macs = 2 * 3 * 10 * 10 * 64
+    assert convert.attention_macs(attention, (x, x, x), {}) == macs
+    assert convert.attention_macs(nn.MultiheadAttention(64, 4), (x.transpose(0, 1),) * 3, {}) == macs  # [L, N, E]
+    assert convert.attention_macs(attention, (x[0], x[0, :7]), {}) == 2 * 10 * 7 * 64  # unbatched, 7 keys
+    assert convert.attention_macs(nn.Linear(64, 64), (x,), {}) == 0
+    layer = convert.LayerReport("a", "MultiheadAttention", True, "", weights=4 * 64 * 64, stored=4 * 64 * 4)
+    shared = 2000 + macs * 0.5
+    assert math.isclose(
+        convert.expected_at_input(rule, attention, layer, (x, x, x), {}, 30),
+        rule.expected("linear", layer.weights, layer.stored, 30, shared),
+    )
+    dense = 1000 + 30 * layer.weights * 1.0 + shared
+    sparse = 1000 + 30 * layer.stored * 4.0 + shared
+    assert math.isclose(rule.expected("linear", layer.weights, layer.stored, 30, shared), dense / sparse)
+    assert dense / sparse < rule.expected("linear", layer.weights, layer.stored, 30)  # attention dilutes the gain
 
 
 def pruned_mlp():
