@@ -15,7 +15,7 @@ bank-balanced, too small, too little sparse, or (with ``example_inputs``) measur
 The rule. Without ``example_inputs`` it is a model of the user's machine, measured there: a layer
 converts when it holds at least ``MIN_WEIGHTS`` weights and its modelled speedup reaches
 ``min_speedup`` at *every* input size the calibration timed (``calibration``: this machine's dense and
-bank-sparse speed per layer family and input size, measured at first use in a few tenths of a second
+bank-sparse speed per layer family and input size, measured at first use in about half a second
 and cached; ``pruning_tools.calibrate()`` measures again). The report's "expected" is that worst case,
 with the span over input sizes beside it. With ``example_inputs`` each candidate layer is timed, dense
 against bank-sparse, on the input it receives in one forward pass of the model, and converts only when
