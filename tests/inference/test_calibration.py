@@ -101,7 +101,7 @@ def test_cached_beside_the_kernels_keyed_by_setting_and_rerun_by_calibrate(monke
         "infinite",
         "attention",
         "no load",
-    ],  # fmt: skip
+    ],
 )
 def test_a_bad_or_foreign_file_is_measured_again(monkeypatch, tamper):
     calls: list = []
