@@ -59,6 +59,10 @@ def main(out: Path) -> None:
     torch.distributed.barrier()
     resumed = train(out / "resumed", resume=True)
     save_masks(resumed, out / f"masks-resumed-{rank}.safetensors")
+    # closed before exit: gloo's threads left to the interpreter's shutdown once aborted a rank
+    # ("terminate called without an active exception")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
