@@ -99,6 +99,7 @@ typedef struct {
     int64_t kh, kw, sh, sw, ph, pw, dh, dw; /* kernel, stride, top/left padding, dilation */
     int64_t oh, ow;                     /* output */
     int64_t xs_n, xs_c, xs_h, xs_w;     /* the input's strides, in floats (NCHW or channels-last) */
+    int64_t relu;                       /* 1: max(y, 0) in the epilogue (NaN kept, as torch.relu), 0: none */
 } bank_conv_geometry;
 
 #define LIMIT ((int64_t)1 << 31) /* every size below this: products of a few of them fit in int64 */
@@ -428,12 +429,24 @@ static void tile(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, cons
 
 /* Where results go: conv y[(n * out_c + o) * out_plane + oh * out_w + ow] for position
  * p = n * img_stride + oh * wq_len + ow with oh < out_h and ow < out_w (other positions dropped),
- * or linear y[p * rows + o]; plus bias[o]. */
+ * or linear y[p * rows + o]; plus bias[o], then (conv, relu set) max(., 0). */
 typedef struct {
     float *y;
     int linear;
     int64_t out_plane, wq_len, out_w, out_h, img_stride;
+    int relu;
 } sink;
+
+/* dst[q] = src[q] + b, through ReLU when relu is set (v < 0 ? 0 : v keeps a NaN, as torch.relu does) */
+static inline void store_run(float *dst, const float *src, int64_t n, float b, int relu) {
+    if (relu)
+        for (int64_t q = 0; q < n; ++q) {
+            const float v = src[q] + b;
+            dst[q] = v < 0.0f ? 0.0f : v;
+        }
+    else
+        for (int64_t q = 0; q < n; ++q) dst[q] = src[q] + b;
+}
 
 /* The whole product, called by every thread of a parallel region: work items (tile of positions,
  * chunk of output channels) are split into one contiguous range per thread. Input channels are taken
@@ -486,7 +499,7 @@ static void product(const bank_weight *w, int64_t kk, const float *planes, int64
             for (int64_t i = 0; i < n_o; ++i) {
                 const float b = w->bias ? w->bias[o0 + i] : 0.0f;
                 float *dst = out->y + (first_img * out_c + o0 + i) * out->out_plane + r0;
-                for (int64_t q = 0; q < width; ++q) dst[q] = buf[i][q] + b;
+                store_run(dst, buf[i], width, b, out->relu);
             }
             continue;
         }
@@ -499,7 +512,7 @@ static void product(const bank_weight *w, int64_t kk, const float *planes, int64
                 const int64_t valid =
                     oh < out->out_h && ow < out->out_w ? (out->out_w - ow < run ? out->out_w - ow : run) : 0;
                 float *dst = out->y + (n * out_c + o0 + i) * out->out_plane + oh * out->out_w + ow;
-                for (int64_t q = 0; q < valid; ++q) dst[q] = buf[i][t + q] + b;
+                store_run(dst, buf[i] + t, valid, b, out->relu);
                 t += run;
                 ow += run;
                 if (ow == out->wq_len) {
@@ -551,7 +564,7 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
     const int64_t work = w->rows * (w->banks * w->k + w->tail_k) * batch;
     const int team = work > PARALLEL_WORK ? team_size() : 1;
     const int64_t zero = 0;
-    const sink out = {y, 1, 0, 0, 0, 0, 0};
+    const sink out = {y, 1, 0, 0, 0, 0, 0, 0};
 #pragma omp parallel num_threads(team) if (team > 1)
     {
 #pragma omp for schedule(static)
@@ -597,6 +610,7 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
         if (sizes[i] < 0 || sizes[i] >= LIMIT) return BANK_BAD_SIZES;
     if (g->kh < 1 || g->kw < 1 || g->sh < 1 || g->sw < 1 || g->dh < 1 || g->dw < 1) return BANK_BAD_SIZES;
     if (g->sh > 8 || g->sw > 8) return BANK_BAD_SIZES; /* phase slots: strides up to 8 */
+    if (g->relu != 0 && g->relu != 1) return BANK_BAD_SIZES;
     const int64_t kk = g->kh * g->kw;
     if (kk >= LIMIT || g->c != w->in_features || w->rows % kk) return BANK_BAD_SIZES;
     const int64_t out_c = w->rows / kk;
@@ -637,7 +651,7 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
 
     if (direct) { /* each image in place (NCHW): channel c of image n is x[(n * c_n + c) * in_plane ...] */
         for (int64_t img = 0; img < g->n; ++img) {
-            const sink out = {y + img * out_c * out_plane, 0, out_plane, wq_len, g->ow, g->oh, img_stride};
+            const sink out = {y + img * out_c * out_plane, 0, out_plane, wq_len, g->ow, g->oh, img_stride, (int)g->relu};
 #pragma omp parallel num_threads(team) if (team > 1)
             product(w, kk, x + img * g->c * in_plane, in_plane, offs, img_stride,
                     (int64_t)(TILE_POSITIONS * sizeof(float)), &out);
@@ -651,7 +665,7 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
         return BANK_NO_MEMORY;
     }
     const int64_t span = slots * (TILE_POSITIONS + max_shift) * (int64_t)sizeof(float);
-    const sink out = {y, 0, out_plane, wq_len, g->ow, g->oh, img_stride};
+    const sink out = {y, 0, out_plane, wq_len, g->ow, g->oh, img_stride, (int)g->relu};
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         if (!pixel_major) {

@@ -42,9 +42,10 @@ from ..geometry import BankGeometry
 from ..layer_kinds import is_transposed_linear
 from . import calibration as calib
 from .attention import BankSparseMultiheadAttention, attention_unsupported, disable_fused_path, restore
-from .fold import conv_bn_pairs, fold
+from .fold import conv_bn_pairs, fold, traced
 from .hf_saving import refuse_save_pretrained
 from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported, module_tensor
+from .relu import conv_relu_pairs, fuse_relu
 
 MIN_WEIGHTS = 16384  # below: the ~5 µs of a call rivals the dense product
 MIN_SPEEDUP = 1.2
@@ -436,7 +437,30 @@ def _decide(
                     layer.converted, layer.reason = False, "the whole model was slower converted: undone"
             report.notes.append(f"the converted model measured {report.measured_speedup:.2f}x: every conversion undone")
             return report
-    folded, why = conv_bn_pairs(model, [name for name, (c, _) in chosen.items() if c.family != "linear"])
+    report.notes.extend(_install(model, chosen))
+    if chosen and refuse_save_pretrained(model, list(chosen)):
+        report.notes.append("save_pretrained refused on this model (from_pretrained cannot read bank-sparse layers): "
+                            "use pruning-tools export + load_bank_sparse")  # fmt: skip
+    changed = disable_fused_path(model, set(chosen))
+    if changed:
+        names = sorted({name for name, m in model.named_modules() for module, _, _ in changed if m is module})
+        report.notes.append(f"PyTorch's fused transformer path turned off in {names} (it reads dense weights)")
+    return report
+
+
+def _install(model: nn.Module, chosen: dict[str, tuple[_Candidate, nn.Module]]) -> list[str]:
+    """Put the converted modules of ``chosen`` in ``model``, fold each BatchNorm and fuse each ReLU that
+    the model's graph allows after a converted convolution (``fold``, ``relu``); the report's notes."""
+    notes: list[str] = []
+    convs = [name for name, (c, _) in chosen.items() if c.family != "linear"]
+    graph, why = None, None
+    if convs and any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in model.modules()):
+        graph, why = traced(model)  # before any module changes: fx traces through leaf modules it knows
+    modules = dict(model.named_modules())
+    folded = conv_bn_pairs(graph, modules, convs) if graph is not None else []
+    outputs = {conv: conv for conv in convs if isinstance(modules[conv], nn.Conv2d)}  # graph node -> its conv
+    outputs.update({bn: conv for conv, bn in folded})
+    fused = conv_relu_pairs(graph, modules, outputs) if graph is not None else []
     for name, (_, new) in chosen.items():
         _set(model, name, new)
     for conv_name, bn_name in folded:
@@ -446,20 +470,14 @@ def _decide(
         new_conv, new_bn = fold(conv, bn, (m.stride, m.padding, m.dilation, m.padding_mode))
         _set(model, conv_name, new_conv)
         _set(model, bn_name, new_bn)
+    fuse_relu(model, fused)
     if folded:
-        report.notes.append(
-            f"BatchNorm folded into the converted convolution before it in eval mode: {len(folded)} pairs"
-        )
-    elif why:
-        report.notes.append(why)
-    if chosen and refuse_save_pretrained(model, list(chosen)):
-        report.notes.append("save_pretrained refused on this model (from_pretrained cannot read bank-sparse layers): "
-                            "use pruning-tools export + load_bank_sparse")  # fmt: skip
-    changed = disable_fused_path(model, set(chosen))
-    if changed:
-        names = sorted({name for name, m in model.named_modules() for module, _, _ in changed if m is module})
-        report.notes.append(f"PyTorch's fused transformer path turned off in {names} (it reads dense weights)")
-    return report
+        notes.append(f"BatchNorm folded into the converted convolution before it in eval mode: {len(folded)} pairs")
+    if fused:
+        notes.append(f"ReLU applied in the epilogue of the converted convolution before it in eval mode: {len(fused)}")
+    if why:
+        notes.append(f"BatchNorm not folded, ReLU not fused: {why}")
+    return notes
 
 
 def _whole_model(model: nn.Module, chosen: dict[str, tuple[_Candidate, nn.Module]], example_inputs: Any) -> float:

@@ -66,12 +66,20 @@ class BankSparseConvBN(BankSparseConv):
             return super().forward(x)
         return self._folded()(x)
 
+    def applies_relu(self) -> bool:
+        """Never on its own path (the BatchNorm comes before the ReLU); the folded copy does."""
+        return False
+
+    def relu_applied_to(self, y: Tensor) -> bool:
+        cached = self.__dict__.get("_folded_cache")
+        return cached is not None and cached[1].relu_applied_to(y)
+
     def _folded(self) -> BankSparseConv:
         """The convolution with the BatchNorm in its values and bias (rebuilt when a tensor changed)."""
         bn: nn.BatchNorm2d = self.__dict__["_bn"]
         b = self._buffers
         key = tuple(_version(t) for t in (b["values"], b["tail_values"], b["bias"], bn.weight, bn.bias,
-                                           bn.running_mean, bn.running_var)) + (bn.eps,)  # fmt: skip
+                                           bn.running_mean, bn.running_var)) + (bn.eps, self.fused_relu)  # fmt: skip
         cached = self.__dict__.get("_folded_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -93,6 +101,7 @@ class BankSparseConvBN(BankSparseConv):
             folded_packed = replace(packed, values=values, tail_values=tail)  # same geometry and indices
             dtype = b["bias"].dtype if b["bias"] is not None else packed.values.dtype
             folded = BankSparseConv(folded_packed, bias.to(dtype), *self._conv_args).eval()
+            folded.fused_relu = self.fused_relu
         self.__dict__["_folded_cache"] = (key, folded)
         return folded
 
@@ -122,34 +131,56 @@ def fold(
     return new_conv, new_bn
 
 
-def conv_bn_pairs(model: nn.Module, convs: Iterable[str]) -> tuple[list[tuple[str, str]], str | None]:
-    """``(conv, batch norm)`` names where the model's graph sends the output of one of ``convs`` (an
-    ``nn.Conv2d``) to a ``BatchNorm2d`` with running statistics and nowhere else; and why none were
-    looked for (the model could not be traced), or None."""
-    wanted = set(convs)
-    if not wanted or not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-        return [], None
+def traced(model: nn.Module) -> tuple[torch.fx.Graph | None, str | None]:
+    """The model's ``torch.fx`` graph (traced symbolically: nothing runs), or None and why not."""
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        return torch.fx.symbolic_trace(model).graph, None
     except Exception as error:  # noqa: BLE001  (tracing fails in many ways on arbitrary models)
-        return [], f"BatchNorm not folded: the model could not be traced by torch.fx ({type(error).__name__})"
-    modules = dict(model.named_modules())
+        return None, f"the model could not be traced by torch.fx ({type(error).__name__})"
+
+
+def module_calls(graph: torch.fx.Graph) -> dict[str, int]:
+    """How many times the graph calls each module (by qualified name)."""
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    return calls
+
+
+def sole_module_user(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The one node using ``node``'s output, when it is a module called on it alone, else None."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module" or users[0].args != (node,) or users[0].kwargs:
+        return None
+    return users[0]
+
+
+def conv_bn_pairs(graph: torch.fx.Graph, modules: dict[str, nn.Module], convs: Iterable[str]) -> list[tuple[str, str]]:
+    """``(conv, batch norm)`` names where ``graph`` (of the model whose ``named_modules`` are
+    ``modules``) sends the output of one of ``convs`` (an ``nn.Conv2d``) to a ``BatchNorm2d`` with
+    running statistics and nowhere else, each module called once."""
+    wanted, calls = set(convs), module_calls(graph)
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in wanted or not isinstance(modules[node.target], nn.Conv2d):
             continue
-        users = list(node.users)
-        if len(users) != 1 or users[0].op != "call_module" or users[0].args[:1] != (node,):
+        user = sole_module_user(node)
+        if user is None:
             continue
-        bn = modules.get(users[0].target)
-        once = calls[str(node.target)] == 1 and calls[str(users[0].target)] == 1  # each module called once
+        bn = modules.get(str(user.target))
+        once = calls[str(node.target)] == 1 and calls[str(user.target)] == 1
         if once and type(bn) is nn.BatchNorm2d and bn.track_running_stats and bn.running_mean is not None:
-            pairs.append((str(node.target), str(users[0].target)))
-    return pairs, None
+            pairs.append((str(node.target), str(user.target)))
+    return pairs
 
 
-__all__ = ["BankSparseConvBN", "FoldedBatchNorm2d", "conv_bn_pairs", "fold"]
+__all__ = [
+    "BankSparseConvBN",
+    "FoldedBatchNorm2d",
+    "conv_bn_pairs",
+    "fold",
+    "module_calls",
+    "sole_module_user",
+    "traced",
+]

@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Union
@@ -182,6 +183,7 @@ class _BankSparse(nn.Module):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_fast"] = None  # ctypes pointers: rebuilt on first use (deepcopy, pickling)
+        state.pop("_relu_output", None)  # a weak reference to a past output (inference.relu)
         return state
 
 
@@ -283,6 +285,8 @@ class BankSparseConv(_BankSparse):
     Input ``[N, in, *spatial]`` → output ``[N, out, *out_spatial]``, as ``nn.Conv{1,2,3}d``.
     """
 
+    fused_relu = False  # the model applies a ReLU to every output of this convolution (inference.relu)
+
     def __init__(
         self,
         packed: PackedTensor,
@@ -374,12 +378,27 @@ class BankSparseConv(_BankSparse):
             return y.squeeze(2)
         return self._conv2d(x, self.kernel_size, self.stride, (*padding[0], *padding[1]), self.dilation)
 
+    def applies_relu(self) -> bool:
+        """Whether an eager call applies the ReLU that follows this convolution in the model
+        (``fused_relu``, set by ``to_bank_sparse`` where the graph allows: eval mode only; not under
+        ``torch.inference_mode``, whose tensors cannot tell whether they changed since)."""
+        return self.fused_relu and not self.training and not torch.is_inference_mode_enabled()
+
+    def relu_applied_to(self, y: Tensor) -> bool:
+        """Whether ``y`` is this module's last output, ReLU applied in the kernel, unchanged since."""
+        mark = self.__dict__.get("_relu_output")
+        return mark is not None and mark[0]() is y and mark[1] == y._version
+
     def _conv2d(self, x: Tensor, kernel, stride, padding, dilation) -> Tensor:
         fast = self._fast_path() if _eager(x) else None
         if fast is not None:
             size = ops.out_size((x.shape[2], x.shape[3]), kernel, stride, padding, dilation)
             if min(size) >= 1:
-                return native.conv2d(fast.described, _planar(x), kernel, stride, padding, dilation, size)
+                relu = self.applies_relu()
+                y = native.conv2d(fast.described, _planar(x), kernel, stride, padding, dilation, size, relu)
+                if relu:
+                    self.__dict__["_relu_output"] = (weakref.ref(y), y._version)
+                return y
         values, indices, tail_values, tail_indices, bias = self._parts()
         op = ops.BankConv2dFunction.apply if _needs_grad(x, bias) else ops.bank_conv2d
         return op(x, values, indices, tail_values, tail_indices, bias, self.bank_size,

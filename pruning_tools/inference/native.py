@@ -50,12 +50,14 @@ class BankWeight(ctypes.Structure):
 
 
 class ConvGeometry(ctypes.Structure):
-    """``bank_conv_geometry`` of ``bank_sparse.c``: input, kernel, stride, top/left padding, dilation, output."""
+    """``bank_conv_geometry`` of ``bank_sparse.c``: input, kernel, stride, top/left padding, dilation,
+    output, the input's strides, and ``relu`` (1: the output goes through ReLU in the epilogue)."""
 
     _fields_ = [
         (name, _I)
         for name in ("n", "c", "h", "w", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow")
         + ("xs_n", "xs_c", "xs_h", "xs_w")  # the input's strides in floats
+        + ("relu",)
     ]
 
 
@@ -146,14 +148,16 @@ def conv2d(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
     out_size: tuple[int, int],
+    relu: bool = False,
 ) -> Tensor:
     """``x [n, c, h, w]`` (float32, CPU; NCHW, channels-last or any strides) -> ``[n, rows / (kh * kw),
-    oh, ow]`` (NCHW). ``padding``: (top, bottom, left, right); the bottom/right ones are implied by
-    ``out_size``."""
+    oh, ow]`` (NCHW), through ReLU when ``relu``. ``padding``: (top, bottom, left, right); the
+    bottom/right ones are implied by ``out_size``."""
     n, c, h, w = x.shape
     out_c = d.rows // (kernel[0] * kernel[1])
     y = torch.empty(n, out_c, *out_size, dtype=torch.float32)
-    geometry = ConvGeometry(n, c, h, w, *kernel, *stride, padding[0], padding[2], *dilation, *out_size, *x.stride())
+    geometry = ConvGeometry(n, c, h, w, *kernel, *stride, padding[0], padding[2], *dilation, *out_size, *x.stride(),
+                            int(relu))  # fmt: skip
     code = d.conv2d(d.address, ctypes.addressof(geometry), x.data_ptr(), y.data_ptr())
     if code:
         _raise(code, f"an input {list(x.shape)} with kernel {kernel} for a weight of {d.weight.in_features} inputs")

@@ -43,7 +43,7 @@ def test_resnet_batch_norms_are_folded_in_eval_mode(path, monkeypatch):
     reference = copy.deepcopy(model)
     unfolded = copy.deepcopy(model)
     with monkeypatch.context() as patch:
-        patch.setattr(convert, "conv_bn_pairs", lambda model, convs: ([], None))
+        patch.setattr(convert, "conv_bn_pairs", lambda graph, modules, convs: [])
         to_bank_sparse(unfolded, prune.state_dict(), **EVERY)
     assert not any(isinstance(m, BankSparseConvBN) for m in unfolded.modules())
     report = to_bank_sparse(model, prune.state_dict(), **EVERY)
