@@ -177,3 +177,11 @@ def test_onnxruntime_threads_do_not_spin_into_the_next_task():
     options = ort_options(2)
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_epilogue_benchmark_compares_the_relu_on_and_off():
+    """``benchmarks/epilogue.py``: both conversions checked against dense, then timed (no speed asserted)."""
+    from pruning_tools.benchmarks import epilogue
+
+    (row,) = epilogue.run((2,), threads=1, rounds=1, sparsity=0.75, small=True)
+    assert row["batch"] == 2 and row["epilogue ReLU ms"] > 0 and row["no epilogue ÷ epilogue"] > 0
