@@ -6,7 +6,9 @@ CPU of its level):
 
 - ``avx512``: AVX-512 F/BW/VL/DQ + FMA, 16-float vectors (32 registers).
 - ``avx2``: AVX2 + FMA, 8-float vectors (16 registers).
-- ``portable``: the compiler's baseline for the machine (SSE2 on x86-64, NEON on AArch64).
+- ``portable``: the compiler's baseline for the machine (SSE2 on x86-64, NEON on AArch64), 4-float
+  vectors, one 128-bit register each (8-float ones, two registers each, made the SSE2 build's products
+  5–10x slower from 16 rows up).
 
 ``PRUNING_TOOLS_ISA`` (``auto``, the default, or a level; read at first use) and ``use_isa(level)``
 (a ``with`` block, this thread) force a level, so that tests and benchmarks can run each; forcing a
@@ -35,7 +37,7 @@ REQUIRED = {  # /proc/cpuinfo flags each level needs
 FLAGS = {  # compiler flags and the kernel's vector width (floats) per level
     "avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-DVL=16"),
     "avx2": ("-mavx2", "-mfma", "-DVL=8"),
-    "portable": ("-DVL=8",),
+    "portable": ("-DVL=4",),
 }
 CHOICES = ("auto", *LEVELS)
 

@@ -1,7 +1,8 @@
 """The bank-sparse kernel of every instruction-set level this CPU runs, against masked dense PyTorch.
 
 For each layer shape, sparsity and row count, dense ``F.linear`` / ``F.conv2d`` on the masked weight and
-the bank-sparse module under each level (``pruning_tools._native.use_isa``) run interleaved, the order
+the bank-sparse module under each level (``pruning_tools._native.use_isa``; a copy per level, so that
+none re-describes its weight between calls) run interleaved, the order
 rotating; the table gives dense ÷ bank-sparse time (ratios of medians from the same run) per level.
 The shapes are those of BERT-base's feed-forward layers and of ResNet-50's third stage.
 
@@ -11,6 +12,8 @@ The shapes are those of BERT-base's feed-forward layers and of ResNet-50's third
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable
 
 import click
@@ -43,7 +46,7 @@ def _masked(weight: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 def cases(keep: int, rows: tuple[int, ...], convs: bool):
-    """``(label, dense run, sparse run, check)`` for every shape."""
+    """``(label, dense layer, bank-sparse layer, input)`` for every shape."""
     torch.manual_seed(0)
     for out_f, in_f in LINEARS:
         fc = torch.nn.Linear(in_f, out_f)
@@ -51,23 +54,23 @@ def cases(keep: int, rows: tuple[int, ...], convs: bool):
             fc.weight.copy_(_masked(fc.weight, keep))
         sparse = BankSparseLinear.from_linear(fc)
         for n in rows:
-            x = torch.randn(n, in_f)
-            yield f"Linear {out_f}x{in_f}, {n} rows", (lambda x=x, m=fc: m(x)), (lambda x=x, m=sparse: m(x))
+            yield f"Linear {out_f}x{in_f}, {n} rows", fc, sparse, torch.randn(n, in_f)
     if not convs:
         return
     for label, o, c, k, s, p, n, size in CONVS:
         conv = torch.nn.Conv2d(c, o, k, s, p)
         with torch.no_grad():
             conv.weight.copy_(_masked(conv.weight, keep))
-        sparse_conv = BankSparseConv.from_conv(conv)
-        x = torch.randn(n, c, size, size)
-        yield label, (lambda x=x, m=conv: m(x)), (lambda x=x, m=sparse_conv: m(x))
+        yield label, conv, BankSparseConv.from_conv(conv), torch.randn(n, c, size, size)
 
 
-def _in_level(level: str, run: Callable[[], object]) -> Callable[[], object]:
+def _in_level(level: str, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """``module(x)`` under ``level``; ``module`` must be this level's own copy (a module called under
+    another level than its last re-describes its weight for that level: a check of every index)."""
+
     def call() -> object:
         with _native.use_isa(level):
-            return run()
+            return module(x)
 
     return call
 
@@ -101,11 +104,13 @@ def run(reps: int, threads: int, levels: tuple[str, ...], keeps, rows, no_conv) 
     )
     table = Table("layer", "sparsity", "dense ms", *(f"{level} ×" for level in levels))
     for keep in keeps:
-        for label, dense, sparse in cases(keep, tuple(rows), not no_conv):
+        for label, dense, sparse, x in cases(keep, tuple(rows), not no_conv):
+            own = {level: copy.deepcopy(sparse) for level in levels}  # one copy per level, described once
             for level in levels:  # every build loaded and warm, results checked
                 with _native.use_isa(level):
-                    torch.testing.assert_close(sparse(), dense(), rtol=1e-3, atol=1e-3)
-            tasks = {"dense": dense, **{level: _in_level(level, sparse) for level in levels}}
+                    torch.testing.assert_close(own[level](x), dense(x), rtol=1e-3, atol=1e-3)
+            tasks: dict[str, Callable[[], object]] = {level: _in_level(level, own[level], x) for level in levels}
+            tasks = {"dense": functools.partial(dense, x), **tasks}
             t = {name: timing.median for name, timing in interleaved(tasks, reps, warmup=2, rotate=True).items()}
             table.add_row(
                 label,
