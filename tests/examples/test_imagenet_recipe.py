@@ -5,14 +5,12 @@ in-process checks of the model and the ImageFolder reader."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from .. import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "imagenet_resnet50.py"
@@ -61,23 +59,8 @@ recipe = load_recipe()
 
 
 def torchrun(*args: str) -> str:
-    """``torchrun --standalone --nproc_per_node=2 SCRIPT args``; the whole process group is killed
-    on timeout. Returns the output; fails the test on a non-zero exit."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if "GLOO_SOCKET_IFNAME" not in env and os.path.exists("/sys/class/net/lo"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback: the test needs no network
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish within {LAUNCH_TIMEOUT_S} s:\n{out[-3000:]}")
-    assert proc.returncode == 0, out[-3000:]
-    return out
+    """``examples/imagenet_resnet50.py args`` on 2 processes (``tests.launch.torchrun``)."""
+    return launch.torchrun(SCRIPT, *args, timeout_s=LAUNCH_TIMEOUT_S)
 
 
 def test_two_process_run_and_resume_are_bit_identical(tmp_path):

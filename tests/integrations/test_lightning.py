@@ -12,6 +12,7 @@ pytest.importorskip("transformers")
 
 from pruning_tools import check_banks  # noqa: E402
 from pruning_tools.integrations.lightning import PruneCallback  # noqa: E402
+from tests import launch  # noqa: E402
 from tests.tiny_transformers import tiny_llama, token_data  # noqa: E402
 
 BATCHES_PER_EPOCH, ACCUMULATE, EPOCHS = 8, 2, 4  # 4 optimizer steps per epoch, 16 in all
@@ -143,24 +144,11 @@ def test_the_callback_serves_pytorch_lightning_too(tmp_path):
 def test_ddp_on_two_processes(tmp_path):
     """torchrun, 2 CPU processes, gloo (strategy="ddp"): both ranks prune once per optimizer step to
     the same masks, 4 of every 16 weights kept."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     from safetensors import safe_open
 
-    script = Path(__file__).with_name("lightning_ddp.py")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(script),
-        str(tmp_path),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launch.torchrun(Path(__file__).with_name("lightning_ddp.py"), str(tmp_path))
     ranks = []
     for rank in (0, 1):
         with safe_open(str(tmp_path / f"masks-{rank}.safetensors"), "pt") as f:

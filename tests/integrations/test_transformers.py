@@ -5,8 +5,6 @@ uninterrupted run; under DDP on 2 CPU processes (gloo, torchrun)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,8 @@ from pruning_tools import check_banks  # noqa: E402
 from pruning_tools.integrations.transformers import STATE_FILE, PruneCallback  # noqa: E402
 from pruning_tools.pruner import pruned_specs  # noqa: E402
 from tests.tiny_transformers import tiny_bert, tiny_gpt2, token_data  # noqa: E402
+
+from .. import launch
 
 STEPS, SAVE_AT = 16, 8  # the ramp runs over steps 3..14, so checkpoint-8 is mid-ramp
 
@@ -146,18 +146,7 @@ def test_ddp_on_two_processes(tmp_path):
     uninterrupted one; only the main process writes the state."""
     from safetensors import safe_open
 
-    script = Path(__file__).with_name("trainer_ddp.py")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(script),
-        str(tmp_path),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launch.torchrun(Path(__file__).with_name("trainer_ddp.py"), str(tmp_path))
 
     def masks(run: str, rank: int) -> tuple[dict, str]:
         with safe_open(str(tmp_path / f"masks-{run}-{rank}.safetensors"), "pt") as f:
