@@ -12,7 +12,8 @@
  * check every size they receive against it, once per call. So no index, size or stride from a file
  * can make them read or write outside the buffers described.
  *
- * bank_linear: x [batch, in] -> y [batch, rows]. Batch 1 is a dot product per row; larger batches
+ * bank_linear: x [batch, in] -> y [batch, rows]. Batch 1 is a dot product per row (AVX-512, banks of
+ *   64 with k = 4, 8 or 16: register permutes pick the inputs of 16 / k rows at once); larger batches
  *   copy x transposed into a scratch buffer xt [in, ldx] and run the tile core below.
  * bank_conv2d: x [n, c, h, w] (NCHW) -> y [n, o, oh, ow] for a k x k convolution (any stride,
  *   padding, dilation; groups 1) whose rows are (o, kh, kw), each along the input channels. Each image
@@ -242,9 +243,88 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+/* Banks of 64 with k = 4, 8 or 16 (no gather): the 64 inputs of bank j sit in four registers, and
+ * the k stored weights of each of 16 / k rows pick theirs with two two-register permutes and a blend.
+ * Lanes [r * k, (r + 1) * k) belong to row o + r; two accumulators take the banks in turn. */
+static inline __attribute__((always_inline)) void gemv_permute_k(const bank_weight *w, const float *x, float *y,
+                                                                 int64_t o0, int64_t o1, const int k) {
+    const int64_t banks = w->banks, n = banks * k, tail_k = w->tail_k, g = 16 / k;
+    const float *xt = x + banks * 64;
+    const __m512i bit5 = _mm512_set1_epi32(32);
+    int64_t o = o0;
+    for (; o + g <= o1; o += g) {
+        const float *v = w->values + o * n;
+        const uint8_t *ix = w->idx + o * n;
+        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t j = 0; j < banks; ++j) {
+            const float *xb = x + j * 64;
+            __m512 vals;
+            __m128i idx8;
+            if (k == 4) {
+                uint32_t i0, i1, i2, i3;
+                memcpy(&i0, ix + j * 4, 4);
+                memcpy(&i1, ix + n + j * 4, 4);
+                memcpy(&i2, ix + 2 * n + j * 4, 4);
+                memcpy(&i3, ix + 3 * n + j * 4, 4);
+                idx8 = _mm_setr_epi32((int)i0, (int)i1, (int)i2, (int)i3);
+                vals = _mm512_castps128_ps512(_mm_loadu_ps(v + j * 4));
+                vals = _mm512_insertf32x4(vals, _mm_loadu_ps(v + n + j * 4), 1);
+                vals = _mm512_insertf32x4(vals, _mm_loadu_ps(v + 2 * n + j * 4), 2);
+                vals = _mm512_insertf32x4(vals, _mm_loadu_ps(v + 3 * n + j * 4), 3);
+            } else if (k == 8) {
+                uint64_t i0, i1;
+                memcpy(&i0, ix + j * 8, 8);
+                memcpy(&i1, ix + n + j * 8, 8);
+                idx8 = _mm_set_epi64x((long long)i1, (long long)i0);
+                vals = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(v + j * 8)),
+                                          _mm256_loadu_ps(v + n + j * 8), 1);
+            } else {
+                idx8 = _mm_loadu_si128((const __m128i *)(ix + j * 16));
+                vals = _mm512_loadu_ps(v + j * 16);
+            }
+            const __m512i idx = _mm512_cvtepu8_epi32(idx8);
+            const __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(xb), idx, _mm512_loadu_ps(xb + 16));
+            const __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(xb + 32), idx, _mm512_loadu_ps(xb + 48));
+            const __m512 picked = _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, bit5), lo, hi);
+            acc[j & 1] = _mm512_fmadd_ps(vals, picked, acc[j & 1]);
+        }
+        float lanes[16];
+        _mm512_storeu_ps(lanes, _mm512_add_ps(acc[0], acc[1]));
+        for (int64_t r = 0; r < g; ++r) {
+            float sum = 0.0f;
+            for (int t = 0; t < k; ++t) sum += lanes[r * k + t];
+            const float *tv = w->tail_values + (o + r) * tail_k;
+            const uint8_t *ti = w->tail_idx + (o + r) * tail_k;
+            for (int64_t t = 0; t < tail_k; ++t) sum += tv[t] * xt[ti[t]];
+            y[o + r] = sum + (w->bias ? w->bias[o + r] : 0.0f);
+        }
+    }
+    for (; o < o1; ++o) { /* rows left over: one at a time */
+        float sum = banks ? row_dot(x, w->values + o * n, w->idx + o * n, banks, 64, k) : 0.0f;
+        const float *tv = w->tail_values + o * tail_k;
+        const uint8_t *ti = w->tail_idx + o * tail_k;
+        for (int64_t t = 0; t < tail_k; ++t) sum += tv[t] * xt[ti[t]];
+        y[o] = sum + (w->bias ? w->bias[o] : 0.0f);
+    }
+}
+
+static int gemv_permuted(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1) {
+#ifdef NO_GEMV_PERMUTE
+    return 0;
+#endif
+    if (w->bank != 64) return 0;
+    switch (w->k) {
+        case 4: gemv_permute_k(w, x, y, o0, o1, 4); return 1;
+        case 8: gemv_permute_k(w, x, y, o0, o1, 8); return 1;
+        case 16: gemv_permute_k(w, x, y, o0, o1, 16); return 1;
+        default: return 0;
+    }
+}
+
 /* 16 stored weights at a time: their values, their columns (bank start from `base` + in-bank index)
  * gathered from x. `base[f]` = (f / k) * bank for the flat position f of a row's full banks. */
 static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1, const int32_t *base) {
+    if (gemv_permuted(w, x, y, o0, o1)) return;
     const int64_t n = w->banks * w->k, tail_k = w->tail_k;
     const float *xt = x + w->banks * w->bank;
     for (int64_t o = o0; o < o1; ++o) {

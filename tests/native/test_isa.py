@@ -89,7 +89,10 @@ def test_each_level_is_its_own_cached_build(level, monkeypatch, tmp_path):  # no
         assert _native.library_path(BANK_SPARSE.source, _native.flags_of(BANK_SPARSE, level=other), other) != built[0]
 
 
-@pytest.mark.parametrize("keep, in_f, out_f", [(4, 768, 96), (6, 3072, 40), (5, 200, 33), (64, 64, 17)])
+@pytest.mark.parametrize(
+    "keep, in_f, out_f",
+    [(4, 768, 96), (6, 3072, 40), (5, 200, 33), (64, 64, 17), (4, 130, 7), (8, 200, 33), (16, 704, 23)],
+)
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 16, 17, 64, 100, 256])
 def test_linear_at_every_level_equals_masked_dense(level, keep, in_f, out_f, rows):  # noqa: F811
     fc = pruned(nn.Linear(in_f, out_f), keep)
