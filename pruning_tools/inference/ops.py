@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.nn.grad import conv2d_input
 
+from .. import _native
 from ..export import PackedTensor, check_packed
 from . import native, reference
 
@@ -135,7 +136,9 @@ def checked_entry(
     where: str = "bank-sparse weight",
 ) -> Checked:
     """``checked``, with the signature and storages it was checked under (what a module caches)."""
-    geometry = (bank_size, row_len, kernel_positions)
+    # the library of the instruction-set level in force is part of the key: a weight described for one
+    # level's build is described again for another's (its descriptor holds that build's entry points)
+    geometry = (bank_size, row_len, kernel_positions, id(_native.library("bank_sparse")))
     parts = (values, indices, tail_values, tail_indices, bias)
     ids = tuple(map(id, parts))
     recent = _recent.get(ids[1])
@@ -148,10 +151,11 @@ def checked_entry(
     return entry
 
 
-def _checked_slow(parts: tuple, geometry: tuple[int, int, int], where: str) -> Checked:
-    """``checked`` for tensors seen before under other objects (views made anew for each call) or never."""
+def _checked_slow(parts: tuple, geometry: tuple[int, int, int, int], where: str) -> Checked:
+    """``checked`` for tensors seen before under other objects (views made anew for each call) or never;
+    ``geometry``: bank size, row length, kernel positions and the id of the library in force."""
     values, indices, tail_values, tail_indices, bias = parts
-    bank_size, row_len, kernel_positions = geometry
+    bank_size, row_len, kernel_positions, _ = geometry
     key = (signature(parts), *(None if t is None else id(_owner(t)) for t in parts), *geometry)
     hit = _checked.get(key)
     if hit is not None:

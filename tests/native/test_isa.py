@@ -139,3 +139,24 @@ def test_switching_levels_rebuilds_the_descriptor_and_keeps_the_threads(level): 
             torch.testing.assert_close(sparse(x), expected, **TOL)
         finally:
             _native.set_threads(0)
+
+
+def test_a_module_called_under_another_level_runs_that_levels_build():
+    """The descriptor holds a build's entry points: a layer first called under one level and then under
+    another must run the other's build (``benchmarks/isa.py`` once measured one build under every name)."""
+    levels = isa.supported()
+    if len(levels) < 2:
+        pytest.skip(f"this CPU runs one level only ({levels[0]})")
+    fc = pruned(nn.Linear(128, 32), 4)
+    sparse = BankSparseLinear.from_linear(fc)
+    x = torch.randn(1, 128)
+    seen = []
+    with _native.use_engine("native"):
+        for level in (*levels, levels[0]):
+            with isa.use_isa(level):
+                with torch.no_grad():
+                    torch.testing.assert_close(sparse(x), F.linear(x, fc.weight, fc.bias), **TOL)
+                assert sparse._fast is not None and sparse._fast.lib is _native.library("bank_sparse"), level
+                seen.append(sparse._fast.described.linear)
+    assert len({id(f) for f in seen[:-1]}) == len(levels)  # each level's own build's entry point
+    assert seen[-1] is seen[0]  # and the first level's again when it is back in force
