@@ -241,6 +241,22 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
     }
 }
 
+/* Row o of a batch-1 product: the dot product `full` of its full banks, plus its tail bank and bias. */
+static inline float finish_row(const bank_weight *w, const float *x, int64_t o, float full) {
+    const float *tv = w->tail_values + o * w->tail_k;
+    const uint8_t *ti = w->tail_idx + o * w->tail_k;
+    const float *xt = x + w->banks * w->bank;
+    for (int64_t t = 0; t < w->tail_k; ++t) full += tv[t] * xt[ti[t]];
+    return full + (w->bias ? w->bias[o] : 0.0f);
+}
+
+/* Row o of a batch-1 product, one stored weight at a time. */
+static inline float scalar_row(const bank_weight *w, const float *x, int64_t o) {
+    const int64_t n = w->banks * w->k;
+    const float full = w->banks ? row_dot(x, w->values + o * n, w->idx + o * n, w->banks, w->bank, w->k) : 0.0f;
+    return finish_row(w, x, o, full);
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 /* Banks of 64 with k = 4, 8 or 16 (no gather): the 64 inputs of bank j sit in four registers, and
@@ -248,8 +264,7 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
  * Lanes [r * k, (r + 1) * k) belong to row o + r; two accumulators take the banks in turn. */
 static inline __attribute__((always_inline)) void gemv_permute_k(const bank_weight *w, const float *x, float *y,
                                                                  int64_t o0, int64_t o1, const int k) {
-    const int64_t banks = w->banks, n = banks * k, tail_k = w->tail_k, g = 16 / k;
-    const float *xt = x + banks * 64;
+    const int64_t banks = w->banks, n = banks * k, g = 16 / k;
     const __m512i bit5 = _mm512_set1_epi32(32);
     int64_t o = o0;
     for (; o + g <= o1; o += g) {
@@ -293,19 +308,10 @@ static inline __attribute__((always_inline)) void gemv_permute_k(const bank_weig
         for (int64_t r = 0; r < g; ++r) {
             float sum = 0.0f;
             for (int t = 0; t < k; ++t) sum += lanes[r * k + t];
-            const float *tv = w->tail_values + (o + r) * tail_k;
-            const uint8_t *ti = w->tail_idx + (o + r) * tail_k;
-            for (int64_t t = 0; t < tail_k; ++t) sum += tv[t] * xt[ti[t]];
-            y[o + r] = sum + (w->bias ? w->bias[o + r] : 0.0f);
+            y[o + r] = finish_row(w, x, o + r, sum);
         }
     }
-    for (; o < o1; ++o) { /* rows left over: one at a time */
-        float sum = banks ? row_dot(x, w->values + o * n, w->idx + o * n, banks, 64, k) : 0.0f;
-        const float *tv = w->tail_values + o * tail_k;
-        const uint8_t *ti = w->tail_idx + o * tail_k;
-        for (int64_t t = 0; t < tail_k; ++t) sum += tv[t] * xt[ti[t]];
-        y[o] = sum + (w->bias ? w->bias[o] : 0.0f);
-    }
+    for (; o < o1; ++o) y[o] = scalar_row(w, x, o); /* rows left over: one at a time */
 }
 
 static int gemv_permuted(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1) {
@@ -325,8 +331,7 @@ static int gemv_permuted(const bank_weight *w, const float *x, float *y, int64_t
  * gathered from x. `base[f]` = (f / k) * bank for the flat position f of a row's full banks. */
 static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1, const int32_t *base) {
     if (gemv_permuted(w, x, y, o0, o1)) return;
-    const int64_t n = w->banks * w->k, tail_k = w->tail_k;
-    const float *xt = x + w->banks * w->bank;
+    const int64_t n = w->banks * w->k;
     for (int64_t o = o0; o < o1; ++o) {
         const float *v = w->values + o * n;
         const uint8_t *ix = w->idx + o * n;
@@ -347,25 +352,14 @@ static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0
         }
         float acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
         for (; f < n; ++f) acc += v[f] * x[base[f] + ix[f]];
-        const float *tv = w->tail_values + o * tail_k;
-        const uint8_t *ti = w->tail_idx + o * tail_k;
-        for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
-        y[o] = acc + (w->bias ? w->bias[o] : 0.0f);
+        y[o] = finish_row(w, x, o, acc);
     }
 }
 #define GEMV_BASE 1
 #else
 static void gemv_rows(const bank_weight *w, const float *x, float *y, int64_t o0, int64_t o1, const int32_t *base) {
     (void)base;
-    const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;
-    for (int64_t o = o0; o < o1; ++o) {
-        float acc = banks ? row_dot(x, w->values + o * banks * k, w->idx + o * banks * k, banks, bank, k) : 0.0f;
-        const float *tv = w->tail_values + o * tail_k;
-        const uint8_t *ti = w->tail_idx + o * tail_k;
-        const float *xt = x + banks * bank;
-        for (int64_t t = 0; t < tail_k; ++t) acc += tv[t] * xt[ti[t]];
-        y[o] = acc + (w->bias ? w->bias[o] : 0.0f);
-    }
+    for (int64_t o = o0; o < o1; ++o) y[o] = scalar_row(w, x, o);
 }
 #define GEMV_BASE 0
 #endif
