@@ -38,13 +38,20 @@ def pruned_resnet():
     return model.eval(), prune
 
 
+def converted_without(monkeypatch, model: nn.Module, prune, step: str) -> nn.Module:
+    """A copy of ``model`` converted with every layer while ``convert.<step>`` (``conv_bn_pairs``,
+    ``conv_relu_pairs``) finds nothing: the conversion without folding, or without fusing."""
+    out = copy.deepcopy(model)
+    with monkeypatch.context() as patch:
+        patch.setattr(convert, step, lambda *args: [])
+        to_bank_sparse(out, prune.state_dict(), **EVERY)
+    return out
+
+
 def test_resnet_batch_norms_are_folded_in_eval_mode(path, monkeypatch):
     model, prune = pruned_resnet()
     reference = copy.deepcopy(model)
-    unfolded = copy.deepcopy(model)
-    with monkeypatch.context() as patch:
-        patch.setattr(convert, "conv_bn_pairs", lambda graph, modules, convs: [])
-        to_bank_sparse(unfolded, prune.state_dict(), **EVERY)
+    unfolded = converted_without(monkeypatch, model, prune, "conv_bn_pairs")
     assert not any(isinstance(m, BankSparseConvBN) for m in unfolded.modules())
     report = to_bank_sparse(model, prune.state_dict(), **EVERY)
     folded = [m for m in model.modules() if isinstance(m, BankSparseConvBN)]

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning_tools import pytorch_pruning
-from pruning_tools.inference import BankSparseConv, convert, to_bank_sparse
+from pruning_tools.inference import BankSparseConv, to_bank_sparse
 from pruning_tools.inference.relu import FusedReLU
 
 from .conftest import TOL
-from .test_fold import EVERY, pruned_resnet
+from .test_fold import EVERY, converted_without, pruned_resnet
 
 
 def relu_calls(model: nn.Module, x: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, int]:
@@ -37,10 +37,7 @@ def relu_calls(model: nn.Module, x: torch.Tensor, monkeypatch) -> tuple[torch.Te
 def test_resnet_relus_fused_in_eval_mode(path, monkeypatch):
     model, prune = pruned_resnet()
     reference = copy.deepcopy(model)
-    unfused = copy.deepcopy(model)
-    with monkeypatch.context() as patch:
-        patch.setattr(convert, "conv_relu_pairs", lambda graph, modules, outputs: [])
-        to_bank_sparse(unfused, prune.state_dict(), **EVERY)
+    unfused = converted_without(monkeypatch, model, prune, "conv_relu_pairs")
     report = to_bank_sparse(model, prune.state_dict(), **EVERY)
     fused = [m for m in model.modules() if isinstance(m, BankSparseConv) and m.fused_relu]
     assert len(fused) == 8  # conv1 and conv2 of each of the 4 blocks (conv3 feeds the residual add)
