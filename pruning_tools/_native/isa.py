@@ -8,7 +8,7 @@ CPU of its level):
 - ``avx2``: AVX2 + FMA, 8-float vectors (16 registers).
 - ``portable``: the compiler's baseline for the machine (SSE2 on x86-64, NEON on AArch64), 4-float
   vectors, one 128-bit register each (8-float ones, two registers each, made the SSE2 build's products
-  5–10x slower from 16 rows up).
+  5–10x slower from 16 rows up on an AMD EPYC Zen 4, the CPU measured).
 
 ``PRUNING_TOOLS_ISA`` (``auto``, the default, or a level; read at first use) and ``use_isa(level)``
 (a ``with`` block, this thread) force a level, so that tests and benchmarks can run each; forcing a
