@@ -53,34 +53,89 @@ static inline vf loadv(const float *p) {
     return v;
 }
 
-/* 16 x 16 blocks transposed in registers (4 rounds of two-vector shuffles: vpermt2ps on AVX-512). */
-typedef float f16v __attribute__((vector_size(16 * sizeof(float))));
-typedef int32_t i16v __attribute__((vector_size(16 * sizeof(int32_t))));
+/* VL x VL blocks transposed in registers: log2(VL) rounds of two-vector shuffles (vpermt2ps on
+ * AVX-512; on AVX2 and SSE2 the compiler's own unpack and lane shuffles, so the block never leaves
+ * the registers: a 16-float vector on AVX2 would be two registers and spill). */
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 
-static inline f16v load16(const float *p) {
-    f16v v;
-    memcpy(&v, p, sizeof v);
-    return v;
+#if VL == 8 && defined(__AVX__)
+#include <immintrin.h>
+/* 8 x 8 (AVX2): interleave pairs of rows, then pairs of pairs, then swap 128-bit halves. */
+static inline void transpose_vl(vf a[8]) {
+    __m256 t[8], s[8];
+    for (int r = 0; r < 8; r += 2) {
+        t[r] = _mm256_unpacklo_ps(a[r], a[r + 1]);
+        t[r + 1] = _mm256_unpackhi_ps(a[r], a[r + 1]);
+    }
+    for (int r = 0; r < 8; r += 4) {
+        s[r] = _mm256_shuffle_ps(t[r], t[r + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[r + 1] = _mm256_shuffle_ps(t[r], t[r + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[r + 2] = _mm256_shuffle_ps(t[r + 1], t[r + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[r + 3] = _mm256_shuffle_ps(t[r + 1], t[r + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int r = 0; r < 4; ++r) {
+        a[r] = _mm256_permute2f128_ps(s[r], s[r + 4], 0x20);
+        a[r + 4] = _mm256_permute2f128_ps(s[r], s[r + 4], 0x31);
+    }
 }
-
-static inline void store16(float *p, f16v v) { memcpy(p, &v, sizeof v); }
-
-static inline void transpose16(f16v a[16]) {
+#elif VL == 16 && defined(__AVX512F__)
+#include <immintrin.h>
+/* 16 x 16 (AVX-512): interleave pairs of rows and pairs of pairs inside each 128-bit lane (then lane
+ * L of s[4 i + c] holds column 4 L + c of rows 4 i .. 4 i + 3), then gather the lanes of each column. */
+static inline void transpose_vl(vf a[16]) {
+    __m512 t[16], s[16];
+    for (int r = 0; r < 16; r += 2) {
+        t[r] = _mm512_unpacklo_ps(a[r], a[r + 1]);
+        t[r + 1] = _mm512_unpackhi_ps(a[r], a[r + 1]);
+    }
+    for (int r = 0; r < 16; r += 4) {
+        s[r] = _mm512_shuffle_ps(t[r], t[r + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[r + 1] = _mm512_shuffle_ps(t[r], t[r + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[r + 2] = _mm512_shuffle_ps(t[r + 1], t[r + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[r + 3] = _mm512_shuffle_ps(t[r + 1], t[r + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int c = 0; c < 4; ++c) {
+        const __m512 u0 = _mm512_shuffle_f32x4(s[c], s[4 + c], 0x88), u1 = _mm512_shuffle_f32x4(s[c], s[4 + c], 0xdd);
+        const __m512 v0 = _mm512_shuffle_f32x4(s[8 + c], s[12 + c], 0x88);
+        const __m512 v1 = _mm512_shuffle_f32x4(s[8 + c], s[12 + c], 0xdd);
+        a[c] = _mm512_shuffle_f32x4(u0, v0, 0x88);
+        a[8 + c] = _mm512_shuffle_f32x4(u0, v0, 0xdd);
+        a[4 + c] = _mm512_shuffle_f32x4(u1, v1, 0x88);
+        a[12 + c] = _mm512_shuffle_f32x4(u1, v1, 0xdd);
+    }
+}
+#else
+static inline void transpose_vl(vf a[VL]) {
 #pragma GCC unroll 4
-    for (int m = 8; m >= 1; m >>= 1) {
-        i16v lo, hi; /* rows r, r + m (bit m of r clear) swap their off-diagonal m-blocks */
-        for (int c = 0; c < 16; ++c) {
-            lo[c] = (c & m) ? 16 + c - m : c;
-            hi[c] = (c & m) ? 16 + c : c + m;
+    for (int m = VL / 2; m >= 1; m >>= 1) {
+        vi lo, hi; /* rows r, r + m (bit m of r clear) swap their off-diagonal m-blocks */
+        for (int c = 0; c < VL; ++c) {
+            lo[c] = (c & m) ? VL + c - m : c;
+            hi[c] = (c & m) ? VL + c : c + m;
         }
 #pragma GCC unroll 16
-        for (int r = 0; r < 16; ++r) {
+        for (int r = 0; r < VL; ++r) {
             if (r & m) continue;
-            const f16v x = a[r], y = a[r + m];
+            const vf x = a[r], y = a[r + m];
             a[r] = __builtin_shuffle(x, y, lo);
             a[r + m] = __builtin_shuffle(x, y, hi);
         }
     }
+}
+#endif
+
+/* dst[c * ds + r] = src[r * ss + c] + (add ? add[r] : 0) for r, c < 16, rows r >= rows read as 0:
+ * a 16 x 16 block, in VL x VL blocks. */
+static inline void transpose_block(const float *src, int64_t ss, int64_t rows, const float *add, float *dst,
+                                   int64_t ds) {
+    for (int r0 = 0; r0 < 16; r0 += VL)
+        for (int c0 = 0; c0 < 16; c0 += VL) {
+            vf a[VL];
+            for (int r = 0; r < VL; ++r)
+                a[r] = r0 + r < rows ? loadv(src + (r0 + r) * ss + c0) + (add ? add[r0 + r] : 0.0f) : (vf){0};
+            transpose_vl(a);
+            for (int c = 0; c < VL; ++c) memcpy(dst + (c0 + c) * ds + r0, &a[c], sizeof a[c]);
+        }
 }
 
 enum { BANK_OK = 0, BANK_NO_MEMORY = -1, BANK_NOT_CHECKED = -2, BANK_BAD_SIZES = -3, BANK_BAD_INDEX = -4 };
@@ -552,10 +607,8 @@ static void product(const bank_weight *w, int64_t kk, const float *planes, int64
             for (int64_t i0 = 0; i0 < n_o; i0 += 16) {
                 for (int64_t q0 = 0; q0 < width; q0 += 16) {
                     if (i0 + 16 <= n_o && q0 + 16 <= width) {
-                        f16v a[16];
-                        for (int i = 0; i < 16; ++i) a[i] = load16(buf[i0 + i] + q0) + (w->bias ? w->bias[o0 + i0 + i] : 0.0f);
-                        transpose16(a);
-                        for (int q = 0; q < 16; ++q) store16(out->y + (p0 + q0 + q) * w->rows + o0 + i0, a[q]);
+                        transpose_block(buf[i0] + q0, TILE_POSITIONS, 16, w->bias ? w->bias + o0 + i0 : NULL,
+                                        out->y + (p0 + q0) * w->rows + o0 + i0, w->rows);
                         continue;
                     }
                     const int64_t i1 = i0 + 16 < n_o ? i0 + 16 : n_o, q1 = q0 + 16 < width ? q0 + 16 : width;
@@ -651,10 +704,8 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
             }
             for (int64_t b0 = 0; b0 < ldx; b0 += 16) {
                 if (c0 + 16 <= in_features) { /* a 16 x 16 block */
-                    f16v a[16];
-                    for (int i = 0; i < 16; ++i) a[i] = b0 + i < batch ? load16(x + (b0 + i) * in_features + c0) : (f16v){0};
-                    transpose16(a);
-                    for (int c = 0; c < 16; ++c) store16(xt + (c0 + c) * ldx + b0, a[c]);
+                    const float *src = b0 < batch ? x + b0 * in_features + c0 : x; /* rows past the batch: 0 */
+                    transpose_block(src, in_features, batch - b0, NULL, xt + c0 * ldx + b0, ldx);
                     continue;
                 }
                 for (int64_t c = c0; c < in_features; ++c)
