@@ -53,76 +53,49 @@ static inline vf loadv(const float *p) {
     return v;
 }
 
-/* VL x VL blocks transposed in registers: log2(VL) rounds of two-vector shuffles (vpermt2ps on
- * AVX-512; on AVX2 and SSE2 the compiler's own unpack and lane shuffles, so the block never leaves
- * the registers: a 16-float vector on AVX2 would be two registers and spill). */
+/* VL x VL blocks transposed in registers, in shuffles that stay inside 128-bit lanes and then moves
+ * of whole lanes (the compiler's unpcklps / shufps / vperm2f128 / vshuff32x4: no cross-lane permutes
+ * of single floats, which cost two or three instructions each on AVX2). */
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 
-#if VL == 8 && defined(__AVX__)
-#include <immintrin.h>
-/* 8 x 8 (AVX2): interleave pairs of rows, then pairs of pairs, then swap 128-bit halves. */
-static inline void transpose_vl(vf a[8]) {
-    __m256 t[8], s[8];
-    for (int r = 0; r < 8; r += 2) {
-        t[r] = _mm256_unpacklo_ps(a[r], a[r + 1]);
-        t[r + 1] = _mm256_unpackhi_ps(a[r], a[r + 1]);
-    }
-    for (int r = 0; r < 8; r += 4) {
-        s[r] = _mm256_shuffle_ps(t[r], t[r + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        s[r + 1] = _mm256_shuffle_ps(t[r], t[r + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        s[r + 2] = _mm256_shuffle_ps(t[r + 1], t[r + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        s[r + 3] = _mm256_shuffle_ps(t[r + 1], t[r + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int r = 0; r < 4; ++r) {
-        a[r] = _mm256_permute2f128_ps(s[r], s[r + 4], 0x20);
-        a[r + 4] = _mm256_permute2f128_ps(s[r], s[r + 4], 0x31);
-    }
-}
-#elif VL == 16 && defined(__AVX512F__)
-#include <immintrin.h>
-/* 16 x 16 (AVX-512): interleave pairs of rows and pairs of pairs inside each 128-bit lane (then lane
- * L of s[4 i + c] holds column 4 L + c of rows 4 i .. 4 i + 3), then gather the lanes of each column. */
-static inline void transpose_vl(vf a[16]) {
-    __m512 t[16], s[16];
-    for (int r = 0; r < 16; r += 2) {
-        t[r] = _mm512_unpacklo_ps(a[r], a[r + 1]);
-        t[r + 1] = _mm512_unpackhi_ps(a[r], a[r + 1]);
-    }
-    for (int r = 0; r < 16; r += 4) {
-        s[r] = _mm512_shuffle_ps(t[r], t[r + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        s[r + 1] = _mm512_shuffle_ps(t[r], t[r + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        s[r + 2] = _mm512_shuffle_ps(t[r + 1], t[r + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        s[r + 3] = _mm512_shuffle_ps(t[r + 1], t[r + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int c = 0; c < 4; ++c) {
-        const __m512 u0 = _mm512_shuffle_f32x4(s[c], s[4 + c], 0x88), u1 = _mm512_shuffle_f32x4(s[c], s[4 + c], 0xdd);
-        const __m512 v0 = _mm512_shuffle_f32x4(s[8 + c], s[12 + c], 0x88);
-        const __m512 v1 = _mm512_shuffle_f32x4(s[8 + c], s[12 + c], 0xdd);
-        a[c] = _mm512_shuffle_f32x4(u0, v0, 0x88);
-        a[8 + c] = _mm512_shuffle_f32x4(u0, v0, 0xdd);
-        a[4 + c] = _mm512_shuffle_f32x4(u1, v1, 0x88);
-        a[12 + c] = _mm512_shuffle_f32x4(u1, v1, 0xdd);
-    }
-}
-#else
+/* Lane L, float j of the result: mask[4 L + j]. */
+#define LANE_MASK(NAME, EXPR) \
+    vi NAME;                  \
+    for (int e = 0; e < VL; ++e) NAME[e] = (EXPR)
+
 static inline void transpose_vl(vf a[VL]) {
-#pragma GCC unroll 4
-    for (int m = VL / 2; m >= 1; m >>= 1) {
-        vi lo, hi; /* rows r, r + m (bit m of r clear) swap their off-diagonal m-blocks */
-        for (int c = 0; c < VL; ++c) {
-            lo[c] = (c & m) ? VL + c - m : c;
-            hi[c] = (c & m) ? VL + c : c + m;
+    enum { LANES = VL / 4 };
+    /* pairs of rows interleaved (unpcklps; + 2: unpckhps), then pairs of pairs (shufps): lane L of
+     * s[4 i + c] is then column 4 L + c of rows 4 i .. 4 i + 3 */
+    LANE_MASK(unpack, (e & ~3) + (e & 1 ? VL : 0) + (e & 3) / 2);
+    LANE_MASK(pairs, (e & ~3) + (e & 2 ? VL - 2 : 0) + (e & 3));
+    vf t[VL], s[VL];
+    for (int r = 0; r < VL; r += 2) {
+        t[r] = __builtin_shuffle(a[r], a[r + 1], unpack);
+        t[r + 1] = __builtin_shuffle(a[r], a[r + 1], unpack + 2);
+    }
+    for (int r = 0; r < VL; r += 4) {
+        s[r] = __builtin_shuffle(t[r], t[r + 2], pairs);
+        s[r + 1] = __builtin_shuffle(t[r], t[r + 2], pairs + 2);
+        s[r + 2] = __builtin_shuffle(t[r + 1], t[r + 3], pairs);
+        s[r + 3] = __builtin_shuffle(t[r + 1], t[r + 3], pairs + 2);
+    }
+    /* then whole lanes: log2(LANES) rounds, each putting the even lanes of a pair of vectors in one
+     * vector and their odd lanes (+ 4) in another; column 4 i + c ends in v[i] */
+    LANE_MASK(even, (e / 4 < LANES / 2 ? 8 * (e / 4) : VL + 8 * (e / 4 - LANES / 2)) + (e & 3));
+    for (int c = 0; c < 4; ++c) {
+        vf v[LANES], n[LANES];
+        for (int i = 0; i < LANES; ++i) v[i] = s[4 * i + c];
+        for (int round = 1; round < LANES; round *= 2) {
+            for (int i = 0; i < LANES / 2; ++i) {
+                n[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], even);
+                n[LANES / 2 + i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], even + 4);
+            }
+            memcpy(v, n, sizeof v);
         }
-#pragma GCC unroll 16
-        for (int r = 0; r < VL; ++r) {
-            if (r & m) continue;
-            const vf x = a[r], y = a[r + m];
-            a[r] = __builtin_shuffle(x, y, lo);
-            a[r + m] = __builtin_shuffle(x, y, hi);
-        }
+        for (int i = 0; i < LANES; ++i) a[4 * i + c] = v[i];
     }
 }
-#endif
 
 /* dst[c * ds + r] = src[r * ss + c] + (add ? add[r] : 0) for r, c < 16, rows r >= rows read as 0:
  * a 16 x 16 block, in VL x VL blocks. */
