@@ -413,6 +413,51 @@ static int bank_gemv(const bank_weight *w, const float *x, float *y) {
 
 /* ---------------------------------------------------------------- the tile core */
 
+#define CHUNK_O 32 /* output channels per work item */
+#define X_AHEAD 64 /* floats: how far ahead of the transpose the input rows are asked for */
+
+/* Asks for the cache lines of bytes [p, p + bytes) (write: for writing). A prefetch never faults, so
+ * p may lie past an array's end. always_inline: GCC deems a function of prefetches alone free of
+ * effects and drops its calls. */
+static inline __attribute__((always_inline)) void prefetch_span(const void *p, int64_t bytes, int write) {
+#ifndef NO_PREFETCH
+    const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63), *end = (const char *)p + bytes;
+    for (; line < end; line += 64) {
+        if (write)
+            __builtin_prefetch(line, 1, 3);
+        else
+            __builtin_prefetch(line, 0, 3);
+    }
+#else
+    (void)p, (void)bytes, (void)write;
+#endif
+}
+
+/* Asks for the weights of output channel o (rows o * kk + r, r < kk) that the next pass reads: their
+ * next block of banks, or after the last block those of channel o + CHUNK_O (the next chunk). Each pass
+ * reads one short run of every row, at the row's stride: a pattern the hardware prefetchers miss when
+ * the weights come from memory, as they do inside a model whose other layers evicted them. */
+static inline __attribute__((always_inline)) void prefetch_next(const bank_weight *w, int64_t o, int64_t kk,
+                                                                int64_t j0, int64_t j1) {
+    const int64_t banks = w->banks, k = w->k, span = j1 - j0;
+    int64_t first = o * kk, from = j1, n = j1 + span < banks ? span : banks - j1;
+    if (j1 == banks) {
+        first = (o + CHUNK_O) * kk;
+        if (first >= w->rows) return;
+        from = 0;
+        n = span;
+    }
+    if (n == banks) { /* whole rows: one run */
+        prefetch_span(w->values + first * banks * k, kk * banks * k * 4, 0);
+        prefetch_span(w->idx + first * banks * k, kk * banks * k, 0);
+        return;
+    }
+    for (int64_t row = first; row < first + kk; ++row) {
+        prefetch_span(w->values + (row * banks + from) * k, n * k * 4, 0);
+        prefetch_span(w->idx + (row * banks + from) * k, n * k, 0);
+    }
+}
+
 /* The products below read their input as *planes*: input channel c is the run planes[c * ldc + ...],
  * and output position p of kernel position r reads planes[c * ldc + offs[r] + p] (linear: one
  * kernel position, offset 0, positions = batch columns of x transposed).
@@ -424,10 +469,11 @@ static int bank_gemv(const bank_weight *w, const float *x, float *y) {
 #define TILE_OF(NAME, VT, VLEN, LOAD, NV)                                                                \
     static void NAME(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, const float *xq,        \
                           int64_t ldc, const int64_t *offs, int64_t p0, int64_t j0, int64_t j1,          \
-                          int with_tail, int first, float (*io)[TILE_POSITIONS]) {                      \
+                          int with_tail, int first, int ahead, float (*io)[TILE_POSITIONS]) {           \
         const int64_t banks = w->banks, k = w->k, bank = w->bank, tail_k = w->tail_k;                   \
         for (int64_t i = 0; i < n_o; ++i) {                                                             \
             VT a[NV], b[NV], c[NV], d[NV];                                                                            \
+            if (ahead) prefetch_next(w, o0 + i, kk, j0, j1);                                            \
             for (int n = 0; n < NV; ++n) {                                                              \
                 a[n] = first ? (VT){0} : LOAD(io[i] + n * VLEN);                                         \
                 b[n] = c[n] = d[n] = (VT){0};                                                           \
@@ -502,30 +548,29 @@ static inline v8 load8(const float *p) {
 }
 TILE_OF(tile_half, v8, 8, load8, 1)
 
-#define CHUNK_O 32 /* output channels per work item */
 #ifndef L1_TARGET
 #define L1_TARGET (32 * 1024) /* bytes of input a block of banks may read per tile */
 #endif
 
 static void tile(const bank_weight *w, int64_t o0, int64_t n_o, int64_t kk, const float *xq, int64_t ldc,
                  const int64_t *offs, int64_t p0, int64_t width, int64_t j0, int64_t j1, int with_tail, int first,
-                 float (*io)[TILE_POSITIONS]) {
+                 int ahead, float (*io)[TILE_POSITIONS]) {
     /* exactly the whole vectors covering [p0, p0 + width): what the callers' buffers hold */
     if (VL > 8 && width <= 8) {
-        tile_half(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io);
+        tile_half(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io);
         return;
     }
     switch ((width + VL - 1) / VL) {
 #if TILE_VECTORS > 4
-        case 8: tile_8(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
-        case 7: tile_7(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
-        case 6: tile_6(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
-        case 5: tile_5(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 8: tile_8(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io); break;
+        case 7: tile_7(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io); break;
+        case 6: tile_6(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io); break;
+        case 5: tile_5(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io); break;
 #endif
-        case 4: tile_4(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
-        case 3: tile_3(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
-        case 2: tile_2(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
-        default: tile_1(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, io); break;
+        case 4: tile_4(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io); break;
+        case 3: tile_3(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io); break;
+        case 2: tile_2(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io); break;
+        default: tile_1(w, o0, n_o, kk, xq, ldc, offs, p0, j0, j1, with_tail, first, ahead, io); break;
     }
 }
 
@@ -570,10 +615,13 @@ static void product(const bank_weight *w, int64_t kk, const float *planes, int64
         const int64_t p0 = tb * TILE_POSITIONS;
         const int64_t width = positions - p0 < TILE_POSITIONS ? positions - p0 : TILE_POSITIONS;
         const int64_t n_o = out_c - o0 < CHUNK_O ? out_c - o0 : CHUNK_O;
+        if (out->linear) /* the outputs it will write, while the tiles run */
+            for (int64_t q = 0; q < width; ++q) prefetch_span(out->y + (p0 + q) * w->rows + o0, n_o * 4, 1);
+        const int ahead = tb == first / chunks; /* this thread's first tile: later ones find the weights cached */
         for (int64_t j0 = 0;; j0 += block) {
             const int64_t j1 = j0 + block < banks ? j0 + block : banks;
             const int tail = j1 == banks;
-            tile(w, o0, n_o, kk, planes, ldc, offs, p0, width, j0, j1, tail, j0 == 0, buf);
+            tile(w, o0, n_o, kk, planes, ldc, offs, p0, width, j0, j1, tail, j0 == 0, ahead, buf);
             if (tail) break;
         }
         if (out->linear) { /* y[p0 + q, o0 + i] = buf[i][q] + bias, in 16 x 16 blocks */
@@ -678,6 +726,8 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
             for (int64_t b0 = 0; b0 < ldx; b0 += 16) {
                 if (c0 + 16 <= in_features) { /* a 16 x 16 block */
                     const float *src = b0 < batch ? x + b0 * in_features + c0 : x; /* rows past the batch: 0 */
+                    for (int64_t b = 0; b < 16 && b < batch - b0; ++b)
+                        prefetch_span(src + b * in_features + X_AHEAD, 1, 0);
                     transpose_block(src, in_features, batch - b0, NULL, xt + c0 * ldx + b0, ldx);
                     continue;
                 }
