@@ -35,7 +35,7 @@ CONVS = (  # (label, out, in, kernel, stride, padding, batch, size)
 )
 
 
-def _masked(weight: torch.Tensor, keep: int) -> torch.Tensor:
+def masked_weight(weight: torch.Tensor, keep: int) -> torch.Tensor:
     """``weight`` with ``keep`` of every 64 input channels kept per row (channels-last rows for convs)."""
     rows = weight.permute(0, 2, 3, 1).reshape(-1, weight.shape[1]) if weight.dim() == 4 else weight
     mask = bank_mask(rows, None, 1 - keep / 64, 64)
@@ -51,7 +51,7 @@ def cases(keep: int, rows: tuple[int, ...], convs: bool):
     for out_f, in_f in LINEARS:
         fc = torch.nn.Linear(in_f, out_f)
         with torch.no_grad():
-            fc.weight.copy_(_masked(fc.weight, keep))
+            fc.weight.copy_(masked_weight(fc.weight, keep))
         sparse = BankSparseLinear.from_linear(fc)
         for n in rows:
             yield f"Linear {out_f}x{in_f}, {n} rows", fc, sparse, torch.randn(n, in_f)
@@ -60,7 +60,7 @@ def cases(keep: int, rows: tuple[int, ...], convs: bool):
     for label, o, c, k, s, p, n, size in CONVS:
         conv = torch.nn.Conv2d(c, o, k, s, p)
         with torch.no_grad():
-            conv.weight.copy_(_masked(conv.weight, keep))
+            conv.weight.copy_(masked_weight(conv.weight, keep))
         yield label, conv, BankSparseConv.from_conv(conv), torch.randn(n, c, size, size)
 
 

@@ -148,6 +148,17 @@ def test_isa_benchmark_runs_every_level(tmp_path):
     assert "Linear 3072x768, 2 rows" in run.output
 
 
+def test_cold_benchmark_times_each_state():
+    """``benchmarks/cold.py``: each layer checked against dense and timed warm, after others, after a sweep."""
+    from pruning_tools.benchmarks import cold
+
+    run = CliRunner().invoke(cold.main, ["--rounds", "1", "--others", "1"])
+    assert run.exit_code == 0, run.output
+    for state in ("warm", "after others", "after 64 MB"):
+        assert run.output.count(state) == len(cold.LINEARS), run.output
+    assert f"kernel ISA {_native.isa.chosen()}" in run.output
+
+
 def test_default_rule_check_reports_whole_model_and_layers():
     """``benchmarks/default_rule.py``: a model converted with default arguments, timed whole and per layer."""
     import torch
