@@ -45,6 +45,7 @@ from .attention import BankSparseMultiheadAttention, attention_unsupported, disa
 from .fold import conv_bn_pairs, fold, traced
 from .hf_saving import refuse_save_pretrained
 from .modules import BankSparseConv, BankSparseLinear, _BankSparse, _pack, conv_unsupported, module_tensor
+from .pool import pool_channels_last
 from .relu import conv_relu_pairs, fuse_relu
 
 MIN_WEIGHTS = 16384  # below: the ~5 µs of a call rivals the dense product
@@ -450,7 +451,8 @@ def _decide(
 
 def _install(model: nn.Module, chosen: dict[str, tuple[_Candidate, nn.Module]]) -> list[str]:
     """Put the converted modules of ``chosen`` in ``model``, fold each BatchNorm and fuse each ReLU that
-    the model's graph allows after a converted convolution (``fold``, ``relu``); the report's notes."""
+    the model's graph allows after a converted convolution (``fold``, ``relu``), and, where a convolution
+    is converted, pool channels-last (``pool``); the report's notes."""
     notes: list[str] = []
     convs = [name for name, (c, _) in chosen.items() if c.family != "linear"]
     graph, why = None, None
@@ -471,12 +473,15 @@ def _install(model: nn.Module, chosen: dict[str, tuple[_Candidate, nn.Module]]) 
         _set(model, conv_name, new_conv)
         _set(model, bn_name, new_bn)
     fuse_relu(model, fused)
+    pooled = pool_channels_last(model) if convs else 0
     if folded:
         notes.append(f"BatchNorm folded into the converted convolution before it in eval mode: {len(folded)} pairs")
     if fused:
         notes.append(f"ReLU applied in the epilogue of the converted convolution before it in eval mode: {len(fused)}")
     if why:
         notes.append(f"BatchNorm not folded, ReLU not fused: {why}")
+    if pooled:
+        notes.append(f"MaxPool2d computed channels-last on NCHW inputs in eval mode (same values): {pooled}")
     return notes
 
 
