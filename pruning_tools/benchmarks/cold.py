@@ -70,10 +70,18 @@ def tasks(pairs, x: torch.Tensor, sweep: torch.Tensor) -> dict[str, Task]:
 
 
 @click.command()
-@click.option("--rounds", default=30, show_default=True, help="Interleaved rounds.")
-@click.option("--threads", default=1, show_default=True, help="torch / OpenMP threads.")
-@click.option("--keep", default=4, show_default=True, help="Kept per bank of 64 (4: 93.75 %).")
-@click.option("--others", default=6, show_default=True, help="Layers called between two calls of the timed one.")
+@click.option("--rounds", default=30, show_default=True, type=click.IntRange(min=1), help="Interleaved rounds.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch / OpenMP threads.")
+@click.option(
+    "--keep", default=4, show_default=True, type=click.IntRange(1, 63), help="Kept per bank of 64 (4: 93.75 %)."
+)
+@click.option(
+    "--others",
+    default=6,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Layers called between two calls of the timed one.",
+)
 def main(rounds: int, threads: int, keep: int, others: int) -> None:
     """Dense and bank-sparse layers warm, after other layers and after a 64 MB write."""
     previous = torch.get_num_threads()

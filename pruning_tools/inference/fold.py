@@ -156,6 +156,14 @@ def sole_module_user(node: torch.fx.Node) -> torch.fx.Node | None:
     return users[0]
 
 
+def replace_everywhere(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` in every place ``model`` (or a module inside it) holds ``old`` as a child."""
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is old:
+                parent._modules[name] = new
+
+
 def conv_bn_pairs(graph: torch.fx.Graph, modules: dict[str, nn.Module], convs: Iterable[str]) -> list[tuple[str, str]]:
     """``(conv, batch norm)`` names where ``graph`` (of the model whose ``named_modules`` are
     ``modules``) sends the output of one of ``convs`` (an ``nn.Conv2d``) to a ``BatchNorm2d`` with
@@ -181,6 +189,7 @@ __all__ = [
     "conv_bn_pairs",
     "fold",
     "module_calls",
+    "replace_everywhere",
     "sole_module_user",
     "traced",
 ]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fold import replace_everywhere
+
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
     """An ``nn.MaxPool2d`` that pools a float32 NCHW-contiguous CPU input ``[N, C, H, W]`` (C > 1)
@@ -47,19 +49,14 @@ def _fast_input(x: Tensor) -> bool:
 def pool_channels_last(model: nn.Module) -> int:
     """Make every ``nn.MaxPool2d`` of ``model`` (exactly that class, returning no indices) a
     ``ChannelsLastMaxPool2d`` with the same settings, wherever the model holds it; the number made."""
-    made: dict[int, ChannelsLastMaxPool2d] = {}
-    for parent in list(model.modules()):
-        for name, child in list(parent._modules.items()):
-            if type(child) is not nn.MaxPool2d or child.return_indices:
-                continue
-            if id(child) not in made:
-                new = ChannelsLastMaxPool2d(
-                    child.kernel_size, child.stride, child.padding, child.dilation, ceil_mode=child.ceil_mode
-                )
-                new.train(child.training)
-                made[id(child)] = new
-            parent._modules[name] = made[id(child)]
-    return len(made)
+    pools = [m for m in model.modules() if type(m) is nn.MaxPool2d and not m.return_indices]  # each once
+    for pool in pools:
+        new = ChannelsLastMaxPool2d(
+            pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode
+        )
+        new.train(pool.training)
+        replace_everywhere(model, pool, new)
+    return len(pools)
 
 
 __all__ = ["ChannelsLastMaxPool2d", "pool_channels_last"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .fold import module_calls, sole_module_user
+from .fold import module_calls, replace_everywhere, sole_module_user
 from .modules import BankSparseConv
 
 
@@ -63,10 +63,7 @@ def fuse_relu(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
         fused = FusedReLU(inplace=relu.inplace)
         fused.train(relu.training)
         fused.__dict__["_fused_from"] = tuple(convs)  # not children: they stay where they are
-        for parent in model.modules():
-            for name, child in list(parent._modules.items()):
-                if child is relu:
-                    parent._modules[name] = fused
+        replace_everywhere(model, relu, fused)
         for conv in convs:
             conv.fused_relu = True
 

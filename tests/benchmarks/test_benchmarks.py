@@ -157,6 +157,8 @@ def test_cold_benchmark_times_each_state():
     for state in ("warm", "after others", "after 64 MB"):
         assert run.output.count(state) == len(cold.LINEARS), run.output
     assert f"kernel ISA {_native.isa.chosen()}" in run.output
+    refused = CliRunner().invoke(cold.main, ["--keep", "0"])
+    assert refused.exit_code == 2 and "--keep" in refused.output and "0" in refused.output
 
 
 def test_default_rule_check_reports_whole_model_and_layers():

@@ -13,7 +13,7 @@ from pruning_tools.inference import to_bank_sparse
 from pruning_tools.inference.pool import ChannelsLastMaxPool2d, pool_channels_last
 
 from .conftest import TOL
-from .test_fold import EVERY, pruned_resnet
+from .test_fold import EVERY, converted_without, pruned_resnet
 
 SETTINGS = [
     dict(kernel_size=3, stride=2, padding=1),  # ResNet's stem
@@ -68,17 +68,18 @@ def test_pool_channels_last_replaces_each_module_once_wherever_held():
     assert pool_channels_last(model) == 0  # already done
 
 
-def test_converted_resnet_pools_channels_last_with_the_same_outputs():
+def test_converted_resnet_pools_channels_last_with_the_same_outputs(monkeypatch):
     model, prune = pruned_resnet()
     reference = copy.deepcopy(model)
-    state = copy.deepcopy(model.state_dict())
+    unpooled = converted_without(monkeypatch, model, prune, "pool_channels_last")
     report = to_bank_sparse(model, prune.state_dict(), **EVERY)
     assert type(model.maxpool) is ChannelsLastMaxPool2d
     assert "MaxPool2d computed channels-last on NCHW inputs in eval mode (same values): 1" in report.notes
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), **TOL)
-    assert list(state) == list(reference.state_dict())  # (the pool holds no state)
+    assert type(unpooled.maxpool) is nn.MaxPool2d
+    assert list(model.state_dict()) == list(unpooled.state_dict())  # (the pool holds no state)
 
 
 def test_linear_only_conversion_leaves_max_pools():
