@@ -742,6 +742,115 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
 
 /* ---------------------------------------------------------------- convolution */
 
+/* n floats from src to dst / n zeros at dst: whole vectors, then single floats. The rows copied here
+ * are a few dozen floats; a library call each cost more than the copy. */
+static inline void copy_run(float *dst, const float *src, int64_t n) {
+    int64_t q = 0;
+    for (; q + VL <= n; q += VL) {
+        const vf v = loadv(src + q);
+        memcpy(dst + q, &v, sizeof v);
+    }
+    for (; q < n; ++q) dst[q] = src[q];
+}
+
+static inline void zero_run(float *dst, int64_t n) {
+    const vf z = {0};
+    int64_t q = 0;
+    for (; q + VL <= n; q += VL) memcpy(dst + q, &z, sizeof z);
+    for (; q < n; ++q) dst[q] = 0.0f;
+}
+
+/* The planes' layout (see bank_conv2d): channel stride, slot length, image stride, rows and columns
+ * of a slot's image, phase slots per row phase, and the slot of each row / column phase (-1: unused). */
+typedef struct {
+    int64_t ldc, slot_len, img_stride, hq_len, wq_len, nw;
+    const int64_t *slot_of_h, *slot_of_w;
+} planes_layout;
+
+/* Channel c of every image (NCHW-like strides) into its phase slots at `dst` (= xq + c * ldc), zeros
+ * where the kernel reads padding. */
+static void channel_to_planes(const bank_conv_geometry *g, const planes_layout *L, const float *x, int64_t c,
+                              float *dst) {
+    for (int rh = 0; rh < g->sh; ++rh) {
+        if (L->slot_of_h[rh] < 0) continue;
+        for (int rw = 0; rw < g->sw; ++rw) {
+            if (L->slot_of_w[rw] < 0) continue;
+            float *slot = dst + (L->slot_of_h[rh] * L->nw + L->slot_of_w[rw]) * L->slot_len;
+            /* columns wq in [w0, w1) read the image (iw = wq * sw + rw - pw), the rest is padding */
+            int64_t w0 = 0, w1 = L->wq_len;
+            while (w0 < L->wq_len && w0 * g->sw + rw - g->pw < 0) ++w0;
+            while (w1 > w0 && (w1 - 1) * g->sw + rw - g->pw >= g->w) --w1;
+            const int64_t step = g->sw * g->xs_w;
+            /* whole rows, one after the other in the image and in the slot: one run per image */
+            const int whole = step == 1 && g->sh == 1 && w0 == 0 && w1 == L->wq_len && g->xs_h == L->wq_len;
+            for (int64_t img = 0; img < g->n; ++img) {
+                for (int64_t hq = 0; hq < L->hq_len; ++hq) {
+                    const int64_t ih = hq * g->sh + rh - g->ph;
+                    float *row = slot + img * L->img_stride + hq * L->wq_len;
+                    if (ih < 0 || ih >= g->h || w1 <= w0) {
+                        zero_run(row, L->wq_len);
+                        continue;
+                    }
+                    const float *src = x + img * g->xs_n + c * g->xs_c + ih * g->xs_h + (w0 * g->sw + rw - g->pw) * g->xs_w;
+                    if (whole) { /* rows hq .. last valid: one copy */
+                        int64_t last = hq;
+                        while (last + 1 < L->hq_len && last + 1 + rh - g->ph < g->h) ++last;
+                        copy_run(row, src, (last - hq + 1) * L->wq_len);
+                        hq = last;
+                        continue;
+                    }
+                    zero_run(row, w0);
+                    if (step == 1) copy_run(row + w0, src, w1 - w0);
+                    else
+                        for (int64_t q = 0; q < w1 - w0; ++q) row[w0 + q] = src[q * step];
+                    zero_run(row + w1, L->wq_len - w1);
+                }
+            }
+            zero_run(slot + g->n * L->img_stride, L->slot_len - g->n * L->img_stride);
+        }
+    }
+}
+
+/* dst[c * ldc + q] = src[q * xs + c] for q < count pixels, c < channels (channel stride 1): blocks of up
+ * to 16 pixels x 16 channels transposed in registers, the channels past the last 16 one at a time. */
+static void pixels_run(const float *src, int64_t xs, int64_t channels, float *dst, int64_t ldc, int64_t count) {
+    const int64_t c16 = channels / 16 * 16;
+    for (int64_t q0 = 0; q0 < count; q0 += 16) {
+        const int64_t n = count - q0 < 16 ? count - q0 : 16;
+        for (int64_t c0 = 0; c0 < c16; c0 += 16) {
+            if (n == 16) {
+                transpose_block(src + q0 * xs + c0, xs, 16, NULL, dst + c0 * ldc + q0, ldc);
+                continue;
+            }
+            float block[16][16] __attribute__((aligned(64))); /* then only the run's own pixels */
+            transpose_block(src + q0 * xs + c0, xs, n, NULL, block[0], 16);
+            for (int c = 0; c < 16; ++c) copy_run(dst + (c0 + c) * ldc + q0, block[c], n);
+        }
+        for (int64_t c = c16; c < channels; ++c)
+            for (int64_t q = q0; q < q0 + n; ++q) dst[c * ldc + q] = src[q * xs + c];
+    }
+}
+
+/* Row ih of image img of a channels-last input (channel stride 1) into the planes `xq` (zeroed). */
+static void pixels_to_planes(const bank_conv_geometry *g, const planes_layout *L, const float *x, int64_t img,
+                             int64_t ih, float *xq) {
+    const int64_t hp = ih + g->ph, rh = hp % g->sh, hq = hp / g->sh;
+    if (L->slot_of_h[rh] < 0 || hq >= L->hq_len) return;
+    const float *src_row = x + img * g->xs_n + ih * g->xs_h;
+    float *row = xq + L->slot_of_h[rh] * L->nw * L->slot_len + img * L->img_stride + hq * L->wq_len;
+    if (g->sw == 1) { /* every pixel in slot column 0, at wq = iw + pw: one run */
+        pixels_run(src_row, g->xs_w, g->c, row + g->pw, L->ldc, g->w < L->wq_len - g->pw ? g->w : L->wq_len - g->pw);
+        return;
+    }
+    for (int64_t iw = 0; iw < g->w; ++iw) {
+        const int64_t wp = iw + g->pw, rw = wp % g->sw, wq = wp / g->sw;
+        if (L->slot_of_w[rw] < 0 || wq >= L->wq_len) continue;
+        const float *src = src_row + iw * g->xs_w;
+        float *dst = row + L->slot_of_w[rw] * L->slot_len + wq;
+        for (int64_t c = 0; c < g->c; ++c) dst[c * L->ldc] = src[c];
+    }
+}
+
 /* Planes: input channel c, phase slot s (one per (row phase rh, column phase rw) that some kernel
  * position reads), image n, then hq, wq:
  *   xq[c * ldc + s * slot_len + n * img_stride + hq * wq_len + wq] = x[n, c, hq * sh + rh - ph, wq * sw + rw - pw]
@@ -783,6 +892,9 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
     const int direct = nchw && kk == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 && g->oh == g->h &&
                        g->ow == g->w && in_plane % VL == 0 && in_plane >= 4 * TILE_POSITIONS;
     const int pixel_major = g->xs_c == 1 && g->c > 1; /* channels-last input: read each pixel's channels at once */
+    /* channels-last, stride 1, no padding, every input pixel read: each image's pixels one run of the planes */
+    const int flat = pixel_major && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 && wq_len == g->w &&
+                     hq_len == g->h && g->xs_h == g->w * g->xs_w;
 
     int64_t *offs = malloc(sizeof(int64_t) * (size_t)kk);
     if (!offs) return BANK_NO_MEMORY;
@@ -816,58 +928,24 @@ int bank_conv2d(const bank_weight *w, const bank_conv_geometry *g, const float *
     const sink out = {y, 0, out_plane, wq_len, g->ow, g->oh, img_stride, (int)g->relu};
 #pragma omp parallel num_threads(team) if (team > 1)
     {
+        const planes_layout L = {ldc, slot_len, img_stride, hq_len, wq_len, nw, slot_of_h, slot_of_w};
         if (!pixel_major) {
 #pragma omp for schedule(static)
-            for (int64_t c = 0; c < g->c; ++c) {
-                for (int rh = 0; rh < g->sh; ++rh) {
-                    if (slot_of_h[rh] < 0) continue;
-                    for (int rw = 0; rw < g->sw; ++rw) {
-                        if (slot_of_w[rw] < 0) continue;
-                        float *slot = xq + c * ldc + (slot_of_h[rh] * nw + slot_of_w[rw]) * slot_len;
-                        /* columns wq in [w0, w1) read the image (iw = wq * sw + rw - pw), the rest is padding */
-                        int64_t w0 = 0, w1 = wq_len;
-                        while (w0 < wq_len && w0 * g->sw + rw - g->pw < 0) ++w0;
-                        while (w1 > w0 && (w1 - 1) * g->sw + rw - g->pw >= g->w) --w1;
-                        const int64_t step = g->sw * g->xs_w;
-                        for (int64_t img = 0; img < g->n; ++img) {
-                            for (int64_t hq = 0; hq < hq_len; ++hq) {
-                                const int64_t ih = hq * g->sh + rh - g->ph;
-                                float *row = slot + img * img_stride + hq * wq_len;
-                                if (ih < 0 || ih >= g->h || w1 <= w0) {
-                                    memset(row, 0, sizeof(float) * (size_t)wq_len);
-                                    continue;
-                                }
-                                const float *src = x + img * g->xs_n + c * g->xs_c + ih * g->xs_h +
-                                                   (w0 * g->sw + rw - g->pw) * g->xs_w;
-                                memset(row, 0, sizeof(float) * (size_t)w0);
-                                if (step == 1) memcpy(row + w0, src, sizeof(float) * (size_t)(w1 - w0));
-                                else
-                                    for (int64_t q = 0; q < w1 - w0; ++q) row[w0 + q] = src[q * step];
-                                memset(row + w1, 0, sizeof(float) * (size_t)(wq_len - w1));
-                            }
-                        }
-                        memset(slot + g->n * img_stride, 0, sizeof(float) * (size_t)(slot_len - g->n * img_stride));
-                    }
-                }
-            }
-        } else { /* channels-last: zero the planes, then each pixel's channels go to their planes */
+            for (int64_t c = 0; c < g->c; ++c) channel_to_planes(g, &L, x, c, xq + c * ldc);
+        } else if (flat) { /* channels-last, every position read from the image: runs of 64 pixels */
 #pragma omp for schedule(static)
-            for (int64_t c = 0; c < g->c; ++c) memset(xq + c * ldc, 0, sizeof(float) * (size_t)(slots * slot_len));
+            for (int64_t c = 0; c < g->c; ++c) zero_run(xq + c * ldc + g->n * img_stride, slot_len - g->n * img_stride);
 #pragma omp for schedule(static) collapse(2)
-            for (int64_t img = 0; img < g->n; ++img) {
-                for (int64_t ih = 0; ih < g->h; ++ih) {
-                    const int64_t hp = ih + g->ph, rh = hp % g->sh, hq = hp / g->sh;
-                    if (slot_of_h[rh] < 0 || hq >= hq_len) continue;
-                    for (int64_t iw = 0; iw < g->w; ++iw) {
-                        const int64_t wp = iw + g->pw, rw = wp % g->sw, wq = wp / g->sw;
-                        if (slot_of_w[rw] < 0 || wq >= wq_len) continue;
-                        const float *src = x + img * g->xs_n + ih * g->xs_h + iw * g->xs_w;
-                        float *dst = xq + (slot_of_h[rh] * nw + slot_of_w[rw]) * slot_len + img * img_stride +
-                                     hq * wq_len + wq;
-                        for (int64_t c = 0; c < g->c; ++c) dst[c * ldc] = src[c];
-                    }
-                }
-            }
+            for (int64_t img = 0; img < g->n; ++img)
+                for (int64_t p0 = 0; p0 < in_plane; p0 += 64)
+                    pixels_run(x + img * g->xs_n + p0 * g->xs_w, g->xs_w, g->c, xq + img * img_stride + p0, ldc,
+                               in_plane - p0 < 64 ? in_plane - p0 : 64);
+        } else { /* channels-last: zero the planes, then each row of pixels goes to its planes */
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < g->c; ++c) zero_run(xq + c * ldc, slots * slot_len);
+#pragma omp for schedule(static) collapse(2)
+            for (int64_t img = 0; img < g->n; ++img)
+                for (int64_t ih = 0; ih < g->h; ++ih) pixels_to_planes(g, &L, x, img, ih, xq);
         }
         product(w, kk, xq, ldc, offs, g->n * img_stride, span, &out);
     }

@@ -161,6 +161,23 @@ def test_cold_benchmark_times_each_state():
     assert refused.exit_code == 2 and "--keep" in refused.output and "0" in refused.output
 
 
+def test_conv_layers_benchmark_times_every_converted_convolution(tmp_path):
+    """``benchmarks/conv_layers.py``: each converted convolution timed in both layouts, summed per stage."""
+    from pruning_tools.benchmarks import conv_layers
+
+    out = tmp_path / "convs.json"
+    run = CliRunner().invoke(conv_layers.main, ["--tiny", "--rounds", "1", "--json", str(out)])
+    assert run.exit_code == 0, run.output
+    rows = json.loads(out.read_text())["rows"]
+    convs = conv_layers.converted_convs(1, 0.9375, tiny=True)
+    assert [r["name"] for r in rows] == [name for name, *_ in convs] and len(rows) > 4
+    assert all(set(r["seconds"]) == {"dense NCHW", "sparse NCHW", "dense channels-last", "sparse channels-last"}
+               and min(r["seconds"].values()) > 0 for r in rows)  # fmt: skip
+    assert "layer4 1x1" in run.output and "all" in run.output  # width 16: the first stages keep < 64 channels
+    refused = CliRunner().invoke(conv_layers.main, ["--rounds", "0"])
+    assert refused.exit_code == 2 and "--rounds" in refused.output
+
+
 def test_default_rule_check_reports_whole_model_and_layers():
     """``benchmarks/default_rule.py``: a model converted with default arguments, timed whole and per layer."""
     import torch

@@ -79,6 +79,9 @@ CONVS = [
     (nn.Conv2d(64, 16, 1, stride=2, bias=False), (3, 64, 9, 8)),
     (nn.Conv2d(64, 16, 1), (2, 64, 4, 4)),  # 1x1 on a plane of whole vectors: read in place
     (nn.Conv2d(64, 16, 3, padding=1), (1, 64, 1, 1)),  # one pixel
+    (nn.Conv2d(80, 8, 3, padding=1), (2, 80, 17, 18)),  # rows of 16 pixels and more, channels past 64
+    (nn.Conv2d(72, 8, 1), (1, 72, 7, 7)),  # 1x1, 49 pixels: runs that end inside a block of 16
+    (nn.Conv2d(64, 8, 3), (1, 64, 20, 21)),  # no padding: every pixel read
     (nn.Conv1d(80, 24, 1), (2, 80, 11)),
     (nn.Conv1d(64, 24, 5, stride=2, padding=2), (2, 64, 31)),
     (nn.Conv1d(128, 8, 3, dilation=3), (1, 128, 20)),
@@ -87,13 +90,23 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize("conv, shape", CONVS, ids=lambda v: str(v) if isinstance(v, tuple) else type(v).__name__)
+# every geometry on NCHW input, and the 4-D ones channels-last too (the kernel reads each pixel's channels)
+LAYOUTS = [(conv, shape, "nchw") for conv, shape in CONVS] + [
+    (conv, shape, "channels_last") for conv, shape in CONVS if len(shape) == 4
+]
+
+
+@pytest.mark.parametrize(
+    "conv, shape, layout", LAYOUTS, ids=lambda v: str(v) if isinstance(v, (tuple, str)) else type(v).__name__
+)
 @pytest.mark.parametrize("sparsity", [0.5, 0.9375])
-def test_conv_equals_masked_dense_conv(path, conv, shape, sparsity):
+def test_conv_equals_masked_dense_conv(path, conv, shape, sparsity, layout):
     bank_size = 64 if conv.in_channels >= 64 else 16
     conv = pruned(conv, sparsity, bank_size)
     sparse = BankSparseConv.from_conv(conv, bank_size)
     x = torch.randn(shape)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(sparse(x), conv(x), **TOL)
 
