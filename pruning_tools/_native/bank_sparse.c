@@ -13,7 +13,7 @@
  * can make them read or write outside the buffers described.
  *
  * bank_linear: x [batch, in] -> y [batch, rows]. Batch 1 is a dot product per row (AVX-512, banks of
- *   64 with k = 4, 8 or 16: register permutes pick the inputs of 16 / k rows at once); larger batches
+ *   64 with k <= 16: register permutes pick the inputs of 16 / k rows at once); larger batches
  *   copy x transposed into a scratch buffer xt [in, ldx] and run the tile core below.
  * bank_conv2d: x [n, c, h, w] (NCHW) -> y [n, o, oh, ow] for a k x k convolution (any stride,
  *   padding, dilation; groups 1) whose rows are (o, kh, kw), each along the input channels. Each image
@@ -287,9 +287,10 @@ static inline float scalar_row(const bank_weight *w, const float *x, int64_t o) 
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
-/* Banks of 64 with k = 4, 8 or 16 (no gather): the 64 inputs of bank j sit in four registers, and
- * the k stored weights of each of 16 / k rows pick theirs with two two-register permutes and a blend.
- * Lanes [r * k, (r + 1) * k) belong to row o + r; two accumulators take the banks in turn. */
+/* Banks of 64 with k <= 16 (no gather): the 64 inputs of bank j sit in four registers, and the k
+ * stored weights of each of g = 16 / k rows pick theirs with two two-register permutes and a blend.
+ * Lanes [r * k, (r + 1) * k) belong to row o + r (g * k of the 16 used); two accumulators take the
+ * banks in turn. k = 4, 8, 16 fill their lanes with plain loads, any other k with masked ones. */
 static inline __attribute__((always_inline)) void gemv_permute_k(const bank_weight *w, const float *x, float *y,
                                                                  int64_t o0, int64_t o1, const int k) {
     const int64_t banks = w->banks, n = banks * k, g = 16 / k;
@@ -321,9 +322,18 @@ static inline __attribute__((always_inline)) void gemv_permute_k(const bank_weig
                 idx8 = _mm_set_epi64x((long long)i1, (long long)i0);
                 vals = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(v + j * 8)),
                                           _mm256_loadu_ps(v + n + j * 8), 1);
-            } else {
+            } else if (k == 16) {
                 idx8 = _mm_loadu_si128((const __m128i *)(ix + j * 16));
                 vals = _mm512_loadu_ps(v + j * 16);
+            } else { /* lanes [r * k, (r + 1) * k) from row r's bank j: masked, so nothing else is read */
+                idx8 = _mm_setzero_si128();
+                vals = _mm512_setzero_ps();
+                for (int64_t r = 0; r < g; ++r) {
+                    const __mmask16 lanes = (__mmask16)(((1u << k) - 1u) << (r * k));
+                    const int64_t at = r * n + j * k - r * k; /* lane r * k reads element r * n + j * k */
+                    vals = _mm512_mask_loadu_ps(vals, lanes, v + at);
+                    idx8 = _mm_mask_loadu_epi8(idx8, lanes, ix + at);
+                }
             }
             const __m512i idx = _mm512_cvtepu8_epi32(idx8);
             const __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(xb), idx, _mm512_loadu_ps(xb + 16));
@@ -346,12 +356,12 @@ static int gemv_permuted(const bank_weight *w, const float *x, float *y, int64_t
 #ifdef NO_GEMV_PERMUTE
     return 0;
 #endif
-    if (w->bank != 64) return 0;
+    if (w->bank != 64 || w->k < 1 || w->k > 16) return 0;
     switch (w->k) {
         case 4: gemv_permute_k(w, x, y, o0, o1, 4); return 1;
         case 8: gemv_permute_k(w, x, y, o0, o1, 8); return 1;
         case 16: gemv_permute_k(w, x, y, o0, o1, 16); return 1;
-        default: return 0;
+        default: gemv_permute_k(w, x, y, o0, o1, (int)w->k); return 1;
     }
 }
 

@@ -64,6 +64,21 @@ def test_equals_masked_dense_linear(path, out_f, in_f, bank_size, sparsity):
             torch.testing.assert_close(sparse(x), F.linear(x, fc.weight, fc.bias), **TOL)
 
 
+@pytest.mark.parametrize("keep", range(1, 17))
+def test_batch_one_with_any_keep_count(path, keep):
+    """Batch 1, banks of 64 keeping 1-16 each (the register-permute path of the avx512 build), rows in
+    groups of 16 // keep and left over, a tail bank, every level this CPU runs."""
+    for out_f, in_f in ((37, 256), (16, 64 * 3 + 20)):
+        fc = pruned_linear(out_f, in_f, 1 - keep / 64, 64, bias=True)
+        sparse = BankSparseLinear.from_linear(fc, 64)
+        assert sparse.values.shape[-1] == keep
+        x = torch.randn(1, in_f)
+        with torch.no_grad():
+            for level in _native.isa.supported():
+                with _native.use_isa(level):
+                    torch.testing.assert_close(sparse(x), F.linear(x, fc.weight, fc.bias), **TOL)
+
+
 CONVS = [
     # module, input shape
     (nn.Conv2d(64, 40, 3, padding=1), (2, 64, 9, 11)),
