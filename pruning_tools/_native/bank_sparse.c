@@ -248,6 +248,14 @@ DEFINE_ROW_DOT(5)
 DEFINE_ROW_DOT(6)
 DEFINE_ROW_DOT(7)
 DEFINE_ROW_DOT(8)
+DEFINE_ROW_DOT(9)
+DEFINE_ROW_DOT(10)
+DEFINE_ROW_DOT(11)
+DEFINE_ROW_DOT(12)
+DEFINE_ROW_DOT(13)
+DEFINE_ROW_DOT(14)
+DEFINE_ROW_DOT(15)
+DEFINE_ROW_DOT(16)
 
 static float row_dot_any(const float *x, const float *v, const uint8_t *ix, int64_t banks, int64_t bank, int64_t k) {
     ROW_DOT_BODY(k)
@@ -265,6 +273,14 @@ static inline float row_dot(const float *x, const float *v, const uint8_t *ix, i
         case 6: return row_dot_6(x, v, ix, banks, bank);
         case 7: return row_dot_7(x, v, ix, banks, bank);
         case 8: return row_dot_8(x, v, ix, banks, bank);
+        case 9: return row_dot_9(x, v, ix, banks, bank);
+        case 10: return row_dot_10(x, v, ix, banks, bank);
+        case 11: return row_dot_11(x, v, ix, banks, bank);
+        case 12: return row_dot_12(x, v, ix, banks, bank);
+        case 13: return row_dot_13(x, v, ix, banks, bank);
+        case 14: return row_dot_14(x, v, ix, banks, bank);
+        case 15: return row_dot_15(x, v, ix, banks, bank);
+        case 16: return row_dot_16(x, v, ix, banks, bank);
         default: return row_dot_any(x, v, ix, banks, bank, k);
     }
 }
