@@ -574,6 +574,44 @@ static inline v8 load8(const float *p) {
 }
 TILE_OF(tile_half, v8, 8, load8, 1)
 
+/* a[c] = column c of the 8 x 8 block a[r] (row r): pairs interleaved, then pairs of pairs, then
+ * 128-bit halves (shuffles of the build's own instructions for 8-float vectors). */
+typedef int32_t v8i __attribute__((vector_size(8 * sizeof(int32_t))));
+static inline void transpose8(v8 a[8]) {
+    const v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+    const v8i pairs_lo = {0, 1, 8, 9, 4, 5, 12, 13}, pairs_hi = {2, 3, 10, 11, 6, 7, 14, 15};
+    const v8i halves_lo = {0, 1, 2, 3, 8, 9, 10, 11}, halves_hi = {4, 5, 6, 7, 12, 13, 14, 15};
+    v8 t[8], s[8];
+    for (int r = 0; r < 8; r += 2) {
+        t[r] = __builtin_shuffle(a[r], a[r + 1], lo);
+        t[r + 1] = __builtin_shuffle(a[r], a[r + 1], hi);
+    }
+    for (int r = 0; r < 8; r += 4) {
+        s[r] = __builtin_shuffle(t[r], t[r + 2], pairs_lo);
+        s[r + 1] = __builtin_shuffle(t[r], t[r + 2], pairs_hi);
+        s[r + 2] = __builtin_shuffle(t[r + 1], t[r + 3], pairs_lo);
+        s[r + 3] = __builtin_shuffle(t[r + 1], t[r + 3], pairs_hi);
+    }
+    for (int i = 0; i < 4; ++i) {
+        a[i] = __builtin_shuffle(s[i], s[i + 4], halves_lo);
+        a[i + 4] = __builtin_shuffle(s[i], s[i + 4], halves_hi);
+    }
+}
+
+/* xt[c * 8 + b] = x[b * in + c] for channels [c0, c1), b < 8 (0 for b >= batch, batch <= 8): blocks of
+ * 8 channels transposed in registers, the channels past the last block one float at a time. */
+static inline void transpose_rows8(const float *x, int64_t batch, int64_t in, int64_t c0, int64_t c1, float *xt) {
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        v8 a[8];
+        for (int b = 0; b < 8; ++b) a[b] = b < batch ? load8(x + b * in + c) : (v8){0};
+        transpose8(a);
+        for (int i = 0; i < 8; ++i) memcpy(xt + (c + i) * 8, &a[i], sizeof a[i]);
+    }
+    for (; c < c1; ++c)
+        for (int64_t b = 0; b < 8; ++b) xt[c * 8 + b] = b < batch ? x[b * in + c] : 0.0f;
+}
+
 #ifndef L1_TARGET
 #define L1_TARGET (32 * 1024) /* bytes of input a block of banks may read per tile */
 #endif
@@ -744,9 +782,7 @@ int bank_linear(const bank_weight *w, const float *x, int64_t batch, int64_t in_
 #pragma omp for schedule(static)
         for (int64_t c0 = 0; c0 < in_features; c0 += 16) { /* xt[c, b] = x[b, c] (0 for b >= batch) */
             if (ldx == 8) {
-                const int64_t c1 = c0 + 16 < in_features ? c0 + 16 : in_features;
-                for (int64_t c = c0; c < c1; ++c)
-                    for (int64_t b = 0; b < 8; ++b) xt[c * 8 + b] = b < batch ? x[b * in_features + c] : 0.0f;
+                transpose_rows8(x, batch, in_features, c0, c0 + 16 < in_features ? c0 + 16 : in_features, xt);
                 continue;
             }
             for (int64_t b0 = 0; b0 < ldx; b0 += 16) {

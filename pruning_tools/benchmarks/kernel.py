@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pruning_tools import _native
-from pruning_tools.benchmarks.harness import header, interleaved
+from pruning_tools.benchmarks.harness import Timing, header, interleaved
 from pruning_tools.inference import BankSparseLinear
 from pruning_tools.masks import bank_mask
 
@@ -36,8 +36,8 @@ def _csr_linear(csr: torch.Tensor, x: torch.Tensor, bias: torch.Tensor) -> torch
 
 def cases(
     out_f: int, in_f: int, keep: int, batches: Sequence[int], reps: int, bank_size: int = 64
-) -> Iterator[tuple[int, dict[str, float]]]:
-    """Per batch size: ``(batch, median seconds of "dense", "csr" and "ours")``, each checked against ``F.linear``."""
+) -> Iterator[tuple[int, dict[str, Timing]]]:
+    """Per batch size: ``(batch, timings of "dense", "csr" and "ours")``, each checked against ``F.linear``."""
     torch.manual_seed(0)
     weight = torch.randn(out_f, in_f)
     weight *= bank_mask(weight, None, 1 - keep / bank_size, bank_size)  # keep `keep` of every bank
@@ -65,7 +65,7 @@ def cases(
             warmup=3,
             rotate=True,
         )
-        yield batch, {name: t.median for name, t in timings.items()}
+        yield batch, timings
 
 
 @click.command()
@@ -82,7 +82,15 @@ def cases(
     help="Non-zeros kept per bank of 64 (6: 90 %, 4: 93.75 %), repeatable.",
 )
 @click.option("--batch", "batches", multiple=True, type=int, default=(1, 8, 64), show_default=True)
-def main(reps: int, threads: int, shapes: tuple[str, ...], keeps: tuple[int, ...], batches: tuple[int, ...]) -> None:
+@click.option(
+    "--fastest",
+    is_flag=True,
+    help="The fastest repetition instead of the median (other processes' load only adds time): to compare "
+    "builds or commits at sizes of a fraction of a millisecond.",
+)
+def main(
+    reps: int, threads: int, shapes: tuple[str, ...], keeps: tuple[int, ...], batches: tuple[int, ...], fastest: bool
+) -> None:
     """Dense vs torch.sparse CSR vs the bank-sparse kernel, ratios from one run."""
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
@@ -90,13 +98,15 @@ def main(reps: int, threads: int, shapes: tuple[str, ...], keeps: tuple[int, ...
     console = Console(width=120)
     console.print(
         header("benchmarks/kernel.py", torch.get_num_threads())
-        + f"; bank 64, float32, {reps} interleaved reps, medians; ours = BankSparseLinear ({path})"
+        + f"; bank 64, float32, {reps} interleaved reps, {'fastest' if fastest else 'medians'}; "
+        f"ours = BankSparseLinear ({path}, kernel ISA {_native.isa.chosen()})"
     )
     table = Table("W [out, in]", "sparsity", "batch", "dense ms", "CSR ms", "ours ms", "dense/ours", "CSR/ours")
     for shape in shapes:
         out_f, in_f = (int(v) for v in shape.split("x"))
         for keep in keeps:
-            for batch, t in cases(out_f, in_f, keep, batches, reps):
+            for batch, timings in cases(out_f, in_f, keep, batches, reps):
+                t = {name: timing.min if fastest else timing.median for name, timing in timings.items()}
                 ms = {k: v * 1e3 for k, v in t.items()}
                 table.add_row(
                     f"{out_f}×{in_f}",

@@ -97,11 +97,16 @@ def test_kernel_benchmark_runs():
             kernel.main,
             ["--reps", "2", "--shape", "64x192", "--keep", "4", "--batch", "1", "--batch", "9", "--threads", "1"],
         )
+        fastest = CliRunner().invoke(
+            kernel.main,
+            ["--reps", "2", "--shape", "64x192", "--keep", "4", "--batch", "3", "--threads", "1", "--fastest"],
+        )
     finally:
         torch.set_num_threads(threads)
         torch.set_grad_enabled(True)
     assert result.exit_code == 0, result.output
-    assert "64×192" in result.output and "CSR/ours" in result.output
+    assert "64×192" in result.output and "CSR/ours" in result.output and "medians" in result.output
+    assert fastest.exit_code == 0 and "fastest" in fastest.output and "kernel ISA" in fastest.output, fastest.output
 
 
 def test_bench_runs_anywhere_the_package_is_installed(tmp_path):
