@@ -126,6 +126,7 @@ def _python_flags() -> tuple[str, ...] | None:
 _loaded: dict[str, ctypes.CDLL | None] = {}  # key -> library, None once it failed (or engine "torch")
 _modules: dict[str, object | None] = {}  # key -> its extension module (None: ctypes only)
 _errors: dict[str, str] = {}  # key -> why it is None
+_digests: dict[str, str] = {}  # key -> sha256 (12 hex digits) of the source its library was built from
 _threads = [0]  # set_threads()'s last value
 
 
@@ -179,6 +180,7 @@ def reset() -> None:
         _loaded.clear()
         _modules.clear()
         _errors.clear()
+        _digests.clear()
         _from_environment.clear()
         isa.reset()
 
@@ -284,7 +286,9 @@ def library(name: str) -> ctypes.CDLL | None:
         with _lock:
             if key not in _loaded:
                 try:
+                    digest = source_digest(KERNELS[name].source)  # read before building: what gets built
                     _loaded[key], _modules[key] = _load(KERNELS[name], level)
+                    _digests[key] = digest
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no compiler, build or load error
                     _loaded[key], _errors[key] = None, f"{type(e).__name__}: {e}"
                     if chosen == "auto":
@@ -296,6 +300,18 @@ def library(name: str) -> ctypes.CDLL | None:
     if _loaded[key] is None and chosen == "native":
         raise KernelUnavailableError(f"engine 'native' but the {name} kernel is unavailable: {_errors.get(key)}")
     return _loaded[key]
+
+
+def source_digest(source: Path) -> str:
+    """sha256 of the file ``source`` now, 12 hex digits."""
+    return hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+
+
+def loaded_digest(name: str) -> str | None:
+    """``source_digest`` of the source that the loaded kernel ``name`` (the level in force) was built
+    from, as read when it was loaded: a source edited or upgraded since, in a running process, does
+    not change it. None where the PyTorch path is used."""
+    return _digests.get(_key(name)[0]) if library(name) is not None else None
 
 
 def module(name: str) -> object | None:
@@ -327,10 +343,12 @@ __all__ = [
     "flags_of",
     "library",
     "library_path",
+    "loaded_digest",
     "module",
     "reset",
     "isa",
     "set_threads",
+    "source_digest",
     "use_engine",
     "use_isa",
 ]

@@ -19,8 +19,9 @@ Families: ``linear`` (256 → 256 and 640 → 2560 features at rows 1, 8, 64, 25
 batches, token blocks), ``conv`` (a 3×3 convolution of 128 → 128 channels at 7², 14², 28² positions)
 and ``conv1x1`` (512 → 128 and 1024 → 256 channels at 7², 14², 28²). The result is cached in the
 kernels' cache directory (``_native.cache_dir()``), keyed by CPU model, instruction-set level,
-engine, thread count, torch version and the kernel's source, so it runs once per machine and
-setting; ``calibrate()`` runs it again. The cached file is untrusted: one that does not read back as
+engine, thread count, torch version and the kernel's source (the source the loaded kernel was built
+from: a file edited or upgraded under a running process does not re-key it), so it runs once per
+machine and setting; ``calibrate()`` runs it again. The cached file is untrusted: one that does not read back as
 a valid calibration is measured again. A calibration measured while other processes kept the cores
 busy (1-minute load average above the core count) is measured again once the load has halved, so a
 busy moment at first use does not stay the machine's model.
@@ -185,14 +186,15 @@ def key() -> dict[str, str]:
     """What a calibration depends on: CPU, instruction-set level and engine, threads, torch, kernel."""
     engine = _native.engine()
     native = engine != "torch" and _native.library("bank_sparse") is not None
-    source = _native.KERNELS["bank_sparse"].source.read_bytes()
+    # the source the loaded kernel was built from (a file edited or upgraded since is not what runs)
+    loaded = _native.loaded_digest("bank_sparse") if native else None
     return {
         "cpu": _native.isa.cpu_model(),
         "isa": _native.isa.chosen() if native else "-",
         "engine": "native" if native else "torch",
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
-        "kernel": hashlib.sha256(source).hexdigest()[:12],
+        "kernel": loaded or _native.source_digest(_native.KERNELS["bank_sparse"].source),
     }
 
 

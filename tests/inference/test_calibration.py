@@ -216,3 +216,18 @@ def test_with_example_inputs_the_expected_speedup_is_at_their_size():
     first = report.layers[0]
     assert first.measured_speedup is not None
     assert math.isclose(first.expected_speedup, FIXED_RULE.expected("linear", first.weights, first.stored, 35))
+
+
+def test_key_names_the_kernel_loaded_not_the_file_on_disk(monkeypatch, tmp_path):
+    """A source edited, or the package upgraded, under a running process: the key stays that of the kernel
+    that runs (a calibration keyed to the file would be measured with one kernel and reused with another)."""
+    if _native.library("bank_sparse") is None:
+        pytest.skip("the C kernel is unavailable here")
+    kernel = _native.KERNELS["bank_sparse"]
+    before = calib.key()
+    assert before["kernel"] == _native.loaded_digest("bank_sparse") == _native.source_digest(kernel.source)
+    edited = tmp_path / "bank_sparse.c"
+    edited.write_text(kernel.source.read_text() + "\n/* edited */\n")
+    monkeypatch.setitem(_native.KERNELS, "bank_sparse", dataclasses.replace(kernel, source=edited))
+    assert _native.source_digest(edited) != before["kernel"]
+    assert calib.key() == before
