@@ -67,8 +67,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@lru_cache(maxsize=1)
 def supported() -> tuple[str, ...]:
-    """The levels this CPU runs, best first (``portable`` always)."""
+    """The levels this CPU runs, best first (``portable`` always); read once (every converted layer's call
+    asks which level is in force)."""
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     flags = cpu_flags()
     return tuple(level for level in LEVELS if level == "portable" or (x86 and REQUIRED[level] <= flags))
