@@ -286,7 +286,7 @@ def library(name: str) -> ctypes.CDLL | None:
         with _lock:
             if key not in _loaded:
                 try:
-                    digest = source_digest(KERNELS[name].source)  # read before building: what gets built
+                    digest = source_digest(KERNELS[name].source)  # as read just before the build
                     _loaded[key], _modules[key] = _load(KERNELS[name], level)
                     _digests[key] = digest
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no compiler, build or load error

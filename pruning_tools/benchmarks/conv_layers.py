@@ -19,7 +19,7 @@ import copy
 import json
 import time
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import cast
 
 import click
@@ -32,7 +32,7 @@ from pruning_tools.atomic import write_text
 from pruning_tools.benchmarks.harness import header, interleaved
 from pruning_tools.benchmarks.inference import pruned
 from pruning_tools.benchmarks.models import resnet50
-from pruning_tools.inference import BankSparseConv, to_bank_sparse
+from pruning_tools.inference import BankSparseConv, convert, to_bank_sparse
 
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels-last": torch.channels_last}
 
@@ -50,18 +50,15 @@ def converted_convs(
         report = to_bank_sparse(fast, prune.state_dict(), min_speedup=1e-9, min_weights=0)
     fast.eval()
     names = [n for n in report.converted if isinstance(fast.get_submodule(n), BankSparseConv)]
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [
-        dense.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: inputs.setdefault(n, a[0].clone()))
-        for n in names
-    ]
     size = 64 if tiny else 224
-    with torch.no_grad():
-        dense(torch.randn(batch, 3, size, size))
-    for hook in hooks:
-        hook.remove()
+    inputs = convert._record_inputs(dense, [dense.get_submodule(n) for n in names], torch.randn(batch, 3, size, size))
     return [
-        (n, cast(torch.nn.Conv2d, dense.get_submodule(n)), cast(BankSparseConv, fast.get_submodule(n)), inputs[n])
+        (
+            n,
+            cast(torch.nn.Conv2d, dense.get_submodule(n)),
+            cast(BankSparseConv, fast.get_submodule(n)),
+            inputs[id(dense.get_submodule(n))][0][0],  # (args, kwargs, n): its first argument
+        )
         for n in names
     ]
 
@@ -94,9 +91,7 @@ def table(rows: list[dict]) -> Table:
             sums[row["group"]][key] += seconds
             sums["all"][key] += seconds
     out = Table("convolutions", "count", *(f"{layout} dense ms / ÷" for layout in LAYOUTS))
-    counts = defaultdict(int, all=len(rows))
-    for row in rows:
-        counts[row["group"]] += 1
+    counts = Counter(row["group"] for row in rows) + Counter(all=len(rows))
     for group, s in sorted(sums.items(), key=lambda kv: (kv[0] == "all", kv[0])):
         cells = [f"{s[f'dense {lay}'] * 1e3:.2f} / {s[f'dense {lay}'] / s[f'sparse {lay}']:.2f}x" for lay in LAYOUTS]
         out.add_row(group, str(counts[group]), *cells)
