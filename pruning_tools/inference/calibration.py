@@ -128,11 +128,17 @@ class Calibration:
         (d0, s0), (d1, s1) = at_n(by_layer[small]), at_n(by_layer[large])
         return d0 * (1 - a) + d1 * a, s0 * (1 - a) + s1 * a
 
-    def _speedup(self, family: str, weights: int, stored: int, n: int, shared_ns: float = 0.0) -> float:
+    def times(self, family: str, weights: int, stored: int, n: int, shared_ns: float = 0.0) -> tuple[float, float]:
+        """Modelled (dense, bank-sparse) ns per call of the layer of ``expected`` on an input of ``n``."""
         dense_rate, sparse_rate = self._rates(family, weights, n)
         dense = self.dense_call_us * 1e3 + n * weights * dense_rate + shared_ns
         sparse = self.sparse_call_us * 1e3 + n * stored * sparse_rate + shared_ns
+        return dense, sparse
+
+    def _speedup(self, family: str, weights: int, stored: int, n: int, shared_ns: float = 0.0) -> float:
+        dense, sparse = self.times(family, weights, stored, n, shared_ns)
         return dense / sparse
+
 
     def to_json(self) -> str:
         data = asdict(self)

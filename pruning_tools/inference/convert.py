@@ -205,13 +205,22 @@ def attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> int:
     return 2 * sequences * length * source * module.embed_dim
 
 
+def modelled_at_input(
+    rule: calib.Calibration, module: nn.Module, layer: LayerReport, args: tuple, kwargs: dict, n: int
+) -> tuple[float, float]:
+    """The calibration's (dense, bank-sparse) ns per call for ``layer`` (its weights and packed slots)
+    replacing ``module`` on this input of ``n`` rows / output positions, attention products counted on
+    both sides."""
+    shared = rule.attention_ns(attention_macs(module, args, kwargs))
+    return rule.times(family_of(module), layer.weights, max(1, layer.stored), n, shared)
+
+
 def expected_at_input(
     rule: calib.Calibration, module: nn.Module, layer: LayerReport, args: tuple, kwargs: dict, n: int
 ) -> float:
-    """The calibration's speedup for ``layer`` (its weights and packed slots) replacing ``module`` on
-    this input of ``n`` rows / output positions, attention products counted on both sides."""
-    shared = rule.attention_ns(attention_macs(module, args, kwargs))
-    return rule.expected(family_of(module), layer.weights, max(1, layer.stored), n, shared)
+    """The calibration's speedup (``modelled_at_input``'s dense ÷ bank-sparse time)."""
+    dense, sparse = modelled_at_input(rule, module, layer, args, kwargs, n)
+    return dense / sparse
 
 
 def _join(prefix: str, name: str) -> str:

@@ -196,12 +196,19 @@ def test_default_rule_check_reports_whole_model_and_layers():
     )
     with calibration.use_calibration(fixed):  # 16x fewer slots at half the speed each: 8x, converted
         row = default_rule.check_model(
-            "tiny", lambda: nn.Sequential(nn.Linear(256, 128)), torch.randn(4, 256), 0.9375, 1
-        )
-    assert row["converted"] == "1 of 1" and row["whole"] > 0 and row["verdict"] in ("slower", "not slower")
-    (layer,) = row["layers"]
-    assert layer["name"] == "0" and layer["n"] == 4 and layer["measured"] > 0
-    assert math.isclose(layer["expected"], fixed.expected("linear", 256 * 128, 128 * 4 * 4, 4))
+            "tiny", lambda: nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 128)), torch.randn(4, 256),
+            0.9375, 1,
+        )  # fmt: skip
+    assert row["converted"] == "2 of 2" and row["whole"] > 0 and row["verdict"] in ("slower", "not slower")
+    first, second = row["layers"]
+    assert first["name"] == "0" and first["n"] == 4 and first["measured"] > 0 and first["again"] > 0
+    assert math.isclose(first["expected"], fixed.expected("linear", 256 * 128, 128 * 4 * 4, 4))
+    assert first["repeat_within"] == (abs(first["again"] / first["measured"] - 1) <= 0.3)
+    modelled = [fixed.times("linear", 256 * 128, 128 * 4 * 4, 4), fixed.times("linear", 128 * 128, 128 * 2 * 4, 4)]
+    together = row["together"]
+    assert math.isclose(together["expected"], sum(d for d, _ in modelled) / sum(s for _, s in modelled))
+    measured = [layer["measured_s"] for layer in row["layers"]]
+    assert math.isclose(together["measured"], sum(d for d, _ in measured) / sum(s for _, s in measured))
     assert default_rule.summary([row]).count("| tiny |") == 1
 
 
