@@ -91,6 +91,7 @@ KERNELS = {
             "bank_linear": ([_P, _P, _I, _I, _P], ctypes.c_int),  # weight, x, batch, in_features, y
             "bank_conv2d": ([_P, _P, _P, _P], ctypes.c_int),  # weight, geometry, x, y
             "bank_set_threads": ([ctypes.c_int], None),
+            "bank_team_size": ([], ctypes.c_int),  # the team the next shared product would use
         },
         python_module="_bank_sparse",  # linear / conv2d without ctypes' per-call conversions (module())
         per_isa=True,

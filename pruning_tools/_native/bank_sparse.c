@@ -185,11 +185,12 @@ static int usable(const bank_weight *w) { return w && w->stamp != 0 && w->stamp 
 #define PARALLEL_WORK 65536 /* multiply-adds below which one thread is faster than a team */
 
 /* Threads for the next loop: omp_get_max_threads() (torch.set_num_threads), fewer when the count of
- * runnable threads (/proc/loadavg, read at most every 50 ms per calling thread) says other processes
- * occupy the cores. Our own team is counted as running (its threads spin between loops).
- * bank_set_threads(n > 0) fixes the team size instead; bank_set_threads(0) restores the default. */
+ * runnable threads (/proc/loadavg, read at most every 50 ms per calling thread, and again as soon as
+ * the thread count changes) says other processes occupy the cores. Our own team is counted as running
+ * (its threads spin between loops). bank_set_threads(n > 0) fixes the team size instead;
+ * bank_set_threads(0) restores the default. bank_team_size() is the size the next product would use. */
 static __thread double team_checked_at = -1.0;
-static __thread int team_cached = 1;
+static __thread int team_cached = 1, team_max = 0; /* team_max: omp_get_max_threads() at that check */
 static int team_forced = 0;
 
 void bank_set_threads(int n) { team_forced = n > 0 ? n : 0; }
@@ -199,8 +200,9 @@ static int team_size(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     const double t = (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
-    if (team_checked_at < 0.0 || t - team_checked_at > 0.05) {
-        const int max = omp_get_max_threads();
+    const int max = omp_get_max_threads();
+    if (team_checked_at < 0.0 || t - team_checked_at > 0.05 || max != team_max) {
+        team_max = max;
         int running = 0, total = 0;
         double a1, a5, a15;
         FILE *f = fopen("/proc/loadavg", "r");
@@ -214,6 +216,8 @@ static int team_size(void) {
     }
     return team_cached;
 }
+
+int bank_team_size(void) { return team_size(); }
 
 /* ---------------------------------------------------------------- batch 1 */
 

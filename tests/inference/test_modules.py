@@ -192,6 +192,21 @@ def test_shared_work_with_a_fixed_team():
         _native.set_threads(-1)
 
 
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_the_team_follows_the_thread_count_at_once():
+    """The team size is cached for 50 ms; a new ``torch.set_num_threads`` applies to the very next product."""
+    lib = _native.library("bank_sparse")
+    threads = torch.get_num_threads()
+    try:
+        for _ in range(3):
+            torch.set_num_threads(2)
+            assert lib.bank_team_size() in (1, 2)  # 1 where other processes keep the cores busy
+            torch.set_num_threads(1)
+            assert lib.bank_team_size() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_gradients_through_input_and_other_dtypes(path):
     fc = pruned_linear(32, 128, 0.9).double()
     sparse = BankSparseLinear.from_linear(fc)
