@@ -139,7 +139,6 @@ class Calibration:
         dense, sparse = self.times(family, weights, stored, n, shared_ns)
         return dense / sparse
 
-
     def to_json(self) -> str:
         data = asdict(self)
         data["version"] = VERSION
