@@ -158,7 +158,9 @@ def _run(model: nn.Module, x: object) -> Callable[[], object]:
     return run
 
 
-def _layer_speedup(module: nn.Module, new: nn.Module, args: tuple, kwargs: dict, n: int, stored: int) -> tuple:
+def _layer_speedup(
+    module: nn.Module, new: nn.Module, args: tuple, kwargs: dict, n: int, stored: int
+) -> tuple[float, float]:
     """(dense, bank-sparse) seconds per call of one layer on its input, timed as the calibration times:
     the fastest of interleaved rounds."""
     with torch.no_grad():
