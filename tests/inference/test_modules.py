@@ -193,6 +193,32 @@ def test_shared_work_with_a_fixed_team():
 
 
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_any_team_computes_the_same_bits():
+    """Threads that finish their share take work items from the others' (a team larger than the cores
+    makes them): every item computes the same numbers whichever thread takes it."""
+    fc = pruned_linear(512, 1000, 0.9)
+    sparse = BankSparseLinear.from_linear(fc)
+    conv = pruned(nn.Conv2d(64, 96, 3, padding=1), 0.9)
+    sparse_conv = BankSparseConv.from_conv(conv)
+    pointwise = BankSparseConv.from_conv(pruned(nn.Conv2d(128, 160, 1), 0.9))
+    inputs = [(sparse, torch.randn(n, 1000)) for n in (5, 70, 200)]
+    image = torch.randn(2, 64, 23, 19)
+    inputs += [(sparse_conv, image), (sparse_conv, image.contiguous(memory_format=torch.channels_last))]
+    inputs += [(pointwise, torch.randn(1, 128, 28, 28))]
+    try:
+        with _native.use_engine("native"), torch.no_grad():
+            _native.set_threads(1)
+            alone = [module(x) for module, x in inputs]
+            for team in (2, 5, 8):
+                _native.set_threads(team)
+                for _ in range(3):
+                    for (module, x), want in zip(inputs, alone, strict=True):
+                        assert torch.equal(module(x), want), (team, tuple(x.shape))
+    finally:
+        _native.set_threads(0)
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
 def test_the_team_follows_the_thread_count_at_once():
     """The team size is cached for 50 ms; a new ``torch.set_num_threads`` applies to the very next product."""
     lib = _native.library("bank_sparse")
